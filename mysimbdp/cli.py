@@ -1,0 +1,87 @@
+"""Command-line entry points: ``mysimbdpd`` (the daemon) and ``mysimbdp`` (tenants' and operators' tool).
+
+``mysimbdp`` subcommands live in :mod:`mysimbdp.commands`, one module each, every module
+having ``register(subparsers)``. Configuration and input errors print one line and exit
+non-zero, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from mysimbdp import __version__, commands
+from mysimbdp.config import Settings, load_settings
+from mysimbdp.errors import ConfigError, MysimbdpError
+
+__all__ = ["daemon_main", "main", "build_parser"]
+
+EXIT_CONFIG = 2
+
+
+def _settings_or_exit(config_dir: str | None) -> Settings:
+    try:
+        return load_settings(config_dir)
+    except ConfigError as exc:
+        print(f"mysimbdp: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def daemon_main(argv: Sequence[str] | None = None) -> None:
+    """``mysimbdpd``: run the daemon in the foreground until SIGINT/SIGTERM."""
+    parser = argparse.ArgumentParser(prog="mysimbdpd", description="Run the mysimbdp ingestion daemon.")
+    parser.add_argument("--config-dir", help="platform config and tenant profiles (default: $MYSIMBDP_CONFIG_DIR or ./config)")
+    parser.add_argument("--version", action="version", version=f"mysimbdp {__version__}")
+    args = parser.parse_args(argv)
+    settings = _settings_or_exit(args.config_dir)
+
+    from mysimbdp.daemon import Daemon
+    from mysimbdp.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_file, settings.log_max_bytes, settings.log_backups)
+    try:
+        asyncio.run(_run_daemon(Daemon, settings))
+    except MysimbdpError as exc:
+        print(f"mysimbdpd: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    except KeyboardInterrupt:  # a second Ctrl-C during the drain
+        raise SystemExit(130) from None
+
+
+async def _run_daemon(daemon_cls: type, settings: Settings) -> None:
+    daemon = daemon_cls(settings)
+    await daemon.run()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mysimbdp`` parser with every subcommand module registered."""
+    parser = argparse.ArgumentParser(prog="mysimbdp", description="mysimbdp: tenants' and operators' tool.")
+    parser.add_argument("--config-dir", help="platform config and tenant profiles (default: $MYSIMBDP_CONFIG_DIR or ./config)")
+    parser.add_argument("--version", action="version", version=f"mysimbdp {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``mysimbdp COMMAND ...``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        raise SystemExit(EXIT_CONFIG)
+    args.settings_loader = lambda: _settings_or_exit(args.config_dir)
+    try:
+        code = args.func(args)
+    except MysimbdpError as exc:
+        print(f"mysimbdp: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    raise SystemExit(code or 0)

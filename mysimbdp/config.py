@@ -1,0 +1,166 @@
+"""Platform settings: environment variables ``MYSIMBDP_*`` over ``<config>/mysimbdp.toml`` over defaults.
+
+Built once by the CLI and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from mysimbdp.errors import ConfigError
+
+__all__ = ["Settings", "BatchSettings", "StreamSettings", "load_settings"]
+
+ENV_PREFIX = "MYSIMBDP_"
+
+
+class BatchSettings(BaseModel):
+    """Platform-wide limits of batch ingestion (per-tenant limits live in tenant profiles)."""
+
+    max_concurrent_files: int = Field(4, ge=1, description="files loading at once, all tenants")
+    write_batch_size: int = Field(1000, ge=1, le=100_000, description="documents per insert_many")
+    stable_after_s: float = Field(1.0, ge=0, description="a file counts as complete when its size has not changed for this long")
+    rescan_interval_s: float = Field(5.0, gt=0, description="periodic rescan of staging folders, besides file events")
+
+
+class StreamSettings(BaseModel):
+    """Platform-wide settings of stream ingestion."""
+
+    exchange: str = "mysimbdp.ingest"
+    management_url: str = Field(
+        "http://guest:guest@127.0.0.1:15672",
+        description="RabbitMQ management API, used to provision tenant users and read queue depths",
+    )
+
+
+class Settings(BaseSettings):
+    """Root settings of the daemon and the CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    config_dir: Path = Path("config")
+    staging_dir: Path = Path("staging")
+    var_dir: Path = Path("var")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    mongo_uri: str | None = None
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
+    log_backups: int = Field(5, ge=0)
+    admin_token: str | None = None
+    drain_timeout_s: float = Field(10.0, ge=0)
+    extra_apps: dict[str, str] = Field(
+        default_factory=dict,
+        description="apps loaded from importable modules, name -> module, besides installed entry points")
+    retry_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts")
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("mongo_uri", "admin_token", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+    @field_validator("mongo_uri")
+    @classmethod
+    def _mongo_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with mongodb:// or mongodb+srv://")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _toml_path.get()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None and toml_file.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @property
+    def tenants_dir(self) -> Path:
+        """Where tenant profiles (``<id>.toml``) live."""
+        return self.config_dir / "tenants"
+
+    @property
+    def log_file(self) -> Path:
+        """The JSON log file (rotated beside itself)."""
+        return self.var_dir / "log" / "mysimbdp.jsonl"
+
+    @property
+    def archive_dir(self) -> Path:
+        """Where committed and rejected files are moved."""
+        return self.var_dir / "archive"
+
+
+class _TomlPath:
+    """Carries the TOML path into ``settings_customise_sources`` (a classmethod without arguments)."""
+
+    value: Path | None = None
+
+    def get(self) -> Path | None:
+        return self.value
+
+
+_toml_path = _TomlPath()
+
+
+def load_settings(config_dir: str | Path | None = None, **overrides: object) -> Settings:
+    """Build the settings once: overrides, then ``MYSIMBDP_*``, then ``<config_dir>/mysimbdp.toml``.
+
+    Raises :class:`ConfigError` naming the first invalid setting.
+    """
+    if config_dir is None:
+        config_dir = os.environ.get(f"{ENV_PREFIX}CONFIG_DIR", "config")
+    config_dir = Path(config_dir)
+    _toml_path.value = config_dir / "mysimbdp.toml"
+    try:
+        return Settings(config_dir=config_dir, **overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    except ValueError as exc:  # e.g. a TOML syntax error
+        raise ConfigError(str(config_dir / "mysimbdp.toml"), str(exc)) from None
+    finally:
+        _toml_path.value = None
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    loc = [str(part) for part in err["loc"]]
+    name = ENV_PREFIX + "__".join(loc).upper()
+    value = err.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+    return ConfigError(name, f"{err['msg']}{shown}")

@@ -1,0 +1,108 @@
+"""The tenant-app contract: the hooks a batch or stream ingest app implements.
+
+A tenant app is a module (or object) registered under the entry-point group ``mysimbdp``;
+the entry-point name is the app's name, referenced by tenant profiles. An app is a
+*batch app* if it implements :func:`mysimbdp_batch_wrangle` or
+:func:`mysimbdp_batch_wrangle_table`, a *stream app* if it implements
+:func:`mysimbdp_stream_wrangle`. The platform calls the hooks of one app only (the one the
+tenant's profile names); apps never receive a database client: the platform writes.
+
+Per-record hooks are called directly by the platform in a tight loop, so keep them cheap.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from mysimbdp.apps import BatchContext, MessageContext, Target
+
+__all__ = ["hookspec"]
+
+hookspec = pluggy.HookspecMarker("mysimbdp")
+
+
+# ---------------------------------------------------------------------------------------
+# Batch apps (the clientbatchingestapp)
+# ---------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mysimbdp_batch_target(tenant: str) -> Target | None:
+    """Where the app's documents go and which indexes to create there.
+
+    :param tenant: the tenant id the app runs for.
+    :returns: a :class:`mysimbdp.apps.Target`; the first non-None result wins. Without it
+        documents go to collection ``records`` with no extra index.
+    """
+
+
+@hookspec(firstresult=True)
+def mysimbdp_batch_wrangle(record: dict[str, Any], context: BatchContext) -> dict[str, Any] | None:
+    """Turn one raw record into one document.
+
+    :param record: the parsed record: a CSV row as ``{header: text}`` (empty fields are
+        ``""``), or a JSON Lines object as decoded.
+    :param context: the tenant, app and file being loaded.
+    :returns: the document to store. The platform sets ``_id`` (deterministic, for
+        exactly-once loading) unless the document has one. Raise :class:`mysimbdp.Reject`
+        (or any exception) to send this record to ``_rejects`` with the reason.
+    """
+
+
+@hookspec(firstresult=True)
+def mysimbdp_batch_wrangle_table(table: pa.RecordBatch, context: BatchContext) -> pa.RecordBatch | pa.Table | None:
+    """Optional columnar path: turn a batch of CSV rows into a batch of documents at once.
+
+    Implement this instead of (or besides) :func:`mysimbdp_batch_wrangle` for speed: the
+    platform reads CSV files with Arrow's CSV reader and hands the app record batches with
+    typed columns. Return a batch with the same number of rows; a row whose column
+    ``_reject`` (optional, string) is non-null goes to ``_rejects`` with that reason.
+    Returning None falls back to the per-record hook.
+    """
+
+
+@hookspec(firstresult=True)
+def mysimbdp_batch_check(document: dict[str, Any], context: BatchContext) -> str | None:
+    """Optional per-record validity check, run on each wrangled document before writing.
+
+    :returns: None if the document is valid, else the reason; the record then goes to
+        ``_rejects``.
+    """
+
+
+# ---------------------------------------------------------------------------------------
+# Stream apps (the clientstreamingestapp)
+# ---------------------------------------------------------------------------------------
+
+@hookspec(firstresult=True)
+def mysimbdp_stream_target(tenant: str) -> Target | None:
+    """Where the stream app's documents go and which indexes to create there.
+
+    Same meaning as :func:`mysimbdp_batch_target`; the first non-None result wins.
+    """
+
+
+@hookspec(firstresult=True)
+def mysimbdp_stream_wrangle(record: dict[str, Any], message: MessageContext) -> dict[str, Any] | None:
+    """Turn one record received in a message into one document.
+
+    :param record: one JSON object from the message body (a body holding a JSON array
+        yields one call per element).
+    :param message: the tenant, routing key, ``message_id``, ``timestamp`` and the record's
+        index in the message.
+    :returns: the document to store; raise :class:`mysimbdp.Reject` to send the record to
+        ``_rejects`` (the message is still acknowledged).
+    """
+
+
+@hookspec(firstresult=True)
+def mysimbdp_stream_quality(document: dict[str, Any], message: MessageContext) -> float | None:
+    """Optional data-quality score of a wrangled document, from 0.0 (useless) to 1.0.
+
+    The score is stored with the document as ``_quality``. Below the tenant's
+    ``stream.min_quality`` the record goes to ``_rejects`` instead.
+    """

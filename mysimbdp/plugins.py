@@ -1,0 +1,70 @@
+"""The plugin manager: discovers tenant apps through the ``mysimbdp`` entry-point group."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import pluggy
+
+from mysimbdp import hookspecs
+from mysimbdp.apps import App
+from mysimbdp.errors import PluginError
+
+__all__ = ["ENTRY_POINT_GROUP", "get_plugin_manager", "AppInfo", "list_apps"]
+
+ENTRY_POINT_GROUP = "mysimbdp"
+
+
+def get_plugin_manager(extra: dict[str, object | ModuleType | str] | None = None,
+                       load_entry_points: bool = True) -> pluggy.PluginManager:
+    """A plugin manager with every installed app, plus ``extra`` apps registered by name.
+
+    An ``extra`` value may be a module path, imported here.
+
+    Raises :class:`PluginError` if an app implements a hook that does not exist (a misspelt
+    hook would otherwise be silently ignored).
+    """
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    if load_entry_points:
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except Exception as exc:  # a broken distribution must be named, not crash with a trace
+            raise PluginError(f"cannot load tenant apps from entry points: {exc}") from exc
+    for name, plugin in (extra or {}).items():
+        if isinstance(plugin, str):
+            try:
+                plugin = importlib.import_module(plugin)
+            except ImportError as exc:
+                raise PluginError(f"app {name!r}: cannot import module {plugin!r}: {exc}") from exc
+        pm.register(plugin, name=name)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"{exc}; hooks are listed in docs/plugins.md") from exc
+    return pm
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    """What ``mysimbdp apps`` shows of one installed app."""
+
+    name: str
+    kinds: tuple[str, ...]
+    distribution: str | None
+    version: str | None
+
+
+def list_apps(pm: pluggy.PluginManager) -> list[AppInfo]:
+    """Every registered app, sorted by name."""
+    infos = []
+    for name, _plugin in pm.list_name_plugin():
+        if name is None:
+            continue
+        app = App(pm, name)
+        dist = app.distribution
+        infos.append(AppInfo(name, tuple(app.kinds), dist[0] if dist else None,
+                             dist[1] if dist else None))
+    return sorted(infos, key=lambda a: a.name)

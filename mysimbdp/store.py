@@ -1,0 +1,283 @@
+"""The store (the coredms of the reference design): MongoDB through ``pymongo.AsyncMongoClient``.
+
+Tenant data lives in database ``tenant_<id>``, platform data (file ledger, reports) in
+``mysimbdp``. Without ``MYSIMBDP_MONGO_URI`` the daemon runs the embedded
+MongoDB-wire-compatible server NX-27017 as a child process, data under ``<var>/store/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from mysimbdp.logs import get_logger
+
+__all__ = [
+    "PLATFORM_DB", "REJECTS", "EmbeddedMongo", "Store", "insert_idempotent", "InsertResult",
+    "free_port",
+]
+
+PLATFORM_DB = "mysimbdp"
+REJECTS = "_rejects"
+DUPLICATE_KEY = 11000
+log = get_logger("store")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the child when the daemon dies, even by SIGKILL (no orphans)."""
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    os.setpgrp()  # keep the terminal's Ctrl-C away from the store: the daemon stops it in order
+
+
+class EmbeddedMongo:
+    """NX-27017 as a child process on a free loopback port, with its own PID file and data dir."""
+
+    def __init__(self, data_dir: Path, log_file: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.log_file = log_file
+        self.host = host
+        self.port = port or free_port(host)
+        self.pid_file = data_dir / "nx-27017.pid"
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def uri(self) -> str:
+        """The URI clients connect to."""
+        return f"mongodb://{self.host}:{self.port}/"
+
+    def command(self) -> list[str]:
+        """The command line of the server process."""
+        return [sys.executable, "-c", "from nx_27017.nx_27017 import main; main()",
+                "--data-dir", str(self.data_dir), "--pid-file", str(self.pid_file),
+                "--log-file", str(self.log_file), "--host", self.host, "--port", str(self.port)]
+
+    @property
+    def pid(self) -> int | None:
+        """The child's PID while it runs."""
+        return self._proc.pid if self._proc else None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Start the server (replacing one left running by a killed daemon) and wait for ``ping``."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self._replace_stale()
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.command(), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + timeout
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(self.uri, serverSelectionTimeoutMS=500)
+        try:
+            while True:
+                if self._proc.returncode is not None:
+                    raise RuntimeError(f"embedded store exited with code {self._proc.returncode}; see {self.log_file}")
+                try:
+                    await client.admin.command("ping")
+                    break
+                except PyMongoError:
+                    if time.monotonic() > deadline:
+                        await self.stop()
+                        raise RuntimeError(f"embedded store did not answer within {timeout:.0f}s; see {self.log_file}") from None
+                    await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+        log.info("store.embedded.started", uri=self.uri, pid=self._proc.pid, data_dir=str(self.data_dir))
+
+    def _replace_stale(self) -> None:
+        """A previous daemon killed hard may have left its store running: stop it first."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            cmdline = b""
+        if b"nx_27017" in cmdline and str(self.data_dir).encode() in cmdline:
+            log.warning("store.embedded.stale", pid=pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            for _ in range(50):
+                if not Path(f"/proc/{pid}").exists():
+                    break
+                time.sleep(0.1)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.pid_file.unlink()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Terminate the server and wait for it; kill it if it does not exit in time."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        log.info("store.embedded.stopped", pid=proc.pid)
+
+
+class Store:
+    """The platform's MongoDB client and its health.
+
+    ``start()`` starts the embedded server when no URI is configured; it never fails because
+    the server is down: :attr:`up` tells, and a background task keeps checking.
+    """
+
+    name = "store"
+
+    def __init__(self, uri: str | None, var_dir: Path, check_interval_s: float = 2.0) -> None:
+        self.embedded = None if uri else EmbeddedMongo(var_dir / "store", var_dir / "log" / "store.log")
+        self._uri = uri
+        self._check_interval = check_interval_s
+        self._client: AsyncMongoClient[dict[str, Any]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.up = False
+        self.reason: str | None = "not started"
+
+    @property
+    def uri(self) -> str:
+        """The URI in use (the embedded server's when none is configured)."""
+        if self._uri:
+            return self._uri
+        assert self.embedded is not None
+        return self.embedded.uri
+
+    @property
+    def client(self) -> AsyncMongoClient[dict[str, Any]]:
+        """The shared client; valid between ``start()`` and ``stop()``."""
+        if self._client is None:
+            raise RuntimeError("store not started")
+        return self._client
+
+    def tenant_db(self, tenant: str) -> AsyncDatabase[dict[str, Any]]:
+        """The tenant's own database, ``tenant_<id>``."""
+        return self.client[f"tenant_{tenant}"]
+
+    @property
+    def platform_db(self) -> AsyncDatabase[dict[str, Any]]:
+        """The platform's database (file ledger, reports)."""
+        return self.client[PLATFORM_DB]
+
+    async def start(self) -> None:
+        """Start the embedded server if needed, create the client, begin health checks."""
+        if self.embedded is not None:
+            await self.embedded.start()
+        self._client = AsyncMongoClient(self.uri, serverSelectionTimeoutMS=3000, tz_aware=True)
+        await self.check()
+        log.info("store.connected" if self.up else "store.unavailable", uri=_redact(self.uri), reason=self.reason)
+        self._task = asyncio.create_task(self._check_loop(), name="store.health")
+
+    async def stop(self) -> None:
+        """Stop health checks, close the client, stop the embedded server."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        if self.embedded is not None:
+            await self.embedded.stop()
+        self.up = False
+        self.reason = "stopped"
+
+    async def check(self) -> bool:
+        """Ping the server once; update :attr:`up` and :attr:`reason`."""
+        try:
+            await self.client.admin.command("ping")
+        except PyMongoError as exc:
+            self.up, self.reason = False, f"{type(exc).__name__}: {exc}"[:300]
+        else:
+            self.up, self.reason = True, None
+        return self.up
+
+    async def _check_loop(self) -> None:
+        was_up = self.up
+        while True:
+            await asyncio.sleep(self._check_interval)
+            await self.check()
+            if self.up != was_up:
+                if self.up:
+                    log.info("store.connected", uri=_redact(self.uri))
+                else:
+                    log.error("store.unavailable", uri=_redact(self.uri), reason=self.reason)
+                was_up = self.up
+
+    def health(self) -> dict[str, object]:
+        """``{"up": bool, "reason": ..., "embedded": bool}``."""
+        return {"up": self.up, "reason": self.reason, "embedded": self.embedded is not None}
+
+
+class InsertResult:
+    """How many documents a write added, how many were already present, and which failed.
+
+    ``failed`` lists ``(index, reason)`` of documents the server refused for good (e.g. over
+    the 16 MB document limit); the caller sends them to ``_rejects``.
+    """
+
+    __slots__ = ("written", "duplicates", "failed")
+
+    def __init__(self, written: int = 0, duplicates: int = 0,
+                 failed: list[tuple[int, str]] | None = None) -> None:
+        self.written = written
+        self.duplicates = duplicates
+        self.failed = failed or []
+
+    def __repr__(self) -> str:
+        return f"InsertResult(written={self.written}, duplicates={self.duplicates}, failed={len(self.failed)})"
+
+
+async def insert_idempotent(collection: AsyncCollection[Any], documents: Sequence[Mapping[str, Any]]) -> InsertResult:
+    """Insert documents with deterministic ``_id``s; ones already present count as duplicates.
+
+    This is what makes loading exactly-once: a retried batch re-inserts the same ``_id``s and
+    MongoDB refuses them with duplicate-key errors, which are expected. Documents refused for
+    another reason are reported in ``failed``; connection errors propagate (retry the batch).
+    """
+    if not documents:
+        return InsertResult()
+    try:
+        result = await collection.insert_many(documents, ordered=False, bypass_document_validation=True)
+    except BulkWriteError as exc:
+        errors: list[dict[str, Any]] = list(exc.details.get("writeErrors", []))
+        dups = sum(1 for e in errors if e.get("code") == DUPLICATE_KEY)
+        failed = [(int(e.get("index", -1)), str(e.get("errmsg", "write refused"))[:500])
+                  for e in errors if e.get("code") != DUPLICATE_KEY]
+        return InsertResult(int(exc.details.get("nInserted", len(documents) - len(errors))), dups, failed)
+    return InsertResult(len(result.inserted_ids), 0)
+
+
+def _redact(uri: str) -> str:
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri

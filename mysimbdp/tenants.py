@@ -1,0 +1,272 @@
+"""Tenant profiles (``<config>/tenants/<id>.toml``) and the registry that hot-reloads them.
+
+Adding a profile onboards a tenant while the daemon runs, deleting it offboards the tenant
+(its data stays), editing it applies the new limits. An invalid profile is reported with the
+key and the reason; a tenant whose edited profile is invalid keeps its last valid profile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import tomllib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import watchfiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mysimbdp.errors import TenantProfileError
+from mysimbdp.logs import get_logger
+
+__all__ = [
+    "TENANT_ID_RE", "TenantProfile", "BatchProfile", "BatchRoute", "StreamProfile",
+    "MonitorProfile", "load_profile", "load_profiles", "TenantRegistry", "TenantChange",
+]
+
+TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+Format = Literal["csv", "csv.gz", "jsonl", "jsonl.gz"]
+FORMATS: tuple[Format, ...] = ("csv", "csv.gz", "jsonl", "jsonl.gz")
+log = get_logger("tenants")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BatchRoute(_Section):
+    """Files whose name matches ``pattern`` (a glob) go to ``app`` with their own limits."""
+
+    pattern: str
+    app: str
+    max_concurrent_files: int = Field(1, ge=1, le=64)
+    timeout_s: float = Field(3600.0, gt=0)
+
+
+class BatchProfile(_Section):
+    """The tenant's batch constraints (the service profile of the reference design)."""
+
+    app: str
+    formats: tuple[Format, ...] = FORMATS
+    max_file_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    max_staged_files: int = Field(20, ge=1)
+    max_concurrent_files: int = Field(2, ge=1, le=64)
+    storage_quota_bytes: int = Field(10 * 1024**3, ge=1)
+    max_error_rate: float = Field(0.10, ge=0.0, le=1.0)
+    timeout_s: float = Field(3600.0, gt=0)
+    routes: tuple[BatchRoute, ...] = ()
+
+
+class StreamProfile(_Section):
+    """The tenant's stream settings: app, consumer bounds and batching."""
+
+    app: str
+    apps: dict[str, str] = Field(default_factory=dict,
+                                 description="routing-key type -> app, for keys <tenant>.<type>")
+    min_consumers: int = Field(1, ge=0, le=64)
+    max_consumers: int = Field(8, ge=1, le=64)
+    prefetch: int = Field(500, ge=1, le=65535)
+    batch_max_messages: int = Field(1000, ge=1, le=100_000)
+    batch_max_wait_ms: int = Field(200, ge=1, le=60_000)
+    delivery_limit: int = Field(5, ge=1)
+    min_quality: float = Field(0.0, ge=0.0, le=1.0)
+    report_interval_s: float = Field(10.0, gt=0)
+    app_timeout_s: float = Field(30.0, gt=0)
+    autostart: bool = True
+
+    @model_validator(mode="after")
+    def _bounds(self) -> StreamProfile:
+        if self.min_consumers > self.max_consumers:
+            raise ValueError("min_consumers must not exceed max_consumers")
+        return self
+
+
+class MonitorProfile(_Section):
+    """Thresholds that make the monitor scale the tenant's stream consumers."""
+
+    max_avg_ingest_ms: float = Field(1000.0, gt=0)
+    max_queue_depth: int = Field(5000, ge=0)
+    breaches_before_alert: int = Field(2, ge=1)
+    cooldown_s: float = Field(15.0, ge=0)
+    idle_reports_before_scale_down: int = Field(3, ge=1)
+
+
+class TenantProfile(_Section):
+    """One tenant: identity, token hash and the sections it uses."""
+
+    id: str
+    name: str = ""
+    token_sha256: str | None = None
+    batch: BatchProfile | None = None
+    stream: StreamProfile | None = None
+    monitor: MonitorProfile = Field(default_factory=MonitorProfile)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if not TENANT_ID_RE.match(value):
+            raise ValueError("must match [a-z0-9][a-z0-9_-]{0,31}")
+        return value
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be the 64 lowercase hex digits of a sha256")
+        return value
+
+    @property
+    def database(self) -> str:
+        """The tenant's own MongoDB database."""
+        return f"tenant_{self.id}"
+
+
+def load_profile(path: Path) -> TenantProfile:
+    """Read and validate one profile; raises :class:`TenantProfileError` naming the key."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise TenantProfileError(str(path), "(file)", str(exc)) from None
+    try:
+        profile = TenantProfile.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(file)"
+        raise TenantProfileError(str(path), key, err["msg"]) from None
+    if profile.id != path.stem:
+        raise TenantProfileError(str(path), "id", f"is {profile.id!r} but the file is named {path.name!r}; they must match")
+    return profile
+
+
+def load_profiles(directory: Path) -> tuple[dict[str, TenantProfile], list[TenantProfileError]]:
+    """Every valid profile in ``directory`` and the errors of the invalid ones."""
+    profiles: dict[str, TenantProfile] = {}
+    errors: list[TenantProfileError] = []
+    for path in sorted(directory.glob("*.toml")) if directory.is_dir() else []:
+        try:
+            profile = load_profile(path)
+        except TenantProfileError as exc:
+            errors.append(exc)
+        else:
+            profiles[profile.id] = profile
+    return profiles, errors
+
+
+@dataclass(frozen=True)
+class TenantChange:
+    """``added``, ``changed`` or ``removed``; ``old``/``new`` are the profiles before/after."""
+
+    kind: Literal["added", "changed", "removed"]
+    tenant: str
+    old: TenantProfile | None
+    new: TenantProfile | None
+
+
+Listener = Callable[[TenantChange], Awaitable[None]]
+
+
+class TenantRegistry:
+    """The current tenants, reloaded when ``<config>/tenants/`` changes.
+
+    Components subscribe with :meth:`add_listener`; each change is delivered to every
+    listener in order of subscription (onboarding: store, then batch, then stream).
+    """
+
+    name = "tenants"
+
+    def __init__(self, directory: Path, stop_event: asyncio.Event) -> None:
+        self.directory = directory
+        self._stop = stop_event
+        self._tenants: dict[str, TenantProfile] = {}
+        self._errors: dict[str, TenantProfileError] = {}
+        self._listeners: list[Listener] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def __contains__(self, tenant: str) -> bool:
+        return tenant in self._tenants
+
+    def get(self, tenant: str) -> TenantProfile | None:
+        """The tenant's current profile, or None."""
+        return self._tenants.get(tenant)
+
+    def all(self) -> list[TenantProfile]:
+        """Every current tenant, sorted by id."""
+        return [self._tenants[k] for k in sorted(self._tenants)]
+
+    @property
+    def errors(self) -> dict[str, TenantProfileError]:
+        """Invalid profile files by path."""
+        return dict(self._errors)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` for every change from now on (and replay current tenants)."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        """Load the profiles, notify listeners of every tenant, then watch for changes."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        await self.reload()
+        self._task = asyncio.create_task(self._watch(), name="tenants.watch")
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def health(self) -> dict[str, object]:
+        """Tenants loaded and invalid profile files."""
+        return {"up": True, "tenants": sorted(self._tenants),
+                "invalid": {p: str(e) for p, e in self._errors.items()}}
+
+    async def reload(self) -> list[TenantChange]:
+        """Read the directory again and deliver the differences to the listeners."""
+        found, errors = load_profiles(self.directory)
+        new_errors = {e.path: e for e in errors}
+        for path, err in new_errors.items():
+            if path not in self._errors or str(self._errors[path]) != str(err):
+                log.error("tenant.invalid", path=path, key=err.key, reason=err.problem)
+        self._errors = new_errors
+        # A tenant whose file exists but is now invalid keeps its last valid profile.
+        invalid_ids = {Path(p).stem for p in new_errors}
+        changes: list[TenantChange] = []
+        for tid, old in list(self._tenants.items()):
+            if tid not in found and tid not in invalid_ids:
+                changes.append(TenantChange("removed", tid, old, None))
+        for tid, new in found.items():
+            previous = self._tenants.get(tid)
+            if previous is None:
+                changes.append(TenantChange("added", tid, None, new))
+            elif previous != new:
+                changes.append(TenantChange("changed", tid, previous, new))
+        for change in changes:
+            if change.new is None:
+                self._tenants.pop(change.tenant, None)
+            else:
+                self._tenants[change.tenant] = change.new
+            log.info(f"tenant.{change.kind}", tenant=change.tenant)
+            await self._deliver(change)
+        return changes
+
+    async def _deliver(self, change: TenantChange) -> None:
+        for listener in self._listeners:
+            try:
+                await listener(change)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("tenant.listener_failed", tenant=change.tenant,
+                              change=change.kind, error=str(exc))
+
+    async def _watch(self) -> None:
+        async for _changes in watchfiles.awatch(self.directory, stop_event=self._stop,
+                                                debounce=300, recursive=False):
+            try:
+                await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let a reload bug stop the watcher
+                log.exception("tenant.reload_failed", error=str(exc))

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Idempotent set-up for mysimbdp on Debian: Python virtualenv with the package and the
+# example tenant apps, and a running RabbitMQ (installed from Debian's packages if absent).
+# Safe to run again: it skips what is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+AMQP_HOST=${MYSIMBDP_AMQP_HOST:-127.0.0.1}
+AMQP_PORT=${MYSIMBDP_AMQP_PORT:-5672}
+
+say() { printf '[setup] %s\n' "$*"; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else say "need root for: $* (run as root, or install RabbitMQ yourself and set MYSIMBDP_AMQP_URL)"; exit 1
+    fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# --- Python environment -----------------------------------------------------------------
+stamp_input=$(cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)
+if [ ! -x "$VENV/bin/python" ]; then
+    say "creating virtualenv in $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+if [ "$(cat .setup-stamp 2>/dev/null)" != "$stamp_input" ]; then
+    say "installing mysimbdp and the example tenant apps into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    plugin_args=()
+    for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && plugin_args+=(-e "$p"); done
+    "$VENV/bin/python" -m pip install -q -e ".[test]" "${plugin_args[@]}"
+    echo "$stamp_input" > .setup-stamp
+else
+    say "python environment up to date"
+fi
+
+# --- RabbitMQ -----------------------------------------------------------------------------
+if port_open "$AMQP_HOST" "$AMQP_PORT"; then
+    say "RabbitMQ answers on $AMQP_HOST:$AMQP_PORT"
+else
+    if ! command -v rabbitmq-server >/dev/null 2>&1 && [ ! -x /usr/sbin/rabbitmq-server ]; then
+        say "installing rabbitmq-server from Debian's packages"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rabbitmq-server
+    fi
+    say "starting RabbitMQ"
+    as_root rabbitmq-server -detached || true
+    as_root rabbitmqctl await_startup --timeout 120
+fi
+# The management plugin gives the HTTP API used to provision tenant users and read queue depths.
+if ! port_open "$AMQP_HOST" 15672; then
+    say "enabling the RabbitMQ management plugin"
+    as_root rabbitmq-plugins enable rabbitmq_management >/dev/null
+    for _ in $(seq 1 60); do port_open "$AMQP_HOST" 15672 && break; sleep 1; done
+fi
+say "ready"

@@ -1,0 +1,273 @@
+"""Shared fixtures: the real store (embedded NX-27017 or ``MYSIMBDP_TEST_MONGO_URI``), the real
+RabbitMQ (a throw-away vhost per test session), settings in temporary folders, and the daemon
+run in-process or as a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+from pymongo import AsyncMongoClient, MongoClient
+from pymongo.errors import PyMongoError
+
+from mysimbdp.broker_admin import BrokerAdmin
+from mysimbdp.config import Settings, load_settings
+from mysimbdp.daemon import Daemon
+from mysimbdp.logs import configure_logging
+from mysimbdp.store import EmbeddedMongo, free_port
+
+MANAGEMENT_URL = os.environ.get("MYSIMBDP_TEST_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
+AMQP_BASE = os.environ.get("MYSIMBDP_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
+ADMIN_TOKEN = "test-admin-token"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _wait_for_ping(uri: str, timeout: float = 30.0) -> None:
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=500)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                client.admin.command("ping")
+                return
+            except PyMongoError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB for the whole session: ``MYSIMBDP_TEST_MONGO_URI`` or an embedded NX-27017."""
+    real = os.environ.get("MYSIMBDP_TEST_MONGO_URI")
+    if real:
+        yield real
+        return
+    base = tmp_path_factory.mktemp("store")
+    server = EmbeddedMongo(base / "data", base / "store.log")
+    server.data_dir.mkdir(parents=True)
+    proc = subprocess.Popen(server.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_ping(server.uri)
+        yield server.uri
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def rabbit_vhost() -> Iterator[str]:
+    """A fresh RabbitMQ vhost for the session (guest may do anything in it); deleted after."""
+    vhost = f"mysimbdp-test-{uuid.uuid4().hex[:8]}"
+
+    async def setup() -> None:
+        async with BrokerAdmin(MANAGEMENT_URL) as admin:
+            await admin.create_vhost(vhost)
+            await admin.set_permissions(vhost, "guest", ".*", ".*", ".*")
+
+    async def teardown() -> None:
+        async with BrokerAdmin(MANAGEMENT_URL) as admin:
+            await admin.delete_vhost(vhost)
+
+    asyncio.run(setup())
+    yield vhost
+    asyncio.run(teardown())
+
+
+@pytest.fixture(scope="session")
+def amqp_url(rabbit_vhost: str) -> str:
+    """The AMQP URL of the session's vhost."""
+    return f"{AMQP_BASE}/{quote(rabbit_vhost, safe='')}"
+
+
+@pytest.fixture
+def tenant_id() -> str:
+    """A tenant id no other test uses (so tests share the store and the broker safely)."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path, mongo_uri: str, amqp_url: str) -> Callable[..., Settings]:
+    """Build settings in ``tmp_path`` against the session's store and broker; overrides win."""
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = dict(
+            staging_dir=tmp_path / "staging", var_dir=tmp_path / "var", http_port=0,
+            mongo_uri=mongo_uri, amqp_url=amqp_url, admin_token=ADMIN_TOKEN, drain_timeout_s=5.0,
+            log_level="debug",
+            batch={"stable_after_s": 0.2, "rescan_interval_s": 0.5},
+            stream={"management_url": MANAGEMENT_URL},
+        )
+        values.update(overrides)
+        config_dir = values.pop("config_dir", tmp_path / "config")
+        (Path(config_dir) / "tenants").mkdir(parents=True, exist_ok=True)
+        return load_settings(config_dir, **values)
+    return make
+
+
+@pytest.fixture
+async def mongo(mongo_uri: str) -> AsyncIterator[AsyncMongoClient[dict[str, Any]]]:
+    """A client of the session's store for assertions."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    yield client
+    await client.close()
+
+
+@dataclass
+class RunningDaemon:
+    """An in-process daemon and how to reach it."""
+
+    daemon: Daemon
+    task: asyncio.Task[None]
+    url: str
+
+    @property
+    def settings(self) -> Settings:
+        return self.daemon.settings
+
+
+async def _wait_http(daemon: Daemon, task: asyncio.Task[None], timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while daemon.http._runner is None or daemon.http.port == 0:
+        if task.done():
+            task.result()
+            raise RuntimeError("daemon stopped during start-up")
+        if time.monotonic() > deadline:
+            raise TimeoutError("daemon did not start its HTTP endpoint")
+        await asyncio.sleep(0.05)
+    return f"http://127.0.0.1:{daemon.http.port}"
+
+
+@pytest.fixture
+async def start_daemon(settings_factory: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_daemon(settings=None, pm=None)`` runs a daemon in this event loop; stopped after the test."""
+    running: list[RunningDaemon] = []
+
+    async def start(settings: Settings | None = None, pm: Any = None) -> RunningDaemon:
+        settings = settings or settings_factory()
+        configure_logging(settings.log_level, settings.log_file, console=False)
+        daemon = Daemon(settings, pm=pm)
+        task = asyncio.create_task(daemon.run())
+        url = await _wait_http(daemon, task)
+        rd = RunningDaemon(daemon, task, url)
+        running.append(rd)
+        return rd
+
+    yield start
+    for rd in reversed(running):
+        rd.daemon.request_stop("test finished")
+        try:
+            await asyncio.wait_for(rd.task, 30)
+        except Exception:
+            rd.task.cancel()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client for the tests."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@dataclass
+class DaemonProcess:
+    """``mysimbdpd`` running as a child process."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    settings_env: dict[str, str]
+    log_path: Path
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+
+def daemon_env(settings: Settings, port: int) -> dict[str, str]:
+    """The environment that makes ``mysimbdpd`` use ``settings`` (and ``port``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYSIMBDP_")}
+    env.update({
+        "MYSIMBDP_CONFIG_DIR": str(settings.config_dir),
+        "MYSIMBDP_STAGING_DIR": str(settings.staging_dir),
+        "MYSIMBDP_VAR_DIR": str(settings.var_dir),
+        "MYSIMBDP_HTTP_PORT": str(port),
+        "MYSIMBDP_AMQP_URL": settings.amqp_url,
+        "MYSIMBDP_ADMIN_TOKEN": settings.admin_token or "",
+        "MYSIMBDP_DRAIN_TIMEOUT_S": str(settings.drain_timeout_s),
+        "MYSIMBDP_LOG_LEVEL": settings.log_level,
+        "MYSIMBDP_BATCH": settings.batch.model_dump_json(),
+        "MYSIMBDP_STREAM": settings.stream.model_dump_json(),
+        "MYSIMBDP_EXTRA_APPS": __import__("json").dumps(settings.extra_apps),
+        "PYTHONPATH": str(REPO),
+    })
+    if settings.mongo_uri:
+        env["MYSIMBDP_MONGO_URI"] = settings.mongo_uri
+    return env
+
+
+def wait_health(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0,
+                want: tuple[int, ...] = (200, 503)) -> int:
+    """Poll ``/health`` until it answers one of ``want``; returns the status."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"mysimbdpd exited with {proc.returncode} during start-up")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                if resp.status in want:
+                    return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            if exc.code in want:
+                return int(exc.code)
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url}/health did not answer {want} within {timeout}s")
+
+
+@pytest.fixture
+def spawn_daemon() -> Iterator[Callable[..., DaemonProcess]]:
+    """``spawn_daemon(settings)`` starts ``mysimbdpd`` as a child process; killed after the test."""
+    procs: list[DaemonProcess] = []
+
+    def spawn(settings: Settings, wait: bool = True) -> DaemonProcess:
+        port = free_port()
+        env = daemon_env(settings, port)
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        log_path = settings.var_dir / f"stdout-{len(procs)}.log"
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-c", "from mysimbdp.cli import daemon_main; daemon_main()"],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT, cwd=settings.var_dir.parent)
+        dp = DaemonProcess(proc, f"http://127.0.0.1:{port}", env, log_path)
+        procs.append(dp)
+        if wait:
+            wait_health(dp.url, proc)
+        return dp
+
+    yield spawn
+    for dp in procs:
+        if dp.proc.poll() is None:
+            dp.proc.send_signal(signal.SIGTERM)
+            try:
+                dp.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                dp.proc.kill()
+                dp.proc.wait()

@@ -1,0 +1,78 @@
+"""The daemon: health (healthy and degraded), graceful stop on SIGTERM, no child left behind."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from mysimbdp.config import Settings
+from mysimbdp.store import free_port
+
+
+async def test_health_ok(start_daemon: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    rd = await start_daemon()
+    for _ in range(100):  # the broker connects in the background
+        async with http.get(rd.url + "/health") as resp:
+            body = await resp.json()
+            if resp.status == 200:
+                break
+        await __import__("asyncio").sleep(0.1)
+    assert resp.status == 200, body
+    assert body["status"] == "ok"
+    assert body["components"]["store"]["up"] is True
+    assert body["components"]["broker"]["up"] is True
+
+
+async def test_health_degraded_when_broker_unreachable(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        http: aiohttp.ClientSession) -> None:
+    closed = free_port()
+    rd = await start_daemon(settings_factory(amqp_url=f"amqp://guest:guest@127.0.0.1:{closed}/"))
+    async with http.get(rd.url + "/health") as resp:
+        body = await resp.json()
+    assert resp.status == 503
+    assert body["status"] == "degraded"
+    assert body["down"] == ["broker"]
+    assert "Connect call failed" in body["components"]["broker"]["reason"] or body["components"]["broker"]["reason"]
+    assert body["components"]["store"]["up"] is True
+
+
+async def test_unknown_route_is_404(start_daemon: Callable[..., Any], http: aiohttp.ClientSession) -> None:
+    rd = await start_daemon()
+    async with http.get(rd.url + "/no-such-thing") as resp:
+        assert resp.status == 404
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_sigterm_exits_0_within_deadline(spawn_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+                                         tmp_path: Path) -> None:
+    settings = settings_factory(mongo_uri=None, drain_timeout_s=3.0)
+    dp = spawn_daemon(settings)
+    children = _children(dp.proc.pid)
+    assert children, "the embedded store should run as a child of the daemon"
+    t0 = time.monotonic()
+    dp.signal(signal.SIGTERM)
+    code = dp.proc.wait(20)
+    elapsed = time.monotonic() - t0
+    assert code == 0, dp.log_path.read_text()
+    assert elapsed < 3.0 + 5.0
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    log = (settings.var_dir / "log" / "mysimbdp.jsonl").read_text()
+    assert '"event":"daemon.stopped"' in log

@@ -1,0 +1,116 @@
+"""The store: the embedded server's life cycle and idempotent writes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from mysimbdp.store import EmbeddedMongo, Store, insert_idempotent
+
+
+async def test_embedded_persists_across_restart(tmp_path: Path) -> None:
+    store = Store(None, tmp_path)
+    await store.start()
+    assert store.up
+    await store.tenant_db("acme")["things"].insert_one({"_id": 1, "v": "kept"})
+    pid = store.embedded.pid  # type: ignore[union-attr]
+    await store.stop()
+    assert not Path(f"/proc/{pid}").exists()
+
+    again = Store(None, tmp_path)
+    await again.start()
+    try:
+        assert await again.tenant_db("acme")["things"].find_one({"_id": 1}) == {"_id": 1, "v": "kept"}
+        assert (tmp_path / "store").is_dir()
+    finally:
+        await again.stop()
+
+
+async def test_stale_embedded_server_is_replaced(tmp_path: Path) -> None:
+    """A store left by a daemon killed hard is stopped before a new one starts."""
+    first = EmbeddedMongo(tmp_path / "store", tmp_path / "store.log")
+    first.data_dir.mkdir(parents=True)
+    orphan = subprocess.Popen(first.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if first.pid_file.exists():
+            break
+        await asyncio.sleep(0.05)
+    second = EmbeddedMongo(tmp_path / "store", tmp_path / "store.log")
+    await second.start()
+    try:
+        assert orphan.wait(10) is not None
+    finally:
+        await second.stop()
+
+
+def test_embedded_dies_with_its_parent(tmp_path: Path) -> None:
+    """SIGKILL of the process that started the store leaves no orphan store."""
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from mysimbdp.store import EmbeddedMongo\n"
+        "async def main():\n"
+        f"    m = EmbeddedMongo(Path({str(tmp_path)!r}) / 'store', Path({str(tmp_path)!r}) / 'log')\n"
+        "    await m.start()\n"
+        "    print('PID', m.pid, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    line = ""
+    while not line.startswith("PID "):
+        line = parent.stdout.readline()
+    child_pid = int(line.split()[1])
+    assert Path(f"/proc/{child_pid}").exists()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    for _ in range(100):
+        if not _alive(child_pid):
+            break
+        time.sleep(0.1)
+    assert not _alive(child_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+async def test_unreachable_store_is_reported_not_raised(tmp_path: Path) -> None:
+    store = Store("mongodb://127.0.0.1:1/", tmp_path)
+    await store.start()
+    try:
+        assert store.up is False
+        assert store.health()["reason"]
+    finally:
+        await store.stop()
+
+
+async def test_insert_idempotent_counts_duplicates(mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str) -> None:
+    coll = mongo[f"tenant_{tenant_id}"]["records"]
+    docs = [{"_id": f"f:{i}", "n": i} for i in range(50)]
+    first = await insert_idempotent(coll, docs[:30])
+    assert (first.written, first.duplicates) == (30, 0)
+    again = await insert_idempotent(coll, docs)
+    assert (again.written, again.duplicates) == (20, 30)
+    assert await coll.count_documents({}) == 50
+
+
+@pytest.mark.parametrize("n", [0])
+async def test_insert_idempotent_empty(mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str, n: int) -> None:
+    result = await insert_idempotent(mongo[f"tenant_{tenant_id}"]["records"], [])
+    assert (result.written, result.duplicates, result.failed) == (0, 0, [])
