@@ -64,7 +64,8 @@ class Daemon:
 
     def _ingestion_components(self) -> list[Any]:
         """The batch manager, the stream manager and the monitor, in start order."""
-        return []
+        components: list[Any] = []
+        return components
 
     def component(self, name: str) -> Any:
         """The component registered under ``name``."""

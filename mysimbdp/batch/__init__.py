@@ -1,0 +1,1 @@
+"""Batch ingestion: tenants' files from ``staging/<tenant>/`` into their databases."""

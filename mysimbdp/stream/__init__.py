@@ -1,0 +1,1 @@
+"""Stream ingestion: tenants' RabbitMQ messages into their databases."""
