@@ -1,0 +1,1 @@
+"""Example tenant apps of the flights tenant."""

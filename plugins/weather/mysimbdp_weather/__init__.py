@@ -1,0 +1,1 @@
+"""Example tenant apps of the weather tenant."""
