@@ -29,10 +29,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ "$(cat .setup-stamp 2>/dev/null)" != "$stamp_input" ]; then
     say "installing mysimbdp and the example tenant apps into $VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
     plugin_args=()
     for p in plugins/*/; do [ -f "$p/pyproject.toml" ] && plugin_args+=(-e "$p"); done
-    "$VENV/bin/python" -m pip install -q -e ".[test]" "${plugin_args[@]}"
+    log=$(mktemp)
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip &&
+           "$VENV/bin/python" -m pip install -q -e ".[test]" "${plugin_args[@]}"; } >"$log" 2>&1; then
+        cat "$log"; rm -f "$log"; say "pip install failed (output above)"; exit 1
+    fi
+    rm -f "$log"
     echo "$stamp_input" > .setup-stamp
 else
     say "python environment up to date"
@@ -49,7 +53,7 @@ else
     fi
     say "starting RabbitMQ"
     as_root rabbitmq-server -detached || true
-    as_root rabbitmqctl await_startup --timeout 120
+    as_root rabbitmqctl await_startup
 fi
 # The management plugin gives the HTTP API used to provision tenant users and read queue depths.
 if ! port_open "$AMQP_HOST" 15672; then
