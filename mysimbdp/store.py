@@ -79,6 +79,11 @@ class EmbeddedMongo:
         """The child's PID while it runs."""
         return self._proc.pid if self._proc else None
 
+    @property
+    def exited(self) -> bool:
+        """Whether the server was started and has exited since (it crashed or was killed)."""
+        return self._proc is not None and self._proc.returncode is not None
+
     async def start(self, timeout: float = 30.0) -> None:
         """Start the server (replacing one left running by a killed daemon) and wait for ``ping``."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -224,6 +229,7 @@ class Store:
         was_up = self.up
         while True:
             await asyncio.sleep(self._check_interval)
+            await self._restart_if_exited()
             await self.check()
             if self.up != was_up:
                 if self.up:
@@ -231,6 +237,17 @@ class Store:
                 else:
                     log.error("store.unavailable", uri=_redact(self.uri), reason=self.reason)
                 was_up = self.up
+
+    async def _restart_if_exited(self) -> None:
+        """The embedded server died: start it again on the same port and data (clients reconnect)."""
+        if self.embedded is None or not self.embedded.exited:
+            return
+        log.error("store.embedded.died", pid=self.embedded.pid)
+        try:
+            await self.embedded.start()
+        except (OSError, RuntimeError) as exc:
+            self.up, self.reason = False, f"embedded store failed to restart: {exc}"
+            log.error("store.unavailable", uri=_redact(self.uri), reason=self.reason)
 
     def health(self) -> dict[str, object]:
         """``{"up": bool, "reason": ..., "embedded": bool}``."""

@@ -114,3 +114,22 @@ async def test_insert_idempotent_counts_duplicates(mongo: AsyncMongoClient[dict[
 async def test_insert_idempotent_empty(mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str, n: int) -> None:
     result = await insert_idempotent(mongo[f"tenant_{tenant_id}"]["records"], [])
     assert (result.written, result.duplicates, result.failed) == (0, 0, [])
+
+
+async def test_embedded_store_restarts_after_a_crash(tmp_path: Path) -> None:
+    store = Store(None, tmp_path, check_interval_s=0.2)
+    await store.start()
+    try:
+        await store.tenant_db("acme")["things"].insert_one({"_id": 1})
+        first_pid = store.embedded.pid  # type: ignore[union-attr]
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        for _ in range(150):
+            await asyncio.sleep(0.1)
+            if store.embedded.pid != first_pid and store.up:  # type: ignore[union-attr]
+                break
+        assert store.embedded.pid != first_pid  # type: ignore[union-attr]
+        assert store.up
+        assert await store.tenant_db("acme")["things"].count_documents({}) == 1
+    finally:
+        await store.stop()
