@@ -1,0 +1,71 @@
+"""The ``mysimbdp`` tool: help, apps, and the tenant-profile commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mysimbdp.auth import hash_token
+from mysimbdp.cli import main
+from mysimbdp.tenants import load_profile
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+def test_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("apps", "tenants"):
+        assert command in out
+
+
+def test_apps_lists_installed_example_apps() -> None:
+    out = subprocess.run([sys.executable, "-c", "from mysimbdp.cli import main; main(['apps', '--json'])"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith("[")
+
+
+def _profile(dir_: Path, tid: str, body: str = "") -> Path:
+    (dir_ / "tenants").mkdir(parents=True, exist_ok=True)
+    path = dir_ / "tenants" / f"{tid}.toml"
+    path.write_text(f'id = "{tid}"\nname = "T"\n{body}')
+    return path
+
+
+def test_tenants_check_reports_invalid_profiles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _profile(tmp_path, "good", '[batch]\napp = "x"\n')
+    _profile(tmp_path, "bad", '[batch]\napp = "x"\nmax_file_bytes = -5\n')
+    code, out, _ = run(capsys, "--config-dir", str(tmp_path), "tenants", "check")
+    assert code == 1
+    assert "ok       good" in out
+    assert "batch.max_file_bytes" in out and "bad.toml" in out
+
+
+def test_tenants_token_stores_only_the_hash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _profile(tmp_path, "acme", '[batch]\napp = "x"\n')
+    code, out, _ = run(capsys, "--config-dir", str(tmp_path), "tenants", "token", "acme")
+    assert code == 0
+    token = out.strip()
+    assert len(token) >= 40
+    assert token not in path.read_text()
+    assert load_profile(path).token_sha256 == hash_token(token)
+    # a second token replaces the first
+    code, out2, _ = run(capsys, "--config-dir", str(tmp_path), "tenants", "token", "acme")
+    assert load_profile(path).token_sha256 == hash_token(out2.strip()) != hash_token(token)
+    assert path.read_text().count("token_sha256") == 1
+
+
+def test_tenants_token_unknown_tenant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "--config-dir", str(tmp_path), "tenants", "token", "nobody")
+    assert code == 1
+    assert "no such tenant profile" in err
+    assert "Traceback" not in err
