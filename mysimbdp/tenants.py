@@ -91,6 +91,9 @@ class MonitorProfile(_Section):
     breaches_before_alert: int = Field(2, ge=1)
     cooldown_s: float = Field(15.0, ge=0)
     idle_reports_before_scale_down: int = Field(3, ge=1)
+    scale_up_step: int = Field(1, ge=1, le=64)
+    idle_utilization: float = Field(0.5, gt=0.0, le=1.0)
+    autoscale: bool = True
 
 
 class TenantProfile(_Section):
