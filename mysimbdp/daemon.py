@@ -24,6 +24,7 @@ from mysimbdp.logs import get_logger
 from mysimbdp.plugins import get_plugin_manager
 from mysimbdp.store import Store
 from mysimbdp.tenants import TenantRegistry
+from mysimbdp.upload import UploadService
 
 __all__ = ["Daemon", "Component"]
 
@@ -65,6 +66,8 @@ class Daemon:
     def _ingestion_components(self) -> list[Any]:
         """The batch manager, the stream manager and the monitor, in start order."""
         components: list[Any] = []
+        self.upload = UploadService(self)
+        components.append(self.upload)
         return components
 
     def component(self, name: str) -> Any:

@@ -1,0 +1,451 @@
+"""The upload door: tenants send batch files over HTTP instead of writing into staging.
+
+``PUT /tenants/{id}/files/{name}`` streams the body to ``<staging>/<id>/.<name>.part``
+(hashing it on the way, never holding the whole file in memory), records the file in the
+ledger as ``staged`` and then renames it atomically to ``<staging>/<id>/<name>``, where the
+batch watcher picks it up. The tenant's constraints are checked with the same code the
+watcher uses (:mod:`mysimbdp.batch.constraints`), before the body is read when possible
+(``Content-Length``, ``Expect: 100-continue``) and again while it streams. Any failure,
+including a broken connection, leaves nothing behind. See ``docs/upload.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from aiohttp import web
+
+from mysimbdp.batch.constraints import Usage, check_file, check_name
+from mysimbdp.errors import FileRejected
+from mysimbdp.http import HttpError, error_response, json_response, require_tenant
+from mysimbdp.ledger import FileState
+from mysimbdp.logs import get_logger
+from mysimbdp.tenants import BatchProfile, TenantProfile
+
+if TYPE_CHECKING:
+    from mysimbdp.daemon import Daemon
+
+__all__ = ["UploadService", "STATUS_BY_CODE", "CHUNK_BYTES", "part_path"]
+
+log = get_logger("upload")
+
+#: HTTP status of each refusal code (the codes of :data:`~mysimbdp.batch.constraints.REASON_CODES`
+#: plus the door's own).
+STATUS_BY_CODE = {
+    "bad_name": 400,
+    "length_mismatch": 400,
+    "no_batch": 404,
+    "unknown_file": 404,
+    "exists": 409,
+    "in_progress": 409,
+    "duplicate": 409,
+    "too_big": 413,
+    "format": 415,
+    "staging_full": 429,
+    "over_quota": 507,
+    "no_space": 507,
+    "draining": 503,
+}
+
+#: Bytes handed to the writer thread at once: memory per upload stays around this size.
+CHUNK_BYTES = 1024 * 1024
+#: A refused body larger than this is not read to the end: the connection is closed instead.
+_LINGER_MAX_BYTES = 64 * 1024
+_MAX_LIST = 1000
+
+
+def part_path(folder: Path, name: str) -> Path:
+    """Where an upload of ``name`` is written until it is complete (hidden from the watcher)."""
+    return folder / f".{name}.part"
+
+
+@dataclass
+class _Upload:
+    """An upload that passed the checks made before its body is read."""
+
+    tenant: str
+    name: str
+    profile: BatchProfile
+    folder: Path
+    declared: int | None  # Content-Length, None for a chunked body
+    usage: Usage
+    received: int = 0
+
+
+class UploadService:
+    """The ``upload`` component: the tenant-facing file endpoints."""
+
+    name = "upload"
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self._accepting = False
+        self._inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
+        self._stats = {"staged": 0, "rejected": 0, "interrupted": 0}
+
+    # -- component -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Accept uploads (the HTTP server starts after this component)."""
+        self._accepting = True
+
+    async def stop(self) -> None:
+        """Refuse uploads; anything still in flight is cancelled and cleaned up."""
+        self._accepting = False
+        await self._cancel_inflight()
+
+    def health(self) -> dict[str, object]:
+        """Up while accepting; uploads in flight and counters since start."""
+        return {"up": self._accepting or self.daemon.draining, "in_flight": len(self._inflight),
+                **self._stats}
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new uploads, give those in flight ``timeout`` seconds, then cancel them."""
+        self._accepting = False
+        tasks = list(self._inflight.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        await self._cancel_inflight()
+
+    async def _cancel_inflight(self) -> None:
+        left = dict(self._inflight)
+        if not left:
+            return
+        log.warning("upload.drain.cancelled",
+                    uploads=[{"tenant": t, "name": n} for t, n in sorted(left)])
+        for task in left.values():
+            task.cancel()
+        await asyncio.gather(*left.values(), return_exceptions=True)
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        """The four tenant-facing routes (bearer token of the tenant, or the admin token)."""
+        return [
+            web.get("/tenants/{id}/constraints", self.get_constraints),
+            # {name:.+} so that a name with '/' gets a 400 that says why, not a bare 404.
+            web.put("/tenants/{id}/files/{name:.+}", self.put_file, expect_handler=self._expect),
+            web.get("/tenants/{id}/files", self.list_files),
+            web.get("/tenants/{id}/files/{ledger_id}", self.get_file),
+        ]
+
+    # -- usage ---------------------------------------------------------------------------
+
+    async def usage(self, tenant: str) -> Usage:
+        """Files waiting and committed bytes (the batch manager's view) plus uploads in flight."""
+        batch = getattr(self.daemon, "batch", None)
+        if batch is not None and hasattr(batch, "usage"):
+            base: Usage = await batch.usage(tenant)
+        else:
+            base = Usage(_count_waiting(self._folder(tenant)),
+                         await self.daemon.ledger.committed_bytes(tenant))
+        inflight = sum(1 for t, _ in self._inflight if t == tenant)
+        return Usage(base.staged_files + inflight, base.used_bytes)
+
+    def _folder(self, tenant: str) -> Path:
+        return self.daemon.settings.staging_dir / tenant
+
+    # -- GET constraints -------------------------------------------------------------------
+
+    async def get_constraints(self, request: web.Request) -> web.Response:
+        """The tenant's batch constraints and its current usage."""
+        tenant = request.match_info["id"]
+        profile = _batch_profile(require_tenant(request, tenant))
+        usage = await self.usage(tenant)
+        return json_response({
+            "tenant": tenant,
+            "formats": list(profile.formats),
+            "max_file_bytes": profile.max_file_bytes,
+            "max_staged_files": profile.max_staged_files,
+            "storage_quota_bytes": profile.storage_quota_bytes,
+            "usage": {
+                "staged_files": usage.staged_files,
+                "used_bytes": usage.used_bytes,
+                "free_bytes": max(0, profile.storage_quota_bytes - usage.used_bytes),
+                "free_slots": max(0, profile.max_staged_files - usage.staged_files),
+            },
+        })
+
+    # -- PUT file --------------------------------------------------------------------------
+
+    async def _precheck(self, request: web.Request) -> _Upload:
+        """Every check that needs no body: token, name, profile, conflicts, constraints."""
+        if not self._accepting or self.daemon.draining:
+            raise HttpError(503, "draining", "the daemon is shutting down; retry against the next instance")
+        tenant = request.match_info["id"]
+        profile = _batch_profile(require_tenant(request, tenant))
+        name = request.match_info["name"]
+        try:
+            check_name(name)
+        except FileRejected as exc:
+            raise _refusal(exc.code, exc.message) from None
+        declared = request.content_length
+        usage = await self.usage(tenant)
+        # No await from here on: put_file registers the upload before anything else runs.
+        folder = self._folder(tenant)
+        if (folder / name).exists():
+            raise _refusal("exists", f"{name!r} is already waiting in staging; wait until it is "
+                           f"loaded (GET /tenants/{tenant}/files) or upload it under another name")
+        if (tenant, name) in self._inflight:
+            raise _refusal("in_progress", f"{name!r} is being uploaded right now by another request")
+        try:
+            check_file(profile, name, declared or 0, usage)
+        except FileRejected as exc:
+            raise _refusal(exc.code, exc.message, **_safe(exc.details)) from None
+        return _Upload(tenant, name, profile, folder, declared, usage)
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse before the client sends the body, else let it come."""
+        try:
+            await self._precheck(request)
+        except HttpError as exc:
+            self._log_refusal(request, exc)
+            response = error_response(exc.status, exc.code, exc.message, **exc.extra)
+            response.force_close()  # the client holds the body back: nothing to read
+            return response
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return error_response(417, "expectation_failed", "only 'Expect: 100-continue' is supported")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+
+    async def put_file(self, request: web.Request) -> web.StreamResponse:
+        """Stream the body into staging; 201 with the ledger id, or a refusal."""
+        try:
+            up = await self._precheck(request)
+        except HttpError as exc:
+            self._log_refusal(request, exc)
+            return self._refusal_response(request, exc)
+        key = (up.tenant, up.name)
+        task = asyncio.current_task()
+        assert task is not None
+        self._inflight[key] = task
+        try:
+            return await self._receive(request, up)
+        except HttpError as exc:
+            if exc.code != "interrupted":  # already logged as upload.interrupted
+                self._log_refusal(request, exc)
+            return self._refusal_response(request, exc)
+        finally:
+            self._inflight.pop(key, None)
+
+    async def _receive(self, request: web.Request, up: _Upload) -> web.Response:
+        t0 = time.monotonic()
+        up.folder.mkdir(parents=True, exist_ok=True)
+        part = part_path(up.folder, up.name)
+        log.debug("upload.started", tenant=up.tenant, name=up.name, declared_bytes=up.declared)
+        try:
+            try:
+                size, sha256 = await self._stream_to(part, request, up)
+            except (HttpError, asyncio.CancelledError):
+                raise
+            except OSError as exc:
+                if isinstance(exc, ConnectionError):  # the client went away mid-body
+                    raise self._interrupted(up, exc) from None
+                if exc.errno == errno.ENOSPC:
+                    raise _refusal("no_space", "the platform's staging disk is full; retry later") from None
+                raise
+            except Exception as exc:  # a broken body (bad chunked encoding, short of its length)
+                raise self._interrupted(up, exc) from None
+            if await self.daemon.ledger.find(up.tenant, sha256=sha256, states=[FileState.COMMITTED]):
+                raise _refusal("duplicate", f"a file with the same content (sha256 {sha256}) was "
+                               "already loaded; it is not loaded twice", sha256=sha256)
+            file_id = await self.daemon.ledger.stage(up.tenant, up.name, sha256, size, source="upload")
+            try:
+                await asyncio.to_thread(_publish, part, up.folder / up.name)
+            except FileExistsError:
+                await self.daemon.ledger.transition(file_id, FileState.REJECTED, reason="exists",
+                                                    message="a file of that name appeared in staging "
+                                                    "during the upload")
+                raise _refusal("exists", f"{up.name!r} appeared in staging while it was being "
+                               "uploaded; upload it again once that file is loaded") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+        self._stats["staged"] += 1
+        log.info("upload.staged", tenant=up.tenant, name=up.name, file_id=file_id, bytes=size,
+                 sha256=sha256, seconds=round(time.monotonic() - t0, 3))
+        location = f"/tenants/{up.tenant}/files/{file_id}"
+        body = {"id": file_id, "tenant": up.tenant, "name": up.name, "bytes": size,
+                "sha256": sha256, "state": FileState.STAGED.value, "url": location}
+        response = json_response(body, status=201)
+        response.headers["Location"] = location
+        return response
+
+    async def _stream_to(self, part: Path, request: web.Request, up: _Upload) -> tuple[int, str]:
+        """Write the body to ``part`` in chunks, enforcing size and quota as it arrives."""
+        limit = up.profile.max_file_bytes
+        quota_left = up.profile.storage_quota_bytes - up.usage.used_bytes
+        digest = hashlib.sha256()
+        size = 0
+        buffer = bytearray()
+        with await asyncio.to_thread(_open_part, part) as out:
+            async for chunk in request.content.iter_chunked(CHUNK_BYTES):
+                size += len(chunk)
+                up.received = size
+                if size > limit:
+                    raise _refusal("too_big", f"the body is over the limit of {limit} bytes "
+                                   "(max_file_bytes); upload stopped", limit=limit)
+                if size > quota_left:
+                    raise _refusal("over_quota", f"the body would exceed the storage quota of "
+                                   f"{up.profile.storage_quota_bytes} bytes; upload stopped",
+                                   used=up.usage.used_bytes, limit=up.profile.storage_quota_bytes)
+                buffer += chunk
+                if len(buffer) >= CHUNK_BYTES:
+                    await asyncio.to_thread(_write, out, digest, bytes(buffer))
+                    buffer.clear()
+            if up.declared is not None and size != up.declared:
+                raise _refusal("length_mismatch", f"Content-Length said {up.declared} bytes but "
+                               f"{size} arrived; nothing was kept")
+            await asyncio.to_thread(_finish, out, digest, bytes(buffer))
+        return size, digest.hexdigest()
+
+    def _interrupted(self, up: _Upload, exc: BaseException) -> HttpError:
+        self._stats["interrupted"] += 1
+        log.warning("upload.interrupted", tenant=up.tenant, name=up.name,
+                    bytes_received=up.received, error=str(exc) or type(exc).__name__)
+        return HttpError(400, "interrupted", "the upload was interrupted before the body was "
+                         "complete; nothing was kept, send the file again")
+
+    def _refusal_response(self, request: web.Request, exc: HttpError) -> web.Response:
+        response = error_response(exc.status, exc.code, exc.message, **exc.extra)
+        if exc.status == 503 or not request.content.is_eof():
+            left = request.content_length
+            if left is None or left > _LINGER_MAX_BYTES:
+                response.force_close()  # do not read a large refused body just to discard it
+        return response
+
+    def _log_refusal(self, request: web.Request, exc: HttpError) -> None:
+        self._stats["rejected"] += 1
+        fields: dict[str, Any] = {"tenant": request.match_info.get("id"), "code": exc.code,
+                                  "status": exc.status}
+        name = request.match_info.get("name", "")
+        if exc.code == "bad_name":  # never write an unsafe name into the log
+            fields["name_bytes"] = len(name.encode("utf-8", "surrogateescape"))
+        else:
+            fields["name"] = name
+        log.warning("upload.rejected", reason=exc.message, **fields)
+
+    # -- GET files -------------------------------------------------------------------------
+
+    async def list_files(self, request: web.Request) -> web.Response:
+        """The tenant's most recent files (``?limit=``, ``?state=``), newest first."""
+        tenant = request.match_info["id"]
+        require_tenant(request, tenant)
+        limit = _int_param(request, "limit", 100, 1, _MAX_LIST)
+        state = request.query.get("state")
+        if state is not None and state not in {s.value for s in FileState}:
+            raise HttpError(400, "bad_state", f"state must be one of {', '.join(s.value for s in FileState)}")
+        if state is None:
+            entries = await self.daemon.ledger.list(tenant, limit=limit)
+        else:
+            entries = (await self.daemon.ledger.find(tenant, states=[FileState(state)]))[::-1][:limit]
+        return json_response({"tenant": tenant, "files": [_view(e) for e in entries]})
+
+    async def get_file(self, request: web.Request) -> web.Response:
+        """One file of the tenant by ledger id; 404 for unknown ids and other tenants' files."""
+        tenant = request.match_info["id"]
+        require_tenant(request, tenant)
+        file_id = request.match_info["ledger_id"]
+        entry = await self.daemon.ledger.get(file_id, tenant=tenant)
+        if entry is None:
+            raise HttpError(404, "unknown_file", f"tenant {tenant!r} has no file with id {file_id!r}")
+        return json_response(_view(entry))
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _refusal(code: str, message: str, **extra: Any) -> HttpError:
+    return HttpError(STATUS_BY_CODE.get(code, 400), code, message, **extra)
+
+
+def _safe(details: dict[str, object]) -> dict[str, object]:
+    """Details of a :class:`FileRejected` that are plain JSON values."""
+    return {k: v for k, v in details.items() if isinstance(v, str | int | float | bool | list)}
+
+
+def _batch_profile(profile: TenantProfile) -> BatchProfile:
+    if profile.batch is None:
+        raise _refusal("no_batch", f"tenant {profile.id!r} has no [batch] section in its profile; "
+                       "file uploads are off for it")
+    return profile.batch
+
+
+def _count_waiting(folder: Path) -> int:
+    """Files waiting in a staging folder (hidden and in-progress files do not count)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sum(1 for e in entries if not e.name.startswith(".") and e.is_file(follow_symlinks=False))
+    except FileNotFoundError:
+        return 0
+
+
+def _int_param(request: web.Request, key: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(400, f"bad_{key}", f"{key} must be an integer") from None
+    if not low <= value <= high:
+        raise HttpError(400, f"bad_{key}", f"{key} must be between {low} and {high}")
+    return value
+
+
+def _view(entry: dict[str, Any]) -> dict[str, Any]:
+    """A ledger entry as the tenant sees it: ``id`` instead of ``_id``."""
+    view = {"id": entry.get("_id")}
+    view.update((k, v) for k, v in entry.items() if k != "_id")
+    return view
+
+
+def _open_part(part: Path) -> BinaryIO:
+    """A new, empty ``.part`` file (a stale one left by a crashed daemon is replaced)."""
+    with contextlib.suppress(FileNotFoundError):
+        part.unlink()
+    # O_EXCL|O_NOFOLLOW: never write through a link someone placed at this path.
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    return os.fdopen(fd, "wb")
+
+
+def _write(out: BinaryIO, digest: Any, data: bytes) -> None:
+    digest.update(data)
+    out.write(data)
+
+
+def _finish(out: BinaryIO, digest: Any, data: bytes) -> None:
+    if data:
+        _write(out, digest, data)
+    out.flush()
+    os.fsync(out.fileno())
+
+
+def _publish(part: Path, final: Path) -> None:
+    """Make the complete file appear under its real name, atomically, never overwriting."""
+    try:
+        os.link(part, final)  # fails with FileExistsError instead of replacing a waiting file
+    except FileExistsError:
+        raise
+    except OSError:  # file systems without hard links
+        if final.exists():
+            raise FileExistsError(str(final)) from None
+        os.rename(part, final)
+    _fsync_dir(final.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+

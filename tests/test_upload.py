@@ -1,0 +1,387 @@
+"""The upload door: every status code through a real HTTP client against a running daemon,
+streaming into staging, nothing left behind by refused or interrupted uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from structlog.testing import capture_logs
+from yarl import URL
+
+from mysimbdp.auth import hash_token
+from mysimbdp.config import Settings
+from mysimbdp.ledger import FileState
+from mysimbdp.plugins import get_plugin_manager
+
+CSV = b"id,name\n1,alpha\n2,beta\n3,gamma\n"
+APP_MODULE = "tests.plugins.upload_rows"
+
+
+def write_tenant(settings: Settings, tenant: str, token: str | None, **batch: Any) -> Path:
+    """Write ``<tenants>/<tenant>.toml`` with a ``[batch]`` section (app ``upload_rows``)."""
+    batch = {"app": "upload_rows", **batch}
+    lines = [f'id = "{tenant}"']
+    if token is not None:
+        lines.append(f'token_sha256 = "{hash_token(token)}"')
+    lines.append("[batch]")
+    for key, value in batch.items():
+        if isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        elif isinstance(value, list | tuple):
+            lines.append(f"{key} = [{', '.join(repr(v).replace(chr(39), chr(34)) for v in value)}]")
+        else:
+            lines.append(f"{key} = {value}")
+    path = settings.tenants_dir / f"{tenant}.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass
+class Env:
+    """A running daemon with one tenant that may upload."""
+
+    url: str
+    tenant: str
+    token: str
+    settings: Settings
+    daemon: Any
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def folder(self) -> Path:
+        return self.settings.staging_dir / self.tenant
+
+    def file_url(self, name: str) -> URL:
+        return URL(f"{self.url}/tenants/{self.tenant}/files/") .join(URL(name, encoded=True))
+
+
+async def start_env(start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+                    tenant: str, *, settings: Settings | None = None, **batch: Any) -> Env:
+    """Write the tenant's profile and start a daemon that has the ``upload_rows`` app."""
+    settings = settings or settings_factory(extra_apps={"upload_rows": APP_MODULE})
+    token = f"token-{tenant}"
+    write_tenant(settings, tenant, token, **batch)
+    rd = await start_daemon(settings, pm=get_plugin_manager({"upload_rows": APP_MODULE}))
+    return Env(rd.url, tenant, token, settings, rd.daemon)
+
+
+@pytest.fixture
+async def env(start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+              tenant_id: str) -> Env:
+    return await start_env(start_daemon, settings_factory, tenant_id, formats=["csv", "jsonl"],
+                           max_file_bytes=4096, max_staged_files=3, storage_quota_bytes=100_000)
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Files in a staging folder (including hidden ``.part`` files)."""
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+async def put(http: aiohttp.ClientSession, env: Env, name: str, body: Any = CSV,
+              headers: dict[str, str] | None = None, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    async with http.put(env.file_url(name), data=body, headers={**env.auth, **(headers or {})},
+                        **kwargs) as resp:
+        return resp.status, await resp.json()
+
+
+class HeldUpload:
+    """A raw HTTP upload that sends its headers and part of its body, then waits."""
+
+    def __init__(self, env: Env, name: str, declared: int, first: bytes) -> None:
+        self.env, self.name, self.declared, self.first = env, name, declared, first
+        self.writer: asyncio.StreamWriter | None = None
+        self.reader: asyncio.StreamReader | None = None
+
+    async def open(self) -> HeldUpload:
+        url = URL(self.env.url)
+        self.reader, self.writer = await asyncio.open_connection(url.host, url.port)
+        head = (f"PUT /tenants/{self.env.tenant}/files/{self.name} HTTP/1.1\r\n"
+                f"Host: {url.host}:{url.port}\r\nAuthorization: Bearer {self.env.token}\r\n"
+                f"Content-Length: {self.declared}\r\n\r\n")
+        self.writer.write(head.encode() + self.first)
+        await self.writer.drain()
+        part = self.env.folder / f".{self.name}.part"
+        await wait_for(lambda: part.exists(), what=f"{part} to appear")
+        return self
+
+    async def finish(self, rest: bytes) -> bytes:
+        assert self.writer is not None and self.reader is not None
+        self.writer.write(rest)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        return status_line
+
+    async def abort(self) -> None:
+        assert self.writer is not None
+        self.writer.transport.abort()
+
+
+async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+# -- constraints -------------------------------------------------------------------------
+
+
+async def test_constraints_show_profile_and_usage(env: Env, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{env.url}/tenants/{env.tenant}/constraints", headers=env.auth) as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["tenant"] == env.tenant
+    assert body["formats"] == ["csv", "jsonl"]
+    assert body["max_file_bytes"] == 4096
+    assert body["max_staged_files"] == 3
+    assert body["storage_quota_bytes"] == 100_000
+    assert body["usage"]["staged_files"] == 0
+    assert body["usage"]["used_bytes"] == 0
+    assert body["usage"]["free_bytes"] == 100_000
+
+
+async def test_constraints_of_tenant_without_batch_is_404(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        tenant_id: str, http: aiohttp.ClientSession) -> None:
+    settings = settings_factory()
+    (settings.tenants_dir / f"{tenant_id}.toml").write_text(
+        f'id = "{tenant_id}"\ntoken_sha256 = "{hash_token("tok")}"\n')
+    rd = await start_daemon(settings)
+    headers = {"Authorization": "Bearer tok"}
+    async with http.get(f"{rd.url}/tenants/{tenant_id}/constraints", headers=headers) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["code"] == "no_batch"
+    async with http.put(f"{rd.url}/tenants/{tenant_id}/files/a.csv", data=CSV, headers=headers) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["code"] == "no_batch"
+
+
+# -- 201 -----------------------------------------------------------------------------------
+
+
+async def test_upload_is_staged_with_ledger_entry(env: Env, http: aiohttp.ClientSession) -> None:
+    with capture_logs() as logs:
+        status, body = await put(http, env, "rows.csv")
+    assert status == 201, body
+    assert body["name"] == "rows.csv"
+    assert body["bytes"] == len(CSV)
+    assert body["sha256"] == hashlib.sha256(CSV).hexdigest()
+    assert body["url"] == f"/tenants/{env.tenant}/files/{body['id']}"
+    entry = await env.daemon.ledger.get(body["id"], tenant=env.tenant)
+    assert entry is not None
+    assert entry["source"] == "upload"
+    assert entry["sha256"] == body["sha256"]
+    assert entry["bytes"] == len(CSV)
+    # the file is in staging under its name (or already taken further by the watcher)
+    staged = env.folder / "rows.csv"
+    assert not staged.exists() or staged.read_bytes() == CSV
+    assert entry["state"] != FileState.STAGED.value or staged.exists()
+    assert not [n for n in leftovers(env.folder) if n.endswith(".part")]
+    events = [e for e in logs if e["event"] == "upload.staged"]
+    assert events and events[0]["tenant"] == env.tenant and events[0]["file_id"] == body["id"]
+
+
+async def test_upload_with_expect_continue(env: Env, http: aiohttp.ClientSession) -> None:
+    status, body = await put(http, env, "expect.csv", expect100=True)
+    assert status == 201, body
+    status, body = await put(http, env, "expect.txt", expect100=True)
+    assert status == 415 and body["code"] == "format"
+
+
+async def test_file_listing_and_lookup(env: Env, http: aiohttp.ClientSession) -> None:
+    _, first = await put(http, env, "one.csv", b"id\n1\n")
+    _, second = await put(http, env, "two.jsonl", b'{"id": 2}\n')
+    async with http.get(f"{env.url}/tenants/{env.tenant}/files", headers=env.auth) as resp:
+        assert resp.status == 200
+        listing = await resp.json()
+    ids = [f["id"] for f in listing["files"]]
+    assert set(ids) == {first["id"], second["id"]}
+    assert all(f["tenant"] == env.tenant for f in listing["files"])
+    async with http.get(f"{env.url}/tenants/{env.tenant}/files/{second['id']}", headers=env.auth) as resp:
+        assert resp.status == 200
+        entry = await resp.json()
+    assert entry["name"] == "two.jsonl" and entry["state"] in {s.value for s in FileState}
+    async with http.get(f"{env.url}/tenants/{env.tenant}/files/nope", headers=env.auth) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["code"] == "unknown_file"
+    async with http.get(f"{env.url}/tenants/{env.tenant}/files?limit=0", headers=env.auth) as resp:
+        assert resp.status == 400
+    async with http.get(f"{env.url}/tenants/{env.tenant}/files?state=bogus", headers=env.auth) as resp:
+        assert resp.status == 400
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw_name", [
+    "..%2Fescape.csv",       # path separator
+    "sub%2Fa.csv",
+    "a..b.csv",              # '..'
+    ".hidden.csv",           # leading dot
+    "ctl%01name.csv",        # control character
+    "a%5Cb.csv",             # backslash
+    "x" * 252 + ".csv",      # 256 bytes
+    "rows.csv.part",
+])
+async def test_bad_names_are_400(env: Env, http: aiohttp.ClientSession, raw_name: str) -> None:
+    with capture_logs() as logs:
+        status, body = await put(http, env, raw_name)
+    assert status == 400, body
+    assert body["code"] == "bad_name" and body["message"]
+    rejected = [e for e in logs if e["event"] == "upload.rejected"]
+    assert rejected and rejected[0]["code"] == "bad_name" and "name" not in rejected[0]
+    assert leftovers(env.folder) == []
+    assert not any(env.settings.staging_dir.parent.glob("**/escape.csv"))
+
+
+async def test_unsupported_format_is_415(env: Env, http: aiohttp.ClientSession) -> None:
+    with capture_logs() as logs:
+        status, body = await put(http, env, "notes.txt")
+    assert status == 415 and body["code"] == "format"
+    status, body = await put(http, env, "rows.csv.gz")  # a real format, not in this profile
+    assert status == 415 and body["code"] == "format"
+    event = next(e for e in logs if e["event"] == "upload.rejected")
+    assert event["tenant"] == env.tenant and event["name"] == "notes.txt" and event["status"] == 415
+    assert leftovers(env.folder) == []
+
+
+async def test_declared_too_big_is_413_before_reading(env: Env, http: aiohttp.ClientSession) -> None:
+    big = b"x" * 5000
+    status, body = await put(http, env, "big.csv", big)
+    assert status == 413 and body["code"] == "too_big"
+    status, body = await put(http, env, "big.csv", big, expect100=True)
+    assert status == 413 and body["code"] == "too_big"
+    assert leftovers(env.folder) == []
+
+
+async def test_streamed_body_over_limit_is_cut_off_413(env: Env, http: aiohttp.ClientSession) -> None:
+    async def body() -> AsyncIterator[bytes]:  # chunked: no Content-Length to refuse from
+        for _ in range(10):
+            yield b"y" * 1000
+
+    status, resp = await put(http, env, "chunked.csv", body())
+    assert status == 413 and resp["code"] == "too_big"
+    assert leftovers(env.folder) == []
+    assert await env.daemon.ledger.find(env.tenant, name="chunked.csv") == []
+
+
+async def test_body_longer_than_declared_is_not_kept_beyond_declared(
+        env: Env, http: aiohttp.ClientSession) -> None:
+    """A Content-Length that lies low: only the declared bytes are the body, never more."""
+    url = URL(env.url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    head = (f"PUT /tenants/{env.tenant}/files/short.csv HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {env.token}\r\nContent-Length: 8\r\n\r\n")
+    writer.write(head.encode() + b"id\n1\n2\n" + b"9" * 6000)
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    # aiohttp's parser refuses the bytes after the declared body as a malformed next request;
+    # should the body have been taken, it is exactly the declared 8 bytes, never more.
+    assert b" 400 " in status_line or b" 201 " in status_line
+    await asyncio.sleep(0.2)
+    entries = await env.daemon.ledger.find(env.tenant, name="short.csv")
+    assert all(e["bytes"] == 8 for e in entries)
+    assert not [n for n in leftovers(env.folder) if n.endswith(".part")]
+
+
+async def test_over_quota_is_507(start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+                                 tenant_id: str, http: aiohttp.ClientSession) -> None:
+    env = await start_env(start_daemon, settings_factory, tenant_id, formats=["csv"],
+                          max_file_bytes=10_000, storage_quota_bytes=2000)
+    status, body = await put(http, env, "a.csv", b"z" * 2500)
+    assert status == 507 and body["code"] == "over_quota"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b"z" * 500
+
+    status, body = await put(http, env, "b.csv", chunks())
+    assert status == 507 and body["code"] == "over_quota"
+    # committed bytes count against the quota
+    entry_id = await env.daemon.ledger.stage(env.tenant, "old.csv", "0" * 64, 1900, source="upload")
+    await env.daemon.ledger.transition(entry_id, FileState.COMMITTED)
+    status, body = await put(http, env, "c.csv", b"z" * 200)
+    assert status == 507 and body["code"] == "over_quota"
+    assert leftovers(env.folder) == []
+
+
+async def test_duplicate_of_committed_content_is_409(env: Env, http: aiohttp.ClientSession) -> None:
+    sha = hashlib.sha256(CSV).hexdigest()
+    entry_id = await env.daemon.ledger.stage(env.tenant, "before.csv", sha, len(CSV))
+    await env.daemon.ledger.transition(entry_id, FileState.COMMITTED)
+    status, body = await put(http, env, "again.csv")
+    assert status == 409 and body["code"] == "duplicate"
+    assert leftovers(env.folder) == []
+
+
+async def test_same_name_in_progress_is_409_and_staging_full_is_429(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        tenant_id: str, http: aiohttp.ClientSession) -> None:
+    env = await start_env(start_daemon, settings_factory, tenant_id, formats=["csv"],
+                          max_file_bytes=10_000, max_staged_files=1)
+    held = await HeldUpload(env, "slow.csv", 100, b"id\n").open()
+    status, body = await put(http, env, "slow.csv")
+    assert status == 409 and body["code"] == "in_progress"
+    with capture_logs() as logs:
+        status, body = await put(http, env, "other.csv")  # the held upload takes the only slot
+    assert status == 429 and body["code"] == "staging_full"
+    assert any(e["event"] == "upload.rejected" and e["code"] == "staging_full" for e in logs)
+    line = await held.finish(b"1" * 97)
+    assert b" 201 " in line
+
+
+async def test_name_already_waiting_is_409(env: Env, http: aiohttp.ClientSession) -> None:
+    held = await HeldUpload(env, "wait.csv", len(CSV), CSV[:4]).open()
+    # a file of the same name lands in staging while the upload streams: nothing is overwritten
+    env.folder.mkdir(parents=True, exist_ok=True)
+    (env.folder / "wait.csv").write_bytes(b"id\n42\n")
+    status, body = await put(http, env, "wait.csv")
+    assert status == 409 and body["code"] in {"exists", "in_progress"}
+    line = await held.finish(CSV[4:])
+    assert b" 409 " in line
+    waiting = env.folder / "wait.csv"
+    assert not waiting.exists() or waiting.read_bytes() == b"id\n42\n"
+    if waiting.exists():  # the watcher has not taken it yet: a new upload of that name is refused
+        status, body = await put(http, env, "wait.csv", b"id\n43\n")
+        assert status in (409, 201)
+        if status == 409:
+            assert body["code"] == "exists"
+
+
+async def test_interrupted_upload_leaves_nothing(env: Env) -> None:
+    with capture_logs() as logs:
+        held = await HeldUpload(env, "cut.csv", 4000, b"id\n" + b"1\n" * 500).open()
+        await held.abort()
+        part = env.folder / ".cut.csv.part"
+        await wait_for(lambda: not part.exists(), what="the .part file to be removed")
+        await wait_for(lambda: any(e["event"] == "upload.interrupted" for e in logs),
+                       what="upload.interrupted")
+    assert leftovers(env.folder) == []
+    assert await env.daemon.ledger.find(env.tenant, name="cut.csv") == []
+    event = next(e for e in logs if e["event"] == "upload.interrupted")
+    assert event["tenant"] == env.tenant and event["name"] == "cut.csv"
+
+
+async def test_drain_cancels_inflight_upload_and_cleans_up(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        tenant_id: str) -> None:
+    settings = settings_factory(extra_apps={"upload_rows": APP_MODULE}, drain_timeout_s=0.3)
+    env = await start_env(start_daemon, settings_factory, tenant_id, settings=settings)
+    held = await HeldUpload(env, "late.csv", 1000, b"id\n").open()
+    env.daemon.request_stop("test")
+    await wait_for(lambda: not (env.folder / ".late.csv.part").exists(), what="cleanup at drain")
+    assert leftovers(env.folder) == []
+    await held.abort()
