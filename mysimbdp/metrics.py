@@ -1,0 +1,196 @@
+"""Prometheus metrics (``GET /metrics``), built with ``prometheus-client``.
+
+Counters and histograms are derived from the log events (the same feed the monitor reads);
+gauges (consumers, queue depth, store and broker up) are read when Prometheus scrapes.
+Every daemon has its own :class:`~prometheus_client.CollectorRegistry`, so several daemons in
+one process (the tests) never share series. Label sets are bounded: tenant ids (validated
+profile ids), reason codes (at most :data:`MAX_CODES` distinct per metric, then ``other``),
+rule names and directions. No file names, no message ids. See ``docs/monitoring.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from mysimbdp.tenants import TENANT_ID_RE
+
+if TYPE_CHECKING:
+    from mysimbdp.daemon import Daemon
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "MAX_CODES", "INVALID_TENANT"]
+
+MAX_CODES = 64
+INVALID_TENANT = "_invalid"
+_CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+FILE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# stream.batch.committed carries the oldest message's latency; accept the likely spellings.
+_LATENCY_FIELDS_MS = ("oldest_latency_ms", "latency_ms", "oldest_ms")
+_LATENCY_FIELDS_S = ("oldest_latency_s", "latency_s")
+
+
+def _num(event: Mapping[str, Any], key: str) -> float:
+    value = event.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if value > 0 else 0.0
+
+
+class Metrics:
+    """The daemon's metrics registry, fed by :meth:`observe` and refreshed by :meth:`refresh`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._codes: dict[str, set[str]] = {}
+        r, t = self.registry, ["tenant"]
+        self.files_committed = Counter("mysimbdp_files_committed", "Files committed", t, registry=r)
+        self.files_rejected = Counter("mysimbdp_files_rejected", "Files rejected, by reason code",
+                                      [*t, "reason"], registry=r)
+        self.uploads_rejected = Counter("mysimbdp_uploads_rejected", "Uploads refused, by reason code",
+                                        [*t, "reason"], registry=r)
+        src = [*t, "source"]
+        self.records_written = Counter("mysimbdp_records_written", "Documents written (source: batch|stream)", src, registry=r)
+        self.records_rejected = Counter("mysimbdp_records_rejected", "Records sent to _rejects", src, registry=r)
+        self.records_duplicate = Counter("mysimbdp_records_duplicate", "Records already present (redelivery, retry)", src, registry=r)
+        self.bytes = Counter("mysimbdp_ingested_bytes", "Bytes ingested (file bytes, message bodies)", src, registry=r)
+        self.messages = Counter("mysimbdp_stream_messages", "Stream messages acknowledged", t, registry=r)
+        self.file_seconds = Histogram("mysimbdp_batch_file_seconds", "Time to load a committed file",
+                                      t, buckets=FILE_BUCKETS, registry=r)
+        self.latency = Histogram("mysimbdp_stream_ingest_latency_seconds",
+                                 "Message timestamp to committed write (oldest message of each flush)",
+                                 t, buckets=LATENCY_BUCKETS, registry=r)
+        self.reports = Counter("mysimbdp_stream_reports", "Stream-app reports received", t, registry=r)
+        self.alerts = Counter("mysimbdp_monitor_alerts", "Monitor alerts, by rule", [*t, "rule"], registry=r)
+        self.scalings = Counter("mysimbdp_stream_consumer_changes", "Consumer count changes (direction: up|down)",
+                                [*t, "direction"], registry=r)
+        self.consumers = Gauge("mysimbdp_stream_consumers", "Stream consumers running", t, registry=r)
+        self.queue_depth = Gauge("mysimbdp_stream_queue_depth", "Messages waiting in the tenant's queue", t, registry=r)
+        self.tenants = Gauge("mysimbdp_tenants", "Tenants configured", registry=r)
+        self.store_up = Gauge("mysimbdp_store_up", "1 when MongoDB answers", registry=r)
+        self.broker_up = Gauge("mysimbdp_broker_up", "1 when RabbitMQ is connected", registry=r)
+        self.component_up = Gauge("mysimbdp_component_up", "1 when the daemon component is up",
+                                  ["component"], registry=r)
+        self.feed_dropped = Counter("mysimbdp_monitor_feed_dropped", "Log events the monitor could not queue", registry=r)
+
+    # ---- the feed --------------------------------------------------------------------------
+
+    def observe(self, event: Mapping[str, Any]) -> None:
+        """Count one log event. Cheap, never raises for odd fields, never logs."""
+        handler = _HANDLERS.get(str(event.get("event")))
+        if handler is not None:
+            handler(self, event, self._tenant(event))
+
+    def _tenant(self, event: Mapping[str, Any]) -> str:
+        tenant = event.get("tenant")
+        return tenant if isinstance(tenant, str) and TENANT_ID_RE.match(tenant) else INVALID_TENANT
+
+    def _code(self, metric: str, event: Mapping[str, Any]) -> str:
+        code = event.get("code")
+        if not isinstance(code, str) or not _CODE_RE.match(code):
+            return "other"
+        seen = self._codes.setdefault(metric, set())
+        if code not in seen:
+            if len(seen) >= MAX_CODES:
+                return "other"
+            seen.add(code)
+        return code
+
+    def _file_committed(self, e: Mapping[str, Any], tenant: str) -> None:
+        self.files_committed.labels(tenant).inc()
+        self._file_counts(e, tenant)
+        self.bytes.labels(tenant, "batch").inc(_num(e, "bytes"))
+        self.file_seconds.labels(tenant).observe(_num(e, "seconds"))
+
+    def _file_rejected(self, e: Mapping[str, Any], tenant: str) -> None:
+        self.files_rejected.labels(tenant, self._code("files_rejected", e)).inc()
+        self._file_counts(e, tenant)
+
+    def _file_counts(self, e: Mapping[str, Any], tenant: str) -> None:
+        self.records_written.labels(tenant, "batch").inc(_num(e, "records_written"))
+        self.records_rejected.labels(tenant, "batch").inc(_num(e, "records_rejected"))
+        self.records_duplicate.labels(tenant, "batch").inc(_num(e, "duplicates"))
+
+    def _upload_rejected(self, e: Mapping[str, Any], tenant: str) -> None:
+        self.uploads_rejected.labels(tenant, self._code("uploads_rejected", e)).inc()
+
+    def _stream_committed(self, e: Mapping[str, Any], tenant: str) -> None:
+        self.messages.labels(tenant).inc(_num(e, "messages"))
+        self.records_written.labels(tenant, "stream").inc(_num(e, "documents"))
+        self.records_rejected.labels(tenant, "stream").inc(_num(e, "rejected"))
+        self.records_duplicate.labels(tenant, "stream").inc(_num(e, "duplicates"))
+        self.bytes.labels(tenant, "stream").inc(_num(e, "bytes"))
+        for keys, scale in ((_LATENCY_FIELDS_MS, 1000.0), (_LATENCY_FIELDS_S, 1.0)):
+            for key in keys:
+                if isinstance(e.get(key), int | float):
+                    self.latency.labels(tenant).observe(_num(e, key) / scale)
+                    return
+
+    def _report(self, e: Mapping[str, Any], tenant: str) -> None:
+        self.reports.labels(tenant).inc()
+
+    def _alert(self, e: Mapping[str, Any], tenant: str) -> None:
+        rule = e.get("rule")
+        self.alerts.labels(tenant, rule if rule in ("latency", "backlog") else "other").inc()
+
+    def _consumers_changed(self, e: Mapping[str, Any], tenant: str) -> None:
+        before, after = _num(e, "from"), _num(e, "to")
+        if after != before:
+            self.scalings.labels(tenant, "up" if after > before else "down").inc()
+
+    # ---- scrape time -----------------------------------------------------------------------
+
+    async def refresh(self, daemon: Daemon, timeout: float = 3.0) -> None:
+        """Set the gauges from the daemon's state now (queue depths are asked of the broker)."""
+        health = daemon.health()
+        components = health.get("components", {})
+        self.component_up.clear()
+        for name, state in components.items():
+            self.component_up.labels(name).set(1 if state.get("up") else 0)
+        self.store_up.set(1 if components.get("store", {}).get("up") else 0)
+        self.broker_up.set(1 if components.get("broker", {}).get("up") else 0)
+        tenants = [p.id for p in daemon.tenants.all() if p.stream is not None]
+        self.tenants.set(len(daemon.tenants.all()))
+        self.consumers.clear()
+        self.queue_depth.clear()
+        stream = getattr(daemon, "stream", None)
+        if stream is None:
+            return
+        depths = await asyncio.gather(*(_depth(stream, t, timeout) for t in tenants))
+        for tenant, depth in zip(tenants, depths, strict=True):
+            try:
+                self.consumers.labels(tenant).set(stream.consumer_count(tenant))
+            except Exception:  # a tenant being removed right now
+                continue
+            if depth is not None:
+                self.queue_depth.labels(tenant).set(depth)
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+async def _depth(stream: Any, tenant: str, timeout: float) -> int | None:
+    try:
+        value = await asyncio.wait_for(stream.queue_depth(tenant), timeout)
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # the broker's management API is down: the gauge is left out
+        return None
+    return int(value) if isinstance(value, int | float) else None
+
+
+_HANDLERS = {
+    "batch.file.committed": Metrics._file_committed,
+    "batch.file.rejected": Metrics._file_rejected,
+    "upload.rejected": Metrics._upload_rejected,
+    "stream.batch.committed": Metrics._stream_committed,
+    "stream.report": Metrics._report,
+    "monitor.alert": Metrics._alert,
+    "stream.consumers.changed": Metrics._consumers_changed,
+}

@@ -1,0 +1,350 @@
+"""Statistics for log analysts, computed from the JSON log (``mysimbdp stats``, ``GET /tenants/{id}/stats``).
+
+Reads ``<var>/log/mysimbdp.jsonl`` and its rotated files (``.1`` … ``.N``, oldest first),
+keeps the events of interest and aggregates them per tenant and for the whole platform:
+files committed and rejected (by reason), records, bytes, batch throughput and load time
+distributions, stream messages and latency, alerts and scaling decisions. Lines that are not
+JSON objects are counted, never fatal. See ``docs/monitoring.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "log_files", "read_events", "parse_since", "compute", "compute_from_log", "empty_section",
+    "render_text", "PLATFORM", "MAX_DECISIONS",
+]
+
+PLATFORM = "*"
+MAX_DECISIONS = 20  # scaling decisions listed per section (the most recent ones)
+_EVENTS = frozenset({
+    "batch.file.committed", "batch.file.rejected", "upload.rejected", "stream.batch.committed",
+    "stream.report", "stream.consumers.changed", "monitor.alert",
+})
+_LATENCY_MS = ("oldest_latency_ms", "latency_ms", "oldest_ms")
+
+
+def log_files(path: Path) -> list[Path]:
+    """``path`` and its rotated siblings ``path.1`` … ``path.N`` that exist, oldest first."""
+    rotated: list[tuple[int, Path]] = []
+    pattern = re.compile(re.escape(path.name) + r"\.(\d+)$")
+    if path.parent.is_dir():
+        for candidate in path.parent.iterdir():
+            m = pattern.match(candidate.name)
+            if m:
+                rotated.append((int(m.group(1)), candidate))
+    files = [p for _, p in sorted(rotated, reverse=True)]
+    if path.exists():
+        files.append(path)
+    return files
+
+
+def read_events(paths: Iterable[Path], counts: Counter[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The JSON objects of every line of ``paths``; unparsable lines are counted as ``unparsable``."""
+    counts = counts if counts is not None else Counter()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                counts["lines"] += 1
+                try:
+                    event = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    counts["unparsable"] += 1
+                    continue
+                if isinstance(event, dict):
+                    yield event
+                else:
+                    counts["unparsable"] += 1
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO-8601 date or time; without a time zone it is UTC. Raises ``ValueError`` saying why."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"--since {text!r} is not an ISO-8601 date or time, e.g. 2026-01-31 or "
+                         "2026-01-31T08:00:00Z") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _ts(event: Mapping[str, Any]) -> datetime | None:
+    ts = event.get("ts")
+    if not isinstance(ts, str):
+        return None
+    try:
+        return parse_since(ts)
+    except ValueError:
+        return None
+
+
+# ---- aggregation ---------------------------------------------------------------------------
+
+class _Section:
+    """Running totals of one tenant (or of the platform)."""
+
+    def __init__(self) -> None:
+        self.c: Counter[str] = Counter()
+        self.file_reasons: Counter[str] = Counter()
+        self.upload_reasons: Counter[str] = Counter()
+        self.alert_rules: Counter[str] = Counter()
+        self.rates: list[float] = []
+        self.seconds: list[float] = []
+        self.report_avg: list[tuple[float, int]] = []  # (avg_ingest_ms, messages)
+        self.report_p95: list[float] = []
+        self.flush_latency: list[float] = []
+        self.decisions: list[dict[str, Any]] = []
+
+    def add(self, e: Mapping[str, Any]) -> None:
+        getattr(self, "_" + str(e["event"]).replace(".", "_"))(e)
+
+    def _batch_file_committed(self, e: Mapping[str, Any]) -> None:
+        self.c["files_committed"] += 1
+        self._records(e)
+        self.c["bytes"] += _int(e, "bytes")
+        seconds = _float(e, "seconds")
+        self.seconds.append(seconds)
+        rate = e.get("records_per_s")
+        if isinstance(rate, int | float) and not isinstance(rate, bool):
+            self.rates.append(float(rate))
+        elif seconds > 0:
+            self.rates.append(_int(e, "records_written") / seconds)
+
+    def _batch_file_rejected(self, e: Mapping[str, Any]) -> None:
+        self.c["files_rejected"] += 1
+        self.c["rejected_bytes"] += _int(e, "bytes")
+        self.file_reasons[str(e.get("code") or "unknown")] += 1
+        self._records(e)
+
+    def _records(self, e: Mapping[str, Any]) -> None:
+        for key in ("records_in", "records_written", "records_rejected", "duplicates"):
+            self.c[key] += _int(e, key)
+
+    def _upload_rejected(self, e: Mapping[str, Any]) -> None:
+        self.c["uploads_rejected"] += 1
+        self.upload_reasons[str(e.get("code") or "unknown")] += 1
+
+    def _stream_batch_committed(self, e: Mapping[str, Any]) -> None:
+        for key in ("messages", "documents", "rejected", "duplicates", "bytes"):
+            self.c["stream_" + key] += _int(e, key)
+        for key in _LATENCY_MS:
+            if isinstance(e.get(key), int | float):
+                self.flush_latency.append(_float(e, key))
+                break
+
+    def _stream_report(self, e: Mapping[str, Any]) -> None:
+        self.c["reports"] += 1
+        messages = _int(e, "messages")
+        if messages:
+            self.report_avg.append((_float(e, "avg_ingest_ms"), messages))
+            self.report_p95.append(_float(e, "p95_ingest_ms"))
+
+    def _stream_consumers_changed(self, e: Mapping[str, Any]) -> None:
+        before, after = _int(e, "from"), _int(e, "to")
+        self.c["scale_up" if after > before else "scale_down" if after < before else "scale_same"] += 1
+        self.decisions.append({"ts": e.get("ts"), "tenant": e.get("tenant"), "from": before, "to": after,
+                               "reason": e.get("reason")})
+        del self.decisions[:-MAX_DECISIONS]
+
+    def _monitor_alert(self, e: Mapping[str, Any]) -> None:
+        self.alert_rules[str(e.get("rule") or "unknown")] += 1
+
+    def result(self) -> dict[str, Any]:
+        c = self.c
+        weighted = sum(m for _, m in self.report_avg)
+        mean_ms = sum(a * m for a, m in self.report_avg) / weighted if weighted else None
+        total_seconds = sum(self.seconds)
+        return {
+            "batch": {
+                "files_committed": c["files_committed"], "files_rejected": c["files_rejected"],
+                "rejected_by_reason": dict(sorted(self.file_reasons.items())),
+                "records_in": c["records_in"], "records_written": c["records_written"],
+                "records_rejected": c["records_rejected"], "duplicates": c["duplicates"],
+                "bytes": c["bytes"], "rejected_bytes": c["rejected_bytes"],
+                "throughput_records_per_s": {
+                    **_summary(self.rates, ("mean", "p50", "p95")),
+                    "overall": _r(c["records_written"] / total_seconds) if total_seconds > 0 else None},
+                "file_seconds": _summary(self.seconds, ("count", "min", "mean", "p50", "p95", "max")),
+            },
+            "uploads": {"rejected": c["uploads_rejected"],
+                        "rejected_by_reason": dict(sorted(self.upload_reasons.items()))},
+            "stream": {
+                "messages": c["stream_messages"], "documents": c["stream_documents"],
+                "rejected": c["stream_rejected"], "duplicates": c["stream_duplicates"],
+                "bytes": c["stream_bytes"], "reports": c["reports"],
+                "ingest_ms": {"mean": _r(mean_ms), **{k: v for k, v in _summary(self.report_p95, ("p50", "max")).items()}},
+                "flush_latency_ms": _summary(self.flush_latency, ("count", "p50", "p95", "max")),
+            },
+            "scaling": {
+                "alerts": sum(self.alert_rules.values()), "alerts_by_rule": dict(sorted(self.alert_rules.items())),
+                "changes": c["scale_up"] + c["scale_down"], "up": c["scale_up"], "down": c["scale_down"],
+                "decisions": list(self.decisions),
+            },
+        }
+
+
+def _int(e: Mapping[str, Any], key: str) -> int:
+    v = e.get(key)
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else 0
+
+
+def _float(e: Mapping[str, Any], key: str) -> float:
+    v = e.get(key)
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else 0.0
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def _summary(values: list[float], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Nearest-rank percentiles; None for each key when there are no values (``count`` is 0)."""
+    ordered = sorted(values)
+    out: dict[str, Any] = {}
+    for key in keys:
+        if key == "count":
+            out[key] = len(ordered)
+        elif not ordered:
+            out[key] = None
+        elif key == "mean":
+            out[key] = _r(sum(ordered) / len(ordered))
+        elif key == "min":
+            out[key] = _r(ordered[0])
+        elif key == "max":
+            out[key] = _r(ordered[-1])
+        else:
+            out[key] = _r(_percentile(ordered, int(key[1:]) / 100))
+    return out
+
+
+def empty_section() -> dict[str, Any]:
+    """The statistics of a tenant with no events."""
+    return _Section().result()
+
+
+def compute(events: Iterable[Mapping[str, Any]], tenant: str | None = None,
+            since: datetime | None = None) -> dict[str, Any]:
+    """Aggregate ``events`` per tenant and for the platform (key :data:`PLATFORM`)."""
+    sections: dict[str, _Section] = {}
+    platform = _Section()
+    first = last = None
+    counted = 0
+    for e in events:
+        name = e.get("event")
+        if name not in _EVENTS:
+            continue
+        tid = e.get("tenant")
+        if not isinstance(tid, str) or (tenant is not None and tid != tenant):
+            continue
+        ts = e.get("ts")
+        if since is not None:
+            when = _ts(e)
+            if when is None or when < since:
+                continue
+        try:
+            sections.setdefault(tid, _Section()).add(e)
+            platform.add(e)
+        except (TypeError, ValueError):  # a malformed event: skipped, not fatal
+            continue
+        counted += 1
+        if isinstance(ts, str):
+            first = ts if first is None or ts < first else first
+            last = ts if last is None or ts > last else last
+    return {
+        "source": {"events": counted, "first": first, "last": last, "tenant": tenant,
+                   "since": since.isoformat().replace("+00:00", "Z") if since else None},
+        "platform": platform.result(),
+        "tenants": {tid: sections[tid].result() for tid in sorted(sections)},
+    }
+
+
+def compute_from_log(log_file: Path, tenant: str | None = None, since: datetime | None = None) -> dict[str, Any]:
+    """:func:`compute` over ``log_file`` and its rotated files; ``source`` names them."""
+    files = log_files(log_file)
+    counts: Counter[str] = Counter()
+    result = compute(read_events(files, counts), tenant, since)
+    result["source"].update(files=[str(f) for f in files], lines=counts["lines"],
+                            unparsable_lines=counts["unparsable"])
+    return result
+
+
+# ---- plain-text rendering ------------------------------------------------------------------
+
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+            for r in rows]
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _section_lines(title: str, s: dict[str, Any]) -> list[str]:
+    b, u, st, sc = s["batch"], s["uploads"], s["stream"], s["scaling"]
+    tp, fs = b["throughput_records_per_s"], b["file_seconds"]
+    lines = [title, "=" * len(title)]
+    lines += _table([
+        ("batch", "files ok", "files rejected", "records in", "written", "rejected", "duplicates", "bytes"),
+        ("", *(_fmt(b[k]) for k in ("files_committed", "files_rejected", "records_in", "records_written",
+                                     "records_rejected", "duplicates", "bytes")))])
+    if b["rejected_by_reason"] or u["rejected_by_reason"]:
+        rows = [("rejections", "reason", "count")]
+        rows += [("files", k, _fmt(v)) for k, v in b["rejected_by_reason"].items()]
+        rows += [("uploads", k, _fmt(v)) for k, v in u["rejected_by_reason"].items()]
+        lines += ["", *_table(rows)]
+    lines += ["", *_table([
+        ("distribution", "count", "min", "mean", "p50", "p95", "max"),
+        ("records/s per file", _fmt(fs["count"]), "-", _fmt(tp["mean"]), _fmt(tp["p50"]), _fmt(tp["p95"]), "-"),
+        ("seconds per file", _fmt(fs["count"]), _fmt(fs["min"]), _fmt(fs["mean"]), _fmt(fs["p50"]),
+         _fmt(fs["p95"]), _fmt(fs["max"])),
+        ("stream ingest ms (reports)", _fmt(st["reports"]), "-", _fmt(st["ingest_ms"]["mean"]),
+         _fmt(st["ingest_ms"]["p50"]), "-", _fmt(st["ingest_ms"]["max"])),
+        ("stream flush latency ms", _fmt(st["flush_latency_ms"]["count"]), "-", "-",
+         _fmt(st["flush_latency_ms"]["p50"]), _fmt(st["flush_latency_ms"]["p95"]), _fmt(st["flush_latency_ms"]["max"])),
+    ])]
+    lines += ["", *_table([
+        ("stream", "messages", "documents", "rejected", "duplicates", "bytes", "alerts", "scale up", "scale down"),
+        ("", *(_fmt(st[k]) for k in ("messages", "documents", "rejected", "duplicates", "bytes")),
+         _fmt(sc["alerts"]), _fmt(sc["up"]), _fmt(sc["down"]))])]
+    if sc["decisions"]:
+        lines += ["", "scaling decisions (most recent last):"]
+        lines += [f"  {d['ts']}  {d['tenant']}  {d['from']} -> {d['to']}  {d['reason'] or ''}".rstrip()
+                  for d in sc["decisions"]]
+    return lines
+
+
+def render_text(result: dict[str, Any]) -> str:
+    """The statistics as plain tables: the platform first, then each tenant."""
+    src = result["source"]
+    head = (f"{src.get('events', 0):,} events from {len(src.get('files', []))} file(s)"
+            f"{', ' + str(src['unparsable_lines']) + ' unparsable line(s)' if src.get('unparsable_lines') else ''}"
+            f"; {src.get('first') or '-'} .. {src.get('last') or '-'}")
+    parts = [head, ""]
+    if src.get("tenant") is None:
+        parts += [*_section_lines("platform (all tenants)", result["platform"]), ""]
+    for tid, section in result["tenants"].items():
+        parts += [*_section_lines(f"tenant {tid}", section), ""]
+    if not result["tenants"]:
+        parts.append("no ingestion events matched")
+    return "\n".join(parts).rstrip() + "\n"

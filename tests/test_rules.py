@@ -1,0 +1,129 @@
+"""The monitor's rules as pure logic: reports in, alerts and decisions out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from mysimbdp.reports import Report
+from mysimbdp.rules import Limits, RuleState, Snapshot, evaluate
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+LIMITS = Limits(max_avg_ingest_ms=1000, max_queue_depth=100, breaches_before_alert=2, cooldown_s=30,
+                idle_reports_before_scale_down=3, scale_up_step=1, idle_utilization=0.5,
+                min_consumers=1, max_consumers=3)
+
+
+def report(instance: str = "c1", messages: int = 100, avg_ms: float = 50.0, processing_ms: float = 1.0,
+           seconds: float = 10.0, depth: int | None = None) -> Report:
+    return Report(tenant="acme", app="slow", instance=instance, window_start=T0,
+                  window_end=T0 + timedelta(seconds=seconds), messages=messages, documents=messages,
+                  bytes=messages * 10, rejected=0, avg_ingest_ms=avg_ms, p95_ingest_ms=avg_ms * 2,
+                  avg_processing_ms=processing_ms, queue_depth=depth)
+
+
+def run(snaps: list[Snapshot], state: RuleState | None = None, limits: Limits = LIMITS, start: float = 1000.0,
+        step: float = 10.0) -> list:
+    state = state or RuleState()
+    return [evaluate("acme", limits, s, state, start + i * step) for i, s in enumerate(snaps)]
+
+
+def test_latency_breach_alerts_and_scales_up_after_n_consecutive_reports() -> None:
+    slow = Snapshot((report(avg_ms=2500),), consumers=1, queue_depth=0)
+    first, second = run([slow, slow])
+    assert first.verdict == "breach" and first.alerts == () and first.target is None
+    assert [a.rule for a in second.alerts] == ["latency"]
+    assert second.alerts[0].observed == 2500 and second.alerts[0].threshold == 1000
+    assert second.target == 2
+    assert "avg_ingest_ms=2500 > max_avg_ingest_ms=1000" in second.reason
+    assert "2 consecutive reports" in second.reason
+
+
+def test_a_good_report_resets_the_breach_streak() -> None:
+    slow = Snapshot((report(avg_ms=2500),), consumers=1)
+    fine = Snapshot((report(avg_ms=10, processing_ms=80),), consumers=1)
+    decisions = run([slow, fine, slow])
+    assert all(d.target is None and not d.alerts for d in decisions)
+
+
+def test_backlog_breach_uses_the_managers_depth_before_the_reports() -> None:
+    snap = Snapshot((report(depth=5),), consumers=1, queue_depth=500)
+    d = run([snap, snap])[1]
+    assert [(a.rule, a.observed) for a in d.alerts] == [("backlog", 500)]
+    assert d.target == 2
+    # without the manager's figure, the largest depth a report saw counts
+    snap = Snapshot((report(depth=5), report("c2", depth=700)), consumers=2, queue_depth=None)
+    assert run([snap, snap])[1].alerts[0].observed == 700
+
+
+def test_latency_of_an_empty_window_is_not_a_breach() -> None:
+    snap = Snapshot((report(messages=0, avg_ms=5000),), consumers=2, queue_depth=0)
+    assert run([snap])[0].verdict == "idle"
+
+
+def test_scale_up_is_bounded_by_max_consumers_and_says_so() -> None:
+    snap = Snapshot((report(avg_ms=2500),), consumers=3)
+    d = run([snap, snap])[1]
+    assert d.alerts and d.target is None
+    assert d.skipped is not None and "max_consumers=3" in d.skipped
+
+
+def test_step_is_additive_and_capped() -> None:
+    limits = Limits(**{**LIMITS.__dict__, "scale_up_step": 5, "max_consumers": 4})
+    snap = Snapshot((report(avg_ms=2500),), consumers=2)
+    assert run([snap, snap], limits=limits)[1].target == 4
+
+
+def test_cooldown_defers_scaling_but_not_the_alert() -> None:
+    state = RuleState()
+    state.note_change(995.0)
+    snap = Snapshot((report(avg_ms=2500),), consumers=1)
+    d = run([snap, snap], state=state)[1]  # at t=1010, 15 s after the change (cooldown 30 s)
+    assert d.alerts and d.target is None
+    assert d.skipped is not None and "cooldown" in d.skipped
+    later = run([snap, snap], state=state, start=1040.0)[1]
+    assert later.target == 2
+
+
+def test_idle_scales_down_to_min_after_n_reports() -> None:
+    idle = Snapshot((report(messages=0),), consumers=3, queue_depth=0)
+    decisions = run([idle, idle, idle])
+    assert [d.target for d in decisions] == [None, None, 1]
+    assert "idle for 3 consecutive reports" in decisions[2].reason
+
+
+def test_underused_scales_down_one_at_a_time() -> None:
+    # 3 consumers, each 10 s window, 100 messages x 10 ms = 1 s busy: 10 % busy, 15 % with one fewer
+    light = Snapshot(tuple(report(f"c{i}", processing_ms=10) for i in range(3)), consumers=3, queue_depth=0)
+    decisions = run([light, light, light])
+    assert decisions[2].verdict == "underused" and decisions[2].target == 2
+
+
+def test_busy_consumers_are_not_underused() -> None:
+    # 2 consumers, 100 messages x 40 ms = 4 s busy of 10 s each: 40 %, 80 % with one fewer
+    busy = Snapshot(tuple(report(f"c{i}", processing_ms=40) for i in range(2)), consumers=2, queue_depth=0)
+    assert {d.verdict for d in run([busy] * 4)} == {"ok"}
+
+
+def test_waiting_messages_block_scale_down() -> None:
+    snap = Snapshot((report(messages=0),), consumers=3, queue_depth=20)
+    assert {d.target for d in run([snap] * 5)} == {None}
+
+
+def test_idle_at_min_consumers_does_nothing() -> None:
+    snap = Snapshot((report(messages=0),), consumers=1, queue_depth=0)
+    assert {d.target for d in run([snap] * 5)} == {None}
+
+
+def test_scale_down_waits_for_the_cooldown_then_happens() -> None:
+    state = RuleState()
+    state.note_change(1000.0)
+    idle = Snapshot((), consumers=2, queue_depth=0)
+    decisions = run([idle] * 5, state=state, start=1005.0)  # t = 1005 .. 1045
+    assert [d.target for d in decisions] == [None, None, None, 1, None]
+
+
+def test_snapshot_aggregates_weighted_by_messages() -> None:
+    snap = Snapshot((report("a", messages=100, avg_ms=100), report("b", messages=300, avg_ms=500)), consumers=2)
+    assert snap.messages == 400
+    assert snap.avg_ingest_ms == (100 * 100 + 300 * 500) / 400
+    assert snap.p95_ingest_ms == 1000
