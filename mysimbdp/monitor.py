@@ -1,0 +1,358 @@
+"""The in-process monitor: reads the log feed, keeps the reports, evaluates the rules, scales.
+
+Stream apps report every ``report_interval_s``: in-process consumers as ``stream.report``
+log events (the logs are the feed), apps elsewhere with ``POST /reports``. The monitor keeps
+the latest report of each instance, stores every report in ``mysimbdp.reports``, and once
+per report period evaluates each tenant with :func:`mysimbdp.rules.evaluate`: alerts become
+``monitor.alert`` events, decisions become calls of the stream manager's ``scale()``, whose
+``stream.consumers.changed`` event carries the monitor's reason. It also serves
+``GET /metrics`` (see :mod:`mysimbdp.metrics`), ``GET /schemas/report.json`` and
+``GET /tenants/{id}/stats``. See ``docs/monitoring.md`` and ``docs/reports.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+
+from mysimbdp import stats
+from mysimbdp.auth import bearer_token
+from mysimbdp.http import DAEMON_KEY, HttpError, json_response, require_tenant
+from mysimbdp.logs import get_logger, subscribe, unsubscribe
+from mysimbdp.metrics import CONTENT_TYPE_LATEST, Metrics
+from mysimbdp.reports import (
+    REPORT_EVENT,
+    Report,
+    report_from_event,
+    report_schema,
+    validation_problem,
+)
+from mysimbdp.rules import Decision, Limits, RuleState, Snapshot, evaluate
+from mysimbdp.tenants import TenantChange
+
+if TYPE_CHECKING:
+    from mysimbdp.daemon import Daemon
+
+__all__ = ["Monitor", "REPORTS_COLLECTION", "STALE_AFTER_PERIODS"]
+
+log = get_logger("monitor")
+REPORTS_COLLECTION = "reports"
+STALE_AFTER_PERIODS = 2.5  # an instance silent for this many periods no longer counts
+FEED_EVENTS = frozenset({REPORT_EVENT, "stream.consumers.changed"})
+FEED_MAX = 10_000
+STORE_BATCH = 500
+
+
+class Monitor:
+    """The daemon component ``monitor``."""
+
+    name = "monitor"
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.metrics = Metrics()
+        self._latest: dict[str, dict[str, Report]] = {}
+        self._states: dict[str, RuleState] = {}
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._unstored: deque[dict[str, Any]] = deque(maxlen=FEED_MAX)
+        self._feed: asyncio.Queue[dict[str, Any]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stored_wakeup = asyncio.Event()
+        self.counts = {"reports": 0, "invalid": 0, "dropped": 0, "stored": 0, "store_failed": 0}
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Subscribe to the log feed and follow the tenants."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        self._feed = asyncio.Queue(FEED_MAX)
+        subscribe(self._on_event)
+        self.daemon.tenants.add_listener(self._on_tenant)
+        self._tasks = [asyncio.create_task(self._read_feed(), name="monitor.feed"),
+                       asyncio.create_task(self._store_loop(), name="monitor.store")]
+
+    async def stop(self) -> None:
+        """Leave the feed, stop evaluating, write the reports still held."""
+        unsubscribe(self._on_event)
+        tasks = [*self._tasks, *self._loops.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks, self._loops = [], {}
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._store_pending(), 2.0)
+
+    def health(self) -> dict[str, object]:
+        """Up while started; counts of reports seen, invalid, dropped and stored."""
+        return {"up": bool(self._tasks), "tenants": sorted(self._loops), **self.counts}
+
+    # ---- the feed --------------------------------------------------------------------------
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        """Called inside every logging call: count it, queue what the rules need, never log."""
+        self.metrics.observe(event)
+        if event.get("event") not in FEED_EVENTS or event.get("source") == "http":
+            return
+        if self._loop is None or self._loop.is_closed():
+            return
+        if threading.get_ident() == self._thread:
+            self._enqueue(event)
+        else:
+            self._loop.call_soon_threadsafe(self._enqueue, event)
+
+    def _enqueue(self, event: dict[str, Any]) -> None:
+        assert self._feed is not None
+        try:
+            self._feed.put_nowait(event)
+        except asyncio.QueueFull:
+            self.counts["dropped"] += 1
+            self.metrics.feed_dropped.inc()
+
+    async def _read_feed(self) -> None:
+        assert self._feed is not None
+        reported_drops = 0
+        while True:
+            event = await self._feed.get()
+            if self.counts["dropped"] != reported_drops:
+                log.warning("monitor.feed.dropped", events=self.counts["dropped"] - reported_drops,
+                            reason="the monitor fell behind the log feed")
+                reported_drops = self.counts["dropped"]
+            try:
+                self._handle(event)
+            except Exception as exc:  # one odd event never stops the monitor
+                log.exception("monitor.feed.failed", tenant=event.get("tenant"), error=str(exc))
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        tenant = event.get("tenant")
+        if not isinstance(tenant, str) or tenant not in self.daemon.tenants:
+            return  # another daemon's tenant (tests run several in one process) or an old one
+        if event["event"] == "stream.consumers.changed":
+            self._state(tenant).note_change(time.monotonic())
+            return
+        try:
+            report = report_from_event(event)
+        except ValidationError as exc:
+            self.counts["invalid"] += 1
+            field, problem = validation_problem(exc)
+            log.warning("monitor.report.invalid", tenant=tenant, field=field, reason=problem, source="log")
+            return
+        self.accept(report, "log")
+
+    def accept(self, report: Report, source: str) -> None:
+        """Take one valid report: it becomes its instance's latest and is queued for storing."""
+        self.counts["reports"] += 1
+        self._latest.setdefault(report.tenant, {})[report.instance] = report
+        doc = report.model_dump()
+        doc.update(source=source, received_at=datetime.now(UTC))
+        self._unstored.append(doc)
+        if len(self._unstored) >= STORE_BATCH:
+            self._stored_wakeup.set()
+
+    # ---- storing reports -------------------------------------------------------------------
+
+    async def _store_loop(self) -> None:
+        with contextlib.suppress(Exception):  # best effort: the collection works without it
+            await self._collection().create_index([("tenant", 1), ("window_end", -1)])
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stored_wakeup.wait(), 1.0)
+            self._stored_wakeup.clear()
+            await self._store_pending()
+
+    async def _store_pending(self) -> None:
+        while self._unstored:
+            batch = [self._unstored.popleft() for _ in range(min(STORE_BATCH, len(self._unstored)))]
+            try:
+                await self._collection().insert_many(batch, ordered=False)
+            except asyncio.CancelledError:
+                self._unstored.extendleft(reversed(batch))
+                raise
+            except Exception as exc:
+                self.counts["store_failed"] += len(batch)
+                self._unstored.extendleft(reversed(batch))  # kept (bounded) until the store is back
+                log.warning("monitor.report.store_failed", reports=len(batch), held=len(self._unstored),
+                            error=str(exc)[:300])
+                return
+            self.counts["stored"] += len(batch)
+
+    def _collection(self) -> Any:
+        return self.daemon.store.platform_db[REPORTS_COLLECTION]
+
+    # ---- evaluation ------------------------------------------------------------------------
+
+    def _state(self, tenant: str) -> RuleState:
+        return self._states.setdefault(tenant, RuleState())
+
+    async def _on_tenant(self, change: TenantChange) -> None:
+        task = self._loops.pop(change.tenant, None)
+        if task is not None:
+            task.cancel()
+        if change.new is None or change.new.stream is None:
+            self._latest.pop(change.tenant, None)
+            self._states.pop(change.tenant, None)
+            return
+        self._loops[change.tenant] = asyncio.create_task(
+            self._evaluate_loop(change.tenant), name=f"monitor.evaluate.{change.tenant}")
+
+    async def _evaluate_loop(self, tenant: str) -> None:
+        while True:
+            profile = self.daemon.tenants.get(tenant)
+            if profile is None or profile.stream is None:
+                return
+            await asyncio.sleep(profile.stream.report_interval_s)
+            try:
+                await self.evaluate_tenant(tenant)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("monitor.evaluation_failed", tenant=tenant, error=str(exc))
+
+    def snapshot_reports(self, tenant: str, interval_s: float) -> tuple[Report, ...]:
+        """The latest report of each instance heard from within the last few periods."""
+        horizon = datetime.now(UTC) - timedelta(seconds=interval_s * STALE_AFTER_PERIODS)
+        latest = self._latest.get(tenant, {})
+        for instance in [i for i, r in latest.items() if r.window_end < horizon]:
+            del latest[instance]
+        return tuple(latest.values())
+
+    async def evaluate_tenant(self, tenant: str) -> Decision | None:
+        """One evaluation of ``tenant``: the rules, then the alerts and the decision carried out."""
+        profile = self.daemon.tenants.get(tenant)
+        limits = Limits.of(profile) if profile is not None else None
+        if profile is None or profile.stream is None or limits is None:
+            return None
+        stream = getattr(self.daemon, "stream", None)
+        consumers, depth, running = await self._stream_state(stream, tenant)
+        snap = Snapshot(self.snapshot_reports(tenant, profile.stream.report_interval_s), consumers, depth)
+        state = self._state(tenant)
+        decision = evaluate(tenant, limits, snap, state, time.monotonic())
+        log.debug("monitor.evaluated", tenant=tenant, verdict=decision.verdict, consumers=consumers,
+                  instances=len(snap.reports), messages=snap.messages,
+                  avg_ingest_ms=round(snap.avg_ingest_ms, 3), p95_ingest_ms=snap.p95_ingest_ms,
+                  queue_depth=snap.backlog, utilization=round(snap.utilization, 3),
+                  breach_streak=state.breach_streak, idle_streak=state.idle_streak)
+        for alert in decision.alerts:
+            log.warning("monitor.alert", tenant=tenant, rule=alert.rule, observed=alert.observed,
+                        threshold=alert.threshold, consumers=consumers)
+        await self._carry_out(decision, stream, running, profile.monitor.autoscale, consumers, state)
+        return decision
+
+    async def _stream_state(self, stream: Any, tenant: str) -> tuple[int, int | None, bool]:
+        """Consumers, queue depth and whether the tenant's stream is running (not stopped)."""
+        if stream is None:
+            return 0, None, False
+        consumers = int(stream.consumer_count(tenant))
+        try:
+            depth = await asyncio.wait_for(stream.queue_depth(tenant), 5.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            depth = None
+        running = consumers > 0
+        with contextlib.suppress(Exception):
+            status = await asyncio.wait_for(stream.status(tenant), 5.0)
+            state = status.get("state") if isinstance(status, dict) else None
+            if isinstance(state, str):
+                running = state not in ("stopped", "offboarded", "failed")
+        return consumers, (int(depth) if isinstance(depth, int | float) else None), running
+
+    async def _carry_out(self, decision: Decision, stream: Any, running: bool, autoscale: bool,
+                         consumers: int, state: RuleState) -> None:
+        tenant = decision.tenant
+        if decision.skipped:
+            log.info("monitor.scale.skipped", tenant=tenant, consumers=consumers, reason=decision.skipped)
+        if decision.target is None:
+            return
+        why_not = (None if stream is not None else "no stream manager in this daemon") \
+            or (None if running else "the tenant's stream is stopped") \
+            or (None if autoscale else "autoscale is off in the tenant's [monitor] section") \
+            or (None if not self.daemon.draining else "the daemon is draining")
+        if why_not:
+            log.info("monitor.scale.skipped", tenant=tenant, consumers=consumers,
+                     reason=f"{decision.reason}; not applied: {why_not}")
+            return
+        try:
+            before, after = await stream.scale(tenant, decision.target, decision.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # out of bounds after a profile edit, tenant gone, broker down
+            log.warning("monitor.scale.failed", tenant=tenant, consumers=consumers,
+                        target=decision.target, reason=decision.reason, error=str(exc))
+            return
+        state.note_change(time.monotonic())
+        log.info("monitor.scaled", tenant=tenant, **{"from": before, "to": after}, reason=decision.reason)
+
+    # ---- HTTP ------------------------------------------------------------------------------
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        """``POST /reports``, ``GET /schemas/report.json``, ``GET /metrics``, ``GET /tenants/{id}/stats``."""
+        return [
+            web.post("/reports", self._post_report),
+            web.get("/schemas/report.json", self._get_schema),
+            web.get("/metrics", self._get_metrics),
+            web.get("/tenants/{id}/stats", self._get_stats),
+        ]
+
+    async def _post_report(self, request: web.Request) -> web.Response:
+        if bearer_token(request.headers.get("Authorization")) is None:
+            raise HttpError(401, "unauthorized", "send the tenant's token as 'Authorization: Bearer <token>'")
+        body = await _json_object(request)
+        tenant = body.get("tenant")
+        if not isinstance(tenant, str):
+            raise HttpError(400, "invalid_report", "field 'tenant': the tenant id (a string) is required",
+                            field="tenant")
+        profile = require_tenant(request, tenant)
+        try:
+            report = Report.model_validate(body)
+        except ValidationError as exc:
+            field, problem = validation_problem(exc)
+            self.counts["invalid"] += 1
+            log.warning("monitor.report.invalid", tenant=tenant, field=field, reason=problem, source="http")
+            raise HttpError(400, "invalid_report", f"field {field!r}: {problem}", field=field) from None
+        if profile.stream is None:
+            raise HttpError(409, "no_stream", f"tenant {tenant!r} has no [stream] section to report on")
+        self.accept(report, "http")
+        log.info(REPORT_EVENT, **report.to_event(), source="http")
+        return json_response({"status": "accepted", "tenant": tenant, "instance": report.instance}, status=202)
+
+    async def _get_schema(self, request: web.Request) -> web.Response:
+        return json_response(report_schema())
+
+    async def _get_metrics(self, request: web.Request) -> web.Response:
+        await self.metrics.refresh(self.daemon)
+        return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        tenant = request.match_info["id"]
+        require_tenant(request, tenant)
+        since = request.query.get("since")
+        try:
+            since_dt = stats.parse_since(since) if since else None
+        except ValueError as exc:
+            raise HttpError(400, "invalid_since", str(exc)) from None
+        settings = request.app[DAEMON_KEY].settings
+        result = await asyncio.to_thread(stats.compute_from_log, settings.log_file, tenant, since_dt)
+        return json_response({"tenant": tenant, "source": result["source"],
+                              **result["tenants"].get(tenant, stats.empty_section())})
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, "invalid_report", "the body must be one JSON object (a report)", field="(body)")
+    return body

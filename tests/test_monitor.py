@@ -1,0 +1,208 @@
+"""The monitor component: reports over HTTP and from the log feed, alerts, stats for tenants."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+
+from mysimbdp.auth import hash_token
+from mysimbdp.config import Settings
+from mysimbdp.logs import get_logger, subscribe, unsubscribe
+
+TOKEN = "monitor-tenant-token"
+OTHER_TOKEN = "monitor-other-token"
+
+
+def write_profile(settings: Settings, tenant: str, token: str = TOKEN, monitor: str = "",
+                  stream: str = "autostart = false\nreport_interval_s = 0.3") -> None:
+    text = (f'id = "{tenant}"\ntoken_sha256 = "{hash_token(token)}"\n'
+            f'[stream]\napp = "monitor_nothing"\n{stream}\n[monitor]\n{monitor}\n')
+    (settings.tenants_dir / f"{tenant}.toml").write_text(text)
+
+
+def report_body(tenant: str, instance: str = "ext-1", **changes: Any) -> dict[str, Any]:
+    end = datetime.now(UTC)
+    data: dict[str, Any] = {
+        "tenant": tenant, "app": "external", "instance": instance,
+        "window_start": (end - timedelta(seconds=1)).isoformat(), "window_end": end.isoformat(),
+        "messages": 50, "documents": 50, "bytes": 5000, "rejected": 0,
+        "avg_ingest_ms": 20.0, "p95_ingest_ms": 35.0, "avg_processing_ms": 2.0, "queue_depth": 0,
+    }
+    data.update(changes)
+    return data
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def events() -> Iterator[list[dict[str, Any]]]:
+    """Every log event emitted during the test (the in-process feed, like capture_logs)."""
+    seen: list[dict[str, Any]] = []
+    subscribe(seen.append)
+    yield seen
+    unsubscribe(seen.append)
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_post_report_is_accepted_kept_and_evaluated(
+        start_daemon: Any, settings_factory: Callable[..., Settings], tenant_id: str,
+        http: aiohttp.ClientSession, mongo: Any) -> None:
+    settings = settings_factory()
+    write_profile(settings, tenant_id)
+    rd = await start_daemon(settings)
+    async with http.post(f"{rd.url}/reports", json=report_body(tenant_id), headers=auth(TOKEN)) as resp:
+        assert resp.status == 202, await resp.text()
+        assert (await resp.json())["instance"] == "ext-1"
+    assert "ext-1" in rd.daemon.monitor._latest[tenant_id]
+    coll = mongo["mysimbdp"]["reports"]
+
+    async def stored() -> dict[str, Any] | None:
+        return await coll.find_one({"tenant": tenant_id})
+    deadline = time.monotonic() + 10
+    doc = None
+    while doc is None and time.monotonic() < deadline:
+        doc = await stored()
+        await asyncio.sleep(0.1)
+    assert doc is not None
+    assert (doc["messages"], doc["source"], doc["instance"]) == (50, "http", "ext-1")
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"messages": -5}, "messages"),
+    ({"avg_ingest_ms": "slow"}, "avg_ingest_ms"),
+    ({"window_end": None}, "window_end"),
+    ({"mesages": 3}, "mesages"),
+])
+async def test_invalid_report_is_400_naming_the_field(
+        start_daemon: Any, settings_factory: Callable[..., Settings], tenant_id: str,
+        http: aiohttp.ClientSession, change: dict[str, Any], field: str) -> None:
+    settings = settings_factory()
+    write_profile(settings, tenant_id)
+    rd = await start_daemon(settings)
+    async with http.post(f"{rd.url}/reports", json=report_body(tenant_id, **change), headers=auth(TOKEN)) as resp:
+        assert resp.status == 400
+        data = await resp.json()
+    assert data["code"] == "invalid_report" and data["field"] == field
+    assert field in data["message"]
+
+
+async def test_report_authentication(
+        start_daemon: Any, settings_factory: Callable[..., Settings], tenant_id: str,
+        http: aiohttp.ClientSession) -> None:
+    settings = settings_factory()
+    write_profile(settings, tenant_id)
+    other = f"{tenant_id}b"
+    write_profile(settings, other, token=OTHER_TOKEN)
+    rd = await start_daemon(settings)
+    url = f"{rd.url}/reports"
+    async with http.post(url, json=report_body(tenant_id)) as resp:
+        assert resp.status == 401
+    async with http.post(url, json=report_body(tenant_id), headers=auth("no-such-token")) as resp:
+        assert resp.status == 401
+    async with http.post(url, json=report_body(tenant_id), headers=auth(OTHER_TOKEN)) as resp:
+        assert resp.status == 403
+        assert (await resp.json())["code"] == "forbidden"
+    async with http.post(url, data=b"{not json", headers=auth(TOKEN)) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["code"] == "invalid_json"
+    async with http.post(url, json=[report_body(tenant_id)], headers=auth(TOKEN)) as resp:
+        assert resp.status == 400
+    assert tenant_id not in rd.daemon.monitor._latest
+
+
+async def test_schema_is_served(start_daemon: Any, http: aiohttp.ClientSession) -> None:
+    rd = await start_daemon()
+    async with http.get(f"{rd.url}/schemas/report.json") as resp:
+        assert resp.status == 200
+        schema = await resp.json()
+    assert schema["$id"] == "/schemas/report.json"
+    assert "avg_ingest_ms" in schema["required"]
+
+
+async def test_log_reports_feed_the_monitor_and_breaches_raise_alerts(
+        start_daemon: Any, settings_factory: Callable[..., Settings], tenant_id: str,
+        events: list[dict[str, Any]]) -> None:
+    settings = settings_factory()
+    write_profile(settings, tenant_id, monitor="max_avg_ingest_ms = 500\nbreaches_before_alert = 2")
+    rd = await start_daemon(settings)
+    log = get_logger("stream", tenant=tenant_id)
+    for _ in range(12):  # a consumer falling behind, reporting every 0.3 s
+        log.info("stream.report", **report_body(tenant_id, "c1", avg_ingest_ms=2400.0, p95_ingest_ms=4000.0))
+        await asyncio.sleep(0.3)
+        if any(e["event"] == "monitor.alert" and e.get("tenant") == tenant_id for e in events):
+            break
+    alerts = [e for e in events if e["event"] == "monitor.alert" and e.get("tenant") == tenant_id]
+    assert alerts, "no alert after 12 slow reports"
+    assert (alerts[0]["rule"], alerts[0]["observed"], alerts[0]["threshold"]) == ("latency", 2400.0, 500.0)
+    assert rd.daemon.monitor.counts["reports"] >= 2
+    evaluated = [e for e in events if e["event"] == "monitor.evaluated" and e.get("tenant") == tenant_id]
+    assert evaluated and evaluated[-1]["avg_ingest_ms"] == 2400.0
+
+
+async def test_an_invalid_log_report_is_counted_not_fatal(
+        start_daemon: Any, settings_factory: Callable[..., Settings], tenant_id: str,
+        events: list[dict[str, Any]]) -> None:
+    settings = settings_factory()
+    write_profile(settings, tenant_id)
+    rd = await start_daemon(settings)
+    get_logger("stream").info("stream.report", tenant=tenant_id, messages="lots")
+    await wait_for(lambda: rd.daemon.monitor.counts["invalid"] == 1)
+    bad = [e for e in events if e["event"] == "monitor.report.invalid"]
+    assert bad and bad[0]["tenant"] == tenant_id
+    assert rd.daemon.health()["components"]["monitor"]["up"]
+
+
+async def test_tenant_stats_endpoint(
+        start_daemon: Any, settings_factory: Callable[..., Settings], tenant_id: str,
+        http: aiohttp.ClientSession) -> None:
+    settings = settings_factory()
+    write_profile(settings, tenant_id)
+    other = f"{tenant_id}b"
+    write_profile(settings, other, token=OTHER_TOKEN)
+    rd = await start_daemon(settings)
+    batch = get_logger("batch")
+    for n, seconds in ((100, 1.0), (300, 2.0)):
+        batch.info("batch.file.committed", tenant=tenant_id, file=f"f{n}.csv", sha256="0" * 64, bytes=n * 10,
+                   records_in=n, records_written=n, records_rejected=0, duplicates=0, seconds=seconds,
+                   records_per_s=n / seconds, mb_per_s=0.001)
+    batch.info("batch.file.rejected", tenant=tenant_id, file="x.pdf", code="format", reason="not allowed",
+               bytes=9, records_in=0, records_written=0, records_rejected=0, duplicates=0, seconds=0.01)
+    batch.info("batch.file.committed", tenant=other, file="o.csv", bytes=1, records_in=7, records_written=7,
+               seconds=1.0, records_per_s=7.0)
+    url = f"{rd.url}/tenants/{tenant_id}/stats"
+    async with http.get(url, headers=auth(TOKEN)) as resp:
+        assert resp.status == 200, await resp.text()
+        data = await resp.json()
+    assert data["tenant"] == tenant_id
+    assert data["batch"]["files_committed"] == 2
+    assert data["batch"]["records_written"] == 400
+    assert data["batch"]["rejected_by_reason"] == {"format": 1}
+    assert data["batch"]["throughput_records_per_s"]["mean"] == 125.0
+    async with http.get(url, headers=auth(OTHER_TOKEN)) as resp:
+        assert resp.status == 403
+    async with http.get(url) as resp:
+        assert resp.status == 401
+    async with http.get(url, params={"since": "yesterday"}, headers=auth(TOKEN)) as resp:
+        assert resp.status == 400
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with http.get(url, params={"since": future}, headers=auth(TOKEN)) as resp:
+        assert (await resp.json())["batch"]["files_committed"] == 0
+
+
