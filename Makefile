@@ -22,7 +22,11 @@ bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 reliability: setup
-	$(BIN)/python -m pytest tests/reliability -m "slow or not slow" $(PYTEST_ARGS)
+	MYSIMBDP_RELIABILITY=full MYSIMBDP_RELIABILITY_RESULTS=tests/reliability/results.json \
+		$(BIN)/python -m pytest tests/reliability tests/test_fuzz_readers.py tests/test_fuzz_decoder.py \
+		$(PYTEST_ARGS); status=$$?; \
+		$(BIN)/python tests/reliability/report.py tests/reliability/results.json docs/reliability.md \
+		&& exit $$status
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

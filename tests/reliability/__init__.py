@@ -1,0 +1,1 @@
+"""The reliability and security suite: faults injected, bad inputs tried, records counted."""

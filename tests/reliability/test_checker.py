@@ -1,0 +1,44 @@
+"""The checker and the report: they must see a loss, a duplicate and a stranger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.reliability.checker import tally
+from tests.reliability.report import END, START, main, render
+
+
+def test_clean_run_is_ok() -> None:
+    t = tally(["a", "b", "c"], ["c", "b", "a"])
+    assert t.ok and (t.lost, t.duplicated, t.unexpected) == (0, 0, 0)
+
+
+def test_counts_lost_duplicated_unexpected() -> None:
+    t = tally(["a", "b", "c"], ["a", "a", "a", "b", "zz"])
+    assert (t.lost, t.duplicated, t.unexpected) == (1, 2, 1)
+    assert t.examples["lost"] == ["c"] and t.examples["unexpected"] == ["zz"]
+    assert not t.ok
+
+
+def test_indeterminate_may_be_absent_or_present_once_but_never_twice() -> None:
+    assert tally(["a"], ["a", "m"], indeterminate=["m", "n"]).ok
+    twice = tally(["a"], ["a", "m", "m"], indeterminate=["m"])
+    assert twice.duplicated == 1 and not twice.ok
+
+
+def test_report_rewrites_only_the_table(tmp_path: Path) -> None:
+    results = {"mode": "reduced", "generated_at": "now", "python": "3", "machine": "m", "rows": [
+        {"guarantee": "g", "fault": "f", "test": "t", "injected": 2, "checked": 10, "lost": 0,
+         "duplicated": 0, "unexpected": 0, "bad_inputs": 0, "crashes": 0, "passed": True},
+        {"guarantee": "g", "fault": "f", "test": "t", "injected": 1, "checked": 5, "lost": 1,
+         "duplicated": 0, "unexpected": 0, "bad_inputs": 0, "crashes": 0, "passed": False},
+    ]}
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(results))
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# Title\n\ntext\n\n{START}\nold table\n{END}\n\nafter\n")
+    assert main([str(source), str(doc)]) == 1  # a failed row fails the report
+    text = doc.read_text()
+    assert "old table" not in text and text.startswith("# Title") and text.endswith("after\n")
+    assert "| g | f | 3 | 15 | 1 | 0 | 0 | 0 | 0 | **FAIL** |" in render(results)
