@@ -16,7 +16,6 @@ from typing import Any, Protocol
 import pluggy
 
 from mysimbdp import __version__
-from mysimbdp.batch.manager import BatchManager
 from mysimbdp.broker import Broker
 from mysimbdp.config import Settings
 from mysimbdp.http import HttpServer
@@ -25,7 +24,6 @@ from mysimbdp.logs import get_logger
 from mysimbdp.monitor import Monitor
 from mysimbdp.plugins import get_plugin_manager
 from mysimbdp.store import Store
-from mysimbdp.stream.manager import StreamManager
 from mysimbdp.tenants import TenantRegistry
 from mysimbdp.upload import UploadService
 
@@ -69,12 +67,8 @@ class Daemon:
     def _ingestion_components(self) -> list[Any]:
         """The batch manager, the stream manager and the monitor, in start order."""
         components: list[Any] = []
-        self.batch = BatchManager(self)
-        components.append(self.batch)
         self.upload = UploadService(self)
         components.append(self.upload)
-        self.stream = StreamManager(self)
-        components.append(self.stream)
         self.monitor = Monitor(self)  # last: it watches the others
         components.append(self.monitor)
         return components
