@@ -302,26 +302,24 @@ async def _follow(client: UploadClient, out: Outcome, timeout: float, stream: Te
     out.entry = entry
     out.status = str(entry["state"])
     if out.status == "rejected":
-        out.code = str(entry.get("reason") or entry.get("code") or "")
-        out.detail = str(entry.get("message") or entry.get("error") or REJECTED_HINT)
+        out.code = str(entry.get("code") or "rejected")
+        out.detail = str(entry.get("reason") or "see GET /tenants/{id}/files/{file id}")
         print(f"rejected {out.name}: {out.code}: {out.detail}", file=stream)
     else:
         out.detail = counts(entry)
         print(f"loaded   {out.name}: {out.detail}", file=stream)
 
 
-REJECTED_HINT = "see GET /tenants/{id}/files/{file id}"
-_COUNT_KEYS = ("records", "written", "duplicates", "rejected_records", "rejects")
+#: Ledger count fields and how the client names them.
+_COUNTS = {"records_in": "records in", "records_written": "written", "records_rejected": "rejected",
+           "duplicates": "duplicates", "records_skipped": "skipped"}
 
 
 def counts(entry: dict[str, Any]) -> str:
-    """The record counts a ledger entry carries, as ``key=value`` text."""
-    source = entry.get("counts") if isinstance(entry.get("counts"), dict) else entry
-    assert isinstance(source, dict)
-    keys = [k for k in source if isinstance(source[k], int) and not isinstance(source[k], bool)]
-    if source is entry:
-        keys = [k for k in _COUNT_KEYS if k in keys]
-    return ", ".join(f"{k}={source[k]}" for k in keys) or "committed"
+    """The record counts a ledger entry carries, e.g. ``10 records in, 9 written, 1 rejected``."""
+    parts = [f"{entry[k]} {label}" for k, label in _COUNTS.items()
+             if isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool)]
+    return ", ".join(parts) or str(entry.get("state", ""))
 
 
 async def run(url: str, tenant: str, token: str, paths: Sequence[Path], *, jobs: int = 4,

@@ -260,8 +260,8 @@ class UploadService:
             try:
                 await asyncio.to_thread(_publish, part, up.folder / up.name)
             except FileExistsError:
-                await self.daemon.ledger.transition(file_id, FileState.REJECTED, reason="exists",
-                                                    message="a file of that name appeared in staging "
+                await self.daemon.ledger.transition(file_id, FileState.REJECTED, code="exists",
+                                                    reason="a file of that name appeared in staging "
                                                     "during the upload")
                 raise _refusal("exists", f"{up.name!r} appeared in staging while it was being "
                                "uploaded; upload it again once that file is loaded") from None

