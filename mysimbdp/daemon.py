@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import pluggy
 
 from mysimbdp import __version__
+from mysimbdp.batch.manager import BatchManager
 from mysimbdp.broker import Broker
 from mysimbdp.config import Settings
 from mysimbdp.http import HttpServer
@@ -67,6 +68,8 @@ class Daemon:
     def _ingestion_components(self) -> list[Any]:
         """The batch manager, the stream manager and the monitor, in start order."""
         components: list[Any] = []
+        self.batch = BatchManager(self)
+        components.append(self.batch)
         self.upload = UploadService(self)
         components.append(self.upload)
         self.monitor = Monitor(self)  # last: it watches the others

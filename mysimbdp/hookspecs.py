@@ -47,9 +47,10 @@ def mysimbdp_batch_wrangle(record: dict[str, Any], context: BatchContext) -> dic
     :param record: the parsed record: a CSV row as ``{header: text}`` (empty fields are
         ``""``), or a JSON Lines object as decoded.
     :param context: the tenant, app and file being loaded.
-    :returns: the document to store. The platform sets ``_id`` (deterministic, for
-        exactly-once loading) unless the document has one. Raise :class:`mysimbdp.Reject`
-        (or any exception) to send this record to ``_rejects`` with the reason.
+    :returns: the document to store (a dict). The platform sets ``_id`` (deterministic,
+        for exactly-once loading). Return None to skip the record on purpose (counted as
+        ``records_skipped``). Raise :class:`mysimbdp.Reject` (or any exception) to send this
+        record to ``_rejects`` with the reason; the rest of the file still loads.
     """
 
 
@@ -58,10 +59,18 @@ def mysimbdp_batch_wrangle_table(table: pa.RecordBatch, context: BatchContext) -
     """Optional columnar path: turn a batch of CSV rows into a batch of documents at once.
 
     Implement this instead of (or besides) :func:`mysimbdp_batch_wrangle` for speed: the
-    platform reads CSV files with Arrow's CSV reader and hands the app record batches with
-    typed columns. Return a batch with the same number of rows; a row whose column
-    ``_reject`` (optional, string) is non-null goes to ``_rejects`` with that reason.
-    Returning None falls back to the per-record hook.
+    platform reads CSV files with Arrow's streaming CSV reader and hands the app record
+    batches of about 1 MiB of text, with column types inferred from the file's first block
+    (values ``""``, ``NA``, ``N/A``, ``NULL``, ``null``, ``NaN`` are nulls). A row whose value
+    does not fit its column's type goes to ``_rejects`` (it still appears in ``table``, with
+    nulls, and is not written).
+
+    :param table: the batch of rows (``pyarrow.RecordBatch``).
+    :param context: the tenant, app and file being loaded.
+    :returns: a ``RecordBatch`` or ``Table`` with the same number of rows, one document per
+        row (column names are field names). A row whose optional string column ``_reject``
+        is non-null goes to ``_rejects`` with that reason. Raising fails the whole file
+        (``app_failed``). JSON Lines files always use :func:`mysimbdp_batch_wrangle`.
     """
 
 

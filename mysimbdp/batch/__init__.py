@@ -1,1 +1,5 @@
-"""Batch ingestion: tenants' files from ``staging/<tenant>/`` into their databases."""
+"""Batch ingestion: staging watcher, constraints, streaming readers, loader and manager."""
+
+from __future__ import annotations
+
+__all__: list[str] = []

@@ -26,6 +26,8 @@ REASON_CODES = {
     "app_failed": "the tenant's app failed on the file as a whole",
     "timeout": "loading took longer than the tenant's timeout_s",
     "not_regular": "not a regular file (e.g. a symbolic link); not followed",
+    "no_app": "the app the tenant's profile names is not installed or is not a batch app",
+    "internal": "the platform failed on the file (a bug: the reason names it)",
 }
 
 _FORBIDDEN_CHARS = set("/\\\0")

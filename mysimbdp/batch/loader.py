@@ -1,0 +1,391 @@
+"""Loading one file: parse, hand records to the tenant's app, write documents exactly once.
+
+Parsing and wrangling run in a worker thread, one batch ahead of the writes: while batch
+*k* is being written by the event loop, batch *k+1* is being parsed and wrangled, so the
+store and the CPU work at the same time and the event loop stays responsive. Memory is
+bounded by two batches whatever the file size.
+
+Exactly once: document *n* of a file gets ``_id = "<sha256[:20]>:<n>"``; documents are
+written with ``insert_many(ordered=False)`` and duplicate-key errors count as already
+present, so a file re-loaded after a crash ends with every record exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from bson.errors import InvalidDocument
+from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
+
+from mysimbdp.apps import App, BatchContext, Target
+from mysimbdp.batch.readers import (
+    RAW_LIMIT,
+    ArrowBatch,
+    Malformed,
+    Record,
+    infer_csv_schema,
+    iter_arrow_batches,
+    iter_records,
+    open_stream,
+)
+from mysimbdp.errors import FileRejected, Reject
+from mysimbdp.logs import get_logger
+from mysimbdp.store import REJECTS, Store, insert_idempotent
+
+__all__ = ["FileJob", "Counts", "FileLoader", "record_id", "id_prefix", "ARROW_BLOCK_BYTES"]
+
+log = get_logger("batch")
+ARROW_BLOCK_BYTES = 1024 * 1024
+_RETRY_MAX_S = 5.0
+
+
+def id_prefix(sha256: str) -> str:
+    """The ``_id`` prefix of every document of the file with this sha256."""
+    return sha256[:20] + ":"
+
+
+def record_id(sha256: str, number: int) -> str:
+    """The deterministic ``_id`` of record ``number`` (1-based) of a file."""
+    return f"{id_prefix(sha256)}{number}"
+
+
+@dataclass
+class FileJob:
+    """A file that passed the constraints and is about to load."""
+
+    tenant: str
+    name: str
+    path: Path
+    ledger_id: str
+    sha256: str
+    size: int
+    fmt: str
+    app: App
+    max_file_bytes: int
+    max_error_rate: float
+    route: str | None = None
+
+
+@dataclass
+class Counts:
+    """What happened to a file's records."""
+
+    records_in: int = 0
+    records_written: int = 0
+    records_rejected: int = 0
+    duplicates: int = 0
+    records_skipped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts as event/ledger fields."""
+        return dict(self.__dict__)
+
+
+@dataclass
+class Prepared:
+    """One batch ready to write: documents (with raw records) and reject documents."""
+
+    docs: list[dict[str, Any]]
+    raws: list[Any]
+    rejects: list[dict[str, Any]] = field(default_factory=list)
+    records_in: int = 0
+    skipped: int = 0
+
+
+class AppFailed(Exception):
+    """The app failed on the file as a whole (wraps whatever it raised)."""
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, Reject) else f"{type(exc).__name__}: {exc}"
+
+
+def _cut(raw: Any) -> Any:
+    if isinstance(raw, str) and len(raw) > RAW_LIMIT:
+        return raw[:RAW_LIMIT]
+    return raw
+
+
+class _Producer:
+    """Runs in the worker thread: reads, wrangles and yields :class:`Prepared` batches."""
+
+    def __init__(self, job: FileJob, ctx: BatchContext, chunk_size: int) -> None:
+        self.job, self.ctx, self.chunk_size = job, ctx, chunk_size
+        self.prefix = id_prefix(job.sha256)
+        self.now = datetime.now(UTC)
+        self.stream = open_stream(job.path, job.fmt, job.max_file_bytes)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def reject(self, number: int | None, stage: str, reason: str, raw: Any, key: str | None = None) -> dict[str, Any]:
+        """A document for ``_rejects`` (deterministic ``_id``: a re-load does not repeat it)."""
+        return {"_id": f"{self.prefix}{key or number}", "file": self.job.name, "ledger_id": self.job.ledger_id,
+                "sha256": self.job.sha256, "record": number, "stage": stage, "reason": reason[:2000],
+                "raw": _cut(raw), "app": self.job.app.name, "at": self.now}
+
+    def batches(self) -> Iterator[Prepared]:
+        """Columnar for CSV when the app has the table hook, else record by record."""
+        app = self.job.app
+        if self.job.fmt.startswith("csv") and app.has("mysimbdp_batch_wrangle_table"):
+            return self._columnar()
+        if not app.has("mysimbdp_batch_wrangle"):
+            raise AppFailed(f"app {app.name!r} implements only mysimbdp_batch_wrangle_table, which "
+                            f"handles CSV; it cannot load {self.job.fmt} files")
+        return self._per_record()
+
+    # -- per-record path -------------------------------------------------------------------
+    def _per_record(self) -> Iterator[Prepared]:
+        wrangle = self.job.app.hook("mysimbdp_batch_wrangle")
+        check = self.job.app.hook("mysimbdp_batch_check")
+        assert wrangle is not None
+        ctx, prefix = self.ctx, self.prefix
+        for chunk in iter_records(self.stream, self.job.fmt, self.chunk_size):
+            out = Prepared([], [], records_in=len(chunk))
+            docs, raws, rejects = out.docs, out.raws, out.rejects
+            for item in chunk:
+                if type(item) is Malformed:
+                    rejects.append(self.reject(item.number, "parse", item.reason, item.raw))
+                    continue
+                assert isinstance(item, Record)
+                try:
+                    doc = wrangle(record=item.value, context=ctx)
+                    if doc is None:
+                        out.skipped += 1
+                        continue
+                    if not isinstance(doc, dict):
+                        raise Reject(f"the app returned a {type(doc).__name__}, not a dict")
+                    if check is not None:
+                        problem = check(document=doc, context=ctx)
+                        if problem is not None:
+                            rejects.append(self.reject(item.number, "check", str(problem), item.value))
+                            continue
+                except Exception as exc:
+                    rejects.append(self.reject(item.number, "wrangle", _reason(exc), item.value))
+                    continue
+                doc["_id"] = f"{prefix}{item.number}"
+                docs.append(doc)
+                raws.append(item.value)
+            yield out
+
+    # -- columnar path ---------------------------------------------------------------------
+    def _columnar(self) -> Iterator[Prepared]:
+        job = self.job
+        schema = infer_csv_schema(job.path, job.fmt, job.max_file_bytes, ARROW_BLOCK_BYTES)
+        wrangle = job.app.hook("mysimbdp_batch_wrangle_table")
+        check = job.app.hook("mysimbdp_batch_check")
+        assert wrangle is not None
+        for ab in iter_arrow_batches(self.stream, schema, ARROW_BLOCK_BYTES):
+            try:
+                out = wrangle(table=ab.batch, context=self.ctx)
+            except Exception as exc:
+                raise AppFailed(f"mysimbdp_batch_wrangle_table raised {_reason(exc)}") from exc
+            yield self._documents(ab, out, check)
+
+    def _documents(self, ab: ArrowBatch, out: Any, check: Any) -> Prepared:
+        if isinstance(out, pa.Table):
+            out = out.combine_chunks().to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist([], schema=out.schema)
+        if not isinstance(out, pa.RecordBatch) or out.num_rows != ab.batch.num_rows:
+            got = out.num_rows if isinstance(out, pa.RecordBatch) else type(out).__name__
+            raise AppFailed(f"mysimbdp_batch_wrangle_table must return {ab.batch.num_rows} rows, got {got}")
+        prep = Prepared([], [], records_in=ab.batch.num_rows + len(ab.malformed))
+        for k, text in enumerate(ab.malformed):
+            prep.rejects.append(self.reject(None, "parse", text.split(": ", 1)[0], text, key=f"m{ab.first}.{k}"))
+        refused: dict[int, tuple[str, str]] = {i: ("parse", reason) for i, reason, _ in ab.bad}
+        names = out.schema.names
+        if "_reject" in names:
+            for i, reason in enumerate(out.column("_reject").to_pylist()):
+                if reason is not None and i not in refused:
+                    refused[i] = ("wrangle", str(reason))
+            names = [n for n in names if n != "_reject"]
+        columns = [out.column(n).to_pylist() for n in names]
+        keys = ["_id", *names]
+        first, prefix = ab.first, self.prefix
+        ids = [f"{prefix}{first + i}" for i in range(out.num_rows)]
+        rows = zip(ids, *columns, strict=True)
+        if not refused and check is None:
+            prep.docs = [dict(zip(keys, row, strict=True)) for row in rows]
+            prep.raws = [None] * len(prep.docs)
+            return prep
+        for i, row in enumerate(rows):
+            if i in refused:
+                continue
+            doc = dict(zip(keys, row, strict=True))
+            if check is not None:
+                try:
+                    problem = check(document=doc, context=self.ctx)
+                except Exception as exc:
+                    problem = _reason(exc)
+                if problem is not None:
+                    refused[i] = ("check", str(problem))
+                    continue
+            prep.docs.append(doc)
+            prep.raws.append(None)
+        if refused:
+            raw_rows = ab.batch.to_pylist()
+            for i, (stage, reason) in sorted(refused.items()):
+                prep.rejects.append(self.reject(first + i, stage, reason, raw_rows[i]))
+        return prep
+
+
+class FileLoader:
+    """Loads files into the tenants' databases; one instance per daemon."""
+
+    def __init__(self, store: Store, executor: Executor, write_batch_size: int) -> None:
+        self.store = store
+        self.executor = executor
+        self.write_batch_size = write_batch_size
+        self._indexed: set[tuple[str, str]] = set()
+
+    async def load(self, job: FileJob) -> Counts:
+        """Load ``job``; raises :class:`FileRejected` when the file fails as a whole.
+
+        On failure the documents already written for the file are removed again, so a
+        rejected file leaves nothing behind in the target collection (its ``_rejects``
+        entries stay, they explain the rejection).
+        """
+        counts = Counts()
+        ctx = BatchContext(job.tenant, job.app.name, job.name, job.sha256, job.fmt)
+        collection = await self._target(job)
+        try:
+            await self._pipeline(job, ctx, collection, counts)
+            rate = counts.records_rejected / counts.records_in if counts.records_in else 0.0
+            if rate > job.max_error_rate:
+                raise FileRejected("error_rate", f"{counts.records_rejected} of {counts.records_in} records "
+                                   f"({rate:.1%}) were malformed or rejected, over the tenant's max_error_rate "
+                                   f"of {job.max_error_rate:.1%}; see the tenant's _rejects collection",
+                                   **counts.as_dict())
+        except AppFailed as exc:
+            await self._rollback(job, collection)
+            raise FileRejected("app_failed", f"app {job.app.name!r} failed on the file: {exc}",
+                               **counts.as_dict()) from exc
+        except FileRejected as exc:
+            await self._rollback(job, collection)
+            exc.details.update(counts.as_dict())
+            raise
+        return counts
+
+    async def rollback(self, job: FileJob) -> None:
+        """Remove the documents written for ``job`` (after a timeout, say)."""
+        await self._rollback(job, await self._target(job))
+
+    async def _target(self, job: FileJob) -> Any:
+        try:
+            target = job.app.call("mysimbdp_batch_target", tenant=job.tenant) or Target()
+        except Exception as exc:
+            raise FileRejected("app_failed", f"app {job.app.name!r}: mysimbdp_batch_target raised {_reason(exc)}") from exc
+        name = target.collection
+        if not isinstance(name, str) or not name or name.startswith(("_", "system")) or any(c in name for c in ".$\0"):
+            raise FileRejected("app_failed", f"app {job.app.name!r} declares an invalid target collection {name!r}: "
+                               "use letters, digits, '-' or '_' (not first), without '.' or '$'")
+        collection = self.store.tenant_db(job.tenant)[name]
+        if (job.tenant, name) not in self._indexed:
+            for index in target.indexes:
+                kwargs: dict[str, Any] = {"unique": index.unique}
+                if index.name:
+                    kwargs["name"] = index.name
+                await collection.create_index(list(index.keys), **kwargs)
+            self._indexed.add((job.tenant, name))
+        return collection
+
+    async def _pipeline(self, job: FileJob, ctx: BatchContext, collection: Any, counts: Counts) -> None:
+        loop = asyncio.get_running_loop()
+        producer = _Producer(job, ctx, self.write_batch_size)
+        rejects = self.store.tenant_db(job.tenant)[REJECTS]
+        pending: asyncio.Task[None] | None = None
+        future: Future[Prepared | None] | None = None
+        try:
+            iterator = await loop.run_in_executor(self.executor, _guarded, producer.batches)
+            while True:
+                future = self.executor.submit(_guarded, next, iterator, None)
+                prepared = await asyncio.wrap_future(future)
+                if pending is not None:
+                    await pending
+                if prepared is None:
+                    break
+                pending = asyncio.create_task(self._write(job, producer, collection, rejects, prepared, counts))
+            pending = None
+        finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+            if future is not None and not future.done():  # the thread finishes its batch first
+                await asyncio.gather(asyncio.wrap_future(future), return_exceptions=True)
+            producer.close()
+
+    async def _write(self, job: FileJob, producer: _Producer, collection: Any, rejects: Any,
+                     prepared: Prepared, counts: Counts) -> None:
+        result = await self._insert(collection, prepared.docs)
+        for index, reason in result.failed:
+            raw = prepared.raws[index] if 0 <= index < len(prepared.raws) else None
+            doc = prepared.docs[index] if 0 <= index < len(prepared.docs) else {}
+            number = str(doc.get("_id", "")).rsplit(":", 1)[-1]
+            prepared.rejects.append(producer.reject(int(number) if number.isdigit() else None, "write", reason,
+                                                    raw if raw is not None else {k: str(v)[:200] for k, v in doc.items()}))
+        if prepared.rejects:
+            await self._insert(rejects, prepared.rejects)
+        counts.records_in += prepared.records_in
+        counts.records_written += result.written
+        counts.duplicates += result.duplicates
+        counts.records_skipped += prepared.skipped
+        counts.records_rejected += len(prepared.rejects)
+
+    async def _insert(self, collection: Any, docs: list[dict[str, Any]]) -> Any:
+        """``insert_idempotent`` that waits out store outages and isolates unencodable documents."""
+        delay = 0.2
+        while True:
+            try:
+                return await insert_idempotent(collection, docs)
+            except InvalidDocument:
+                return await self._insert_one_by_one(collection, docs)
+            except (AutoReconnect, ConnectionFailure) as exc:
+                log.warning("batch.store_retry", error=str(exc)[:300], retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX_S)
+
+    async def _insert_one_by_one(self, collection: Any, docs: list[dict[str, Any]]) -> Any:
+        from mysimbdp.store import InsertResult
+
+        total = InsertResult()
+        for i, doc in enumerate(docs):
+            try:
+                result = await insert_idempotent(collection, [doc])
+            except InvalidDocument as exc:
+                total.failed.append((i, f"the document cannot be stored: {exc}"[:500]))
+                continue
+            total.written += result.written
+            total.duplicates += result.duplicates
+            total.failed.extend((i, reason) for _, reason in result.failed)
+        return total
+
+    async def _rollback(self, job: FileJob, collection: Any) -> None:
+        prefix = id_prefix(job.sha256)
+        started = time.monotonic()
+        try:
+            result = await collection.delete_many({"_id": {"$gte": prefix, "$lt": prefix[:-1] + ";"}})
+        except (PyMongoError, OperationFailure) as exc:
+            log.error("batch.file.rollback_failed", tenant=job.tenant, file=job.name, error=str(exc)[:300])
+            return
+        if result.deleted_count:
+            log.info("batch.file.rolled_back", tenant=job.tenant, file=job.name, documents=result.deleted_count,
+                     seconds=round(time.monotonic() - started, 3))
+
+
+def _guarded(fn: Any, *args: Any) -> Any:
+    """Run app code in the worker thread; even ``SystemExit`` from an app only fails the file."""
+    try:
+        return fn(*args)
+    except (FileRejected, AppFailed):
+        raise
+    except Exception as exc:  # the app's own errors are wrapped already: this is the reader
+        raise FileRejected("content", f"the file cannot be read: {_reason(exc)}"[:1000]) from exc
+    except BaseException as exc:  # e.g. sys.exit() in an app: never let it stop the daemon
+        raise AppFailed(f"the app raised {type(exc).__name__}") from None

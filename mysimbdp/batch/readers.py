@@ -1,0 +1,303 @@
+"""Streaming readers for staged files: CSV and JSON Lines, plain or gzip-compressed.
+
+Every reader works in bounded memory whatever the file size: it yields chunks of at most
+``chunk_size`` records (per-record path) or Arrow record batches of about ``block_size``
+bytes (columnar CSV path). A malformed record never stops a file: it comes out as a
+:class:`Malformed` item and the loader sends it to the tenant's ``_rejects`` collection.
+
+Decompressed bytes count against the tenant's ``max_file_bytes``: :class:`LimitedReader`
+stops a gzip bomb at the limit with :class:`~mysimbdp.errors.FileRejected` (``too_big``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from mysimbdp.errors import FileRejected
+
+__all__ = [
+    "Record", "Malformed", "LimitedReader", "open_stream", "sniff", "iter_records",
+    "ArrowBatch", "iter_arrow_batches", "infer_csv_schema", "NULL_VALUES", "RAW_LIMIT",
+]
+
+GZIP_MAGIC = b"\x1f\x8b"
+SNIFF_BYTES = 64 * 1024
+#: Raw records stored in ``_rejects`` are cut at this many characters.
+RAW_LIMIT = 64 * 1024
+#: Field values read as null by the columnar CSV path.
+NULL_VALUES = ["", "NA", "N/A", "NaN", "NULL", "null", "None", "#N/A"]
+
+
+@dataclass(slots=True)
+class Record:
+    """A parsed record and its 1-based number among the file's data records."""
+
+    number: int
+    value: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Malformed:
+    """A record the reader could not parse: its number, the reason and the raw text."""
+
+    number: int
+    reason: str
+    raw: str
+
+
+class LimitedReader(io.RawIOBase):
+    """A binary stream that refuses to yield more than ``limit`` bytes (``too_big``)."""
+
+    def __init__(self, inner: IO[bytes], limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+        self.consumed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)
+        data = self._inner.read(len(view))
+        n = len(data)
+        self.consumed += n
+        if self.consumed > self._limit:
+            raise FileRejected("too_big", f"the content is over the limit of {self._limit} bytes once "
+                               "decompressed; split the file or ask for a larger max_file_bytes",
+                               limit=self._limit)
+        view[:n] = data
+        return n
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
+def open_stream(path: Path, fmt: str, max_bytes: int) -> io.BufferedReader:
+    """The file's content as a buffered binary stream, decompressed for ``.gz`` formats.
+
+    Reading past ``max_bytes`` of (decompressed) content raises ``FileRejected("too_big")``.
+    """
+    raw: Any = open(path, "rb")  # noqa: SIM115 - closed by the returned stream
+    if fmt.endswith(".gz"):
+        raw = gzip.GzipFile(fileobj=raw, mode="rb")
+    return io.BufferedReader(LimitedReader(raw, max_bytes), buffer_size=1024 * 1024)
+
+
+def sniff(path: Path, fmt: str) -> None:
+    """Check that the content looks like ``fmt`` before parsing; ``FileRejected("content")`` if not."""
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if fmt.endswith(".gz"):
+        if not head.startswith(GZIP_MAGIC):
+            raise FileRejected("content", "the name ends in .gz but the content is not gzip-compressed")
+        try:
+            with gzip.open(path, "rb") as g:
+                head = g.read(SNIFF_BYTES)
+        except (OSError, EOFError) as exc:
+            raise FileRejected("content", f"the gzip stream is corrupt: {exc}") from None
+    elif head.startswith(GZIP_MAGIC):
+        raise FileRejected("content", f"the content is gzip-compressed; name the file *.{fmt}.gz")
+    if not head.strip():
+        raise FileRejected("content", "the file is empty")
+    if b"\0" in head:
+        raise FileRejected("content", "the content is binary (NUL bytes), not text")
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(head)
+    if text.count("\ufffd") > max(8, len(text) // 100):
+        raise FileRejected("content", "the content is not UTF-8 text")
+    text = text.lstrip("\ufeff \t\r\n")
+    if fmt.startswith("jsonl") and not text.startswith("{"):
+        raise FileRejected("content", "JSON Lines files hold one JSON object per line; the first line is not one")
+    if fmt.startswith("csv") and text.startswith(("{", "[")):
+        raise FileRejected("content", "the content looks like JSON, not CSV with a header row")
+
+
+def iter_records(stream: IO[bytes], fmt: str, chunk_size: int) -> Iterator[list[Record | Malformed]]:
+    """Parse ``stream`` record by record, yielding chunks of up to ``chunk_size`` items."""
+    items = _iter_csv(stream) if fmt.startswith("csv") else _iter_jsonl(stream)
+    chunk: list[Record | Malformed] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= chunk_size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _iter_csv(stream: IO[bytes]) -> Iterator[Record | Malformed]:
+    # surrogateescape keeps undecodable bytes so that only the rows holding them are rejected
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    reader = csv.reader(text, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise FileRejected("content", f"the header row cannot be parsed: {exc}") from None
+    width = len(header)
+    number = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            number += 1
+            yield Malformed(number, f"CSV syntax error near line {reader.line_num}: {exc}", "")
+            continue
+        number += 1
+        if len(row) != width:
+            if not row:  # a blank line is not a record
+                number -= 1
+                continue
+            yield Malformed(number, f"expected {width} fields, found {len(row)}", _raw_csv(row))
+            continue
+        joined = "".join(row)
+        if not joined.isascii() and _has_surrogates(joined):
+            yield Malformed(number, "the record is not valid UTF-8", _raw_csv(row))
+            continue
+        yield Record(number, dict(zip(header, row, strict=True)))
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _raw_csv(row: list[str]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(row)
+    return out.getvalue().rstrip("\r\n").encode("utf-8", "replace").decode("utf-8")[:RAW_LIMIT]
+
+
+def _iter_jsonl(stream: IO[bytes]) -> Iterator[Record | Malformed]:
+    number = 0
+    first = True
+    for line in stream:
+        if first:
+            line = line.removeprefix(codecs.BOM_UTF8)
+            first = False
+        if not line.strip():
+            continue
+        number += 1
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield Malformed(number, f"not valid JSON: {exc}", line.decode("utf-8", "replace").rstrip("\r\n")[:RAW_LIMIT])
+            continue
+        if not isinstance(value, dict):
+            yield Malformed(number, f"expected a JSON object, found {type(value).__name__}",
+                            line.decode("utf-8", "replace").rstrip("\r\n")[:RAW_LIMIT])
+            continue
+        yield Record(number, value)
+
+
+# ---------------------------------------------------------------------------------------
+# Columnar CSV path (Arrow)
+# ---------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ArrowBatch:
+    """Typed rows of one block, the rows refused while reading it, and where it starts.
+
+    ``first`` is the 1-based number of the batch's first row among the file's parsed rows;
+    ``bad`` lists ``(row index in the block, reason, raw)`` for rows whose values do not
+    fit the column types; ``malformed`` lists rows with the wrong number of fields.
+    """
+
+    first: int
+    batch: pa.RecordBatch
+    bad: list[tuple[int, str, dict[str, Any]]]
+    malformed: list[str]
+
+
+def infer_csv_schema(path: Path, fmt: str, max_bytes: int, block_size: int) -> pa.Schema:
+    """Column types inferred from the first block; all-null columns are read as strings."""
+    with open_stream(path, fmt, max_bytes) as stream:
+        try:
+            reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
+                                    parse_options=_parse_options(lambda row: "skip"))
+        except pa.ArrowInvalid as exc:
+            raise FileRejected("content", f"the CSV header or first block cannot be read: {exc}") from None
+        schema = reader.schema
+    return pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
+                      for f in schema])
+
+
+def _parse_options(handler: Any) -> pacsv.ParseOptions:
+    return pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=handler)
+
+
+def iter_arrow_batches(stream: IO[bytes], schema: pa.Schema, block_size: int) -> Iterator[ArrowBatch]:
+    """Read ``stream`` block by block as strings and cast each block to ``schema``.
+
+    Reading as strings first means a value that does not fit its column's type rejects
+    that row only (listed in :attr:`ArrowBatch.bad`), not the whole file.
+    """
+    malformed: list[str] = []
+
+    def on_invalid(row: Any) -> str:
+        malformed.append(f"expected {row.expected_columns} fields, found {row.actual_columns}: "
+                         + str(row.text)[:RAW_LIMIT])
+        return "skip"
+
+    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in schema.names},
+                                   strings_can_be_null=True, null_values=NULL_VALUES)
+    reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block_size),
+                            parse_options=_parse_options(on_invalid), convert_options=convert)
+    first = 1
+    while True:
+        try:
+            raw = reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as exc:
+            raise FileRejected("content", f"the CSV content cannot be read after row {first - 1}: {exc}") from None
+        typed, bad = _cast(raw, schema)
+        yield ArrowBatch(first, typed, bad, malformed[:])
+        malformed.clear()
+        first += raw.num_rows
+
+
+def _cast(raw: pa.RecordBatch, schema: pa.Schema) -> tuple[pa.RecordBatch, list[tuple[int, str, dict[str, Any]]]]:
+    """Cast a string batch to ``schema``; rows holding a value that does not fit become nulls + ``bad``."""
+    try:
+        return raw.cast(schema), []
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    columns: list[Any] = []
+    reasons: dict[int, str] = {}
+    for field in schema:
+        col = raw.column(field.name)
+        try:
+            columns.append(pc.cast(col, field.type))
+            continue
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        values = []
+        for i, value in enumerate(col.to_pylist()):
+            try:
+                values.append(pc.cast(pa.array([value], pa.string()), field.type)[0].as_py())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                values.append(None)
+                reasons.setdefault(i, f"column {field.name!r}: {value!r} is not a valid {field.type}")
+        columns.append(pa.array(values, field.type))
+    typed = pa.RecordBatch.from_arrays(columns, schema=schema)
+    rows = raw.to_pylist() if reasons else []
+    return typed, [(i, reason, rows[i]) for i, reason in sorted(reasons.items())]

