@@ -66,6 +66,15 @@ class BrokerAdmin:
         """Create or update a user."""
         await self.request("PUT", f"/users/{quote(user, safe='')}", {"password": password, "tags": tags})
 
+    async def user(self, user: str) -> dict[str, Any] | None:
+        """A user's record (name, tags, password hash), or None if there is no such user."""
+        result = await self.request("GET", f"/users/{quote(user, safe='')}", ok_missing=True)
+        return result if isinstance(result, dict) else None
+
+    async def put_user_without_password(self, user: str, tags: str = "") -> None:
+        """Create or update a user that cannot log in with a password (until one is set)."""
+        await self.request("PUT", f"/users/{quote(user, safe='')}", {"password_hash": "", "tags": tags})
+
     async def delete_user(self, user: str) -> None:
         """Delete a user (no-op if missing)."""
         await self.request("DELETE", f"/users/{quote(user, safe='')}", ok_missing=True)

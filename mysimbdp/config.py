@@ -41,6 +41,8 @@ class StreamSettings(BaseModel):
         "http://guest:guest@127.0.0.1:15672",
         description="RabbitMQ management API, used to provision tenant users and read queue depths",
     )
+    provision_users: bool = Field(
+        True, description="create each stream tenant's broker user (no password) and its permissions on onboarding")
 
 
 class Settings(BaseSettings):

@@ -25,6 +25,7 @@ from mysimbdp.logs import get_logger
 from mysimbdp.monitor import Monitor
 from mysimbdp.plugins import get_plugin_manager
 from mysimbdp.store import Store
+from mysimbdp.stream.manager import StreamManager
 from mysimbdp.tenants import TenantRegistry
 from mysimbdp.upload import UploadService
 
@@ -72,6 +73,8 @@ class Daemon:
         components.append(self.batch)
         self.upload = UploadService(self)
         components.append(self.upload)
+        self.stream = StreamManager(self)
+        components.append(self.stream)
         self.monitor = Monitor(self)  # last: it watches the others
         components.append(self.monitor)
         return components

@@ -1,0 +1,202 @@
+"""The tenant publish tool (the ingestmessage client): records of a file to the ingest exchange.
+
+Reads CSV or JSON Lines (optionally gzip-compressed), publishes one message per record (or
+one JSON array per ``batch`` records) with routing key ``<tenant>`` or ``<tenant>.<type>``,
+publisher confirms pipelined over a window of in-flight messages, ``message_id``
+``<prefix>-<n>`` and ``timestamp`` set (plus header ``timestamp_ms``, milliseconds, for
+latency). ``--id-prefix`` pins the prefix: publishing the same file again with the same
+prefix and batch size writes nothing twice. See ``docs/stream.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import gzip
+import io
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractExchange
+from aio_pika.exceptions import DeliveryError, PublishError
+
+from mysimbdp.errors import BrokerUnavailable, MysimbdpError
+from mysimbdp.stream.records import TIMESTAMP_MS_HEADER
+
+__all__ = ["PublishResult", "PublishRefused", "read_records", "group", "publish_records", "TIMESTAMP_MS_HEADER"]
+
+Progress = Callable[[int, int, float], None]  # (sent, confirmed, seconds)
+
+
+class PublishRefused(MysimbdpError):
+    """The broker refused the publication (credentials, permissions, routing)."""
+
+
+@dataclass
+class PublishResult:
+    """The summary of one run."""
+
+    sent: int = 0
+    confirmed: int = 0
+    nacked: int = 0
+    unroutable: int = 0
+    records: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Confirmed messages per second."""
+        return self.confirmed / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        """One line for people."""
+        extra = "".join(f", {n} {what}" for n, what in ((self.nacked, "nacked"), (self.unroutable, "unroutable")) if n)
+        return (f"sent {self.sent}, confirmed {self.confirmed}{extra} ({self.records} records) "
+                f"in {self.seconds:.2f} s, {self.rate:,.0f} msg/s")
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def read_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a CSV (header row; values as text) or JSON Lines file (``.gz`` too).
+
+    Raises :class:`MysimbdpError` naming the line of an invalid JSON Lines record.
+    """
+    name = path.name.removesuffix(".gz")
+    if name.endswith(".csv"):
+        with _open_text(path) as fh:
+            yield from csv.DictReader(fh)
+        return
+    if not name.endswith((".jsonl", ".ndjson", ".json")):
+        raise MysimbdpError(f"{path}: unknown format; use a .csv or .jsonl file (optionally .gz)")
+    with _open_text(path) as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise MysimbdpError(f"{path}:{number}: not valid JSON: {exc}") from None
+            if not isinstance(record, dict):
+                raise MysimbdpError(f"{path}:{number}: a record must be a JSON object")
+            yield record
+
+
+def group(records: Iterable[dict[str, Any]], batch: int) -> Iterator[tuple[int, bytes]]:
+    """``(records in it, body)`` per message: one record, or a JSON array of up to ``batch``."""
+    if batch <= 1:
+        for record in records:
+            yield 1, orjson.dumps(record)
+        return
+    chunk: list[dict[str, Any]] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) >= batch:
+            yield len(chunk), orjson.dumps(chunk)
+            chunk = []
+    if chunk:
+        yield len(chunk), orjson.dumps(chunk)
+
+
+class _Pipeline:
+    """Publishes with confirms, keeping up to ``window`` messages unconfirmed at once."""
+
+    def __init__(self, exchange: AbstractExchange, key: str, window: int, result: PublishResult) -> None:
+        self.exchange, self.key, self.result = exchange, key, result
+        self._slots = asyncio.Semaphore(window)
+        self._pending: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+
+    async def send(self, message: aio_pika.Message) -> None:
+        await self._slots.acquire()
+        if self.failure is not None:
+            self._slots.release()
+            raise self.failure
+        task = asyncio.create_task(self._publish(message))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        self.result.sent += 1
+
+    async def _publish(self, message: aio_pika.Message) -> None:
+        try:
+            await self.exchange.publish(message, self.key, mandatory=True)
+            self.result.confirmed += 1
+        except PublishError:
+            self.result.unroutable += 1
+        except DeliveryError:
+            self.result.nacked += 1
+        except Exception as exc:  # the channel was closed: refused, or the broker went away
+            if self.failure is None:
+                self.failure = exc
+        finally:
+            self._slots.release()
+
+    async def wait(self) -> None:
+        if self._pending:
+            await asyncio.gather(*list(self._pending))
+        if self.failure is not None:
+            raise self.failure
+
+
+async def publish_records(url: str, exchange: str, routing_key: str, records: Iterable[dict[str, Any]], *,
+                          batch: int = 1, rate: float | None = None, window: int = 2000,
+                          id_prefix: str | None = None, progress: Progress | None = None,
+                          progress_every_s: float = 0.5) -> PublishResult:
+    """Publish ``records``; returns the counts once every message is confirmed (or refused).
+
+    Raises :class:`BrokerUnavailable` when the broker cannot be reached and
+    :class:`PublishRefused` when it refuses the publication (e.g. another tenant's key).
+    """
+    prefix = id_prefix or uuid.uuid4().hex[:12]
+    result = PublishResult()
+    try:
+        connection = await aio_pika.connect(url, timeout=10, client_properties={"connection_name": "mysimbdp publish"})
+    except Exception as exc:
+        raise BrokerUnavailable(f"cannot connect to the broker: {type(exc).__name__}: {exc}") from None
+    t0 = time.monotonic()
+    next_progress = t0 + progress_every_s
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        pipe = _Pipeline(await channel.get_exchange(exchange, ensure=False), routing_key, window, result)
+        for n, (count, body) in enumerate(group(records, batch)):
+            if rate:
+                ahead = t0 + n / rate - time.monotonic()
+                if ahead > 0.005:
+                    await asyncio.sleep(ahead)
+            now = datetime.now(UTC)
+            await pipe.send(aio_pika.Message(
+                body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=f"{prefix}-{n}", timestamp=now,
+                headers={TIMESTAMP_MS_HEADER: int(now.timestamp() * 1000)}))
+            result.records += count
+            if progress is not None and time.monotonic() >= next_progress:
+                progress(result.sent, result.confirmed, time.monotonic() - t0)
+                next_progress += progress_every_s
+        await pipe.wait()
+    except (BrokerUnavailable, PublishRefused):
+        raise
+    except MysimbdpError:
+        raise
+    except Exception as exc:
+        raise PublishRefused(
+            f"the broker refused the publication with routing key {routing_key!r} on {exchange!r}: "
+            f"{type(exc).__name__}: {exc}; check the tenant's credentials and routing key "
+            "(`mysimbdp tenants provision <tenant>` issues them)") from None
+    finally:
+        result.seconds = time.monotonic() - t0
+        try:
+            await connection.close()
+        except Exception:
+            pass
+    return result

@@ -1,0 +1,411 @@
+"""One stream consumer: its own channel and tasks, batched writes, acknowledgement after the write.
+
+A consumer buffers delivered messages and flushes when ``batch_max_messages`` are buffered
+or the oldest has waited ``batch_max_wait_ms``. A flush runs the tenant's app on the batch in
+the consumer's own worker thread (so a slow app never blocks the event loop, other
+consumers or other tenants), writes the documents and rejects with
+:func:`mysimbdp.store.insert_idempotent`, and only then acknowledges (``multiple``).
+
+* Store down: the batch is kept (not acknowledged) and the write retried with exponential
+  backoff until the store is back; nothing is lost and nothing is redelivered meanwhile.
+* App stuck on one message longer than ``app_timeout_s``: that message is returned to the
+  queue (``nack`` with requeue) and counts one delivery; past the queue's delivery limit the
+  broker moves it to the dead-letter queue. The other messages of the batch go on.
+* Anything unexpected in a flush: the batch is returned to the queue, the consumer goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from bson.errors import InvalidDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from mysimbdp.logs import get_logger
+from mysimbdp.reports import REPORT_EVENT, ReportWindow
+from mysimbdp.store import REJECTS, insert_idempotent
+from mysimbdp.stream.records import TIMESTAMP_MS_HEADER, Incoming, Outcome, Route, process_message
+from mysimbdp.stream.stats import BatchStats, CommitSummary, RateMeter
+from mysimbdp.stream.topology import queue_name, type_of
+from mysimbdp.tenants import StreamProfile
+
+__all__ = ["Consumer", "Routes"]
+
+log = get_logger("stream")
+DepthProbe = Callable[[], Awaitable[int | None]]
+
+
+@dataclass(frozen=True)
+class Routes:
+    """The tenant's apps: the default one and one per routing-key type (``stream.apps``)."""
+
+    default: Route
+    by_type: Mapping[str, Route]
+
+    def for_key(self, tenant: str, key: str) -> Route:
+        """The route of routing key ``<tenant>`` or ``<tenant>.<type>`` (unknown types: default)."""
+        type_ = type_of(tenant, key)
+        return self.by_type.get(type_, self.default) if type_ else self.default
+
+
+@dataclass
+class _Delivery:
+    message: AbstractIncomingMessage
+    published_ms: float | None
+    received_ms: float
+
+
+class _AppRun:
+    """The app over a list of messages, in a worker thread; ``progress`` tells where it is."""
+
+    def __init__(self, items: list[tuple[Incoming, Route]], min_quality: float) -> None:
+        self.items = items
+        self.min_quality = min_quality
+        self.results: list[Outcome] = []
+        self.progress = (0, time.monotonic())  # (index, started) assigned at once: read atomically
+        self.abandoned = False
+
+    def __call__(self) -> None:
+        for index, (incoming, route) in enumerate(self.items):
+            if self.abandoned:
+                return
+            self.progress = (index, time.monotonic())
+            self.results.append(process_message(incoming, route, self.min_quality))
+
+
+def _published_ms(message: AbstractIncomingMessage) -> float | None:
+    value = (message.headers or {}).get(TIMESTAMP_MS_HEADER)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if message.timestamp is not None:
+        return message.timestamp.timestamp() * 1000.0
+    return None
+
+
+class Consumer:
+    """One consumer of a tenant's queue; ``instance`` is its id, e.g. ``<tenant>-c3``."""
+
+    def __init__(self, *, tenant: str, instance: str, profile: StreamProfile, routes: Routes,
+                 connection: AbstractConnection, database: AsyncDatabase[dict[str, Any]],
+                 depth: DepthProbe, retry_max_s: float = 30.0) -> None:
+        self.tenant = tenant
+        self.instance = instance
+        self.profile = profile
+        self.routes = routes
+        self._connection = connection
+        self._db = database
+        self._depth = depth
+        self._retry_max_s = retry_max_s
+        self._channel: AbstractChannel | None = None
+        self._tag: str | None = None
+        self._queue: Any = None
+        self._buffer: list[_Delivery] = []
+        self._in_flight = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._executor = self._new_executor()
+        self._window = ReportWindow(tenant, profile.app, instance)
+        self._summary = CommitSummary()
+        self.delivered = RateMeter()
+        self.committed = RateMeter()
+        self._log = _Fields(tenant=tenant, consumer=instance)
+
+    def _new_executor(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(1, thread_name_prefix=f"{self.instance}-app")
+
+    # ----------------------------------------------------------------- life cycle
+
+    async def start(self) -> None:
+        """Open the channel, set the prefetch, begin consuming and flushing."""
+        self._channel = await self._connection.channel(publisher_confirms=False)
+        await self._channel.set_qos(prefetch_count=self.profile.prefetch)
+        self._queue = await self._channel.get_queue(queue_name(self.tenant), ensure=False)
+        self._tasks = [asyncio.create_task(self._flush_loop(), name=f"{self.instance}.flush"),
+                       asyncio.create_task(self._tick_loop(), name=f"{self.instance}.tick")]
+        self._tag = await self._queue.consume(self._on_message, no_ack=False)
+        self._log.info("stream.consumer.started", prefetch=self.profile.prefetch)
+
+    async def stop(self, timeout: float) -> int:
+        """Cancel the consumer tag, flush what is buffered within ``timeout``, close the channel.
+
+        Returns how many delivered messages were left unacknowledged (the broker delivers
+        them again to another consumer).
+        """
+        await self._cancel_tag()
+        self._stopping = True
+        self._wake.set()
+        flusher, ticker = self._tasks if self._tasks else (None, None)
+        left = 0
+        if flusher is not None:
+            done, _ = await asyncio.wait({flusher}, timeout=timeout)
+            if not done:
+                left = len(self._buffer) + self._in_flight
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+                self._log.warning("stream.consumer.abandoned", unacked=left, timeout_s=timeout)
+        if ticker is not None:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        self._emit_summary()
+        if self._channel is not None and not self._channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._log.info("stream.consumer.stopped", unacked=left)
+        return left
+
+    async def _cancel_tag(self) -> None:
+        tag, self._tag = self._tag, None
+        if tag is not None and self._queue is not None:
+            try:
+                await self._queue.cancel(tag)
+            except Exception as exc:  # a closed channel has no consumer left to cancel
+                self._log.debug("stream.consumer.cancel_failed", error=str(exc))
+
+    @property
+    def buffered(self) -> int:
+        """Messages delivered and not yet acknowledged."""
+        return len(self._buffer) + self._in_flight
+
+    # ----------------------------------------------------------------- intake and flushing
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._buffer.append(_Delivery(message, _published_ms(message), time.time() * 1000.0))
+        self.delivered.add(1)
+        if len(self._buffer) == 1 or len(self._buffer) >= self.profile.batch_max_messages:
+            self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        max_wait = self.profile.batch_max_wait_ms / 1000.0
+        while True:
+            if not self._buffer:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            deadline = time.monotonic() + max_wait
+            while (len(self._buffer) < self.profile.batch_max_messages and not self._stopping
+                   and (remaining := deadline - time.monotonic()) > 0):
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+            batch = self._buffer[: self.profile.batch_max_messages]
+            del self._buffer[: len(batch)]
+            self._in_flight = len(batch)
+            try:
+                await self._flush(batch)
+            finally:
+                self._in_flight = 0
+
+    async def _flush(self, batch: list[_Delivery]) -> None:
+        """App, write, acknowledge: the error boundary of one batch."""
+        try:
+            t0 = time.monotonic()
+            outcomes, poison = await self._run_app(batch)
+            stats = await self._write(batch, outcomes)
+            stats.seconds = time.monotonic() - t0
+            await self._settle(batch, poison)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._log.exception("stream.batch.failed", messages=len(batch), error=str(exc))
+            for delivery in batch:
+                await self._safely(delivery.message.nack(requeue=True))
+            return
+        now_ms = time.time() * 1000.0
+        poisoned = {id(batch[i]) for i in poison}
+        # Without a publish time, the time since delivery is the best (lower) bound we have.
+        stats.ingest_ms = [now_ms - (d.published_ms if d.published_ms is not None else d.received_ms)
+                           for d in batch if id(d) not in poisoned]
+        self._window.add(stats.ingest_ms, stats.seconds * 1000.0, documents=stats.documents,
+                         bytes=stats.bytes, rejected=stats.rejected)
+        self._summary.add(stats)
+        self.committed.add(stats.messages)
+
+    async def _run_app(self, batch: list[_Delivery]) -> tuple[list[Outcome | None], list[int]]:
+        """Run the app over the batch in the worker thread; returns outcomes and stuck indexes."""
+        items = [(self._incoming(d.message), d.message.routing_key or self.tenant) for d in batch]
+        work = [(inc, self.routes.for_key(self.tenant, key)) for inc, key in items]
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        poison: list[int] = []
+        start = 0
+        loop = asyncio.get_running_loop()
+        limit = self.profile.app_timeout_s
+        while start < len(work):
+            run = _AppRun(work[start:], self.profile.min_quality)
+            future = loop.run_in_executor(self._executor, run)
+            stuck: int | None = None
+            while True:
+                index, started = run.progress
+                done, _ = await asyncio.wait({future}, timeout=max(started + limit - time.monotonic(), 0.005))
+                if done:
+                    future.result()
+                    break
+                index, started = run.progress
+                if time.monotonic() - started >= limit and len(run.results) <= index:
+                    stuck, run.abandoned = index, True
+                    self._executor.shutdown(wait=False)  # the stuck thread ends when the app returns
+                    self._executor = self._new_executor()
+                    break
+            taken = run.results[: stuck if stuck is not None else len(run.results)]
+            for offset, outcome in enumerate(taken):
+                outcomes[start + offset] = outcome
+            if stuck is None:
+                break
+            poison.append(start + stuck)
+            message = batch[start + stuck].message
+            self._log.error("stream.app.timeout", app=work[start + stuck][1].app,
+                            message_id=message.message_id, timeout_s=limit,
+                            redelivered=bool(message.redelivered))
+            start += stuck + 1
+        return outcomes, poison
+
+    def _incoming(self, message: AbstractIncomingMessage) -> Incoming:
+        published = _published_ms(message)
+        return Incoming(
+            tenant=self.tenant, routing_key=message.routing_key or self.tenant, body=message.body,
+            message_id=message.message_id,
+            timestamp=datetime.fromtimestamp(published / 1000.0, UTC) if published is not None else None,
+            headers=dict(message.headers or {}))
+
+    # ----------------------------------------------------------------- writing
+
+    async def _write(self, batch: list[_Delivery], outcomes: list[Outcome | None]) -> BatchStats:
+        """Write documents and rejects, retrying while the store is unreachable."""
+        by_collection: dict[str, list[dict[str, Any]]] = {}
+        rejects: list[dict[str, Any]] = []
+        stats = BatchStats()
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:  # stuck in the app: goes back to the queue
+                continue
+            stats.messages += 1
+            stats.bytes += len(delivery.message.body)
+            for collection, docs in outcome.documents.items():
+                by_collection.setdefault(collection, []).extend(docs)
+            rejects.extend(outcome.rejects)
+        for collection, docs in by_collection.items():
+            written, dups, failed = await self._insert(collection, docs)
+            stats.documents += written
+            stats.duplicates += dups
+            rejects.extend(failed)
+        if rejects:
+            await self._insert(REJECTS, rejects)
+        stats.rejected = len(rejects)
+        return stats
+
+    async def _insert(self, collection: str, docs: list[dict[str, Any]]) -> tuple[int, int, list[dict[str, Any]]]:
+        """``(written, duplicates, reject documents for refused ones)``; retries store outages."""
+        attempt = 0
+        while True:
+            try:
+                try:
+                    result = await insert_idempotent(self._db[collection], docs)
+                except InvalidDocument:
+                    return await self._insert_one_by_one(collection, docs)
+            except PyMongoError as exc:
+                attempt += 1
+                delay = min(0.5 * 2 ** (attempt - 1), self._retry_max_s)
+                self._log.warning("stream.batch.retry", collection=collection, documents=len(docs),
+                                  attempt=attempt, retry_in_s=delay, error=f"{type(exc).__name__}: {exc}"[:300])
+                await asyncio.sleep(delay)
+                continue
+            failed = [_write_reject(self.tenant, docs[i], reason) for i, reason in result.failed
+                      if 0 <= i < len(docs)]
+            return result.written, result.duplicates, failed
+
+    async def _insert_one_by_one(self, collection: str, docs: list[dict[str, Any]]) -> tuple[int, int, list[dict[str, Any]]]:
+        """A batch with a document BSON cannot encode: write the others, reject that one."""
+        written = dups = 0
+        failed: list[dict[str, Any]] = []
+        for doc in docs:
+            try:
+                result = await insert_idempotent(self._db[collection], [doc])
+            except InvalidDocument as exc:
+                failed.append(_write_reject(self.tenant, doc, f"cannot be stored: {exc}"))
+                continue
+            written += result.written
+            dups += result.duplicates
+            failed.extend(_write_reject(self.tenant, doc, reason) for _, reason in result.failed)
+        return written, dups, failed
+
+    # ----------------------------------------------------------------- acknowledging
+
+    async def _settle(self, batch: list[_Delivery], poison: list[int]) -> None:
+        """Return stuck messages to the queue, then acknowledge the rest (multiple, per channel)."""
+        for i in poison:
+            await self._safely(batch[i].message.nack(requeue=True))
+        stuck = {id(batch[i]) for i in poison}
+        last: dict[int, AbstractIncomingMessage] = {}
+        for delivery in batch:
+            if id(delivery) in stuck:
+                continue
+            try:
+                channel = delivery.message.channel
+            except Exception:  # its channel is gone: the broker already requeued it
+                continue
+            last[id(channel)] = delivery.message
+        for message in last.values():
+            await self._safely(message.ack(multiple=True))
+
+    async def _safely(self, action: Awaitable[None]) -> None:
+        try:
+            await action
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the channel closed: the broker redelivers, the write deduplicates
+            self._log.warning("stream.ack.failed", error=f"{type(exc).__name__}: {exc}"[:300])
+
+    # ----------------------------------------------------------------- reports
+
+    async def _tick_loop(self) -> None:
+        interval = self.profile.report_interval_s
+        next_report = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(min(1.0, interval))
+            self._emit_summary()
+            if time.monotonic() >= next_report:
+                next_report += interval
+                await self._report()
+
+    def _emit_summary(self) -> None:
+        fields = self._summary.take()
+        if fields is not None:
+            self._log.info("stream.batch.committed", **fields)
+
+    async def _report(self) -> None:
+        try:
+            depth = await asyncio.wait_for(self._depth(), 2.0)
+        except Exception:
+            depth = None
+        log.info(REPORT_EVENT, **self._window.close(queue_depth=depth).to_event())
+
+
+class _Fields:
+    """Adds fixed fields to every event, resolving the logger at each call.
+
+    (``log.bind`` would freeze the logging configuration of the moment the consumer starts.)
+    """
+
+    def __init__(self, **fields: Any) -> None:
+        self.fields = fields
+
+    def __getattr__(self, level: str) -> Callable[..., Any]:
+        method = getattr(log, level)
+        return lambda event, **kw: method(event, **self.fields, **kw)
+
+
+def _write_reject(tenant: str, doc: dict[str, Any], reason: str) -> dict[str, Any]:
+    return {"_id": f"stream-write:{doc.get('_id')}", "source": "stream", "kind": "write_failed",
+            "reason": f"the store refused the document: {reason}"[:2000], "tenant": tenant,
+            "document_id": str(doc.get("_id")), "at": datetime.now(UTC)}

@@ -1,0 +1,363 @@
+"""The stream manager (the streamingestmanager): each tenant's consumers, started, stopped, scaled.
+
+A daemon component named ``stream``. It follows the tenant registry (a tenant with a
+``[stream]`` section gets its topology declared and, with ``autostart = true``, its
+``min_consumers`` consumers; offboarding stops the consumers and leaves the queues) and the
+broker connection (topology and consumers come up when the broker does). Operators and
+the monitor drive it through :meth:`StreamManager.start_tenant`,
+:meth:`~StreamManager.stop_tenant` and :meth:`~StreamManager.scale`; every change of a
+tenant's consumer count is the log event ``stream.consumers.changed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aiohttp import web
+
+from mysimbdp.apps import App
+from mysimbdp.broker_admin import BrokerAdmin
+from mysimbdp.errors import BrokerUnavailable, MysimbdpError
+from mysimbdp.logs import get_logger
+from mysimbdp.stream.consumer import Consumer, Routes
+from mysimbdp.stream.provision import provision_user, vhost_of
+from mysimbdp.stream.records import Route
+from mysimbdp.stream.topology import (
+    dead_name,
+    declare_exchange,
+    declare_tenant,
+    passive_depth,
+    queue_name,
+)
+from mysimbdp.tenants import StreamProfile, TenantChange
+
+if TYPE_CHECKING:
+    from mysimbdp.daemon import Daemon
+
+__all__ = ["StreamManager", "StreamError", "UnknownStream", "OutOfBounds", "NotRunning"]
+
+log = get_logger("stream")
+
+
+class StreamError(ValueError):
+    """A stream operation that cannot be done as asked; ``code`` is machine-readable."""
+
+    code = "stream_error"
+
+
+class UnknownStream(StreamError):
+    """The tenant does not exist or has no ``[stream]`` section."""
+
+    code = "no_stream"
+
+
+class OutOfBounds(StreamError):
+    """A consumer count outside the profile's ``[min_consumers, max_consumers]``."""
+
+    code = "out_of_bounds"
+
+
+class NotRunning(StreamError):
+    """The tenant's stream is stopped (or its app cannot be loaded)."""
+
+    code = "not_running"
+
+
+@dataclass
+class _Tenant:
+    """One tenant's stream state."""
+
+    id: str
+    profile: StreamProfile
+    routes: Routes | None = None
+    error: str | None = None
+    running: bool = False
+    desired: int = 0
+    consumers: dict[int, Consumer] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class StreamManager:
+    """Consumers of every tenant's queue, started, stopped and scaled while the daemon runs."""
+
+    name = "stream"
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.settings = daemon.settings
+        self._tenants: dict[str, _Tenant] = {}
+        self._connection: AbstractRobustConnection | None = None
+        self._query: AbstractChannel | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._draining = False
+
+    # ----------------------------------------------------------------- component
+
+    async def start(self) -> None:
+        """Follow the tenant registry and the broker connection."""
+        self.daemon.tenants.add_listener(self._on_tenant_change)
+        self.daemon.broker.on_connected(self._on_connected)
+
+    async def drain(self, timeout: float) -> None:
+        """Cancel every consumer tag, flush and acknowledge what is buffered, within ``timeout``."""
+        self._draining = True
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(self._stop_all(t, timeout, "daemon draining")
+                                         for t in list(self._tenants.values())), return_exceptions=True)
+        left = sum(r for r in results if isinstance(r, int))
+        log.info("stream.drained", seconds=round(time.monotonic() - t0, 3), unacked=left)
+
+    async def stop(self) -> None:
+        """Stop what is still running (right away) and close the query channel."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*(self._stop_all(t, 0.5, "daemon stopping") for t in list(self._tenants.values())),
+                             return_exceptions=True)
+        if self._query is not None and not self._query.is_closed:
+            with contextlib.suppress(Exception):
+                await self._query.close()
+        self._query = None
+
+    def health(self) -> dict[str, object]:
+        """Up unless a tenant's stream app cannot be loaded; per-tenant state and consumers."""
+        tenants = {t.id: {"state": self._state(t), "consumers": len(t.consumers)} for t in self._tenants.values()}
+        errors = {t.id: t.error for t in self._tenants.values() if t.error}
+        return {"up": not errors, "tenants": tenants, **({"errors": errors} if errors else {})}
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        """The operator endpoints (``/tenants/{id}/stream...``)."""
+        from mysimbdp.stream.http import stream_routes
+
+        return stream_routes()
+
+    # ----------------------------------------------------------------- the API (operators, monitor)
+
+    def consumer_count(self, tenant: str) -> int:
+        """Consumers running for ``tenant`` now (0 if none or unknown)."""
+        t = self._tenants.get(tenant)
+        return len(t.consumers) if t else 0
+
+    async def queue_depth(self, tenant: str) -> int | None:
+        """Messages ready in the tenant's queue; None if unknown (no stream, broker down)."""
+        if tenant not in self._tenants or self._connection is None or self._connection.is_closed:
+            return None
+        try:
+            if self._query is None or self._query.is_closed:
+                self._query = await self._connection.channel(publisher_confirms=False)
+            return await passive_depth(self._query, tenant)
+        except Exception as exc:  # e.g. the queue is missing: that closes the channel
+            log.debug("stream.depth.failed", tenant=tenant, error=str(exc))
+            self._query = None
+            return None
+
+    async def scale(self, tenant: str, count: int, reason: str) -> tuple[int, int]:
+        """Run ``count`` consumers for ``tenant``; returns ``(from, to)``.
+
+        Raises :class:`StreamError` (a ``ValueError``) when the tenant has no stream, the
+        stream is stopped, or ``count`` is outside ``[min_consumers, max_consumers]``.
+        """
+        t = self._require(tenant)
+        p = t.profile
+        if isinstance(count, bool) or not isinstance(count, int) or not p.min_consumers <= count <= p.max_consumers:
+            raise OutOfBounds(
+                f"tenant {tenant!r}: {count!r} consumers is outside the profile's bounds "
+                f"[{p.min_consumers}, {p.max_consumers}] (min_consumers, max_consumers in its [stream] section)")
+        if not t.running:
+            raise NotRunning(f"the stream of tenant {tenant!r} is stopped; start it first "
+                             f"(POST /tenants/{tenant}/stream/start or `mysimbdp stream start {tenant}`)")
+        return await self._set_count(t, count, reason)
+
+    async def start_tenant(self, tenant: str, reason: str) -> tuple[int, int]:
+        """Start the tenant's stream with ``max(min_consumers, 1)`` consumers; returns ``(from, to)``.
+
+        Starting a running stream changes nothing.
+        """
+        t = self._require(tenant)
+        if t.running:
+            return len(t.consumers), len(t.consumers)
+        if t.routes is None:
+            raise NotRunning(f"the stream app of tenant {tenant!r} cannot be loaded: {t.error}")
+        t.running = True
+        try:
+            return await self._set_count(t, _start_count(t.profile), reason)
+        except BaseException:
+            t.running = bool(t.consumers)
+            raise
+
+    async def stop_tenant(self, tenant: str, reason: str) -> tuple[int, int]:
+        """Stop the tenant's consumers (buffered messages are flushed first); returns ``(from, 0)``."""
+        t = self._require(tenant)
+        before = len(t.consumers)
+        await self._stop_all(t, self.settings.drain_timeout_s, reason)
+        return before, 0
+
+    async def status(self, tenant: str) -> dict[str, Any]:
+        """State, consumers, bounds, queue depth and message rates of the tenant's stream."""
+        t = self._require(tenant)
+        consumers = list(t.consumers.values())
+        status: dict[str, Any] = {
+            "tenant": tenant, "app": t.profile.app, "state": self._state(t),
+            "consumers": len(consumers), "min_consumers": t.profile.min_consumers,
+            "max_consumers": t.profile.max_consumers, "prefetch": t.profile.prefetch,
+            "queue": queue_name(tenant), "dead_letter_queue": dead_name(tenant),
+            "queue_depth": await self.queue_depth(tenant),
+            "buffered": sum(c.buffered for c in consumers),
+            "instances": sorted(c.instance for c in consumers),
+            "rates": {"delivered_per_s": round(sum(c.delivered.rate() for c in consumers), 2),
+                      "committed_per_s": round(sum(c.committed.rate() for c in consumers), 2)},
+        }
+        status["dead_letter_depth"], status["rates"]["published_per_s"] = await self._broker_stats(tenant)
+        if t.error:
+            status["error"] = t.error
+        return status
+
+    # ----------------------------------------------------------------- internals
+
+    def _require(self, tenant: str) -> _Tenant:
+        t = self._tenants.get(tenant)
+        if t is None:
+            if tenant in self.daemon.tenants:
+                raise UnknownStream(f"tenant {tenant!r} has no [stream] section in its profile")
+            raise UnknownStream(f"no tenant {tenant!r} is configured")
+        return t
+
+    @staticmethod
+    def _state(t: _Tenant) -> str:
+        return "running" if t.running else ("failed" if t.error else "stopped")
+
+    async def _set_count(self, t: _Tenant, count: int, reason: str) -> tuple[int, int]:
+        async with t.lock:
+            before = len(t.consumers)
+            t.desired = count
+            if count > before:
+                connection = self._live_connection()
+                for slot in range(1, t.profile.max_consumers + 1):
+                    if len(t.consumers) >= count:
+                        break
+                    if slot not in t.consumers:
+                        await self._start_consumer(t, slot, connection)
+            elif count < before:
+                extra = sorted(t.consumers)[count:]
+                stopping = [t.consumers.pop(slot) for slot in extra]
+                await asyncio.gather(*(c.stop(self.settings.drain_timeout_s) for c in stopping))
+            after = len(t.consumers)
+        if after != before:
+            log.info("stream.consumers.changed", tenant=t.id, **{"from": before, "to": after}, reason=reason)
+        return before, after
+
+    async def _start_consumer(self, t: _Tenant, slot: int, connection: AbstractRobustConnection) -> None:
+        assert t.routes is not None
+        consumer = Consumer(tenant=t.id, instance=f"{t.id}-c{slot}", profile=t.profile, routes=t.routes,
+                            connection=connection, database=self.daemon.store.tenant_db(t.id),
+                            depth=lambda: self.queue_depth(t.id), retry_max_s=self.settings.retry_max_s)
+        await consumer.start()
+        t.consumers[slot] = consumer
+
+    async def _stop_all(self, t: _Tenant, timeout: float, reason: str) -> int:
+        async with t.lock:
+            before = len(t.consumers)
+            stopping = list(t.consumers.values())
+            t.consumers.clear()
+            t.running = False
+            left = await asyncio.gather(*(c.stop(timeout) for c in stopping))
+        if before:
+            log.info("stream.consumers.changed", tenant=t.id, **{"from": before, "to": 0}, reason=reason)
+        return sum(left)
+
+    def _live_connection(self) -> AbstractRobustConnection:
+        if self._connection is None or self._connection.is_closed:
+            raise BrokerUnavailable(f"RabbitMQ is not reachable ({self.daemon.broker.reason}); "
+                                    "consumers start once it is back")
+        return self._connection
+
+    def _build_routes(self, tenant: str, profile: StreamProfile) -> Routes:
+        def route(name: str) -> Route:
+            app = App(self.daemon.pm, name).require("stream")
+            target = app.call("mysimbdp_stream_target", tenant=tenant)
+            wrangle = app.hook("mysimbdp_stream_wrangle")
+            assert wrangle is not None
+            return Route(app=name, collection=getattr(target, "collection", None) or "records",
+                         wrangle=wrangle, quality=app.hook("mysimbdp_stream_quality"))
+        return Routes(default=route(profile.app), by_type={k: route(v) for k, v in profile.apps.items()})
+
+    async def _on_tenant_change(self, change: TenantChange) -> None:
+        previous = self._tenants.get(change.tenant)
+        stream = change.new.stream if change.new is not None else None
+        if previous is not None and (stream is None or stream != previous.profile):
+            await self._stop_all(previous, self.settings.drain_timeout_s,
+                                 "tenant offboarded" if stream is None else "profile changed")
+            self._tenants.pop(change.tenant, None)
+            if stream is None:
+                log.info("stream.tenant.removed", tenant=change.tenant, queue=queue_name(change.tenant))
+        if stream is None or (previous is not None and stream == previous.profile):
+            return
+        t = _Tenant(change.tenant, stream)
+        t.running = previous.running if previous is not None else stream.autostart
+        t.desired = max(stream.min_consumers, min(previous.desired if previous else _start_count(stream),
+                                                   stream.max_consumers))
+        try:
+            t.routes = self._build_routes(change.tenant, stream)
+        except MysimbdpError as exc:
+            t.error, t.running = str(exc), False
+            log.error("stream.tenant.failed", tenant=change.tenant, app=stream.app, error=str(exc))
+        self._tenants[change.tenant] = t
+        if self.settings.stream.provision_users:
+            self._spawn(self._provision(change.tenant), f"stream.provision.{change.tenant}")
+        if self._connection is not None and not self._connection.is_closed:
+            await self._activate(t)
+
+    async def _on_connected(self, connection: AbstractRobustConnection) -> None:
+        self._connection = connection
+        await declare_exchange(connection, self.settings.stream.exchange)
+        for t in list(self._tenants.values()):
+            await self._activate(t)
+
+    async def _activate(self, t: _Tenant) -> None:
+        """Declare the tenant's topology and start its consumers if it should run."""
+        if self._draining or self._connection is None:
+            return
+        try:
+            await declare_tenant(self._connection, self.settings.stream.exchange, t.id, t.profile)
+            if t.running and t.routes is not None and t.desired > len(t.consumers):
+                await self._set_count(t, t.desired, "tenant onboarded")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("stream.tenant.failed", tenant=t.id, app=t.profile.app, error=str(exc))
+
+    async def _provision(self, tenant: str) -> None:
+        s = self.settings
+        try:
+            result = await provision_user(s.stream.management_url, s.amqp_url, s.stream.exchange, tenant)
+        except MysimbdpError as exc:
+            log.warning("stream.provision.failed", tenant=tenant, error=str(exc))
+            return
+        log.info("stream.provision.done", tenant=tenant, user=result.user, vhost=result.vhost,
+                 created=result.created)
+
+    async def _broker_stats(self, tenant: str) -> tuple[int | None, float | None]:
+        """Dead-letter depth and publish rate from the management API (None if unreachable)."""
+        vhost = vhost_of(self.settings.amqp_url)
+        try:
+            async with BrokerAdmin(self.settings.stream.management_url, timeout_s=3.0) as admin:
+                queue = await admin.queue(vhost, queue_name(tenant)) or {}
+                dead = await admin.queue(vhost, dead_name(tenant)) or {}
+        except MysimbdpError:
+            return None, None
+        rate = (queue.get("message_stats") or {}).get("publish_details", {}).get("rate")
+        return dead.get("messages"), rate
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _start_count(profile: StreamProfile) -> int:
+    return min(max(profile.min_consumers, 1), profile.max_consumers)

@@ -1,0 +1,78 @@
+"""Helpers of the stream tests: tenant profiles, raw publishing, waiting for a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import orjson
+
+from mysimbdp.config import Settings
+
+ECHO_APPS = {"stream_echo": "tests.plugins.stream_echo"}
+
+
+def write_profile(settings: Settings, tenant: str, app: str = "stream_echo", **stream: Any) -> Path:
+    """Write ``<tenants>/<tenant>.toml`` with a ``[stream]`` section (small, fast batches by default)."""
+    values: dict[str, Any] = {"app": app, "min_consumers": 1, "max_consumers": 4, "prefetch": 100,
+                              "batch_max_messages": 50, "batch_max_wait_ms": 50, "report_interval_s": 1.0}
+    values.update(stream)
+    lines = [f'id = "{tenant}"', "", "[stream]"]
+    for key, value in values.items():
+        if isinstance(value, dict):
+            continue
+        lines.append(f"{key} = {_toml(value)}")
+    for key, value in values.items():
+        if isinstance(value, dict):
+            lines += ["", f"[stream.{key}]"] + [f"{k} = {_toml(v)}" for k, v in value.items()]
+    path = settings.tenants_dir / f"{tenant}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``check`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def publish_raw(amqp_url: str, key: str, bodies: Iterable[bytes | dict[str, Any] | list[Any]],
+                      ids: Iterable[str | None] | None = None, exchange: str = "mysimbdp.ingest") -> int:
+    """Publish each body (dicts and lists as JSON) with confirms; returns how many were confirmed."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        ex = await channel.get_exchange(exchange, ensure=False)
+        bodies = list(bodies)
+        id_list = list(ids) if ids is not None else [f"m{i}" for i in range(len(bodies))]
+        waits = []
+        for body, mid in zip(bodies, id_list, strict=True):
+            raw = body if isinstance(body, bytes) else orjson.dumps(body)
+            waits.append(ex.publish(aio_pika.Message(raw, message_id=mid), key))
+        await asyncio.gather(*waits)
+        return len(waits)
+    finally:
+        await connection.close()
+
+
+async def wait_consumers(daemon: Any, tenant: str, count: int, timeout: float = 30.0) -> None:
+    """Wait until the stream manager runs ``count`` consumers for ``tenant``."""
+    async def check() -> bool:
+        return bool(daemon.stream.consumer_count(tenant) == count)
+    await wait_until(check, timeout, f"{count} consumers for {tenant}")
