@@ -162,7 +162,11 @@ class Progress:
 
     def file_done(self) -> None:
         self.done_files += 1
-        self.draw(force=True)
+        if self.done_files >= self.files:  # every file sent: the bar goes, outcomes follow
+            self.close()
+            self.enabled = False
+        else:
+            self.draw(force=True)
 
     def draw(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -287,27 +291,27 @@ async def _send(client: UploadClient, out: Outcome, progress: Progress) -> None:
         return
 
 
-async def _follow(client: UploadClient, out: Outcome, timeout: float, stream: TextIO) -> None:
+async def _follow(client: UploadClient, out: Outcome, timeout: float, progress: Progress) -> None:
     assert out.file_id is not None
     try:
         entry = await client.wait(out.file_id, timeout)
     except (TimeoutError, Refused, aiohttp.ClientError, OSError) as exc:
         out.status, out.code, out.detail = "failed", "connection", f"while waiting: {exc}"
-        print(f"failed   {out.name}: {out.detail}", file=stream)
+        progress.say(f"failed   {out.name}: {out.detail}")
         return
     if entry is None:
         out.status, out.code, out.detail = "timeout", "timeout", f"not loaded within {timeout:g} s"
-        print(f"waiting  {out.name}: still not loaded after {timeout:g} s", file=stream)
+        progress.say(f"waiting  {out.name}: still not loaded after {timeout:g} s")
         return
     out.entry = entry
     out.status = str(entry["state"])
     if out.status == "rejected":
         out.code = str(entry.get("code") or "rejected")
         out.detail = str(entry.get("reason") or "see GET /tenants/{id}/files/{file id}")
-        print(f"rejected {out.name}: {out.code}: {out.detail}", file=stream)
+        progress.say(f"rejected {out.name}: {out.code}: {out.detail}")
     else:
         out.detail = counts(entry)
-        print(f"loaded   {out.name}: {out.detail}", file=stream)
+        progress.say(f"loaded   {out.name}: {out.detail}")
 
 
 #: Ledger count fields and how the client names them.
@@ -348,7 +352,7 @@ async def run(url: str, tenant: str, token: str, paths: Sequence[Path], *, jobs:
                 await _send(client, out, progress)
                 progress.file_done()
             if wait and out.file_id is not None:
-                await _follow(client, out, wait_timeout, stream)
+                await _follow(client, out, wait_timeout, progress)
 
         try:
             await asyncio.gather(*(one(o) for o in send))

@@ -400,10 +400,14 @@ def _int_param(request: web.Request, key: str, default: int, low: int, high: int
     return value
 
 
+#: Ledger fields that are the platform's business (paths on its disks), not shown to tenants.
+_PRIVATE = frozenset({"_id", "archive_path"})
+
+
 def _view(entry: dict[str, Any]) -> dict[str, Any]:
-    """A ledger entry as the tenant sees it: ``id`` instead of ``_id``."""
+    """A ledger entry as the tenant sees it: ``id`` instead of ``_id``, no server paths."""
     view = {"id": entry.get("_id")}
-    view.update((k, v) for k, v in entry.items() if k != "_id")
+    view.update((k, v) for k, v in entry.items() if k not in _PRIVATE)
     return view
 
 
