@@ -1,0 +1,195 @@
+"""The file lifecycle: constraint violations with reason files, duplicates, malformed records,
+failing apps, fair scheduling across tenants, onboarding and offboarding while running."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pymongo import AsyncMongoClient
+
+from mysimbdp.config import Settings
+from tests.batch_support import drop, flights_lines, wait_outcome, wait_until, write_profile
+
+APPS = {"batch_plain": "tests.plugins.batch_apps", "batch_raising": "tests.plugins.batch_raising",
+        "batch_crashing": "tests.plugins.batch_crashing", "batch_slow": "tests.plugins.batch_slow"}
+
+
+def _csv(rows: int, start: int = 0, width: int = 0) -> str:
+    pad = "x" * width
+    return "n,name\n" + "".join(f"{i},{pad}row{i}\n" for i in range(start, start + rows))
+
+
+def _reason(settings: Settings, tenant: str, name: str) -> dict[str, Any]:
+    path = settings.archive_dir / tenant / "rejected" / f"{name}.reason.json"
+    assert (settings.archive_dir / tenant / "rejected" / name).exists() or Path(path).exists()
+    return dict(json.loads(path.read_text()))
+
+
+async def test_constraint_violations_are_rejected_with_reason_files(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]], tmp_path: Path) -> None:
+    settings = settings_factory(extra_apps=APPS)
+    write_profile(settings, tenant_id, "batch_plain", formats=["csv", "csv.gz"], max_file_bytes=2000,
+                  storage_quota_bytes=2500)
+    await start_daemon(settings)
+    drop(settings, tenant_id, "a.xml", "<a/>")
+    drop(settings, tenant_id, "big.csv", _csv(100, width=20))
+    drop(settings, tenant_id, "fake.csv.gz", _csv(3))
+    drop(settings, tenant_id, "bomb.csv.gz", gzip.compress(_csv(5000).encode()))
+    target = tmp_path / "outside.csv"
+    target.write_text(_csv(3))
+    os.symlink(target, settings.staging_dir / tenant_id / "link.csv")
+    expected = {"a.xml": "format", "big.csv": "too_big", "fake.csv.gz": "content", "bomb.csv.gz": "too_big",
+                "link.csv": "not_regular"}
+    for name, code in expected.items():
+        [entry] = await wait_outcome(mongo, tenant_id, name)
+        assert (entry["state"], entry["code"]) == ("rejected", code), entry
+        reason = _reason(settings, tenant_id, name)
+        assert reason["code"] == code and reason["message"] and "records_in" in reason
+    assert target.read_text() == _csv(3), "a symlink's target is never touched"
+    assert (settings.archive_dir / tenant_id / "rejected" / "link.csv").is_symlink()
+
+    first = _csv(120)  # ~1.2 kB: under max_file_bytes, and the quota holds only one such file
+    drop(settings, tenant_id, "ok1.csv", first)
+    [entry] = await wait_outcome(mongo, tenant_id, "ok1.csv")
+    assert entry["state"] == "committed"
+    drop(settings, tenant_id, "copy.csv", first)
+    drop(settings, tenant_id, "ok2.csv", _csv(120, start=1000))
+    [dup] = await wait_outcome(mongo, tenant_id, "copy.csv")
+    assert dup["code"] == "duplicate" and _reason(settings, tenant_id, "copy.csv")["code"] == "duplicate"
+    [quota] = await wait_outcome(mongo, tenant_id, "ok2.csv")
+    assert quota["code"] == "over_quota"
+    assert await mongo[f"tenant_{tenant_id}"].items.count_documents({}) == 120
+
+
+async def test_too_many_staged_files(start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+                                     tenant_id: str, mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    settings = settings_factory(extra_apps=APPS)
+    write_profile(settings, tenant_id, "batch_slow", max_staged_files=2, max_concurrent_files=1)
+    for i in range(4):  # all there at start-up: the scan sees them together, oldest first
+        drop(settings, tenant_id, f"f{i}.csv", _csv(300, start=i * 1000))
+        os.utime(settings.staging_dir / tenant_id / f"f{i}.csv", (1000 + i, 1000 + i))
+    await start_daemon(settings)
+    states = {}
+    for i in range(4):
+        [entry] = await wait_outcome(mongo, tenant_id, f"f{i}.csv")
+        states[f"f{i}.csv"] = entry.get("code") or entry["state"]
+    assert states == {"f0.csv": "committed", "f1.csv": "committed", "f2.csv": "staging_full",
+                      "f3.csv": "staging_full"}
+    assert "wait for them to load" in _reason(settings, tenant_id, "f2.csv")["message"]
+
+
+async def test_malformed_records_go_to_rejects_and_the_file_loads(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    settings = settings_factory(extra_apps=APPS)
+    write_profile(settings, tenant_id, "batch_plain")
+    await start_daemon(settings)
+    rows = _csv(40).splitlines()
+    rows[5] = "5,too,many"  # wrong field count
+    rows[7] = "7,row7,extra"
+    rows[9] = "bad-n,row9"  # the app's int() fails
+    drop(settings, tenant_id, "mixed.csv", "\n".join(rows) + "\n")
+    lines = [json.dumps({"n": i, "name": f"j{i}"}) for i in range(30)]
+    lines[3] = '{"n": 3, "name": '  # truncated JSON
+    lines[4] = "[1, 2]"  # not an object
+    lines.insert(6, json.dumps({"n": 99, "bad": "yes"}))
+    lines.insert(7, json.dumps({"n": 98, "skip": "yes"}))
+    drop(settings, tenant_id, "mixed.jsonl", "\ufeff" + "\n".join(lines) + "\n")
+
+    [csv_entry] = await wait_outcome(mongo, tenant_id, "mixed.csv")
+    assert csv_entry["state"] == "committed"
+    assert (csv_entry["records_in"], csv_entry["records_rejected"], csv_entry["records_written"]) == (40, 3, 37)
+    [jl] = await wait_outcome(mongo, tenant_id, "mixed.jsonl")
+    assert jl["state"] == "committed"
+    assert (jl["records_in"], jl["records_rejected"], jl["records_skipped"], jl["records_written"]) == (32, 3, 1, 28)
+    rejects = {(r["file"], r["record"]): r async for r in mongo[f"tenant_{tenant_id}"]["_rejects"].find({})}
+    assert rejects[("mixed.csv", 5)]["reason"] == "expected 2 fields, found 3"
+    assert rejects[("mixed.csv", 5)]["raw"] == "5,too,many" and rejects[("mixed.csv", 5)]["stage"] == "parse"
+    assert rejects[("mixed.csv", 9)]["raw"] == {"n": "bad-n", "name": "row9"}
+    assert "ValueError" in rejects[("mixed.csv", 9)]["reason"]
+    assert "not valid JSON" in rejects[("mixed.jsonl", 4)]["reason"]
+    assert "expected a JSON object" in rejects[("mixed.jsonl", 5)]["reason"]
+    assert rejects[("mixed.jsonl", 7)]["reason"] == "bad is yes"
+
+
+async def test_failing_apps_fail_their_files_only(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    settings = settings_factory(extra_apps=APPS)
+    raising, crashing, healthy = f"{tenant_id}r", f"{tenant_id}c", f"{tenant_id}h"
+    write_profile(settings, raising, "batch_raising")
+    write_profile(settings, crashing, "batch_crashing")
+    write_profile(settings, healthy, "flights")
+    rd = await start_daemon(settings)
+    drop(settings, raising, "r.csv", _csv(50))
+    drop(settings, crashing, "c.csv", _csv(50))
+    drop(settings, healthy, "h.csv", "".join(flights_lines(500)))
+    [r] = await wait_outcome(mongo, raising, "r.csv")
+    assert r["code"] == "error_rate" and r["records_rejected"] == 50
+    assert "100.0%" in _reason(settings, raising, "r.csv")["message"]
+    assert await mongo[f"tenant_{raising}"]["_rejects"].count_documents({"reason": {"$regex": "KeyError"}}) == 50
+    [c] = await wait_outcome(mongo, crashing, "c.csv")
+    assert c["code"] == "app_failed" and "SystemExit" in c["reason"]
+    [h] = await wait_outcome(mongo, healthy, "h.csv")
+    assert h["state"] == "committed" and h["records_written"] == 500
+    assert rd.task.done() is False, "the daemon keeps running"
+
+
+async def test_onboarding_and_offboarding_while_running(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    settings = settings_factory(extra_apps=APPS)
+    rd = await start_daemon(settings)
+    profile = write_profile(settings, tenant_id, "batch_plain")
+
+    async def watched() -> bool:
+        return tenant_id in rd.daemon.batch.health()["tenants"]
+
+    await wait_until(watched, what="tenant onboarded")
+    drop(settings, tenant_id, "one.csv", _csv(10))
+    [entry] = await wait_outcome(mongo, tenant_id, "one.csv")
+    assert entry["state"] == "committed"
+
+    profile.unlink()
+
+    async def unwatched() -> bool:
+        return not await watched()
+
+    await wait_until(unwatched, what="tenant offboarded")
+    drop(settings, tenant_id, "two.csv", _csv(10, start=100))
+    await asyncio.sleep(1.5)  # several rescans: nobody picks the file up
+    assert (settings.staging_dir / tenant_id / "two.csv").exists()
+    assert await mongo["mysimbdp"]["files"].count_documents({"tenant": tenant_id, "name": "two.csv"}) == 0
+    assert await mongo[f"tenant_{tenant_id}"].items.count_documents({}) == 10, "the data stays"
+
+    write_profile(settings, tenant_id, "batch_plain")  # back: the waiting file loads
+    [entry] = await wait_outcome(mongo, tenant_id, "two.csv")
+    assert entry["state"] == "committed"
+
+
+async def test_a_tenants_big_file_does_not_hold_back_another_tenant(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    settings = settings_factory(extra_apps=APPS, batch={"stable_after_s": 0.2, "rescan_interval_s": 0.5,
+                                                        "max_concurrent_files": 2})
+    big, small = f"{tenant_id}b", f"{tenant_id}s"
+    write_profile(settings, big, "batch_slow", max_concurrent_files=4)
+    write_profile(settings, small, "batch_plain")
+    await start_daemon(settings)
+    for i in range(3):
+        drop(settings, big, f"big{i}.csv", _csv(1500, start=i * 10_000))
+    await asyncio.sleep(0.6)
+    drop(settings, small, "small.csv", _csv(5))
+    [s] = await wait_outcome(mongo, small, "small.csv")
+    assert s["state"] == "committed"
+    # the big tenant may hold one of the two slots only: the small file did not wait for it
+    first_big = await mongo["mysimbdp"]["files"].find_one({"tenant": big, "state": "committed"},
+                                                         sort=[("committed_at", 1)])
+    assert first_big is None or s["committed_at"] < first_big["committed_at"]
