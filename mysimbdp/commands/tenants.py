@@ -20,6 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     token.set_defaults(func=issue_token)
     lst = tsub.add_parser("list", help="list the configured tenants")
     lst.set_defaults(func=list_tenants)
+    provision = tsub.add_parser(
+        "provision", help="create the tenant's RabbitMQ user with a new password, print its AMQP URL once")
+    provision.add_argument("tenant")
+    provision.add_argument("--keep-password", action="store_true",
+                           help="only (re)apply the user's permissions, keep its password")
+    provision.set_defaults(func=provision_tenant)
 
 
 def check_profiles(args: argparse.Namespace) -> int:
@@ -59,4 +65,26 @@ def issue_token(args: argparse.Namespace) -> int:
     path.write_text(text, encoding="utf-8")
     load_profile(path)
     print(token)
+    return 0
+
+
+def provision_tenant(args: argparse.Namespace) -> int:
+    """Create or update the tenant's broker user and permissions (see docs/stream.md)."""
+    import asyncio
+
+    from mysimbdp.stream.provision import provision_user, tenant_amqp_url
+
+    settings = args.settings_loader()
+    path = settings.tenants_dir / f"{args.tenant}.toml"
+    if not path.is_file():
+        raise TenantProfileError(str(path), "(file)", "no such tenant profile; create it first")
+    if load_profile(path).stream is None:
+        raise TenantProfileError(str(path), "stream", "the tenant has no [stream] section; add one first")
+    password = None if args.keep_password else new_token()
+    result = asyncio.run(provision_user(settings.stream.management_url, settings.amqp_url,
+                                        settings.stream.exchange, args.tenant, password))
+    if password is None:
+        print(f"permissions of broker user {result.user} applied in vhost {result.vhost!r}")
+    else:
+        print(tenant_amqp_url(settings.amqp_url, result.user, password))
     return 0

@@ -1,0 +1,139 @@
+"""The stream manager: start, stop, scale and status through HTTP, the CLI and the Python API."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from structlog.testing import capture_logs
+
+from mysimbdp.cli import main
+from mysimbdp.config import Settings
+from mysimbdp.stream.manager import OutOfBounds, UnknownStream
+from tests.conftest import ADMIN_TOKEN
+from tests.plugins.stream_support import ECHO_APPS, wait_consumers, write_profile
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def test_start_stop_scale_and_status_over_http(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        http: aiohttp.ClientSession, tenant_id: str) -> None:
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    write_profile(settings, tenant_id, autostart=False, min_consumers=1, max_consumers=3)
+    rd = await start_daemon(settings)
+    base = f"{rd.url}/tenants/{tenant_id}/stream"
+    await asyncio.sleep(0.3)
+    async with http.get(base, headers=ADMIN) as resp:
+        body = await resp.json()
+    assert resp.status == 200, body
+    assert body["state"] == "stopped" and body["consumers"] == 0
+    assert body["min_consumers"] == 1 and body["max_consumers"] == 3
+
+    with capture_logs() as events:
+        async with http.post(base + "/start", headers=ADMIN) as resp:
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["to"] == 1
+        async with http.put(base + "/consumers", headers=ADMIN, json={"count": 3}) as resp:
+            assert resp.status == 200, await resp.text()
+            assert await resp.json() == {"tenant": tenant_id, "from": 1, "to": 3}
+        async with http.get(base, headers=ADMIN) as resp:
+            status = await resp.json()
+        assert status["state"] == "running" and status["consumers"] == 3
+        assert status["instances"] == [f"{tenant_id}-c1", f"{tenant_id}-c2", f"{tenant_id}-c3"]
+        assert status["queue_depth"] == 0 and "committed_per_s" in status["rates"]
+        async with http.put(base + "/consumers", headers=ADMIN, json={"count": 4}) as resp:
+            err = await resp.json()
+        assert resp.status == 400 and err["code"] == "out_of_bounds" and "[1, 3]" in err["message"]
+        async with http.put(base + "/consumers", headers=ADMIN, json={"count": "two"}) as resp:
+            assert resp.status == 400 and (await resp.json())["code"] == "bad_request"
+        async with http.post(base + "/stop", headers=ADMIN) as resp:
+            assert resp.status == 200 and (await resp.json())["from"] == 3
+    assert rd.daemon.stream.consumer_count(tenant_id) == 0
+    changes = [(e["from"], e["to"], e["reason"]) for e in events if e["event"] == "stream.consumers.changed"]
+    assert changes == [(0, 1, "operator: start"), (1, 3, "operator: scale"), (3, 0, "operator: stop")]
+
+
+async def test_operator_endpoints_need_the_admin_token(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        http: aiohttp.ClientSession, tenant_id: str) -> None:
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    write_profile(settings, tenant_id, autostart=False)
+    rd = await start_daemon(settings)
+    base = f"{rd.url}/tenants/{tenant_id}/stream"
+    async with http.post(base + "/start") as resp:
+        assert resp.status == 401
+    async with http.post(base + "/start", headers={"Authorization": "Bearer nope"}) as resp:
+        assert resp.status == 403
+    async with http.get(f"{rd.url}/tenants/nosuch/stream", headers=ADMIN) as resp:
+        assert resp.status == 404 and (await resp.json())["code"] == "no_stream"
+    assert rd.daemon.stream.consumer_count(tenant_id) == 0
+
+
+async def test_python_api_bounds_and_unknown_tenant(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str) -> None:
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    write_profile(settings, tenant_id, min_consumers=2, max_consumers=3)
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 2)
+    manager = rd.daemon.stream
+    with pytest.raises(ValueError, match=r"outside the profile's bounds \[2, 3\]"):
+        await manager.scale(tenant_id, 1, "monitor: idle")
+    with pytest.raises(OutOfBounds):
+        await manager.scale(tenant_id, 9, "monitor: backlog")
+    with pytest.raises(UnknownStream, match="no tenant"):
+        await manager.scale("nosuch", 1, "test")
+    assert await manager.scale(tenant_id, 3, "monitor: backlog") == (2, 3)
+    assert manager.consumer_count(tenant_id) == 3
+
+
+async def test_cli_drives_the_daemon(start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+                                     tenant_id: str, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    write_profile(settings, tenant_id, autostart=False, max_consumers=2)
+    rd = await start_daemon(settings)
+    common = ["--url", rd.url, "--admin-token", ADMIN_TOKEN]
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as info:
+            main(["stream", *argv, *common])
+        out, err = capsys.readouterr()
+        return int(info.value.code or 0), out, err
+
+    # The CLI is synchronous: run it in a thread so this loop keeps serving the daemon.
+    code, out, _ = await asyncio.to_thread(cli, "start", tenant_id)
+    assert code == 0 and "0 -> 1" in out
+    code, out, _ = await asyncio.to_thread(cli, "scale", tenant_id, "2")
+    assert code == 0 and "1 -> 2" in out
+    code, _, err = await asyncio.to_thread(cli, "scale", tenant_id, "5")
+    assert code == 1 and "outside the profile's bounds" in err and "HTTP 400" in err
+    code, out, _ = await asyncio.to_thread(cli, "status", tenant_id)
+    assert code == 0 and '"consumers": 2' in out and '"state": "running"' in out
+    code, out, _ = await asyncio.to_thread(cli, "stop", tenant_id)
+    assert code == 0 and "2 -> 0" in out
+    assert rd.daemon.stream.consumer_count(tenant_id) == 0
+
+
+def test_cli_says_when_the_daemon_is_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["stream", "status", "weather", "--url", "http://127.0.0.1:9", "--admin-token", "x"])
+    assert info.value.code == 1
+    assert "cannot reach the daemon" in capsys.readouterr().err
+
+
+async def test_offboarding_stops_consumers_and_keeps_the_queue(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str) -> None:
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    path = write_profile(settings, tenant_id)
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    path.unlink()
+    await rd.daemon.tenants.reload()
+    assert rd.daemon.stream.consumer_count(tenant_id) == 0
+    write_profile(settings, tenant_id)  # back: the queue is still there and consumers start again
+    await rd.daemon.tenants.reload()
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    assert await rd.daemon.stream.queue_depth(tenant_id) == 0

@@ -1,0 +1,111 @@
+"""Tenant isolation on the broker: each tenant's user publishes only with its own routing keys."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aio_pika
+import pytest
+
+from mysimbdp.broker_admin import BrokerAdmin
+from mysimbdp.cli import main
+from mysimbdp.config import Settings
+from mysimbdp.publish import PublishRefused, publish_records
+from mysimbdp.stream.provision import broker_user, provision_user, tenant_amqp_url
+from mysimbdp.stream.topology import declare_tenant, queue_name
+from mysimbdp.tenants import StreamProfile
+from tests.conftest import MANAGEMENT_URL
+from tests.plugins.stream_support import write_profile
+
+EXCHANGE = "mysimbdp.ingest"
+
+
+@pytest.fixture
+async def cleanup_users() -> AsyncIterator[list[str]]:
+    """Tenant ids whose broker users are deleted after the test (users are not per vhost)."""
+    tenants: list[str] = []
+    yield tenants
+    async with BrokerAdmin(MANAGEMENT_URL) as admin:
+        for tenant in tenants:
+            await admin.delete_user(broker_user(tenant))
+
+
+async def _declare(amqp_url: str, *tenants: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        for tenant in tenants:
+            await declare_tenant(connection, EXCHANGE, tenant, StreamProfile(app="x"))
+    finally:
+        await connection.close()
+
+
+async def _depth(amqp_url: str, tenant: str) -> int:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name(tenant), passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    finally:
+        await connection.close()
+
+
+async def test_tenant_a_credentials_are_refused_on_tenant_b_routing_key(
+        amqp_url: str, tenant_id: str, cleanup_users: list[str]) -> None:
+    a, b = tenant_id + "a", tenant_id + "b"
+    cleanup_users += [a, b]
+    await _declare(amqp_url, a, b)
+    await provision_user(MANAGEMENT_URL, amqp_url, EXCHANGE, a, password="pw-a")
+    await provision_user(MANAGEMENT_URL, amqp_url, EXCHANGE, b, password="pw-b")
+    url_a = tenant_amqp_url(amqp_url, broker_user(a), "pw-a")
+
+    own = await publish_records(url_a, EXCHANGE, a, [{"n": 1}, {"n": 2}])
+    typed = await publish_records(url_a, EXCHANGE, f"{a}.readings", [{"n": 3}])
+    assert (own.confirmed, typed.confirmed) == (2, 1)
+    with pytest.raises(PublishRefused, match="ACCESS_REFUSED|access_refused|refused"):
+        await publish_records(url_a, EXCHANGE, b, [{"n": 666}])
+    with pytest.raises(PublishRefused):
+        await publish_records(url_a, EXCHANGE, f"{b}.readings", [{"n": 667}])
+    await asyncio.sleep(0.2)
+    assert await _depth(amqp_url, a) == 3
+    assert await _depth(amqp_url, b) == 0
+
+
+async def test_daemon_creates_passwordless_users_and_provision_keeps_permissions(
+        amqp_url: str, tenant_id: str, cleanup_users: list[str]) -> None:
+    cleanup_users.append(tenant_id)
+    first = await provision_user(MANAGEMENT_URL, amqp_url, EXCHANGE, tenant_id)
+    assert first.created and not first.password_set
+    async with BrokerAdmin(MANAGEMENT_URL) as admin:
+        user = await admin.user(broker_user(tenant_id))
+        assert user is not None and user["password_hash"] == ""
+        topic = await admin.request("GET", f"/users/{broker_user(tenant_id)}/topic-permissions")
+    assert topic and topic[0]["exchange"] == EXCHANGE and tenant_id in topic[0]["write"]
+    again = await provision_user(MANAGEMENT_URL, amqp_url, EXCHANGE, tenant_id)
+    assert not again.created
+
+
+async def test_cli_provision_prints_a_working_amqp_url(
+        settings_factory: Callable[..., Settings], amqp_url: str, tenant_id: str, cleanup_users: list[str],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    cleanup_users.append(tenant_id)
+    settings = settings_factory()
+    write_profile(settings, tenant_id)
+    await _declare(amqp_url, tenant_id)
+    env: dict[str, Any] = {"MYSIMBDP_AMQP_URL": amqp_url,
+                           "MYSIMBDP_STREAM__MANAGEMENT_URL": MANAGEMENT_URL}
+
+    def cli() -> int:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            with pytest.raises(SystemExit) as info:
+                main(["--config-dir", str(settings.config_dir), "tenants", "provision", tenant_id])
+            return int(info.value.code or 0)
+
+    assert await asyncio.to_thread(cli) == 0
+    url = capsys.readouterr().out.strip().splitlines()[-1]  # (earlier lines: this test's own logs)
+    assert url.startswith("amqp://") and broker_user(tenant_id) in url and "guest" not in url
+    result = await publish_records(url, EXCHANGE, tenant_id, [{"ok": True}])
+    assert result.confirmed == 1
