@@ -1,0 +1,145 @@
+"""Delivery guarantees: no duplicate after a redelivery, nothing lost in a store outage, poison to the DLQ."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+from pymongo import AsyncMongoClient
+from structlog.testing import capture_logs
+
+from mysimbdp.config import Settings
+from mysimbdp.store import EmbeddedMongo
+from mysimbdp.stream.consumer import Consumer
+from mysimbdp.stream.topology import dead_name
+from tests.plugins.stream_support import ECHO_APPS, publish_raw, wait_consumers, wait_until, write_profile
+
+
+async def _count(mongo: AsyncMongoClient[dict[str, Any]], tenant: str) -> int:
+    return await mongo[f"tenant_{tenant}"]["events"].count_documents({})
+
+
+async def test_consumer_killed_between_write_and_ack_leaves_no_duplicate(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str, tenant_id: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    write_profile(settings, tenant_id, batch_max_messages=40, batch_max_wait_ms=300)
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    killed: list[int] = []
+    original = Consumer._settle
+
+    async def crash_before_ack(self: Consumer, batch: list[Any], poison: list[int]) -> None:
+        if not killed:  # the first batch is written, then the consumer dies before acknowledging
+            killed.append(len(batch))
+            assert self._channel is not None
+            await self._channel.close()
+            return
+        await original(self, batch, poison)
+
+    monkeypatch.setattr(Consumer, "_settle", crash_before_ack)
+    await publish_raw(amqp_url, tenant_id, [{"n": i} for i in range(100)], [f"r{i}" for i in range(100)])
+    await wait_until(lambda: _true(bool(killed)), what="the first batch")
+    await asyncio.sleep(0.5)
+    # The dead consumer's messages went back to the queue; a fresh consumer takes them again.
+    with capture_logs() as events:
+        await rd.daemon.stream.stop_tenant(tenant_id, "test: replace the dead consumer")
+        await rd.daemon.stream.start_tenant(tenant_id, "test: replace the dead consumer")
+
+        async def settled() -> bool:
+            return (await _count(mongo, tenant_id) == 100
+                    and await rd.daemon.stream.queue_depth(tenant_id) == 0
+                    and sum(e.get("duplicates", 0) for e in events if e["event"] == "stream.batch.committed")
+                    >= killed[0])
+        await wait_until(settled, what="all 100 documents, the redelivered ones counted as duplicates")
+    ids = [d["_id"] async for d in mongo[f"tenant_{tenant_id}"]["events"].find({}, {"_id": 1})]
+    assert sorted(ids) == sorted(f"r{i}" for i in range(100))
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_store_outage_mid_stream_loses_nothing(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        amqp_url: str, tenant_id: str, tmp_path: Path) -> None:
+    server = EmbeddedMongo(tmp_path / "store", tmp_path / "store.log")
+    await server.start()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server.uri, serverSelectionTimeoutMS=1000)
+    try:
+        settings = settings_factory(extra_apps=ECHO_APPS, mongo_uri=server.uri, retry_max_s=0.5)
+        write_profile(settings, tenant_id)
+        rd = await start_daemon(settings)
+        await wait_consumers(rd.daemon, tenant_id, 1)
+        await publish_raw(amqp_url, tenant_id, [{"n": i} for i in range(50)], [f"a{i}" for i in range(50)])
+        await wait_until(lambda: _count_is(client, tenant_id, 50), what="the first 50 documents")
+
+        await server.stop()
+        with capture_logs() as events:
+            await publish_raw(amqp_url, tenant_id, [{"n": i} for i in range(50, 120)],
+                              [f"a{i}" for i in range(50, 120)])
+
+            async def retrying() -> bool:
+                return any(e["event"] == "stream.batch.retry" for e in events)
+            await wait_until(retrying, what="the consumer to retry the write")
+        status = await rd.daemon.stream.status(tenant_id)
+        assert status["buffered"] + (status["queue_depth"] or 0) == 70  # held, not acknowledged
+
+        await server.start()
+        await wait_until(lambda: _count_is(client, tenant_id, 120), timeout=60, what="all 120 documents")
+        await wait_until(lambda: _depth_is(rd.daemon, tenant_id, 0), what="every message acknowledged")
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def _count_is(client: AsyncMongoClient[dict[str, Any]], tenant: str, n: int) -> bool:
+    try:
+        return await _count(client, tenant) == n
+    except Exception:
+        return False
+
+
+async def _depth_is(daemon: Any, tenant: str, n: int) -> bool:
+    status = await daemon.stream.status(tenant)
+    return bool(status["queue_depth"] == n and status["buffered"] == 0)
+
+
+async def test_poison_message_goes_to_the_dead_letter_queue_after_the_delivery_limit(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str, tenant_id: str) -> None:
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    write_profile(settings, tenant_id, delivery_limit=1, app_timeout_s=0.3)
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    with capture_logs() as events:
+        await publish_raw(amqp_url, tenant_id, [{"n": 1}, {"hang": 1.0}, {"n": 2}], ["ok1", "poison", "ok2"])
+        await wait_until(lambda: _dead_depth_is(amqp_url, tenant_id, 1), what="the poison message dead-lettered")
+    assert await _count(mongo, tenant_id) == 2
+    timeouts = [e for e in events if e["event"] == "stream.app.timeout"]
+    assert len(timeouts) == 2 and all(e["message_id"] == "poison" for e in timeouts)
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(dead_name(tenant_id), passive=True)
+        message = await queue.get(fail=True)
+        assert message is not None and message.message_id == "poison"
+        await message.ack()
+    finally:
+        await connection.close()
+    assert await rd.daemon.stream.queue_depth(tenant_id) == 0
+
+
+async def _dead_depth_is(amqp_url: str, tenant: str, n: int) -> bool:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(dead_name(tenant), passive=True)
+        return (queue.declaration_result.message_count or 0) == n
+    finally:
+        await connection.close()
