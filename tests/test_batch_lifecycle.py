@@ -95,6 +95,7 @@ async def test_malformed_records_go_to_rejects_and_the_file_loads(
     rows[5] = "5,too,many"  # wrong field count
     rows[7] = "7,row7,extra"
     rows[9] = "bad-n,row9"  # the app's int() fails
+    rows[11] = "-1,row11"  # the app's mysimbdp_batch_check refuses it
     drop(settings, tenant_id, "mixed.csv", "\n".join(rows) + "\n")
     lines = [json.dumps({"n": i, "name": f"j{i}"}) for i in range(30)]
     lines[3] = '{"n": 3, "name": '  # truncated JSON
@@ -105,7 +106,7 @@ async def test_malformed_records_go_to_rejects_and_the_file_loads(
 
     [csv_entry] = await wait_outcome(mongo, tenant_id, "mixed.csv")
     assert csv_entry["state"] == "committed"
-    assert (csv_entry["records_in"], csv_entry["records_rejected"], csv_entry["records_written"]) == (40, 3, 37)
+    assert (csv_entry["records_in"], csv_entry["records_rejected"], csv_entry["records_written"]) == (40, 4, 36)
     [jl] = await wait_outcome(mongo, tenant_id, "mixed.jsonl")
     assert jl["state"] == "committed"
     assert (jl["records_in"], jl["records_rejected"], jl["records_skipped"], jl["records_written"]) == (32, 3, 1, 28)
@@ -114,6 +115,8 @@ async def test_malformed_records_go_to_rejects_and_the_file_loads(
     assert rejects[("mixed.csv", 5)]["raw"] == "5,too,many" and rejects[("mixed.csv", 5)]["stage"] == "parse"
     assert rejects[("mixed.csv", 9)]["raw"] == {"n": "bad-n", "name": "row9"}
     assert "ValueError" in rejects[("mixed.csv", 9)]["reason"]
+    assert rejects[("mixed.csv", 11)]["reason"] == "n must not be negative"
+    assert rejects[("mixed.csv", 11)]["stage"] == "check"
     assert "not valid JSON" in rejects[("mixed.jsonl", 4)]["reason"]
     assert "expected a JSON object" in rejects[("mixed.jsonl", 5)]["reason"]
     assert rejects[("mixed.jsonl", 7)]["reason"] == "bad is yes"

@@ -1,4 +1,4 @@
-"""Test batch apps: a plain one (``batch_plain``) that keeps records as they are, plus an id."""
+"""Test batch app ``batch_plain``: keeps records as they are (``n`` as an int), skips, rejects, checks."""
 
 from __future__ import annotations
 
@@ -20,3 +20,8 @@ def mysimbdp_batch_wrangle(record: dict[str, Any], context: BatchContext) -> dic
     if record.get("bad") == "yes":
         raise Reject("bad is yes")
     return {**record, "n": int(record["n"]), "file": context.file}
+
+
+@hookimpl
+def mysimbdp_batch_check(document: dict[str, Any], context: BatchContext) -> str | None:
+    return "n must not be negative" if document["n"] < 0 else None

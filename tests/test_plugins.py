@@ -1,0 +1,67 @@
+"""The plugin contract: discovery through entry points, misspelt hooks, and every hook tested and documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from mysimbdp import hookimpl, hookspecs
+from mysimbdp.apps import App
+from mysimbdp.errors import PluginError
+from mysimbdp.plugins import get_plugin_manager, list_apps
+
+ROOT = Path(__file__).resolve().parent.parent
+HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("mysimbdp_"))
+
+
+def test_example_apps_are_discovered_through_entry_points() -> None:
+    apps = {a.name: a for a in list_apps(get_plugin_manager())}
+    assert apps["flights"].kinds[0] == "batch" and apps["flights"].distribution == "mysimbdp-flights"
+    assert apps["weather"].version == "0.1.0"
+
+
+def test_extra_apps_by_module_path() -> None:
+    pm = get_plugin_manager({"batch_plain": "tests.plugins.batch_apps"}, load_entry_points=False)
+    app = App(pm, "batch_plain").require("batch")
+    assert app.kinds == ["batch"] and app.has("mysimbdp_batch_wrangle")
+    assert not app.has("mysimbdp_batch_check")
+    wrangle = app.hook("mysimbdp_batch_wrangle")
+    assert wrangle is not None
+    assert wrangle(record={"n": "4"}, context=SimpleNamespace(file="f.csv")) == {"n": 4, "file": "f.csv"}
+
+
+def test_a_misspelt_hook_is_an_error_not_silence() -> None:
+    class Misspelt:
+        @hookimpl
+        def mysimbdp_batch_wrangel(self, record: dict[str, object]) -> None:  # the typo is the test
+            return None
+
+    with pytest.raises(PluginError) as err:
+        get_plugin_manager({"typo": Misspelt()}, load_entry_points=False)
+    assert "mysimbdp_batch_wrangel" in str(err.value) and "docs/plugins.md" in str(err.value)
+
+
+def test_missing_and_wrong_kind_apps_are_named() -> None:
+    pm = get_plugin_manager({"batch_plain": "tests.plugins.batch_apps"}, load_entry_points=False)
+    with pytest.raises(PluginError, match="no tenant app named 'nope'"):
+        App(pm, "nope")
+    with pytest.raises(PluginError, match="not a stream app"):
+        App(pm, "batch_plain").require("stream")
+    with pytest.raises(PluginError, match="cannot import module"):
+        get_plugin_manager({"x": "tests.plugins.does_not_exist"}, load_entry_points=False)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented(hook: str) -> None:
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    assert re.search(rf"^#+ .*`?{hook}\b", docs, re.MULTILINE), f"{hook} needs a heading in docs/plugins.md"
+    assert getattr(hookspecs, hook).__doc__, f"{hook} needs a docstring"
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_test(hook: str) -> None:
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("*.py") if p.name != "test_plugins.py")
+    assert hook in tests, f"no test exercises {hook}"

@@ -1,0 +1,121 @@
+"""Streaming readers: CSV (BOM, quoted fields, malformed rows), JSON Lines, gzip, bombs, sniffing, Arrow."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from mysimbdp.batch.readers import (
+    Malformed,
+    Record,
+    infer_csv_schema,
+    iter_arrow_batches,
+    iter_records,
+    open_stream,
+    sniff,
+)
+from mysimbdp.errors import FileRejected
+
+
+def _items(path: Path, fmt: str, chunk: int = 1000, limit: int = 10**9) -> list[Record | Malformed]:
+    with open_stream(path, fmt, limit) as stream:
+        return [item for c in iter_records(stream, fmt, chunk) for item in c]
+
+
+def test_csv_with_bom_quotes_and_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_bytes('\ufeffid,text\n1,"hello, world"\n2,"two\nlines"\n3,"say ""hi"""\n'.encode())
+    items = _items(path, "csv")
+    assert [i.value for i in items if isinstance(i, Record)] == [
+        {"id": "1", "text": "hello, world"}, {"id": "2", "text": "two\nlines"}, {"id": "3", "text": 'say "hi"'}]
+    assert [i.number for i in items] == [1, 2, 3]
+
+
+def test_csv_malformed_rows_and_invalid_utf8_are_items_not_errors(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"a,b\n1,2\n3\n4,5,6\n\xff\xfe,7\n8,9\n")
+    items = _items(path, "csv")
+    kinds = [(type(i).__name__, i.number) for i in items]
+    assert kinds == [("Record", 1), ("Malformed", 2), ("Malformed", 3), ("Malformed", 4), ("Record", 5)]
+    assert "expected 2 fields, found 1" in items[1].reason  # type: ignore[union-attr]
+    assert "not valid UTF-8" in items[3].reason  # type: ignore[union-attr]
+
+
+def test_jsonl_objects_malformed_lines_and_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl"
+    lines = [json.dumps({"i": i}) for i in range(5)] + ["{oops", "", "[1]", json.dumps({"i": 5})]
+    path.write_text("\n".join(lines) + "\n")
+    with open_stream(path, "jsonl", 10**6) as stream:
+        chunks = list(iter_records(stream, "jsonl", 3))
+    assert [len(c) for c in chunks] == [3, 3, 2]
+    items = [i for c in chunks for i in c]
+    assert [i.number for i in items] == list(range(1, 9)), "blank lines are not records"
+    assert isinstance(items[5], Malformed) and "not valid JSON" in items[5].reason
+    assert isinstance(items[6], Malformed) and "expected a JSON object" in items[6].reason
+
+
+def test_gzip_is_read_streaming_and_a_bomb_stops_at_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv.gz"
+    path.write_bytes(gzip.compress(b"n\n" + b"".join(b"%d\n" % i for i in range(50_000))))
+    assert len(_items(path, "csv.gz")) == 50_000
+    bomb = tmp_path / "bomb.jsonl.gz"
+    bomb.write_bytes(gzip.compress(b'{"a": 0}\n' * 1_000_000))  # ~9 MB of content in a few kB
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(FileRejected) as err:
+        _items(bomb, "jsonl.gz", limit=1_000_000)
+    assert err.value.code == "too_big"
+
+
+@pytest.mark.parametrize(("name", "content", "fmt", "message"), [
+    ("a.csv.gz", b"a,b\n1,2\n", "csv.gz", "not gzip"),
+    ("a.csv", gzip.compress(b"a,b\n"), "csv", "gzip-compressed"),
+    ("a.csv", b"", "csv", "empty"),
+    ("a.csv", b"\x00\x01\x02binary", "csv", "binary"),
+    ("a.jsonl", b"a,b\n1,2\n", "jsonl", "JSON object"),
+    ("a.csv", b'{"a": 1}\n', "csv", "looks like JSON"),
+])
+def test_sniff_refuses_content_that_does_not_match_the_name(
+        tmp_path: Path, name: str, content: bytes, fmt: str, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(FileRejected) as err:
+        sniff(path, fmt)
+    assert err.value.code == "content" and message in err.value.message
+
+
+def test_sniff_accepts_good_files(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_bytes("\ufeffa,b\n1,2\n".encode())
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(b'{"a": 1}\n'))
+    sniff(tmp_path / "a.csv", "csv")
+    sniff(tmp_path / "a.jsonl.gz", "jsonl.gz")
+
+
+def test_arrow_batches_typed_with_bad_values_and_malformed_rows(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text("n,when,name\n1,2013-01-01T10:00:00Z,x\n2,NA,y\nthree,2013-01-02T00:00:00Z,z\n4,x,y,extra\n5,,w\n")
+    schema = infer_csv_schema(path, "csv", 10**6, 1 << 20)
+    assert schema.field("n").type == pa.string()  # 'three' in the first block: inferred as text
+    forced = pa.schema([("n", pa.int64()), ("when", pa.timestamp("s", tz="UTC")), ("name", pa.string())])
+    with open_stream(path, "csv", 10**6) as stream:
+        [batch] = list(iter_arrow_batches(stream, forced, 1 << 20))
+    assert batch.first == 1 and batch.batch.num_rows == 4
+    assert batch.batch.column("n").to_pylist() == [1, 2, None, 5]
+    assert batch.batch.column("when").null_count == 2
+    assert [(i, raw["n"]) for i, _, raw in batch.bad] == [(2, "three")]
+    assert "'three' is not a valid int64" in batch.bad[0][1]
+    assert len(batch.malformed) == 1 and "4,x,y,extra" in batch.malformed[0]
+
+
+def test_arrow_batches_are_bounded_by_the_block_size(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text("n,s\n" + "".join(f"{i},{'x' * 50}\n" for i in range(20_000)))
+    schema = infer_csv_schema(path, "csv", 10**7, 64 * 1024)
+    with open_stream(path, "csv", 10**7) as stream:
+        batches = list(iter_arrow_batches(stream, schema, 64 * 1024))
+    assert len(batches) > 10 and max(b.batch.num_rows for b in batches) < 2000
+    assert [b.first for b in batches[:2]] == [1, batches[0].batch.num_rows + 1]
+    assert sum(b.batch.num_rows for b in batches) == 20_000

@@ -1,0 +1,136 @@
+"""Tenant profiles: validation with key and reason; the registry's hot reload while running."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from mysimbdp.batch.manager import route_for
+from mysimbdp.cli import main
+from mysimbdp.errors import TenantProfileError
+from mysimbdp.tenants import TenantChange, TenantRegistry, load_profile, load_profiles
+
+GOOD = '''id = "acme"
+name = "Acme"
+token_sha256 = "{sha}"
+[batch]
+app = "flights"
+formats = ["csv", "csv.gz", "jsonl"]
+max_file_bytes = 104857600
+max_staged_files = 20
+max_concurrent_files = 2
+storage_quota_bytes = 10737418240
+[[batch.routes]]
+pattern = "big-*.csv"
+app = "heavy"
+max_concurrent_files = 1
+timeout_s = 7200
+'''.replace("{sha}", "ab" * 32)
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_a_complete_profile(tmp_path: Path) -> None:
+    profile = load_profile(_write(tmp_path, "acme.toml", GOOD))
+    assert profile.batch is not None and profile.batch.formats == ("csv", "csv.gz", "jsonl")
+    assert profile.batch.max_error_rate == 0.10 and profile.database == "tenant_acme"
+    route = route_for(profile.batch, "big-2024.csv")
+    assert route is not None and (route.app, route.max_concurrent_files, route.timeout_s) == ("heavy", 1, 7200)
+    assert route_for(profile.batch, "small.csv") is None
+
+
+@pytest.mark.parametrize(("name", "text", "key", "words"), [
+    ("acme.toml", GOOD.replace('id = "acme"', 'id = "Acme!"'), "id", "must match"),
+    ("other.toml", GOOD, "id", "file is named"),
+    ("acme.toml", GOOD.replace("max_staged_files = 20", "max_staged_files = 0"), "batch.max_staged_files", "greater"),
+    ("acme.toml", GOOD.replace('formats = ["csv", "csv.gz", "jsonl"]', 'formats = ["xml"]'), "batch.formats.0", "csv"),
+    ("acme.toml", GOOD.replace("max_file_bytes", "max_file_byte"), "batch.max_file_byte", "not permitted"),
+    ("acme.toml", GOOD.replace("ab" * 32, "nothex"), "token_sha256", "sha256"),
+    ("acme.toml", GOOD + "[[[", "(file)", ""),
+    ("acme.toml", GOOD.replace('app = "flights"\n', ""), "batch.app", "required"),
+])
+def test_invalid_profiles_name_the_key_and_reason(tmp_path: Path, name: str, text: str, key: str, words: str) -> None:
+    with pytest.raises(TenantProfileError) as err:
+        load_profile(_write(tmp_path, name, text))
+    assert err.value.key == key
+    assert words.lower() in err.value.problem.lower()
+    assert name in str(err.value)
+
+
+def test_example_profiles_are_valid() -> None:
+    profiles, errors = load_profiles(Path(__file__).resolve().parent.parent / "config" / "tenants")
+    assert errors == []
+    assert {"flights", "weather"} <= set(profiles)
+    assert profiles["flights"].batch is not None and profiles["flights"].batch.app == "flights"
+
+
+def test_tenants_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write(tmp_path / "tenants", "acme.toml", GOOD)
+    _write(tmp_path / "tenants", "bad.toml", 'id = "bad"\n[batch]\nmax_concurrent_files = 0\n')
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config-dir", str(tmp_path), "tenants", "check"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 1
+    assert "ok       acme" in out and "bad.toml: batch.app" in out
+
+
+async def _wait(changes: list[TenantChange], n: int) -> None:
+    for _ in range(200):
+        if len(changes) >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {n} changes, got {changes}")
+
+
+async def test_registry_hot_reload_onboard_edit_invalid_offboard(tmp_path: Path) -> None:
+    folder = tmp_path / "tenants"
+    stop = asyncio.Event()
+    registry = TenantRegistry(folder, stop)
+    changes: list[TenantChange] = []
+
+    async def listener(change: TenantChange) -> None:
+        changes.append(change)
+
+    registry.add_listener(listener)
+    _write(folder, "acme.toml", GOOD)
+    await registry.start()
+    try:
+        await _wait(changes, 1)
+        assert (changes[0].kind, changes[0].tenant) == ("added", "acme"), "existing tenants replay as added"
+        await asyncio.sleep(0.5)  # the file watcher sets itself up in the background
+
+        _write(folder, "beta.toml", 'id = "beta"\n[batch]\napp = "weather"\n')
+        await _wait(changes, 2)
+        assert (changes[1].kind, changes[1].tenant) == ("added", "beta")
+
+        _write(folder, "beta.toml", 'id = "beta"\n[batch]\napp = "weather"\nmax_file_bytes = 10\n')
+        await _wait(changes, 3)
+        assert changes[2].kind == "changed" and changes[2].new is not None and changes[2].new.batch is not None
+        assert changes[2].new.batch.max_file_bytes == 10
+
+        _write(folder, "beta.toml", 'id = "beta"\n[batch]\napp = "weather"\nmax_file_bytes = -1\n')
+        for _ in range(100):
+            if registry.errors:
+                break
+            await asyncio.sleep(0.05)
+        [(path, err)] = registry.errors.items()
+        assert path.endswith("beta.toml") and err.key == "batch.max_file_bytes"
+        beta = registry.get("beta")
+        assert beta is not None and beta.batch is not None and beta.batch.max_file_bytes == 10, \
+            "an invalid edit keeps the last valid profile"
+        assert registry.get("acme") is not None, "other tenants keep running"
+
+        (folder / "beta.toml").unlink()
+        await _wait(changes, 4)
+        assert (changes[3].kind, changes[3].tenant) == ("removed", "beta")
+        assert [t.id for t in registry.all()] == ["acme"] and registry.errors == {}
+    finally:
+        stop.set()
+        await registry.stop()
