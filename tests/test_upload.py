@@ -179,15 +179,18 @@ async def test_upload_is_staged_with_ledger_entry(env: Env, http: aiohttp.Client
     assert body["bytes"] == len(CSV)
     assert body["sha256"] == hashlib.sha256(CSV).hexdigest()
     assert body["url"] == f"/tenants/{env.tenant}/files/{body['id']}"
+    # the file is in staging under its name, or already taken further by the watcher (which
+    # moves it out only after the ledger entry has left 'staged')
+    try:
+        content: bytes | None = (env.folder / "rows.csv").read_bytes()
+    except FileNotFoundError:
+        content = None
     entry = await env.daemon.ledger.get(body["id"], tenant=env.tenant)
     assert entry is not None
     assert entry["source"] == "upload"
     assert entry["sha256"] == body["sha256"]
     assert entry["bytes"] == len(CSV)
-    # the file is in staging under its name (or already taken further by the watcher)
-    staged = env.folder / "rows.csv"
-    assert not staged.exists() or staged.read_bytes() == CSV
-    assert entry["state"] != FileState.STAGED.value or staged.exists()
+    assert content == CSV or entry["state"] != FileState.STAGED.value
     assert not [n for n in leftovers(env.folder) if n.endswith(".part")]
     events = [e for e in logs if e["event"] == "upload.staged"]
     assert events and events[0]["tenant"] == env.tenant and events[0]["file_id"] == body["id"]
@@ -343,7 +346,13 @@ async def test_same_name_in_progress_is_409_and_staging_full_is_429(
     assert b" 201 " in line
 
 
-async def test_name_already_waiting_is_409(env: Env, http: aiohttp.ClientSession) -> None:
+async def test_name_already_waiting_is_409(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        tenant_id: str, http: aiohttp.ClientSession) -> None:
+    # the watcher waits 30 s for a dropped file to be stable: it stays waiting during the test
+    settings = settings_factory(extra_apps={"upload_rows": APP_MODULE},
+                                batch={"stable_after_s": 30, "rescan_interval_s": 0.5})
+    env = await start_env(start_daemon, settings_factory, tenant_id, settings=settings)
     held = await HeldUpload(env, "wait.csv", len(CSV), CSV[:4]).open()
     # a file of the same name lands in staging while the upload streams: nothing is overwritten
     env.folder.mkdir(parents=True, exist_ok=True)
@@ -352,13 +361,12 @@ async def test_name_already_waiting_is_409(env: Env, http: aiohttp.ClientSession
     assert status == 409 and body["code"] in {"exists", "in_progress"}
     line = await held.finish(CSV[4:])
     assert b" 409 " in line
-    waiting = env.folder / "wait.csv"
-    assert not waiting.exists() or waiting.read_bytes() == b"id\n42\n"
-    if waiting.exists():  # the watcher has not taken it yet: a new upload of that name is refused
-        status, body = await put(http, env, "wait.csv", b"id\n43\n")
-        assert status in (409, 201)
-        if status == 409:
-            assert body["code"] == "exists"
+    assert (env.folder / "wait.csv").read_bytes() == b"id\n42\n"  # not overwritten
+    status, body = await put(http, env, "wait.csv", b"id\n43\n")
+    assert status == 409 and body["code"] == "exists"
+    assert leftovers(env.folder) == ["wait.csv"]
+    rejected = await env.daemon.ledger.find(env.tenant, name="wait.csv", states=[FileState.REJECTED])
+    assert [e["code"] for e in rejected] == ["exists"]  # the upload that lost the race
 
 
 async def test_interrupted_upload_leaves_nothing(env: Env) -> None:
