@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aiohttp import web
+from pymongo.errors import PyMongoError
 
 from mysimbdp.batch.constraints import Usage, check_file, check_name
 from mysimbdp.errors import FileRejected
@@ -53,6 +54,7 @@ STATUS_BY_CODE = {
     "over_quota": 507,
     "no_space": 507,
     "draining": 503,
+    "store_unavailable": 503,
 }
 
 #: Bytes handed to the writer thread at once: memory per upload stays around this size.
@@ -253,10 +255,7 @@ class UploadService:
                 raise
             except Exception as exc:  # a broken body (bad chunked encoding, short of its length)
                 raise self._interrupted(up, exc) from None
-            if await self.daemon.ledger.find(up.tenant, sha256=sha256, states=[FileState.COMMITTED]):
-                raise _refusal("duplicate", f"a file with the same content (sha256 {sha256}) was "
-                               "already loaded; it is not loaded twice", sha256=sha256)
-            file_id = await self.daemon.ledger.stage(up.tenant, up.name, sha256, size, source="upload")
+            file_id = await self._record(up, sha256, size)
             try:
                 await asyncio.to_thread(_publish, part, up.folder / up.name)
             except FileExistsError:
@@ -265,6 +264,11 @@ class UploadService:
                                                     "during the upload")
                 raise _refusal("exists", f"{up.name!r} appeared in staging while it was being "
                                "uploaded; upload it again once that file is loaded") from None
+            except Exception as exc:  # never leave a 'staged' entry without its file
+                with contextlib.suppress(Exception):
+                    await self.daemon.ledger.transition(file_id, FileState.REJECTED, code="internal",
+                                                        reason=f"the upload could not be completed: {exc}")
+                raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
@@ -277,6 +281,18 @@ class UploadService:
         response = json_response(body, status=201)
         response.headers["Location"] = location
         return response
+
+    async def _record(self, up: _Upload, sha256: str, size: int) -> str:
+        """Refuse content already committed, else record the file as ``staged``; its ledger id."""
+        ledger = self.daemon.ledger
+        try:
+            if await ledger.find(up.tenant, sha256=sha256, states=[FileState.COMMITTED]):
+                raise _refusal("duplicate", f"a file with the same content (sha256 {sha256}) was "
+                               "already loaded; it is not loaded twice", sha256=sha256)
+            return await ledger.stage(up.tenant, up.name, sha256, size, source="upload")
+        except PyMongoError as exc:
+            raise HttpError(503, "store_unavailable", "the platform's database cannot be reached; "
+                            f"nothing was kept, retry later ({type(exc).__name__})") from None
 
     async def _stream_to(self, part: Path, request: web.Request, up: _Upload) -> tuple[int, str]:
         """Write the body to ``part`` in chunks, enforcing size and quota as it arrives."""
