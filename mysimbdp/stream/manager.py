@@ -283,7 +283,8 @@ class StreamManager:
             wrangle = app.hook("mysimbdp_stream_wrangle")
             assert wrangle is not None
             return Route(app=name, collection=getattr(target, "collection", None) or "records",
-                         wrangle=wrangle, quality=app.hook("mysimbdp_stream_quality"))
+                         wrangle=wrangle, quality=app.hook("mysimbdp_stream_quality"),
+                         indexes=tuple(getattr(target, "indexes", ()) or ()))
         return Routes(default=route(profile.app), by_type={k: route(v) for k, v in profile.apps.items()})
 
     async def _on_tenant_change(self, change: TenantChange) -> None:
@@ -324,12 +325,29 @@ class StreamManager:
             return
         try:
             await declare_tenant(self._connection, self.settings.stream.exchange, t.id, t.profile)
+            await self._ensure_indexes(t)
             if t.running and t.routes is not None and t.desired > len(t.consumers):
                 await self._set_count(t, t.desired, "tenant onboarded")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("stream.tenant.failed", tenant=t.id, app=t.profile.app, error=str(exc))
+
+    async def _ensure_indexes(self, t: _Tenant) -> None:
+        """Create the indexes the tenant's stream apps ask for (best effort: the store may be down)."""
+        if t.routes is None:
+            return
+        db = self.daemon.store.tenant_db(t.id)
+        for route in (t.routes.default, *t.routes.by_type.values()):
+            for index in route.indexes:
+                options: dict[str, Any] = {"unique": index.unique}
+                if index.name:
+                    options["name"] = index.name
+                try:
+                    await db[route.collection].create_index(list(index.keys), **options)
+                except Exception as exc:  # the documents matter more than the index: go on
+                    log.warning("stream.index.failed", tenant=t.id, collection=route.collection,
+                                index=index.name, error=str(exc)[:300])
 
     async def _provision(self, tenant: str) -> None:
         s = self.settings

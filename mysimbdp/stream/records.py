@@ -13,14 +13,14 @@ data. The rules (see ``docs/stream.md``):
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from mysimbdp.apps import MessageContext
+from mysimbdp.apps import Index, MessageContext
 from mysimbdp.errors import Reject
 
 __all__ = [
@@ -39,6 +39,7 @@ class Route:
     collection: str
     wrangle: Callable[..., Any]
     quality: Callable[..., Any] | None = None
+    indexes: Sequence[Index] = ()
 
 
 @dataclass(frozen=True)
