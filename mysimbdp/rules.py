@@ -13,7 +13,10 @@ The rules, per tenant:
 * **backlog** — the queue holds more than ``max_queue_depth`` messages.
 
 A breach (either rule) for ``breaches_before_alert`` consecutive evaluations raises one alert
-per breached rule and adds ``scale_up_step`` consumers, bounded by ``max_consumers``. When
+per breached rule and adds ``scale_up_step`` consumers, bounded by ``max_consumers``; if the
+cooldown blocks it, the first evaluation after the cooldown that still breaches scales up.
+While nothing can be done (at ``max_consumers``) the alert repeats every
+``breaches_before_alert`` breaches. When
 the queue is empty and the consumers are idle (no message at all: down to ``min_consumers``)
 or underused (still under ``idle_utilization`` busy with one consumer fewer: one fewer) for
 ``idle_reports_before_scale_down`` consecutive evaluations, consumers are removed. After any
@@ -153,10 +156,12 @@ def evaluate(tenant: str, limits: Limits, snap: Snapshot, state: RuleState, now:
     if verdict == "breach":
         state.idle_streak = 0
         state.breach_streak += 1
-        if state.breach_streak < limits.breaches_before_alert:
+        n = limits.breaches_before_alert
+        if state.breach_streak < n:
             return Decision(tenant, verdict)
-        state.breach_streak = 0
-        return _scale_up(tenant, limits, snap, state, now, alerts)
+        # alert at the n-th breach and every n breaches after while nothing can be done
+        alerting = (state.breach_streak - n) % n == 0
+        return _scale_up(tenant, limits, snap, state, now, alerts, alerting)
     state.breach_streak = 0
     if verdict == "ok" or snap.consumers <= limits.min_consumers:
         state.idle_streak = 0
@@ -200,16 +205,21 @@ def _describe(alerts: tuple[Alert, ...]) -> str:
 
 
 def _scale_up(tenant: str, limits: Limits, snap: Snapshot, state: RuleState, now: float,
-              alerts: tuple[Alert, ...]) -> Decision:
-    why = f"{_describe(alerts)} for {limits.breaches_before_alert} consecutive reports"
-    if snap.consumers >= limits.max_consumers:
-        return Decision(tenant, "breach", alerts, skipped=f"{why}; already at max_consumers={limits.max_consumers}")
+              alerts: tuple[Alert, ...], alerting: bool) -> Decision:
+    """Scale up now, or say why not (the streak is kept: the next allowed evaluation acts)."""
+    why = f"{_describe(alerts)} for {state.breach_streak} consecutive reports"
+    shown = alerts if alerting else ()
+    blocked = None
     left = state.cooldown_left(limits, now)
-    if left > 0:
-        return Decision(tenant, "breach", alerts,
-                        skipped=f"{why}; in cooldown for {left:.1f}s more (cooldown_s={limits.cooldown_s:g})")
+    if snap.consumers >= limits.max_consumers:
+        blocked = f"already at max_consumers={limits.max_consumers}"
+    elif left > 0:
+        blocked = f"in cooldown for {left:.1f}s more (cooldown_s={limits.cooldown_s:g})"
+    if blocked is not None:
+        return Decision(tenant, "breach", shown, skipped=f"{why}; {blocked}" if alerting else None)
+    state.breach_streak = 0
     target = min(snap.consumers + limits.scale_up_step, limits.max_consumers)
-    return Decision(tenant, "breach", alerts, target,
+    return Decision(tenant, "breach", shown, target,
                     f"monitor scale-up: {why}; +{target - snap.consumers} consumer(s)")
 
 

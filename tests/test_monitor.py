@@ -206,3 +206,99 @@ async def test_tenant_stats_endpoint(
         assert (await resp.json())["batch"]["files_committed"] == 0
 
 
+
+
+SLOW_STREAM = """app = "monitor_slow"
+min_consumers = 1
+max_consumers = 3
+prefetch = 20
+batch_max_messages = 10
+batch_max_wait_ms = 50
+report_interval_s = 0.5"""
+SLOW_MONITOR = """max_avg_ingest_ms = 300
+max_queue_depth = 50
+breaches_before_alert = 2
+cooldown_s = 1
+idle_reports_before_scale_down = 2"""
+FLOOD = 600
+
+
+def of(events: list[dict[str, Any]], name: str, tenant: str) -> list[dict[str, Any]]:
+    return [e for e in events if e["event"] == name and e.get("tenant") == tenant]
+
+
+def trailing_breaches(verdicts: list[str]) -> int:
+    return len(verdicts) - max((i + 1 for i, v in enumerate(verdicts) if v != "breach"), default=0)
+
+
+async def test_a_flood_at_a_slow_app_scales_up_then_idleness_scales_down(
+        start_daemon: Any, settings_factory: Callable[..., Settings], tenant_id: str,
+        http: aiohttp.ClientSession, mongo: Any, events: list[dict[str, Any]]) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mysimbdp import stats
+    from mysimbdp.publish import publish_records
+
+    settings = settings_factory(extra_apps={"monitor_slow": "tests.plugins.monitor_slow"})
+    (settings.tenants_dir / f"{tenant_id}.toml").write_text(
+        f'id = "{tenant_id}"\ntoken_sha256 = "{hash_token(TOKEN)}"\n'
+        f"[stream]\n{SLOW_STREAM}\n[monitor]\n{SLOW_MONITOR}\n")
+    rd = await start_daemon(settings)
+    stream = rd.daemon.stream
+    await wait_for(lambda: stream.consumer_count(tenant_id) == 1, timeout=30)
+
+    records = ({"n": i, "value": i / 10} for i in range(FLOOD))
+    result = await publish_records(settings.amqp_url, settings.stream.exchange, tenant_id, records)
+    assert result.confirmed == FLOOD
+
+    def changes() -> list[dict[str, Any]]:
+        return [e for e in of(events, "stream.consumers.changed", tenant_id) if e["reason"].startswith("monitor")]
+
+    ups = await wait_for(lambda: [e for e in changes() if e["to"] > e["from"]], timeout=30)
+    # the alert comes at the 2nd consecutive breach (breaches_before_alert); the scale-up at
+    # once, or at the first evaluation after the cooldown (1 s = 2 report periods)
+    verdicts, alert_at = [], None
+    for e in events:
+        if e.get("tenant") != tenant_id:
+            continue
+        if e["event"] == "monitor.evaluated":
+            verdicts.append(e["verdict"])
+        if e["event"] == "monitor.alert" and alert_at is None:
+            alert_at = len(verdicts)
+        if e is ups[0]:
+            break
+    assert alert_at is not None
+    assert trailing_breaches(verdicts[:alert_at]) == 2, verdicts
+    assert 2 <= trailing_breaches(verdicts) <= 2 + 2, verdicts
+    alerts = of(events, "monitor.alert", tenant_id)
+    assert alerts and {a["rule"] for a in alerts} <= {"latency", "backlog"}
+    assert ups[0]["from"] == 1 and ups[0]["to"] == 2
+    assert "consecutive reports" in ups[0]["reason"]
+
+    # the backlog drains: every record ends as one document
+    readings = mongo[f"tenant_{tenant_id}"]["readings"]
+    deadline = time.monotonic() + 60
+    while await readings.count_documents({}) < FLOOD and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert await readings.count_documents({}) == FLOOD
+
+    downs = await wait_for(lambda: [e for e in changes() if e["to"] < e["from"]], timeout=30)
+    await wait_for(lambda: stream.consumer_count(tenant_id) == 1, timeout=30)
+    assert "monitor scale-down" in downs[-1]["reason"]
+    assert max(e["to"] for e in changes()) <= 3
+    assert all(e.get("reason") for e in of(events, "stream.consumers.changed", tenant_id))
+
+    # visible in /metrics ...
+    async with http.get(f"{rd.url}/metrics") as resp:
+        text = await resp.text()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("mysimbdp_stream_messages_total", (("tenant", tenant_id),))] == FLOOD
+    assert samples[("mysimbdp_stream_consumer_changes_total", (("direction", "up"), ("tenant", tenant_id)))] >= 1
+    assert samples[("mysimbdp_monitor_alerts_total", (("rule", alerts[0]["rule"]), ("tenant", tenant_id)))] >= 1
+    assert samples[("mysimbdp_stream_consumers", (("tenant", tenant_id),))] == 1
+    # ... and in the statistics from the log
+    summary = stats.compute_from_log(settings.log_file, tenant_id)["tenants"][tenant_id]
+    assert summary["stream"]["messages"] == FLOOD
+    assert summary["scaling"]["up"] >= 1 and summary["scaling"]["down"] >= 1
+    assert summary["scaling"]["alerts"] == len(of(events, "monitor.alert", tenant_id))

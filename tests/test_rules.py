@@ -80,8 +80,15 @@ def test_cooldown_defers_scaling_but_not_the_alert() -> None:
     d = run([snap, snap], state=state)[1]  # at t=1010, 15 s after the change (cooldown 30 s)
     assert d.alerts and d.target is None
     assert d.skipped is not None and "cooldown" in d.skipped
-    later = run([snap, snap], state=state, start=1040.0)[1]
-    assert later.target == 2
+    later = run([snap], state=state, start=1040.0)[0]  # the streak was kept: act at once
+    assert later.target == 2 and not later.alerts
+
+
+def test_at_max_the_alert_repeats_every_n_breaches() -> None:
+    snap = Snapshot((report(avg_ms=2500),), consumers=3)
+    decisions = run([snap] * 6)
+    assert [bool(d.alerts) for d in decisions] == [False, True, False, True, False, True]
+    assert all(d.target is None for d in decisions)
 
 
 def test_idle_scales_down_to_min_after_n_reports() -> None:
