@@ -260,12 +260,12 @@ class Monitor:
             raise
         except Exception:
             depth = None
-        running = consumers > 0
+        # the manager's health lists each tenant's state without asking the broker again
+        # (status() would also call the management API); without it, consumers tell
+        state = None
         with contextlib.suppress(Exception):
-            status = await asyncio.wait_for(stream.status(tenant), 5.0)
-            state = status.get("state") if isinstance(status, dict) else None
-            if isinstance(state, str):
-                running = state not in ("stopped", "offboarded", "failed")
+            state = stream.health()["tenants"][tenant]["state"]
+        running = state == "running" if isinstance(state, str) else consumers > 0
         return consumers, (int(depth) if isinstance(depth, int | float) else None), running
 
     async def _carry_out(self, decision: Decision, stream: Any, running: bool, autoscale: bool,
