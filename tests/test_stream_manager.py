@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 from structlog.testing import capture_logs
@@ -14,7 +15,13 @@ from mysimbdp.cli import main
 from mysimbdp.config import Settings
 from mysimbdp.stream.manager import OutOfBounds, UnknownStream
 from tests.conftest import ADMIN_TOKEN
-from tests.plugins.stream_support import ECHO_APPS, wait_consumers, write_profile
+from tests.plugins.stream_support import (
+    ECHO_APPS,
+    publish_raw,
+    wait_consumers,
+    wait_until,
+    write_profile,
+)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -137,3 +144,28 @@ async def test_offboarding_stops_consumers_and_keeps_the_queue(
     await rd.daemon.tenants.reload()
     await wait_consumers(rd.daemon, tenant_id, 1)
     assert await rd.daemon.stream.queue_depth(tenant_id) == 0
+
+
+async def test_drain_flushes_and_acknowledges_buffered_messages(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        mongo: Any, amqp_url: str, tenant_id: str) -> None:
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    # Batches would wait 30 s: only the drain makes the consumer flush.
+    write_profile(settings, tenant_id, batch_max_messages=1000, batch_max_wait_ms=30_000)
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    await publish_raw(amqp_url, tenant_id, [{"n": i} for i in range(10)], [f"d{i}" for i in range(10)])
+
+    async def buffered() -> bool:
+        return bool((await rd.daemon.stream.status(tenant_id))["buffered"] == 10)
+    await wait_until(buffered, what="10 buffered messages")
+    assert await mongo[f"tenant_{tenant_id}"]["events"].count_documents({}) == 0
+    rd.daemon.request_stop("test: drain")
+    await asyncio.wait_for(rd.task, 20)
+    assert await mongo[f"tenant_{tenant_id}"]["events"].count_documents({}) == 10
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        queue = await (await connection.channel()).declare_queue(f"mysimbdp.{tenant_id}", passive=True)
+        assert queue.declaration_result.message_count == 0  # acknowledged, not returned to the queue
+    finally:
+        await connection.close()

@@ -235,20 +235,22 @@ class StreamManager:
         async with t.lock:
             before = len(t.consumers)
             t.desired = count
-            if count > before:
-                connection = self._live_connection()
-                for slot in range(1, t.profile.max_consumers + 1):
-                    if len(t.consumers) >= count:
-                        break
-                    if slot not in t.consumers:
-                        await self._start_consumer(t, slot, connection)
-            elif count < before:
-                extra = sorted(t.consumers)[count:]
-                stopping = [t.consumers.pop(slot) for slot in extra]
-                await asyncio.gather(*(c.stop(self.settings.drain_timeout_s) for c in stopping))
-            after = len(t.consumers)
-        if after != before:
-            log.info("stream.consumers.changed", tenant=t.id, **{"from": before, "to": after}, reason=reason)
+            try:
+                if count > before:
+                    connection = self._live_connection()
+                    for slot in range(1, t.profile.max_consumers + 1):
+                        if len(t.consumers) >= count:
+                            break
+                        if slot not in t.consumers:
+                            await self._start_consumer(t, slot, connection)
+                elif count < before:
+                    extra = sorted(t.consumers)[count:]
+                    stopping = [t.consumers.pop(slot) for slot in extra]
+                    await asyncio.gather(*(c.stop(self.settings.drain_timeout_s) for c in stopping))
+            finally:  # a failure half-way still reports the consumers that did change
+                after = len(t.consumers)
+                if after != before:
+                    log.info("stream.consumers.changed", tenant=t.id, **{"from": before, "to": after}, reason=reason)
         return before, after
 
     async def _start_consumer(self, t: _Tenant, slot: int, connection: AbstractRobustConnection) -> None:
