@@ -75,6 +75,18 @@ def mysimbdp_batch_wrangle_table(table: pa.RecordBatch, context: BatchContext) -
 
 
 @hookspec(firstresult=True)
+def mysimbdp_batch_columns(context: BatchContext) -> dict[str, pa.DataType] | None:
+    """Optional: the column types the columnar path reads CSV files with.
+
+    :param context: the tenant, app and file about to be loaded.
+    :returns: ``{column name: pyarrow type}`` (e.g. ``{"year": pa.int64()}``); columns not
+        listed keep the types inferred from the file's first block. A value that does not
+        fit its declared type sends its row to ``_rejects`` instead of changing the type of
+        the whole column. The first non-None result wins.
+    """
+
+
+@hookspec(firstresult=True)
 def mysimbdp_batch_check(document: dict[str, Any], context: BatchContext) -> str | None:
     """Optional per-record validity check, run on each wrangled document before writing.
 

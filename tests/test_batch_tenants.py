@@ -10,7 +10,14 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from mysimbdp.config import Settings
-from tests.batch_support import WEATHER_CSV, WEATHER_ROWS, drop, flights_lines, wait_outcome, write_profile
+from tests.batch_support import (
+    WEATHER_CSV,
+    WEATHER_ROWS,
+    drop,
+    flights_lines,
+    wait_outcome,
+    write_profile,
+)
 
 FLIGHT_ROWS = 3000
 
@@ -67,3 +74,25 @@ async def test_weather_csv_and_jsonl_end_to_end(start_daemon: Callable[..., Any]
     [entry] = await wait_outcome(mongo, tenant_id, "more.jsonl")
     assert entry["state"] == "committed" and entry["records_written"] == 3
     assert await db.observations.count_documents({"time": {"$gte": datetime(2014, 1, 1, tzinfo=UTC)}}) == 3
+
+
+async def test_flights_columnar_path_rejects_bad_rows_only(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    settings = settings_factory()
+    write_profile(settings, tenant_id, "flights")
+    await start_daemon(settings)
+    lines = flights_lines(200)
+    lines[3] = lines[3].replace("2013,1,1,", "2013,13,1,", 1)  # month 13: the app marks _reject
+    # dep_time is declared int64 by the app's mysimbdp_batch_columns: a stray value rejects the row only
+    lines[5] = lines[5].replace("2013,1,1,", "2013,1,1,n/a-", 1)
+    lines[7] = "2013,1,1,extra\n"  # wrong number of fields
+    drop(settings, tenant_id, "bad.csv", "".join(lines))
+    [entry] = await wait_outcome(mongo, tenant_id, "bad.csv")
+    assert entry["state"] == "committed", entry
+    assert (entry["records_in"], entry["records_rejected"], entry["records_written"]) == (200, 3, 197)
+    rejects = {r["stage"] + ":" + str(r["record"]): r async for r in mongo[f"tenant_{tenant_id}"]["_rejects"].find({})}
+    assert "out of range" in rejects["wrangle:3"]["reason"] and rejects["wrangle:3"]["raw"]["month"] == 13
+    assert "dep_time" in rejects["parse:5"]["reason"] and "not a valid int64" in rejects["parse:5"]["reason"]
+    assert rejects["parse:None"]["raw"].startswith("expected 19 fields, found 4")
+    assert await mongo[f"tenant_{tenant_id}"].flights.count_documents({}) == 197

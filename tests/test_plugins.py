@@ -27,7 +27,7 @@ def test_extra_apps_by_module_path() -> None:
     pm = get_plugin_manager({"batch_plain": "tests.plugins.batch_apps"}, load_entry_points=False)
     app = App(pm, "batch_plain").require("batch")
     assert app.kinds == ["batch"] and app.has("mysimbdp_batch_wrangle")
-    assert not app.has("mysimbdp_batch_check")
+    assert app.has("mysimbdp_batch_check") and not app.has("mysimbdp_batch_wrangle_table")
     wrangle = app.hook("mysimbdp_batch_wrangle")
     assert wrangle is not None
     assert wrangle(record={"n": "4"}, context=SimpleNamespace(file="f.csv")) == {"n": 4, "file": "f.csv"}

@@ -180,6 +180,11 @@ class _Producer:
     def _columnar(self) -> Iterator[Prepared]:
         job = self.job
         schema = infer_csv_schema(job.path, job.fmt, job.max_file_bytes, ARROW_BLOCK_BYTES)
+        try:
+            declared = job.app.call("mysimbdp_batch_columns", context=self.ctx) or {}
+            schema = pa.schema([pa.field(f.name, declared.get(f.name, f.type)) for f in schema])
+        except Exception as exc:
+            raise AppFailed(f"mysimbdp_batch_columns: {_reason(exc)}") from exc
         wrangle = job.app.hook("mysimbdp_batch_wrangle_table")
         check = job.app.hook("mysimbdp_batch_check")
         assert wrangle is not None
@@ -188,35 +193,47 @@ class _Producer:
                 out = wrangle(table=ab.batch, context=self.ctx)
             except Exception as exc:
                 raise AppFailed(f"mysimbdp_batch_wrangle_table raised {_reason(exc)}") from exc
-            yield self._documents(ab, out, check)
+            out = _as_batch(out, ab.batch.num_rows)
+            refused = self._refused(ab, out)
+            if "_reject" in out.schema.names:
+                out = out.drop_columns(["_reject"])
+            out = _naive_utc(out)
+            # slices of write_batch_size rows: bounded memory and one write in flight per slice
+            for lo in range(0, max(out.num_rows, 1), self.chunk_size):
+                prep = self._documents(ab, out.slice(lo, self.chunk_size), lo, refused, check)
+                if lo == 0:
+                    prep.records_in += len(ab.malformed)
+                    prep.rejects[:0] = [self.reject(None, "parse", text.split(": ", 1)[0], text, key=f"m{ab.first}.{k}")
+                                        for k, text in enumerate(ab.malformed)]
+                yield prep
 
-    def _documents(self, ab: ArrowBatch, out: Any, check: Any) -> Prepared:
-        if isinstance(out, pa.Table):
-            out = out.combine_chunks().to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist([], schema=out.schema)
-        if not isinstance(out, pa.RecordBatch) or out.num_rows != ab.batch.num_rows:
-            got = out.num_rows if isinstance(out, pa.RecordBatch) else type(out).__name__
-            raise AppFailed(f"mysimbdp_batch_wrangle_table must return {ab.batch.num_rows} rows, got {got}")
-        prep = Prepared([], [], records_in=ab.batch.num_rows + len(ab.malformed))
-        for k, text in enumerate(ab.malformed):
-            prep.rejects.append(self.reject(None, "parse", text.split(": ", 1)[0], text, key=f"m{ab.first}.{k}"))
+    def _refused(self, ab: ArrowBatch, out: pa.RecordBatch) -> dict[int, tuple[str, str]]:
+        """Rows not to write: values that did not fit their column, and rows the app marked."""
         refused: dict[int, tuple[str, str]] = {i: ("parse", reason) for i, reason, _ in ab.bad}
-        names = out.schema.names
-        if "_reject" in names:
+        if "_reject" in out.schema.names:
             for i, reason in enumerate(out.column("_reject").to_pylist()):
                 if reason is not None and i not in refused:
                     refused[i] = ("wrangle", str(reason))
-            names = [n for n in names if n != "_reject"]
-        columns = [out.column(n).to_pylist() for n in names]
+        return refused
+
+    def _documents(self, ab: ArrowBatch, out: pa.RecordBatch, lo: int, refused: dict[int, tuple[str, str]],
+                   check: Any) -> Prepared:
+        """Documents of rows ``lo .. lo + out.num_rows`` of the block (``out`` is that slice)."""
+        n = out.num_rows
+        prep = Prepared([], [], records_in=n)
+        names = out.schema.names
+        columns = [out.column(name).to_pylist() for name in names]
         keys = ["_id", *names]
-        first, prefix = ab.first, self.prefix
-        ids = [f"{prefix}{first + i}" for i in range(out.num_rows)]
+        first, prefix = ab.first + lo, self.prefix
+        ids = [f"{prefix}{first + i}" for i in range(n)]
         rows = zip(ids, *columns, strict=True)
-        if not refused and check is None:
+        mine = {i - lo: r for i, r in refused.items() if lo <= i < lo + n}
+        if not mine and check is None:
             prep.docs = [dict(zip(keys, row, strict=True)) for row in rows]
-            prep.raws = [None] * len(prep.docs)
+            prep.raws = [None] * n
             return prep
         for i, row in enumerate(rows):
-            if i in refused:
+            if i in mine:
                 continue
             doc = dict(zip(keys, row, strict=True))
             if check is not None:
@@ -225,15 +242,40 @@ class _Producer:
                 except Exception as exc:
                     problem = _reason(exc)
                 if problem is not None:
-                    refused[i] = ("check", str(problem))
+                    mine[i] = ("check", str(problem))
                     continue
             prep.docs.append(doc)
             prep.raws.append(None)
-        if refused:
-            raw_rows = ab.batch.to_pylist()
-            for i, (stage, reason) in sorted(refused.items()):
+        if mine:
+            raw_rows = ab.batch.slice(lo, n).to_pylist()
+            for i, (stage, reason) in sorted(mine.items()):
                 prep.rejects.append(self.reject(first + i, stage, reason, raw_rows[i]))
         return prep
+
+
+def _as_batch(out: Any, rows: int) -> pa.RecordBatch:
+    """The app's result as one RecordBatch of ``rows`` rows, or :class:`AppFailed`."""
+    if isinstance(out, pa.Table):
+        out = out.combine_chunks()
+        out = out.to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist([], schema=out.schema)
+    if not isinstance(out, pa.RecordBatch) or out.num_rows != rows:
+        got = out.num_rows if isinstance(out, pa.RecordBatch) else type(out).__name__
+        raise AppFailed(f"mysimbdp_batch_wrangle_table must return {rows} rows, got {got}")
+    return out
+
+
+def _naive_utc(out: pa.RecordBatch) -> pa.RecordBatch:
+    """Time-zone-aware timestamp columns as naive UTC: same instants, 3x cheaper to convert to Python."""
+    if not any(pa.types.is_timestamp(f.type) and f.type.tz for f in out.schema):
+        return out
+    columns, fields = [], []
+    for f, column in zip(out.schema, out.columns, strict=True):
+        if pa.types.is_timestamp(f.type) and f.type.tz:
+            column = column.cast(pa.timestamp(f.type.unit))
+            f = pa.field(f.name, column.type)
+        columns.append(column)
+        fields.append(f)
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
 
 
 class FileLoader:

@@ -274,7 +274,7 @@ class BatchManager:
         """Record the rejection, move the file to ``rejected/`` with ``<name>.reason.json``, log it."""
         ledger = self.daemon.ledger
         seconds = time.monotonic() - started if started is not None else 0.0
-        counts = Counts(**{k: int(v) for k, v in exc.details.items() if k in Counts.__dataclass_fields__})  # type: ignore[arg-type]
+        counts = Counts(**{k: v for k, v in exc.details.items() if k in Counts.__dataclass_fields__ and isinstance(v, int)})
         if entry_id is None:
             entry_id = await ledger.stage(tenant, path.name, sha, size, source="staging")
         dest = _free_path(self.archive_dir / tenant / "rejected", path.name, entry_id)

@@ -15,6 +15,7 @@ import codecs
 import csv
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ def sniff(path: Path, fmt: str) -> None:
         try:
             with gzip.open(path, "rb") as g:
                 head = g.read(SNIFF_BYTES)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:  # zlib.error: corrupt deflate data
             raise FileRejected("content", f"the gzip stream is corrupt: {exc}") from None
     elif head.startswith(GZIP_MAGIC):
         raise FileRejected("content", f"the content is gzip-compressed; name the file *.{fmt}.gz")

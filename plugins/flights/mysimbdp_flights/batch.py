@@ -23,7 +23,8 @@ import pyarrow.compute as pc
 from mysimbdp import Reject, hookimpl
 from mysimbdp.apps import BatchContext, Index, Target
 
-__all__ = ["mysimbdp_batch_target", "mysimbdp_batch_wrangle_table", "mysimbdp_batch_wrangle"]
+__all__ = ["mysimbdp_batch_target", "mysimbdp_batch_columns", "mysimbdp_batch_wrangle_table",
+           "mysimbdp_batch_wrangle"]
 
 KM_PER_MILE = 1.609344
 LOCAL = "America/New_York"
@@ -38,6 +39,18 @@ def mysimbdp_batch_target(tenant: str) -> Target:
         Index([("origin", 1), ("scheduled_departure", 1)]),
         Index([("carrier", 1), ("flight", 1), ("scheduled_departure", 1)]),
     ))
+
+
+INT_COLUMNS = ("year", "month", "day", "dep_time", "sched_dep_time", "dep_delay", "arr_time", "sched_arr_time",
+               "arr_delay", "flight", "air_time", "distance", "hour", "minute")
+
+
+@hookimpl
+def mysimbdp_batch_columns(context: BatchContext) -> dict[str, pa.DataType]:
+    """Integer columns stay integers: a stray value rejects its row, not the file."""
+    types: dict[str, pa.DataType] = {name: pa.int64() for name in INT_COLUMNS}
+    types.update({name: pa.string() for name in ("carrier", "tailnum", "origin", "dest")})
+    return types
 
 
 def _days_from_civil(year: Any, month: Any, day: Any) -> Any:
