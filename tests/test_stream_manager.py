@@ -169,3 +169,22 @@ async def test_drain_flushes_and_acknowledges_buffered_messages(
         assert queue.declaration_result.message_count == 0  # acknowledged, not returned to the queue
     finally:
         await connection.close()
+
+
+async def test_a_tenant_whose_stream_app_is_missing_fails_alone(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        http: aiohttp.ClientSession, tenant_id: str) -> None:
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    write_profile(settings, tenant_id + "x", app="no_such_app")
+    write_profile(settings, tenant_id)
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    base = f"{rd.url}/tenants/{tenant_id}x/stream"
+    async with http.get(base, headers=ADMIN) as resp:
+        status = await resp.json()
+    assert status["state"] == "failed" and "no_such_app" in status["error"]
+    async with http.post(base + "/start", headers=ADMIN) as resp:
+        err = await resp.json()
+    assert resp.status == 409 and err["code"] == "not_running" and "mysimbdp apps" in err["message"]
+    health = rd.daemon.stream.health()
+    assert health["up"] is True and tenant_id + "x" in health["errors"]

@@ -132,7 +132,11 @@ class Consumer:
         self._queue = await self._channel.get_queue(queue_name(self.tenant), ensure=False)
         self._tasks = [asyncio.create_task(self._flush_loop(), name=f"{self.instance}.flush"),
                        asyncio.create_task(self._tick_loop(), name=f"{self.instance}.tick")]
-        self._tag = await self._queue.consume(self._on_message, no_ack=False)
+        try:
+            self._tag = await self._queue.consume(self._on_message, no_ack=False)
+        except BaseException:
+            await self.stop(0)
+            raise
         self._log.info("stream.consumer.started", prefetch=self.profile.prefetch)
 
     async def stop(self, timeout: float) -> int:
