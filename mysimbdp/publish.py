@@ -110,43 +110,55 @@ def group(records: Iterable[dict[str, Any]], batch: int) -> Iterator[tuple[int, 
 
 
 class _Pipeline:
-    """Publishes with confirms, keeping up to ``window`` messages unconfirmed at once."""
+    """``window`` publishers share one source of messages; each awaits its message's confirm.
 
-    def __init__(self, exchange: AbstractExchange, key: str, window: int, result: PublishResult) -> None:
-        self.exchange, self.key, self.result = exchange, key, result
-        self._slots = asyncio.Semaphore(window)
-        self._pending: set[asyncio.Task[None]] = set()
+    So up to ``window`` messages are unconfirmed at once, without a task per message.
+    """
+
+    def __init__(self, exchange: AbstractExchange, key: str, source: Iterator[tuple[int, bytes]],
+                 prefix: str, rate: float | None, result: PublishResult) -> None:
+        self.exchange, self.key, self.prefix, self.rate, self.result = exchange, key, prefix, rate, result
+        self._source = enumerate(source)
+        self.t0 = time.monotonic()
         self.failure: BaseException | None = None
 
-    async def send(self, message: aio_pika.Message) -> None:
-        await self._slots.acquire()
-        if self.failure is not None:
-            self._slots.release()
-            raise self.failure
-        task = asyncio.create_task(self._publish(message))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-        self.result.sent += 1
-
-    async def _publish(self, message: aio_pika.Message) -> None:
-        try:
-            await self.exchange.publish(message, self.key, mandatory=True)
-            self.result.confirmed += 1
-        except PublishError:
-            self.result.unroutable += 1
-        except DeliveryError:
-            self.result.nacked += 1
-        except Exception as exc:  # the channel was closed: refused, or the broker went away
-            if self.failure is None:
-                self.failure = exc
-        finally:
-            self._slots.release()
-
-    async def wait(self) -> None:
-        if self._pending:
-            await asyncio.gather(*list(self._pending))
+    async def run(self, window: int) -> None:
+        await asyncio.gather(*(self._worker() for _ in range(window)))
         if self.failure is not None:
             raise self.failure
+
+    async def _worker(self) -> None:
+        for n, (count, body) in self._source:
+            if self.failure is not None:
+                return
+            if self.rate:
+                ahead = self.t0 + n / self.rate - time.monotonic()
+                if ahead > 0.001:
+                    await asyncio.sleep(ahead)
+            now = datetime.now(UTC)
+            message = aio_pika.Message(
+                body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=f"{self.prefix}-{n}", timestamp=now,
+                headers={TIMESTAMP_MS_HEADER: int(now.timestamp() * 1000)})
+            self.result.sent += 1
+            self.result.records += count
+            try:
+                await self.exchange.publish(message, self.key, mandatory=True)
+                self.result.confirmed += 1
+            except PublishError:
+                self.result.unroutable += 1
+            except DeliveryError:
+                self.result.nacked += 1
+            except Exception as exc:  # the channel was closed: refused, or the broker went away
+                if self.failure is None:
+                    self.failure = exc
+                return
+
+
+async def _report_progress(result: PublishResult, t0: float, progress: Progress, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        progress(result.sent, result.confirmed, time.monotonic() - t0)
 
 
 async def publish_records(url: str, exchange: str, routing_key: str, records: Iterable[dict[str, Any]], *,
@@ -165,27 +177,14 @@ async def publish_records(url: str, exchange: str, routing_key: str, records: It
     except Exception as exc:
         raise BrokerUnavailable(f"cannot connect to the broker: {type(exc).__name__}: {exc}") from None
     t0 = time.monotonic()
-    next_progress = t0 + progress_every_s
+    reporter = None
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        pipe = _Pipeline(await channel.get_exchange(exchange, ensure=False), routing_key, window, result)
-        for n, (count, body) in enumerate(group(records, batch)):
-            if rate:
-                ahead = t0 + n / rate - time.monotonic()
-                if ahead > 0.005:
-                    await asyncio.sleep(ahead)
-            now = datetime.now(UTC)
-            await pipe.send(aio_pika.Message(
-                body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=f"{prefix}-{n}", timestamp=now,
-                headers={TIMESTAMP_MS_HEADER: int(now.timestamp() * 1000)}))
-            result.records += count
-            if progress is not None and time.monotonic() >= next_progress:
-                progress(result.sent, result.confirmed, time.monotonic() - t0)
-                next_progress += progress_every_s
-        await pipe.wait()
-    except (BrokerUnavailable, PublishRefused):
-        raise
+        pipe = _Pipeline(await channel.get_exchange(exchange, ensure=False), routing_key,
+                         group(records, batch), prefix, rate, result)
+        if progress is not None:
+            reporter = asyncio.create_task(_report_progress(result, t0, progress, progress_every_s))
+        await pipe.run(window)
     except MysimbdpError:
         raise
     except Exception as exc:
@@ -195,6 +194,8 @@ async def publish_records(url: str, exchange: str, routing_key: str, records: It
             "(`mysimbdp tenants provision <tenant>` issues them)") from None
     finally:
         result.seconds = time.monotonic() - t0
+        if reporter is not None:
+            reporter.cancel()
         try:
             await connection.close()
         except Exception:
