@@ -1,0 +1,85 @@
+"""(1) Batch throughput: flights.csv dropped into staging -> committed, against ``insert_many``.
+
+Each repetition loads the file as a new tenant (its own empty database), then writes the
+very documents the platform produced (read back from the tenant's collection, ``_id``
+included) into a fresh collection of the same store with ``insert_many(ordered=False)`` in
+batches of the platform's ``write_batch_size``: the store's bulk intake, the ceiling.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.ceilings import insert_many_rate, read_documents
+from bench.daemon import BenchDaemon
+from bench.data import FLIGHTS_ROWS, DataFile, flights_csv, flights_slice
+from bench.loads import BATCH_SETTINGS, FLIGHTS_COLLECTION, LoadRun, batch_profile, load_file
+from bench.results import Result, Target, metric_from_runs
+from bench.session import Session
+
+__all__ = ["NAME", "TITLE", "run", "flights_data", "WRITE_BATCH_SIZE"]
+
+NAME = "batch"
+TITLE = "Batch throughput against insert_many"
+WRITE_BATCH_SIZE = 1000  # the platform's default batch.write_batch_size
+TARGET = Target(">=", 0.85)
+
+
+def flights_data(session: Session) -> DataFile:
+    """flights.csv, or its first rows at smaller scales."""
+    rows = session.scale.flights_rows
+    data_dir = session.env.data_dir
+    return flights_csv(data_dir) if rows >= FLIGHTS_ROWS else flights_slice(rows, data_dir=data_dir)
+
+
+async def flights_loads(session: Session, data: DataFile, repeat: int,
+                        between: Any = None) -> tuple[list[LoadRun], BenchDaemon | None]:
+    """``repeat`` loads of ``data``, each by a new tenant of one daemon; ``between(i, run)``
+    runs after each load (the daemon idle)."""
+    tenants = [session.env.new_tenant("fl") for _ in range(repeat)]
+    runs: list[LoadRun] = []
+    daemon = BenchDaemon(session.env, "batch", tenants=[batch_profile(t) for t in tenants],
+                         batch=BATCH_SETTINGS)
+    async with daemon:
+        for i, tenant in enumerate(tenants):
+            session.say(f"{NAME}: platform load {i + 1}/{repeat} of {data.rows} rows")
+            run = await load_file(daemon, tenant, data, session.scale.timeout_s)
+            runs.append(run)
+            session.say(f"{NAME}:   {run.rate:,.0f} records/s, {run.cpu_us_per_record:.1f} us CPU/record")
+            if between is not None:
+                await between(i, run)
+    return runs, daemon
+
+
+async def run(session: Session, result: Result) -> None:
+    """Platform and ceiling, alternating, ``repeat`` times each."""
+    data = flights_data(session)
+    env = session.env
+    ceiling_db = env.db(f"bench_ceiling_{env.run_id}")
+    documents: list[dict[str, Any]] = []
+    ceilings: list[dict[str, Any]] = []
+
+    async def ceiling(i: int, load: LoadRun) -> None:
+        if not documents:
+            documents.extend(await read_documents(env.db(f"tenant_{load.tenant}")[FLIGHTS_COLLECTION]))
+        await env.drop(f"tenant_{load.tenant}")
+        session.say(f"{NAME}: ceiling {i + 1}/{session.repeat}: insert_many of {len(documents)} documents")
+        timing = await insert_many_rate(ceiling_db[f"ceiling{i}"], documents, WRITE_BATCH_SIZE)
+        await ceiling_db.drop_collection(f"ceiling{i}")
+        ceilings.append(timing.to_json())
+        session.say(f"{NAME}:   {timing.rate:,.0f} records/s")
+
+    loads, _ = await flights_loads(session, data, session.repeat, between=ceiling)
+    session.memo["flights_loads"] = loads
+    await env.drop(ceiling_db.name)
+
+    ratios = [load.rate / c["rate"] for load, c in zip(loads, ceilings, strict=True) if c["rate"]]
+    result.settings = {"file": data.path.name, "rows": data.rows, "bytes": data.bytes,
+                       "write_batch_size": WRITE_BATCH_SIZE, "daemon_batch_settings": BATCH_SETTINGS}
+    result.add(metric_from_runs("platform_records_per_s", "platform, drop to committed",
+                                [r.rate for r in loads], "records/s"))
+    result.add(metric_from_runs("ceiling_records_per_s", "ceiling, insert_many(ordered=False)",
+                                [c["rate"] for c in ceilings], "records/s"))
+    result.add(metric_from_runs("ratio", "platform / ceiling", ratios, "", TARGET,
+                                note="median of the per-repetition ratios"))
+    result.runs = [{"platform": load.to_json(), "ceiling": c} for load, c in zip(loads, ceilings, strict=True)]

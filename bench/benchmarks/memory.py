@@ -1,0 +1,77 @@
+"""(3) Memory and scale: peak RSS and records/s of the daemon loading ~100 MB and ~1 GB files.
+
+The files repeat flights.csv's rows with unique keys (dates shifted by a year per copy).
+Each load runs in a fresh daemon, so ``VmHWM`` (the peak RSS since the process started)
+belongs to that load alone; the daemon's RSS before the load is reported beside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.daemon import BenchDaemon
+from bench.data import flights_sized
+from bench.loads import BATCH_SETTINGS, batch_profile, load_file
+from bench.results import Metric, Result, Target, metric_from_runs
+from bench.session import Session
+from bench.stats import median
+
+__all__ = ["NAME", "TITLE", "run"]
+
+NAME = "memory"
+TITLE = "Memory and scale: 100 MB and 1 GB files"
+RSS_TARGET = Target("<=", 150.0)
+LINEAR_TARGET = Target(">=", 0.9)
+
+
+def _label(size: int) -> str:
+    return f"{size / 1e9:g} GB" if size >= 1e9 else f"{size / 1e6:g} MB"
+
+
+async def _load(session: Session, size: int) -> dict[str, Any]:
+    data = flights_sized(size, session.env.data_dir)
+    tenant = session.env.new_tenant("mem")
+    daemon = BenchDaemon(session.env, "memory", tenants=[batch_profile(tenant)], batch=BATCH_SETTINGS)
+    async with daemon:
+        assert daemon.stats is not None
+        rss_before = daemon.stats.rss_mb()
+        run = await load_file(daemon, tenant, data, session.scale.timeout_s)
+    await session.env.drop(f"tenant_{tenant}")
+    return {**run.to_json(), "rss_before_mb": round(rss_before, 1), "size_label": _label(size)}
+
+
+async def run(session: Session, result: Result) -> None:
+    """The small file ``repeat`` times, the large one ``large_repeat`` times (it is long)."""
+    scale = session.scale
+    plan = [(scale.small_bytes, session.repeat), (scale.large_bytes, min(session.repeat, scale.large_repeat))]
+    by_size: dict[int, list[dict[str, Any]]] = {}
+    for size, reps in plan:
+        session.say(f"{NAME}: generating the {_label(size)} file (cached in bench/data)")
+        flights_sized(size, session.env.data_dir)
+        for i in range(reps):
+            session.say(f"{NAME}: {_label(size)} load {i + 1}/{reps}")
+            load = await _load(session, size)
+            session.say(f"{NAME}:   {load['records_per_s']:,.0f} records/s, peak RSS {load['peak_rss_mb']:.0f} MiB")
+            by_size.setdefault(size, []).append(load)
+    small, large = by_size[scale.small_bytes], by_size[scale.large_bytes]
+    result.settings = {"small": {"bytes": small[0]["bytes"], "records": small[0]["records"], "repeat": len(small)},
+                       "large": {"bytes": large[0]["bytes"], "records": large[0]["records"], "repeat": len(large)},
+                       "daemon_batch_settings": BATCH_SETTINGS}
+    ls, ll = _label(scale.small_bytes), _label(scale.large_bytes)
+    result.add(metric_from_runs("peak_rss_large_mb", f"peak RSS, {ll} file", [r["peak_rss_mb"] for r in large],
+                                "MiB", RSS_TARGET))
+    result.add(metric_from_runs("peak_rss_small_mb", f"peak RSS, {ls} file", [r["peak_rss_mb"] for r in small], "MiB"))
+    result.add(metric_from_runs("rss_before_mb", "RSS of the started daemon before loading",
+                                [r["rss_before_mb"] for r in small + large], "MiB"))
+    rate_small = median([r["records_per_s"] for r in small])
+    rate_large = median([r["records_per_s"] for r in large])
+    result.add(metric_from_runs("records_per_s_small", f"records/s, {ls} file", [r["records_per_s"] for r in small],
+                                "records/s"))
+    result.add(metric_from_runs("records_per_s_large", f"records/s, {ll} file", [r["records_per_s"] for r in large],
+                                "records/s"))
+    ratio = rate_large / rate_small if rate_small and rate_large else None
+    result.add(Metric("rate_ratio", f"records/s {ll} / {ls}", ratio, "", LINEAR_TARGET,
+                      note="ratio of the medians; >= 0.9 means the large file is within 10 % of the small one"))
+    result.add(metric_from_runs("cpu_us_per_record_large", f"daemon CPU per record, {ll} file",
+                                [r["cpu_us_per_record"] for r in large], "µs"))
+    result.runs = small + large

@@ -1,0 +1,125 @@
+"""(6) Scaling reaction: a slow stream app under a step load from idle.
+
+The tenant runs ``bench_slow`` (:mod:`bench.apps`: one consumer handles ``1000 / SLOW_MS``
+messages a second) with ``min_consumers = 1``. ``mysimbdp publish --rate`` then offers
+``scaling_rate_factor`` times one consumer's capacity for ``scaling_load_seconds`` and
+stops. From the daemon's ``stream.consumers.changed`` events and the store:
+
+* first scale-up: seconds from the first message to the first added consumer;
+* backlog drained: seconds from the end of publishing until every message is committed;
+* back to minimum: seconds from the end of publishing until the consumers are back at
+  ``min_consumers``.
+
+The monitor settings (report period, thresholds, cooldown) are the tenant's, listed in the
+results file: the reaction times follow from them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.apps import CAPACITY_PER_CONSUMER, SLOW_MS
+from bench.daemon import BenchDaemon
+from bench.data import weather_repeated
+from bench.loads import event_time
+from bench.results import Result, metric_from_runs
+from bench.session import BenchError, Session
+from bench.streams import (
+    STREAM_COLLECTION,
+    Publisher,
+    stream_profile,
+    wait_documents,
+    wait_stream_ready,
+)
+
+__all__ = ["NAME", "TITLE", "run", "profiles"]
+
+NAME = "scaling"
+TITLE = "Scaling reaction to a step load"
+APP = "bench_slow"
+PROFILE_STREAM: dict[str, Any] = {"min_consumers": 1, "max_consumers": 8, "prefetch": 200,
+                                  "batch_max_messages": 100, "batch_max_wait_ms": 200}
+PROFILE_MONITOR: dict[str, Any] = {"max_avg_ingest_ms": 1000.0, "max_queue_depth": 500, "breaches_before_alert": 2,
+                                   "idle_reports_before_scale_down": 3}
+
+
+def profiles(session: Session) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tenant's ``[stream]`` and ``[monitor]``: report every ``monitor_period_s``, cool down twice that."""
+    period = session.scale.monitor_period_s
+    return ({**PROFILE_STREAM, "report_interval_s": period},
+            {**PROFILE_MONITOR, "cooldown_s": 2 * period})
+
+
+def _changes(daemon: BenchDaemon, tenant: str) -> list[dict[str, Any]]:
+    return daemon.log.find(lambda e: e.get("event") == "stream.consumers.changed" and e.get("tenant") == tenant)
+
+
+async def _repetition(session: Session, daemon: BenchDaemon, i: int) -> dict[str, Any]:
+    scale = session.scale
+    rate = scale.scaling_rate_factor * CAPACITY_PER_CONSUMER
+    data = weather_repeated(int(rate * scale.scaling_load_seconds), session.env.data_dir)
+    tenant = session.env.new_tenant("sc")
+    stream, monitor = profiles(session)
+    daemon.write_tenant(stream_profile(tenant, APP, stream, monitor))
+    await wait_stream_ready(daemon, tenant)
+    readings = session.env.db(f"tenant_{tenant}")[STREAM_COLLECTION]
+    publisher = Publisher(session.env, tenant, data.path, f"step{i}", rate=rate)
+    await publisher.start()
+    await publisher.wait(scale.scaling_load_seconds * 3 + 60)
+    load_end = time.time()
+    drained = await wait_documents(readings, data.rows, scale.timeout_s, alive=daemon.alive)
+    first = await readings.find_one({"_id": f"step{i}-0"}, {"received_at": 1})
+    if first is None:
+        raise BenchError(f"the first message (step{i}-0) is not in {tenant}'s readings")
+    load_start = first["received_at"].timestamp()
+    minimum = PROFILE_STREAM["min_consumers"]
+    back = await daemon.log.wait_for(
+        lambda e: (e.get("event") == "stream.consumers.changed" and e.get("tenant") == tenant
+                   and e.get("to") == minimum and int(e.get("from", 0)) > minimum and event_time(e) > load_start),
+        timeout=120 + 10 * stream["report_interval_s"], what=f"{tenant} back at min_consumers",
+        alive=daemon.alive)
+    changes = [c for c in _changes(daemon, tenant) if event_time(c) >= load_start]
+    ups = [c for c in changes if int(c.get("to", 0)) > int(c.get("from", 0))]
+    if not ups:
+        raise BenchError(f"the monitor never added a consumer for {tenant}; see {daemon.log.path}")
+    (daemon.config_dir / "tenants" / f"{tenant}.toml").unlink(missing_ok=True)
+    await session.env.drop(f"tenant_{tenant}")
+    return {
+        "offered_msgs_per_s": rate, "messages": data.rows,
+        "load_seconds": round(load_end - load_start, 2),
+        "first_scale_up_s": round(event_time(ups[0]) - load_start, 2),
+        "max_consumers_reached": max(int(c["to"]) for c in ups),
+        "drained_after_load_s": round(drained - load_end, 2),
+        "drained_after_start_s": round(drained - load_start, 2),
+        "back_to_min_after_load_s": round(event_time(back) - load_end, 2),
+        "timeline": [{"t": round(event_time(c) - load_start, 2), "from": c.get("from"), "to": c.get("to"),
+                      "reason": c.get("reason")} for c in changes],
+    }
+
+
+async def run(session: Session, result: Result) -> None:
+    """``repeat`` step loads, each by a new tenant of one daemon."""
+    runs = []
+    daemon = BenchDaemon(session.env, "scaling", extra_apps={APP: "bench.apps"})
+    async with daemon:
+        for i in range(session.repeat):
+            session.say(f"{NAME}: {i + 1}/{session.repeat}: step load of "
+                        f"{session.scale.scaling_rate_factor:g}x one consumer for {session.scale.scaling_load_seconds:g}s")
+            rep = await _repetition(session, daemon, i)
+            session.say(f"{NAME}:   first scale-up {rep['first_scale_up_s']}s, up to {rep['max_consumers_reached']}, "
+                        f"drained {rep['drained_after_load_s']}s after the load, at min "
+                        f"{rep['back_to_min_after_load_s']}s after")
+            runs.append(rep)
+    result.settings = {"app": f"{APP} ({SLOW_MS:g} ms per record, {CAPACITY_PER_CONSUMER:g} msg/s per consumer)",
+                       "offered_msgs_per_s": session.scale.scaling_rate_factor * CAPACITY_PER_CONSUMER,
+                       "load_seconds": session.scale.scaling_load_seconds,
+                       "stream": profiles(session)[0], "monitor": profiles(session)[1]}
+    result.add(metric_from_runs("first_scale_up_s", "first scale-up after the load began",
+                                [r["first_scale_up_s"] for r in runs], "s"))
+    result.add(metric_from_runs("max_consumers", "consumers at the peak", [r["max_consumers_reached"] for r in runs], ""))
+    result.add(metric_from_runs("drained_after_load_s", "backlog drained, after the load stopped",
+                                [r["drained_after_load_s"] for r in runs], "s"))
+    result.add(metric_from_runs("back_to_min_after_load_s", "back at min_consumers, after the load stopped",
+                                [r["back_to_min_after_load_s"] for r in runs], "s"))
+    result.runs = runs

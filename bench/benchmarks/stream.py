@@ -1,0 +1,168 @@
+"""(4) Stream throughput and latency: weather readings published with ``mysimbdp publish``.
+
+Throughput: the tool publishes ``stream_messages`` weather records (weather.csv repeated,
+dates shifted) as fast as publisher confirms allow, to a tenant running the example
+``weather_stream`` app; the rate is messages over the time from the first message's publish
+stamp to the moment the store holds every reading. Ceilings, same run, same servers:
+
+* broker - the same tool publishing the same file to a quorum queue consumed by a bare
+  aio-pika consumer that acknowledges each message and does nothing else (first publish
+  stamp to last acknowledgement);
+* store - the readings the platform wrote, written again with ``insert_many(ordered=False)``
+  in batches of the tenant's ``batch_max_messages``.
+
+Latency: the tool publishes at fixed offered loads (``--rate``) for ``latency_seconds``;
+see :mod:`bench.streams` for how each sampled message's publish -> committed time is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bench.ceilings import BareConsumer, insert_many_rate, read_documents
+from bench.daemon import BenchDaemon
+from bench.data import weather_repeated
+from bench.results import Metric, Result, Target, metric_from_runs
+from bench.session import BenchError, Session
+from bench.stats import median, percentile
+from bench.streams import (
+    STREAM_COLLECTION,
+    LatencyProbe,
+    Publisher,
+    declare_ceiling_queue,
+    delete_queue,
+    platform_reports,
+    stream_profile,
+    wait_documents,
+    wait_stream_ready,
+)
+
+__all__ = ["NAME", "TITLE", "run"]
+
+NAME = "stream"
+TITLE = "Stream throughput and latency"
+RATIO_TARGET = Target(">=", 0.7)
+P99_TARGET = Target("<=", 250.0)
+PREFETCH = 500
+BATCH = 1000
+
+
+async def _new_tenant(session: Session, daemon: BenchDaemon, prefix: str) -> str:
+    tenant = session.env.new_tenant(prefix)
+    daemon.write_tenant(stream_profile(tenant))
+    await wait_stream_ready(daemon, tenant)
+    return tenant
+
+
+async def _offboard(session: Session, daemon: BenchDaemon, tenant: str) -> None:
+    (daemon.config_dir / "tenants" / f"{tenant}.toml").unlink(missing_ok=True)
+    await session.env.drop(f"tenant_{tenant}")
+
+
+async def _platform(session: Session, daemon: BenchDaemon, i: int) -> tuple[dict[str, Any], str]:
+    data = weather_repeated(session.scale.stream_messages, session.env.data_dir)
+    tenant = await _new_tenant(session, daemon, "st")
+    readings = session.env.db(f"tenant_{tenant}")[STREAM_COLLECTION]
+    publisher = Publisher(session.env, tenant, data.path, f"thr{i}")
+    await publisher.start()
+    done = await wait_documents(readings, data.rows, session.scale.timeout_s, alive=daemon.alive)
+    summary = await publisher.wait(60)
+    first = await readings.find_one({"_id": f"thr{i}-0"}, {"received_at": 1})
+    if first is None:
+        raise BenchError(f"the first message (thr{i}-0) is not in {tenant}'s readings")
+    seconds = done - first["received_at"].timestamp()
+    return {"messages": data.rows, "seconds": round(seconds, 3), "rate": round(data.rows / seconds, 1),
+            "publisher": summary, "platform_reports": platform_reports(daemon, tenant)}, tenant
+
+
+async def _broker_ceiling(session: Session, i: int) -> dict[str, Any]:
+    data = weather_repeated(session.scale.stream_messages, session.env.data_dir)
+    env = session.env
+    key = f"ceil{env.run_id}{i}"
+    queue = f"bench.ceiling.{key}"
+    await declare_ceiling_queue(env.amqp_url, queue, key)
+    consumer = BareConsumer(env.amqp_url, queue, PREFETCH)
+    await consumer.start(data.rows)
+    publisher = Publisher(env, key, data.path, f"ceil{i}")
+    await publisher.start()
+    summary = await publisher.wait(session.scale.timeout_s)
+    timing = await consumer.wait(session.scale.timeout_s)
+    await delete_queue(env.amqp_url, queue)
+    return {**timing.to_json(), "publisher": summary}
+
+
+async def _latency(session: Session, daemon: BenchDaemon, rate: int, i: int) -> dict[str, Any]:
+    total = int(rate * session.scale.latency_seconds)
+    data = weather_repeated(total, session.env.data_dir)
+    tenant = await _new_tenant(session, daemon, "lt")
+    readings = session.env.db(f"tenant_{tenant}")[STREAM_COLLECTION]
+    prefix = f"lat{rate}r{i}"
+    probe = LatencyProbe(readings, prefix, data.rows, rate)
+    publisher = Publisher(session.env, tenant, data.path, prefix, rate=rate)
+    await publisher.start()
+    timeout = session.scale.latency_seconds + 120
+    await asyncio.gather(probe.run(publisher.started, timeout), publisher.wait(timeout))
+    lat = probe.latencies_ms
+    out = {"offered_msgs_per_s": rate, "messages": data.rows, "sampled": len(lat),
+           "p50_ms": round(percentile(lat, 50) or 0, 1), "p95_ms": round(percentile(lat, 95) or 0, 1),
+           "p99_ms": round(percentile(lat, 99) or 0, 1), "max_ms": round(max(lat), 1),
+           "poll_ms_median": round((median(probe.poll_seconds) or 0) * 1000, 1),
+           "publisher": publisher.output.splitlines()[-1] if publisher.output else "",
+           "platform_reports": platform_reports(daemon, tenant)}
+    await _offboard(session, daemon, tenant)
+    return out
+
+
+async def run(session: Session, result: Result) -> None:
+    """Throughput with both ceilings, then the latency runs, ``repeat`` times each."""
+    env, scale = session.env, session.scale
+    ceiling_db = env.db(f"bench_stream_ceiling_{env.run_id}")
+    documents: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    latency: dict[int, list[dict[str, Any]]] = {}
+    daemon = BenchDaemon(env, "stream")
+    async with daemon:
+        for i in range(session.repeat):
+            session.say(f"{NAME}: {i + 1}/{session.repeat}: platform, {scale.stream_messages} messages")
+            platform, tenant = await _platform(session, daemon, i)
+            if not documents:
+                documents = await read_documents(env.db(f"tenant_{tenant}")[STREAM_COLLECTION])
+            await _offboard(session, daemon, tenant)
+            session.say(f"{NAME}:   {platform['rate']:,.0f} msg/s; broker ceiling (bare consumer)")
+            broker = await _broker_ceiling(session, i)
+            session.say(f"{NAME}:   {broker['rate']:,.0f} msg/s; store ceiling (insert_many)")
+            store = (await insert_many_rate(ceiling_db[f"c{i}"], documents, BATCH)).to_json()
+            await ceiling_db.drop_collection(f"c{i}")
+            session.say(f"{NAME}:   {store['rate']:,.0f} docs/s")
+            lower = min(broker["rate"], store["rate"])
+            runs.append({"platform": platform, "broker_ceiling": broker, "store_ceiling": store,
+                         "ratio": round(platform["rate"] / lower, 4) if lower else None})
+            for rate in scale.latency_rates:
+                session.say(f"{NAME}: {i + 1}/{session.repeat}: latency at {rate:,} msg/s "
+                            f"for {scale.latency_seconds:g}s")
+                lat = await _latency(session, daemon, rate, i)
+                session.say(f"{NAME}:   p50 {lat['p50_ms']:.0f} ms, p95 {lat['p95_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms")
+                latency.setdefault(rate, []).append(lat)
+    await env.drop(ceiling_db.name)
+    result.settings = {"messages": scale.stream_messages, "tenant_profile": stream_profile("<id>")["stream"],
+                       "latency_seconds": scale.latency_seconds, "offered_loads": list(scale.latency_rates),
+                       "publisher": "mysimbdp publish (one record per message, confirms, window 2000)",
+                       "ceiling_prefetch": PREFETCH, "ceiling_insert_batch": BATCH}
+    result.add(metric_from_runs("platform_msgs_per_s", "platform, publish to committed",
+                                [r["platform"]["rate"] for r in runs], "msg/s"))
+    result.add(metric_from_runs("broker_ceiling_msgs_per_s", "ceiling: bare aio-pika consumer, ack only",
+                                [r["broker_ceiling"]["rate"] for r in runs], "msg/s"))
+    result.add(metric_from_runs("store_ceiling_docs_per_s", "ceiling: insert_many of the same readings",
+                                [r["store_ceiling"]["rate"] for r in runs], "docs/s"))
+    result.add(metric_from_runs("ratio", "platform / the lower ceiling", [r["ratio"] for r in runs if r["ratio"]],
+                                "", RATIO_TARGET, note="median of the per-repetition ratios"))
+    for rate, lats in latency.items():
+        for pct in (50, 95, 99):
+            target = P99_TARGET if pct == 99 and rate == 1000 else None
+            result.add(metric_from_runs(f"latency_p{pct}_ms_at_{rate}", f"latency p{pct} at {rate:,} msg/s",
+                                        [lat[f"p{pct}_ms"] for lat in lats], "ms", target))
+    result.runs = [{**r, "latency": [latency[rate][k] for rate in latency]} for k, r in enumerate(runs)]
+    if 1000 not in latency:
+        result.add(Metric("latency_p99_ms_at_1000", "latency p99 at 1,000 msg/s", None, "ms", P99_TARGET,
+                          note="not measured at this scale"))

@@ -1,0 +1,114 @@
+"""The ceilings: what the same store and broker take from a client doing no platform work.
+
+* :func:`insert_many_rate` - already-built documents written with ``insert_many(ordered=False)``
+  in batches, the store's bulk intake.
+* :func:`insert_one_rate` - one ``insert_one`` per document, how simple ingestion scripts
+  write (the seeds' approach).
+* :class:`BareConsumer` - an aio-pika consumer that acknowledges each message and does
+  nothing else, the broker's delivery ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+
+__all__ = ["read_documents", "insert_many_rate", "insert_one_rate", "BareConsumer", "Timing"]
+
+
+class Timing:
+    """Records written (or messages handled) and the seconds it took."""
+
+    __slots__ = ("records", "seconds")
+
+    def __init__(self, records: int, seconds: float) -> None:
+        self.records = records
+        self.seconds = seconds
+
+    @property
+    def rate(self) -> float:
+        """Records per second."""
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, float]:
+        """``{"records", "seconds", "rate"}``."""
+        return {"records": self.records, "seconds": round(self.seconds, 4), "rate": round(self.rate, 1)}
+
+
+async def read_documents(collection: Any, limit: int | None = None) -> list[dict[str, Any]]:
+    """The documents of ``collection`` as the platform wrote them (``_id`` included)."""
+    cursor = collection.find({}, batch_size=10_000)
+    if limit is not None:
+        cursor = cursor.limit(limit)
+    return [doc async for doc in cursor]
+
+
+async def insert_many_rate(collection: Any, documents: Sequence[dict[str, Any]],
+                           batch_size: int) -> Timing:
+    """Write ``documents`` with ``insert_many(ordered=False)`` in batches of ``batch_size``.
+
+    The documents are copied first (untimed): the driver adds ``_id`` to dicts it is given.
+    """
+    docs = [dict(d) for d in documents]
+    t0 = time.perf_counter()
+    for start in range(0, len(docs), batch_size):
+        await collection.insert_many(docs[start:start + batch_size], ordered=False)
+    return Timing(len(docs), time.perf_counter() - t0)
+
+
+async def insert_one_rate(collection: Any, documents: Sequence[dict[str, Any]]) -> Timing:
+    """Write ``documents`` one ``insert_one`` at a time, each awaited before the next."""
+    docs = [dict(d) for d in documents]
+    t0 = time.perf_counter()
+    for doc in docs:
+        await collection.insert_one(doc)
+    return Timing(len(docs), time.perf_counter() - t0)
+
+
+class BareConsumer:
+    """An aio-pika consumer that acknowledges every message and does nothing else.
+
+    :attr:`first_published` is the publish time (header ``timestamp_ms``) of the first
+    message it got, :attr:`last_ack` the wall-clock time of its last acknowledgement.
+    """
+
+    def __init__(self, amqp_url: str, queue: str, prefetch: int) -> None:
+        self.amqp_url, self.queue_name, self.prefetch = amqp_url, queue, prefetch
+        self.count = 0
+        self.first_published: float | None = None
+        self.last_ack = 0.0
+        self._connection: Any = None
+        self._expected = 0
+        self._done = asyncio.Event()
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if self.first_published is None:
+            stamp = (message.headers or {}).get("timestamp_ms")
+            self.first_published = float(stamp) / 1000.0 if isinstance(stamp, int | float) else time.time()
+        await message.ack()
+        self.count += 1
+        self.last_ack = time.time()
+        if self.count >= self._expected:
+            self._done.set()
+
+    async def start(self, expected: int) -> None:
+        """Connect and begin consuming; done after ``expected`` messages."""
+        self._expected = expected
+        self._connection = await aio_pika.connect(self.amqp_url)
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self.prefetch)
+        queue = await channel.get_queue(self.queue_name, ensure=True)
+        await queue.consume(self._on_message)
+
+    async def wait(self, timeout: float) -> Timing:
+        """Wait for every expected message; publish of the first -> last acknowledgement."""
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        finally:
+            await self._connection.close()
+        assert self.first_published is not None
+        return Timing(self.count, self.last_ack - self.first_published)

@@ -1,0 +1,331 @@
+"""``mysimbdpd`` run as its own process for a benchmark, and what can be read of it.
+
+The daemon's CPU time (user+sys) and peak RSS come from ``/proc/<pid>``: only the
+daemon's own pid is read, so the store (a separate process) is never counted. Its JSON log
+file is followed to learn when files and batches are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.env import BenchEnv
+from mysimbdp.store import free_port
+
+__all__ = ["BenchDaemon", "LogTail", "ProcStats", "toml_dumps", "DaemonFailed", "ADMIN_TOKEN"]
+
+REPO = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "bench-admin-token"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class DaemonFailed(RuntimeError):
+    """The daemon exited or did not do what the benchmark waited for; the message says where to look."""
+
+
+class ProcStats:
+    """CPU seconds and memory of one process, read from ``/proc/<pid>``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the process itself (children not included)."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+    def _status_kb(self, key: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        raise KeyError(key)
+
+    def peak_rss_mb(self) -> float:
+        """``VmHWM``: the highest resident set size since the process started, in MiB."""
+        return self._status_kb("VmHWM") / 1024
+
+    def rss_mb(self) -> float:
+        """``VmRSS``: the resident set size now, in MiB."""
+        return self._status_kb("VmRSS") / 1024
+
+
+class LogTail:
+    """Follows a JSON-lines log file and keeps the events read so far."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.events: list[dict[str, Any]] = []
+        self._pos = 0
+        self._partial = b""
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Read what was appended since the last call; returns the new events."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._pos)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        self._pos += len(chunk)
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        new = []
+        for line in lines:
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(event, dict):
+                new.append(event)
+        self.events.extend(new)
+        return new
+
+    def find(self, predicate: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+        """Every event read so far that matches."""
+        self.poll()
+        return [e for e in self.events if predicate(e)]
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float,
+                       what: str = "event", alive: Callable[[], bool] | None = None,
+                       interval: float = 0.02) -> dict[str, Any]:
+        """The first event (already read or new) matching ``predicate``; raises on timeout."""
+        for event in self.events:
+            if predicate(event):
+                return event
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.poll():
+                if predicate(event):
+                    return event
+            if alive is not None and not alive():
+                raise DaemonFailed(f"the daemon exited while waiting for {what}; see {self.path}")
+            if time.monotonic() > deadline:
+                raise DaemonFailed(f"no {what} within {timeout:.0f}s; see {self.path}")
+            await asyncio.sleep(interval)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def toml_dumps(profile: Mapping[str, Any]) -> str:
+    """A tenant profile as TOML: top-level keys, then one table per nested section."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in profile.items() if not isinstance(v, Mapping)]
+    for key, section in profile.items():
+        if isinstance(section, Mapping):
+            lines.append(f"\n[{key}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in section.items())
+    return "\n".join(lines) + "\n"
+
+
+def _daemon_command() -> list[str]:
+    script = Path(sys.executable).parent / "mysimbdpd"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from mysimbdp.cli import daemon_main; daemon_main()"]
+
+
+class BenchDaemon:
+    """One ``mysimbdpd`` process with its own config, staging and var folders.
+
+    ``batch`` and ``stream`` override the platform's settings sections; ``tenants`` are
+    profiles (dicts) written before start. Use as ``async with``.
+    """
+
+    def __init__(self, env: BenchEnv, name: str, *, tenants: Sequence[Mapping[str, Any]] = (),
+                 batch: dict[str, Any] | None = None, stream: dict[str, Any] | None = None,
+                 extra_apps: dict[str, str] | None = None, log_level: str = "info") -> None:
+        self.env = env
+        self.name = name
+        self.base = env.tmp(name)
+        self.config_dir = self.base / "config"
+        self.staging_dir = self.base / "staging"
+        self.var_dir = self.base / "var"
+        self.tenants = list(tenants)
+        self.batch = batch or {}
+        self.stream = stream or {}
+        self.extra_apps = extra_apps or {}
+        self.log_level = log_level
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        self.stats: ProcStats | None = None
+        self.log = LogTail(self.var_dir / "log" / "mysimbdp.jsonl")
+
+    def environment(self) -> dict[str, str]:
+        """The environment that configures the daemon (settings are ``MYSIMBDP_*``)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MYSIMBDP_")}
+        env.update({
+            "MYSIMBDP_CONFIG_DIR": str(self.config_dir),
+            "MYSIMBDP_STAGING_DIR": str(self.staging_dir),
+            "MYSIMBDP_VAR_DIR": str(self.var_dir),
+            "MYSIMBDP_HTTP_PORT": str(self.port),
+            "MYSIMBDP_MONGO_URI": self.env.mongo_uri,
+            "MYSIMBDP_AMQP_URL": self.env.amqp_url,
+            "MYSIMBDP_ADMIN_TOKEN": ADMIN_TOKEN,
+            "MYSIMBDP_LOG_LEVEL": self.log_level,
+            "MYSIMBDP_LOG_MAX_BYTES": str(2 * 1024**3),  # no rotation under the log follower
+            "MYSIMBDP_DRAIN_TIMEOUT_S": "5",
+            "MYSIMBDP_BATCH": json.dumps(self.batch),
+            "MYSIMBDP_STREAM": json.dumps({"management_url": self.env.management_url, **self.stream}),
+            "MYSIMBDP_EXTRA_APPS": json.dumps(self.extra_apps),
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+        })
+        return env
+
+    def write_tenant(self, profile: Mapping[str, Any]) -> Path:
+        """Write (or rewrite) a tenant profile; a running daemon picks it up by itself."""
+        tenants = self.config_dir / "tenants"
+        tenants.mkdir(parents=True, exist_ok=True)
+        path = tenants / f"{profile['id']}.toml"
+        tmp = tenants / f".{profile['id']}.toml.tmp"
+        tmp.write_text(toml_dumps(profile), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+    def alive(self) -> bool:
+        """Whether the daemon process still runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    async def start(self, timeout: float = 90.0) -> None:
+        """Write the profiles, spawn the daemon and wait until ``/health`` says ``ok``."""
+        for path in (self.staging_dir, self.var_dir / "log"):
+            path.mkdir(parents=True, exist_ok=True)
+        for profile in self.tenants:
+            self.write_tenant(profile)
+        out = open(self.var_dir / "stdout.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(_daemon_command(), env=self.environment(),
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=self.base,
+                                         start_new_session=True)
+        finally:
+            out.close()
+        self.pid = self.proc.pid
+        await self._wait_healthy(timeout)
+        self.stats = ProcStats(self.pid)
+
+    async def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise DaemonFailed(f"mysimbdpd exited with {self.proc.returncode if self.proc else '?'} "
+                                       f"during start-up; see {self.var_dir / 'stdout.log'}")
+                try:
+                    async with http.get(self.url + "/health") as resp:
+                        body = await resp.json(content_type=None)
+                        if resp.status == 200 and body.get("status") == "ok":
+                            return
+                        last = f"{resp.status} {body.get('status')} down={body.get('down')}"
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    last = type(exc).__name__
+                await asyncio.sleep(0.2)
+        raise DaemonFailed(f"mysimbdpd not healthy within {timeout:.0f}s (last: {last}); "
+                           f"see {self.var_dir / 'stdout.log'}")
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      token: str | None = ADMIN_TOKEN) -> tuple[int, Any]:
+        """One HTTP call to the daemon (admin token by default); returns status and JSON body."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            async with http.request(method, self.url + path, json=body, headers=headers) as resp:
+                try:
+                    data = await resp.json(content_type=None)
+                except ValueError:
+                    data = await resp.text()
+                return resp.status, data
+
+    def staging(self, tenant: str) -> Path:
+        """The tenant's staging folder (created)."""
+        path = self.staging_dir / tenant
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def drop_file(self, tenant: str, source: Path, name: str | None = None) -> float:
+        """Put ``source`` into the tenant's staging folder at once; returns the wall-clock time.
+
+        The file is hard-linked (or copied, across file systems) under a hidden name, which
+        the watcher ignores, then renamed: the platform sees a complete file appear.
+        """
+        folder = self.staging(tenant)
+        name = name or source.name
+        hidden = folder / f".{name}.bench"
+        try:
+            os.link(source, hidden)
+        except OSError:
+            shutil.copyfile(source, hidden)
+        t = time.time()
+        os.rename(hidden, folder / name)
+        return t
+
+    def cpu_seconds(self) -> float:
+        """The daemon's CPU seconds so far."""
+        assert self.stats is not None
+        return self.stats.cpu_seconds()
+
+    def peak_rss_mb(self) -> float:
+        """The daemon's peak RSS so far, in MiB."""
+        assert self.stats is not None
+        return self.stats.peak_rss_mb()
+
+    async def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait for the drain, SIGKILL if it takes longer than ``timeout``."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL at once (the benchmark no longer needs what the daemon is doing)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    async def __aenter__(self) -> BenchDaemon:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+

@@ -1,0 +1,165 @@
+"""The servers a benchmark run uses: one store and one throw-away RabbitMQ vhost.
+
+The store is an embedded NX-27017 started for the run (its own data dir and PID file under
+the run's temporary folder) unless ``MYSIMBDP_BENCH_MONGO_URI`` names a real MongoDB. The
+vhost is created for the run and deleted after it, with every RabbitMQ user the platform
+provisioned in it. Platform and ceilings use the same servers, so ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from pymongo import AsyncMongoClient
+
+from mysimbdp.broker_admin import BrokerAdmin
+from mysimbdp.errors import BrokerUnavailable
+from mysimbdp.store import EmbeddedMongo
+
+__all__ = ["BenchEnv", "DATA_DIR"]
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+ENV_MONGO = "MYSIMBDP_BENCH_MONGO_URI"
+ENV_AMQP_BASE = "MYSIMBDP_BENCH_AMQP_BASE"
+ENV_MANAGEMENT = "MYSIMBDP_BENCH_MANAGEMENT_URL"
+
+
+class BenchEnv:
+    """Async context manager: store, vhost, temporary folder and a store client for the run.
+
+    ``data_dir`` caches the generated data files (default ``bench/data``), ``work_dir`` holds
+    the run's temporary folder (the same by default: hard links into staging need one file
+    system).
+
+    ``mongo_uri``/``amqp_url`` given explicitly (the smoke tests pass their session's) are
+    used as they are and not cleaned up beyond the databases this run created.
+    """
+
+    def __init__(self, *, mongo_uri: str | None = None, amqp_url: str | None = None,
+                 management_url: str | None = None, work_dir: Path | None = None,
+                 data_dir: Path | None = None, keep: bool = False) -> None:
+        self._given_mongo = mongo_uri or os.environ.get(ENV_MONGO) or None
+        self._given_amqp = amqp_url
+        self.management_url = (management_url or os.environ.get(ENV_MANAGEMENT)
+                               or "http://guest:guest@127.0.0.1:15672")
+        self._amqp_base = os.environ.get(ENV_AMQP_BASE, "amqp://guest:guest@127.0.0.1:5672")
+        self._work_parent = work_dir or DATA_DIR
+        self.data_dir = data_dir or DATA_DIR
+        self.keep = keep
+        self.run_id = uuid.uuid4().hex[:8]
+        self.root = Path()
+        self.embedded: EmbeddedMongo | None = None
+        self.vhost: str | None = None
+        self.client: AsyncMongoClient[dict[str, Any]] | None = None
+        self._databases: set[str] = set()
+        self._tenants: set[str] = set()
+
+    @property
+    def mongo_uri(self) -> str:
+        """The store every party of the run talks to."""
+        if self._given_mongo:
+            return self._given_mongo
+        assert self.embedded is not None, "BenchEnv not entered"
+        return self.embedded.uri
+
+    @property
+    def embedded_store(self) -> bool:
+        """Whether this run started its own embedded NX-27017."""
+        return self.embedded is not None
+
+    @property
+    def amqp_url(self) -> str:
+        """The AMQP URL of the run's vhost."""
+        if self._given_amqp:
+            return self._given_amqp
+        assert self.vhost is not None, "BenchEnv not entered"
+        return f"{self._amqp_base}/{quote(self.vhost, safe='')}"
+
+    @property
+    def amqp_vhost(self) -> str:
+        """The vhost name inside :attr:`amqp_url`."""
+        from urllib.parse import unquote, urlsplit
+        path = urlsplit(self.amqp_url).path.lstrip("/")
+        return unquote(path) or "/"
+
+    def db(self, name: str) -> Any:
+        """A database of the run's store; dropped when the run ends."""
+        assert self.client is not None
+        self._databases.add(name)
+        return self.client[name]
+
+    def new_tenant(self, prefix: str = "b") -> str:
+        """A tenant id unique to this run (its database is dropped when the run ends)."""
+        tenant = f"{prefix}{self.run_id}{uuid.uuid4().hex[:6]}"[:32]
+        self._tenants.add(tenant)
+        self._databases.add(f"tenant_{tenant}")
+        return tenant
+
+    def tmp(self, name: str) -> Path:
+        """A fresh folder inside the run's temporary folder."""
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
+        return path
+
+    async def drop(self, name: str) -> None:
+        """Drop one database now (frees the disk after a large load)."""
+        assert self.client is not None
+        with contextlib.suppress(Exception):
+            await self.client.drop_database(name)
+        self._databases.discard(name)
+
+    async def __aenter__(self) -> BenchEnv:
+        self._work_parent.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix=f"run-{self.run_id}-", dir=self._work_parent))
+        try:
+            if not self._given_mongo:
+                self.embedded = EmbeddedMongo(self.root / "store" / "data", self.root / "store" / "store.log")
+                await self.embedded.start()
+            if not self._given_amqp:
+                self.vhost = f"mysimbdp-bench-{self.run_id}"
+                async with BrokerAdmin(self.management_url) as admin:
+                    await admin.create_vhost(self.vhost)
+                    await admin.set_permissions(self.vhost, "guest", ".*", ".*", ".*")
+            self.client = AsyncMongoClient(self.mongo_uri, tz_aware=True)
+        except BaseException:
+            await self._cleanup()
+            raise
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._cleanup()
+
+    async def _cleanup(self) -> None:
+        if self.client is not None:
+            if not self.keep and self._given_mongo:
+                for name in sorted(self._databases):
+                    with contextlib.suppress(Exception):
+                        await self.client.drop_database(name)
+            await self.client.close()
+            self.client = None
+        if self.embedded is not None:
+            await self.embedded.stop()
+        await self._cleanup_broker()
+        if not self.keep and self.root != Path() and self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    async def _cleanup_broker(self) -> None:
+        with contextlib.suppress(BrokerUnavailable):
+            async with BrokerAdmin(self.management_url) as admin:
+                if self.vhost is not None and not self.keep:
+                    await admin.delete_vhost(self.vhost)
+                # The platform provisions one RabbitMQ user per stream tenant; users are not
+                # inside a vhost, so remove the ones of this run's tenants explicitly.
+                users = await admin.request("GET", "/users") or []
+                for user in users:
+                    name = str(user.get("name", ""))
+                    if any(t in name for t in self._tenants):
+                        await admin.delete_user(name)

@@ -1,0 +1,93 @@
+"""What every benchmark receives: the servers, the scale, repetitions and shared results."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.env import BenchEnv
+
+__all__ = ["Scale", "SCALES", "Session", "BenchSkipped", "BenchError"]
+
+
+class BenchSkipped(Exception):
+    """The benchmark cannot run here (e.g. the pipeline it measures is not installed)."""
+
+
+class BenchError(Exception):
+    """The platform did not do what the benchmark needs; the message says what and where to look."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes and durations of one kind of run (``smoke``, ``quick`` or ``full``)."""
+
+    name: str
+    repeat: int  # repetitions of each measurement (``--repeat`` overrides)
+    flights_rows: int  # batch throughput and CPU: rows of flights.csv loaded
+    small_bytes: int  # memory and scale: the "100 MB" file
+    large_bytes: int  # memory and scale: the "1 GB" file
+    large_repeat: int  # repetitions of the large load (the longest of all)
+    stream_messages: int  # stream throughput: weather messages published
+    latency_rates: tuple[int, ...]  # offered loads (msg/s) for the latency runs
+    latency_seconds: float  # how long each offered load lasts
+    fairness_big_bytes: int  # tenant A's file
+    fairness_small_rows: int  # tenant B's file
+    fairness_delay_s: float  # B drops its file this long after A
+    scaling_rate_factor: float  # step load as a multiple of one consumer's capacity
+    scaling_load_seconds: float  # how long the step load lasts
+    monitor_period_s: float  # the scaling tenant's report_interval_s (its cooldown is twice that)
+    insert_one_rows: int  # the seeds' approach: rows written one insert_one each
+    timeout_s: float  # longest wait for any one load
+
+
+SCALES: dict[str, Scale] = {
+    "smoke": Scale("smoke", repeat=1, flights_rows=2_000, small_bytes=150_000, large_bytes=600_000,
+                   large_repeat=1, stream_messages=1_000, latency_rates=(200,), latency_seconds=2.0,
+                   fairness_big_bytes=3_000_000, fairness_small_rows=100, fairness_delay_s=0.5,
+                   scaling_rate_factor=5.0, scaling_load_seconds=2.0, monitor_period_s=0.5, insert_one_rows=300,
+                   timeout_s=120.0),
+    "quick": Scale("quick", repeat=2, flights_rows=50_000, small_bytes=5_000_000, large_bytes=25_000_000,
+                   large_repeat=1, stream_messages=20_000, latency_rates=(1_000, 5_000),
+                   latency_seconds=8.0, fairness_big_bytes=100_000_000, fairness_small_rows=1_000,
+                   fairness_delay_s=5.0, scaling_rate_factor=5.0, scaling_load_seconds=20.0,
+                   monitor_period_s=2.0, insert_one_rows=3_000, timeout_s=600.0),
+    "full": Scale("full", repeat=3, flights_rows=336_776, small_bytes=100_000_000,
+                  large_bytes=1_000_000_000, large_repeat=1, stream_messages=200_000,
+                  latency_rates=(1_000, 5_000), latency_seconds=30.0,
+                  fairness_big_bytes=1_000_000_000, fairness_small_rows=1_000, fairness_delay_s=5.0,
+                  scaling_rate_factor=5.0, scaling_load_seconds=60.0, monitor_period_s=2.0,
+                  insert_one_rows=20_000,
+                  timeout_s=3600.0),
+}
+
+
+@dataclass
+class Session:
+    """One ``python -m bench`` invocation."""
+
+    env: BenchEnv
+    scale: Scale
+    repeat: int
+    results_dir: Path
+    machine: dict[str, Any]
+    argv_extra: list[str] = field(default_factory=list)
+    memo: dict[str, Any] = field(default_factory=dict)
+    quiet: bool = False
+
+    def command(self, benchmark: str) -> str:
+        """The command that reproduces ``benchmark``'s results file."""
+        args = [f"--only {benchmark}"]
+        if self.scale.name != "full":
+            args.append(f"--scale {self.scale.name}")
+        if self.repeat != self.scale.repeat:
+            args.append(f"--repeat {self.repeat}")
+        return f"make bench BENCH_ARGS='{' '.join(args + self.argv_extra)}'"
+
+    def say(self, message: str) -> None:
+        """A progress line on stderr."""
+        if not self.quiet:
+            print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
