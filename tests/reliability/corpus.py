@@ -104,13 +104,18 @@ def _corrupt_gzip(path: Path) -> None:
 
 
 def _gzip_bomb(path: Path) -> None:
-    """80 MB of CSV once decompressed (well past ``MAX_FILE_BYTES``), ~80 KB on disk."""
-    line = b"k,1,0000000000000000000000000000000000000000000000000000000000000\n"
+    """~80 KB of gzip expanding to 80 MB (past ``MAX_FILE_BYTES``): a valid start, then zeros.
+
+    The first rows are valid so that the content sniff passes and the limit has to be
+    enforced while the file is decompressed and parsed.
+    """
     with gzip.open(path, "wb", compresslevel=9) as f:
-        f.write(b"key,seq,v\n")
-        block = line * (MB // len(line))
+        f.write(("key,seq,v\n" + "\n".join(good_rows(path.stem, 100)) + "\n").encode())
+        f.write(f"{path.stem}-bomb,101,".encode())
+        block = b"0" * MB
         for _ in range(80):
             f.write(block)
+        f.write(b"\n")
 
 
 def _jsonl(path: Path, lines: list[str]) -> None:
