@@ -65,7 +65,8 @@ async def wait_outcome(mongo: AsyncMongoClient[dict[str, Any]], tenant: str, nam
     while True:
         done = [d async for d in files.find({"tenant": tenant, "name": name,
                                              "state": {"$in": ["committed", "rejected"]}})]
-        if len(done) >= count:
+        # the ledger records the outcome first, then the file moves to the archive
+        if len(done) >= count and all(_archived(d) for d in done):
             return done
         if time.monotonic() > deadline:
             found = [d async for d in files.find({"tenant": tenant})]
@@ -80,3 +81,10 @@ async def wait_until(predicate: Any, timeout: float = 30.0, what: str = "conditi
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         await asyncio.sleep(0.1)
+
+
+def _archived(entry: dict[str, Any]) -> bool:
+    path = Path(entry.get("archive_path") or "/nonexistent")
+    if not (path.exists() or path.is_symlink()):
+        return False
+    return entry["state"] != "rejected" or path.with_name(path.name + ".reason.json").exists()

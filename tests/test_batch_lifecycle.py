@@ -196,3 +196,23 @@ async def test_a_tenants_big_file_does_not_hold_back_another_tenant(
     first_big = await mongo["mysimbdp"]["files"].find_one({"tenant": big, "state": "committed"},
                                                          sort=[("committed_at", 1)])
     assert first_big is None or s["committed_at"] < first_big["committed_at"]
+
+
+async def test_routes_pick_the_app_and_the_time_limit(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    settings = settings_factory(extra_apps=APPS, batch={"stable_after_s": 0.2, "rescan_interval_s": 0.5,
+                                                        "write_batch_size": 100})
+    route = '\n[[batch.routes]]\npattern = "slow-*.csv"\napp = "batch_slow"\nmax_concurrent_files = 1\ntimeout_s = 0.8\n'
+    write_profile(settings, tenant_id, "batch_plain", extra=route)
+    await start_daemon(settings)
+    drop(settings, tenant_id, "slow-big.csv", _csv(3000))  # ~3 s of work for a 0.8 s limit
+    drop(settings, tenant_id, "quick.csv", _csv(10, start=5000))
+    [slow] = await wait_outcome(mongo, tenant_id, "slow-big.csv")
+    assert (slow["state"], slow["code"], slow["app"]) == ("rejected", "timeout", "batch_slow")
+    assert "0.8 s" in _reason(settings, tenant_id, "slow-big.csv")["message"]
+    [quick] = await wait_outcome(mongo, tenant_id, "quick.csv")
+    assert (quick["state"], quick["app"]) == ("committed", "batch_plain")
+    # the timed-out file's documents were removed: a rejected file leaves nothing behind
+    assert await mongo[f"tenant_{tenant_id}"].records.count_documents({}) == 0
+    assert await mongo[f"tenant_{tenant_id}"].items.count_documents({}) == 10

@@ -45,6 +45,7 @@ __all__ = ["FileJob", "Counts", "FileLoader", "record_id", "id_prefix", "ARROW_B
 log = get_logger("batch")
 ARROW_BLOCK_BYTES = 1024 * 1024
 _RETRY_MAX_S = 5.0
+_SETTLE_S = 5.0
 
 
 def id_prefix(sha256: str) -> str:
@@ -357,6 +358,8 @@ class FileLoader:
             pending = None
         finally:
             if pending is not None:
+                # let the batch in flight land (bounded) so a rollback after a timeout sees it
+                await asyncio.wait({pending}, timeout=_SETTLE_S)
                 pending.cancel()
                 await asyncio.gather(pending, return_exceptions=True)
             if future is not None and not future.done():  # the thread finishes its batch first
