@@ -19,6 +19,7 @@ from tests.plugins.stream_support import (
     ECHO_APPS,
     publish_raw,
     wait_consumers,
+    wait_stream_ready,
     wait_until,
     write_profile,
 )
@@ -33,7 +34,7 @@ async def test_start_stop_scale_and_status_over_http(
     write_profile(settings, tenant_id, autostart=False, min_consumers=1, max_consumers=3)
     rd = await start_daemon(settings)
     base = f"{rd.url}/tenants/{tenant_id}/stream"
-    await asyncio.sleep(0.3)
+    await wait_stream_ready(rd.daemon, tenant_id)
     async with http.get(base, headers=ADMIN) as resp:
         body = await resp.json()
     assert resp.status == 200, body
@@ -102,6 +103,7 @@ async def test_cli_drives_the_daemon(start_daemon: Callable[..., Any], settings_
     settings = settings_factory(extra_apps=ECHO_APPS)
     write_profile(settings, tenant_id, autostart=False, max_consumers=2)
     rd = await start_daemon(settings)
+    await wait_stream_ready(rd.daemon, tenant_id)
     common = ["--url", rd.url, "--admin-token", ADMIN_TOKEN]
 
     def cli(*argv: str) -> tuple[int, str, str]:

@@ -76,3 +76,10 @@ async def wait_consumers(daemon: Any, tenant: str, count: int, timeout: float = 
     async def check() -> bool:
         return bool(daemon.stream.consumer_count(tenant) == count)
     await wait_until(check, timeout, f"{count} consumers for {tenant}")
+
+
+async def wait_stream_ready(daemon: Any, tenant: str, timeout: float = 30.0) -> None:
+    """Wait until the broker is connected and the tenant's queue is declared."""
+    async def check() -> bool:
+        return await daemon.stream.queue_depth(tenant) is not None
+    await wait_until(check, timeout, f"the stream topology of {tenant}")
