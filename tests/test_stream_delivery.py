@@ -16,7 +16,13 @@ from mysimbdp.config import Settings
 from mysimbdp.store import EmbeddedMongo
 from mysimbdp.stream.consumer import Consumer
 from mysimbdp.stream.topology import dead_name
-from tests.plugins.stream_support import ECHO_APPS, publish_raw, wait_consumers, wait_until, write_profile
+from tests.plugins.stream_support import (
+    ECHO_APPS,
+    publish_raw,
+    wait_consumers,
+    wait_until,
+    write_profile,
+)
 
 
 async def _count(mongo: AsyncMongoClient[dict[str, Any]], tenant: str) -> int:

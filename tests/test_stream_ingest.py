@@ -9,7 +9,13 @@ from pymongo import AsyncMongoClient
 from structlog.testing import capture_logs
 
 from mysimbdp.config import Settings
-from tests.plugins.stream_support import ECHO_APPS, publish_raw, wait_consumers, wait_until, write_profile
+from tests.plugins.stream_support import (
+    ECHO_APPS,
+    publish_raw,
+    wait_consumers,
+    wait_until,
+    write_profile,
+)
 
 
 async def _count(mongo: AsyncMongoClient[dict[str, Any]], tenant: str, collection: str = "events") -> int:
