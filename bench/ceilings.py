@@ -12,31 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aio_pika
 
-__all__ = ["read_documents", "insert_many_rate", "insert_one_rate", "BareConsumer", "Timing"]
+__all__ = ["read_documents", "copy_indexes", "insert_many_rate", "insert_one_rate", "BareConsumer", "Timing"]
 
 
 class Timing:
-    """Records written (or messages handled) and the seconds it took."""
+    """Records written (or messages handled), the seconds it took and, when known, the
+    store's CPU seconds meanwhile."""
 
-    __slots__ = ("records", "seconds")
+    __slots__ = ("records", "seconds", "store_cpu_seconds")
 
-    def __init__(self, records: int, seconds: float) -> None:
+    def __init__(self, records: int, seconds: float, store_cpu_seconds: float | None = None) -> None:
         self.records = records
         self.seconds = seconds
+        self.store_cpu_seconds = store_cpu_seconds
 
     @property
     def rate(self) -> float:
         """Records per second."""
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
-    def to_json(self) -> dict[str, float]:
-        """``{"records", "seconds", "rate"}``."""
-        return {"records": self.records, "seconds": round(self.seconds, 4), "rate": round(self.rate, 1)}
+    def to_json(self) -> dict[str, float | None]:
+        """``{"records", "seconds", "rate", "store_cpu_share"}``."""
+        share = (round(self.store_cpu_seconds / self.seconds, 3)
+                 if self.store_cpu_seconds is not None and self.seconds > 0 else None)
+        return {"records": self.records, "seconds": round(self.seconds, 4), "rate": round(self.rate, 1),
+                "store_cpu_share": share}
 
 
 async def read_documents(collection: Any, limit: int | None = None) -> list[dict[str, Any]]:
@@ -47,17 +52,34 @@ async def read_documents(collection: Any, limit: int | None = None) -> list[dict
     return [doc async for doc in cursor]
 
 
-async def insert_many_rate(collection: Any, documents: Sequence[dict[str, Any]],
-                           batch_size: int) -> Timing:
+async def copy_indexes(source: Any, target: Any) -> list[str]:
+    """Create on ``target`` the indexes ``source`` has (but ``_id``): the ceiling writes into a
+    collection indexed like the platform's, so both pay the same index maintenance."""
+    created = []
+    for name, info in (await source.index_information()).items():
+        if name == "_id_":
+            continue
+        options = {k: v for k, v in info.items() if k in ("unique", "sparse")}
+        await target.create_index(list(info["key"]), name=name, **options)
+        created.append(name)
+    return created
+
+
+async def insert_many_rate(collection: Any, documents: Sequence[dict[str, Any]], batch_size: int,
+                           store_cpu: Callable[[], float | None] | None = None) -> Timing:
     """Write ``documents`` with ``insert_many(ordered=False)`` in batches of ``batch_size``.
 
     The documents are copied first (untimed): the driver adds ``_id`` to dicts it is given.
+    ``store_cpu`` reads the store's CPU seconds, to report how busy the store was.
     """
     docs = [dict(d) for d in documents]
+    cpu0 = store_cpu() if store_cpu else None
     t0 = time.perf_counter()
     for start in range(0, len(docs), batch_size):
         await collection.insert_many(docs[start:start + batch_size], ordered=False)
-    return Timing(len(docs), time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    cpu1 = store_cpu() if store_cpu else None
+    return Timing(len(docs), seconds, cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)
 
 
 async def insert_one_rate(collection: Any, documents: Sequence[dict[str, Any]]) -> Timing:

@@ -75,6 +75,17 @@ class BenchEnv:
         """Whether this run started its own embedded NX-27017."""
         return self.embedded is not None
 
+    def store_cpu(self) -> float | None:
+        """CPU seconds of the embedded store process so far (None for a store not started here)."""
+        pid = self.embedded.pid if self.embedded is not None else None
+        if pid is None:
+            return None
+        from bench.daemon import ProcStats
+        try:
+            return ProcStats(pid).cpu_seconds()
+        except OSError:
+            return None
+
     @property
     def amqp_url(self) -> str:
         """The AMQP URL of the run's vhost."""

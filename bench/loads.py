@@ -48,6 +48,7 @@ class LoadRun:
     platform_seconds: float  # the platform's own timing: loading start -> committed
     cpu_seconds: float  # the daemon's CPU over the same interval
     peak_rss_mb: float  # the daemon's VmHWM after the load
+    store_cpu_seconds: float | None = None  # the embedded store's CPU over the interval, if known
 
     @property
     def rate(self) -> float:
@@ -64,7 +65,10 @@ class LoadRun:
         return {"tenant": self.tenant, "file": self.file, "records": self.records, "bytes": self.bytes,
                 "seconds": round(self.seconds, 3), "platform_seconds": round(self.platform_seconds, 3),
                 "records_per_s": round(self.rate, 1), "cpu_seconds": round(self.cpu_seconds, 3),
-                "cpu_us_per_record": round(self.cpu_us_per_record, 3), "peak_rss_mb": round(self.peak_rss_mb, 1)}
+                "cpu_us_per_record": round(self.cpu_us_per_record, 3), "peak_rss_mb": round(self.peak_rss_mb, 1),
+                "daemon_cpu_share": round(self.cpu_seconds / self.seconds, 3) if self.seconds > 0 else None,
+                "store_cpu_share": (round(self.store_cpu_seconds / self.seconds, 3)
+                                    if self.store_cpu_seconds is not None and self.seconds > 0 else None)}
 
 
 def outcome(tenant: str, name: str) -> Any:
@@ -86,11 +90,11 @@ async def load_file(daemon: BenchDaemon, tenant: str, data: DataFile, timeout: f
     """
     name = name or f"{data.path.stem}-{uuid.uuid4().hex[:6]}{''.join(data.path.suffixes)}"
     daemon.log.poll()
-    cpu0 = daemon.cpu_seconds()
+    cpu0, store0 = daemon.cpu_seconds(), daemon.env.store_cpu()
     dropped = daemon.drop_file(tenant, data.path, name)
     event = await daemon.log.wait_for(outcome(tenant, name), timeout, what=f"outcome of {name}",
                                       alive=daemon.alive)
-    cpu1 = daemon.cpu_seconds()
+    cpu1, store1 = daemon.cpu_seconds(), daemon.env.store_cpu()
     if event["event"] != "batch.file.committed":
         raise BenchError(f"{name} was rejected: {event.get('code')}: {event.get('reason')}")
     written = int(event.get("records_written", 0)) + int(event.get("duplicates", 0))
@@ -101,5 +105,6 @@ async def load_file(daemon: BenchDaemon, tenant: str, data: DataFile, timeout: f
         count = await daemon.env.client[f"tenant_{tenant}"][collection].estimated_document_count()
         if count < written:
             raise BenchError(f"{name}: the event says {written} records but the collection holds {count}")
+    store_cpu = store1 - store0 if store0 is not None and store1 is not None else None
     return LoadRun(tenant, name, data.rows, data.bytes, event_time(event) - dropped,
-                   float(event.get("seconds", 0.0)), cpu1 - cpu0, daemon.peak_rss_mb())
+                   float(event.get("seconds", 0.0)), cpu1 - cpu0, daemon.peak_rss_mb(), store_cpu)

@@ -13,10 +13,11 @@ import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["py_spy", "Sampler", "summarise"]
+__all__ = ["py_spy", "Sampler", "summarise", "profiled"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -133,3 +134,21 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
         return {"samples": 0, "waiting_samples": waiting, "self": [], "total": []}
     return {"samples": samples, "waiting_samples": waiting, "self": table(own),
             "total": table(total, platform)}
+
+
+async def profiled(pid: int, out_dir: Path, work: Awaitable[Any], workload: str) -> tuple[Any, dict[str, Any] | str]:
+    """Await ``work`` with py-spy sampling process ``pid``; returns its result and the summary
+    (or, when no profile could be taken, the reason as a string)."""
+    exe = py_spy()
+    if exe is None:
+        return await work, "py-spy could not be installed (pip install py-spy): no profile"
+    sampler = Sampler(exe, pid, out_dir / "profile.raw.txt")
+    sampler.start()
+    try:
+        value = await work
+    finally:
+        written = sampler.stop()
+    if not written:
+        return value, f"py-spy wrote no profile (see {sampler.log}); is ptrace allowed here?"
+    return value, {"tool": "py-spy, sampling at 100 Hz, idle threads excluded", "workload": workload,
+                   **summarise(sampler.output)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 from bench.benchmarks.batch import flights_data, flights_loads
 from bench.daemon import BenchDaemon
 from bench.loads import BATCH_SETTINGS, LoadRun, batch_profile, load_file
-from bench.profile import Sampler, py_spy, summarise
+from bench.profile import profiled
 from bench.results import Result, Target, metric_from_runs
 from bench.session import Session
 
@@ -23,28 +23,18 @@ TARGET = Target("<=", 10.0)
 
 
 async def _profiled_load(session: Session, result: Result) -> None:
-    exe = py_spy()
-    if exe is None:
-        result.notes.append("py-spy could not be installed (pip install py-spy): no profile")
-        return
     data = flights_data(session)
     tenant = session.env.new_tenant("pr")
-    out = session.env.tmp("profile") / "daemon.raw.txt"
     daemon = BenchDaemon(session.env, "profile", tenants=[batch_profile(tenant)], batch=BATCH_SETTINGS)
     session.say(f"{NAME}: profiled load of {data.rows} rows (py-spy)")
     async with daemon:
-        sampler = Sampler(exe, daemon.pid, out)
-        sampler.start()
-        try:
-            await load_file(daemon, tenant, data, session.scale.timeout_s)
-        finally:
-            written = sampler.stop()
+        _, profile = await profiled(daemon.pid, daemon.base, load_file(daemon, tenant, data, session.scale.timeout_s),
+                                    f"{data.path.name}, {data.rows} rows, drop to committed")
     await session.env.drop(f"tenant_{tenant}")
-    if not written:
-        result.notes.append(f"py-spy wrote no profile (see {sampler.log}); is ptrace allowed here?")
-        return
-    result.profile = {"tool": "py-spy, sampling at 100 Hz, idle threads excluded",
-                      "workload": f"{data.path.name}, {data.rows} rows, drop to committed", **summarise(out)}
+    if isinstance(profile, str):
+        result.notes.append(profile)
+    else:
+        result.profile = profile
 
 
 async def run(session: Session, result: Result) -> None:
@@ -64,3 +54,17 @@ async def run(session: Session, result: Result) -> None:
     result.add(metric_from_runs("records_per_s", "records/s of these loads", [r.rate for r in loads], "records/s"))
     result.runs = [r.to_json() for r in loads]
     await _profiled_load(session, result)
+    explain(result)
+
+
+def explain(result: Result) -> None:
+    """When the target is missed, name the top costs of the profile."""
+    value = next((m.value for m in result.metrics if m.key == "cpu_us_per_record"), None)
+    if value is None or TARGET.met(value):
+        return
+    top = (result.profile or {}).get("self", [])[:4]
+    if not top:
+        result.notes.append(f"target missed: {value:.1f} µs per record; no profile was taken")
+        return
+    costs = ", ".join(f"`{p['function']}` {p['pct']:.0f} %" for p in top)
+    result.notes.append(f"target missed: {value:.1f} µs per record. The largest own costs in the profile: {costs}")

@@ -74,3 +74,7 @@ async def run(session: Session, result: Result) -> None:
     result.add(metric_from_runs("ratio", "B beside A / B alone", [r["ratio"] for r in runs if r["ratio"]], "×",
                                 TARGET, note="median of the per-repetition ratios"))
     result.runs = runs
+    ratio = next((m.value for m in result.metrics if m.key == "ratio"), None)
+    if ratio is not None and not TARGET.met(ratio):
+        result.notes.append(f"target missed: B's small file takes {ratio:.1f}× its idle time while A loads; "
+                            "see the runs for each repetition's times")

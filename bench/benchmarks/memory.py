@@ -7,6 +7,8 @@ belongs to that load alone; the daemon's RSS before the load is reported beside 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 from bench.daemon import BenchDaemon
@@ -74,4 +76,33 @@ async def run(session: Session, result: Result) -> None:
                       note="ratio of the medians; >= 0.9 means the large file is within 10 % of the small one"))
     result.add(metric_from_runs("cpu_us_per_record_large", f"daemon CPU per record, {ll} file",
                                 [r["cpu_us_per_record"] for r in large], "µs"))
+    floor = _import_rss_mb()
+    if floor is not None:
+        result.add(Metric("import_rss_mb", "RSS of a Python process that only imports the daemon and the app",
+                          floor, "MiB", note="the floor under every daemon figure above"))
     result.runs = small + large
+    explain(result)
+
+
+def _import_rss_mb() -> float | None:
+    """The RSS of a fresh interpreter after importing what the daemon and the flights app import."""
+    code = ("import mysimbdp.daemon, mysimbdp.batch.loader, mysimbdp_flights.batch, pyarrow.csv, pyarrow.compute\n"
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS:')][0])")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+        return int(out.stdout.strip()) / 1024
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def explain(result: Result) -> None:
+    """When the RSS target is missed, split the peak into what was there before and what the load added."""
+    figures = {m.key: m.value for m in result.metrics}
+    peak, before, floor = figures.get("peak_rss_large_mb"), figures.get("rss_before_mb"), figures.get("import_rss_mb")
+    if peak is None or RSS_TARGET.met(peak) or before is None:
+        return
+    text = (f"RSS target missed: peak {peak:.0f} MiB, of which {before:.0f} MiB were resident before the load "
+            f"began and {peak - before:.0f} MiB came with it")
+    if floor is not None:
+        text += f"; importing the daemon's and the app's modules alone takes {floor:.0f} MiB"
+    result.notes.append(text)
