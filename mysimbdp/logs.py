@@ -27,7 +27,8 @@ _handlers: list[logging.Handler] = []
 
 
 def subscribe(callback: Subscriber) -> None:
-    """Call ``callback`` with a copy of every log event at or above the configured level.
+    """Call ``callback`` with a copy of every log event at level info and above (and debug
+    ones when the configured level is debug), whatever level is written to the outputs.
 
     Callbacks run synchronously inside the logging call: they must be quick and must not log.
     """
@@ -118,7 +119,9 @@ def configure_logging(level: str = "info", log_file: Path | None = None,
             log_file, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         rotating.setFormatter(json_formatter)
         _handlers.append(rotating)
+    threshold = logging.getLevelNamesMapping()[level.upper()]
     for handler in _handlers:
+        handler.setLevel(threshold)
         root.addHandler(handler)
         libs.addHandler(handler)
     # Libraries speak only when something is wrong; the platform logs its own view of it.
@@ -131,8 +134,9 @@ def configure_logging(level: str = "info", log_file: Path | None = None,
             _feed,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
+        # Info events always reach the feed (the monitor scales on them); the handlers apply
+        # the configured level to what is written.
+        wrapper_class=structlog.make_filtering_bound_logger(min(threshold, logging.INFO)),
         logger_factory=lambda *args: root,
         cache_logger_on_first_use=False,
     )

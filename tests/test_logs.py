@@ -44,3 +44,18 @@ def test_rotation(tmp_path: Path) -> None:
         get_logger("t").info("test.fill", i=i, pad="x" * 50)
     assert (tmp_path / "mysimbdp.jsonl.1").exists()
     assert not (tmp_path / "mysimbdp.jsonl.3").exists()
+
+
+def test_feed_hears_info_events_when_outputs_are_quieter(tmp_path: Path) -> None:
+    log_file = tmp_path / "quiet.jsonl"
+    configure_logging("warning", log_file, console=False)
+    seen: list[dict[str, Any]] = []
+    subscribe(seen.append)
+    try:
+        get_logger("stream").info("stream.report", tenant="t1", messages=7)
+        get_logger("stream").warning("stream.slow", tenant="t1")
+    finally:
+        unsubscribe(seen.append)
+    assert [e["event"] for e in seen] == ["stream.report", "stream.slow"]
+    written = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+    assert written == ["stream.slow"]
