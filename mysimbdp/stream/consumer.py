@@ -129,7 +129,9 @@ class Consumer:
         """Open the channel, set the prefetch, begin consuming and flushing."""
         self._channel = await self._connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=self.profile.prefetch)
-        self._queue = await self._channel.get_queue(queue_name(self.tenant), ensure=False)
+        # ensure=True: a robust channel restores only the queues (and their consumers) it looked up
+        # for real; with ensure=False consumption silently stops after RabbitMQ restarts
+        self._queue = await self._channel.get_queue(queue_name(self.tenant), ensure=True)
         self._tasks = [asyncio.create_task(self._flush_loop(), name=f"{self.instance}.flush"),
                        asyncio.create_task(self._tick_loop(), name=f"{self.instance}.tick")]
         try:
