@@ -1,0 +1,122 @@
+"""A publisher that knows which messages the broker confirmed, through faults.
+
+Each message has a unique key, used as its ``message_id`` and in its body. The publisher
+keeps trying a message (same ``message_id``) until the broker confirms it or the time
+budget runs out; when the connection drops it reconnects. A message confirmed on any
+attempt is *acknowledged*; one sent but never confirmed is *indeterminate*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, DeliveryMode
+
+__all__ = ["Publisher", "message_body", "message_keys"]
+
+
+def message_keys(prefix: str, n: int) -> list[str]:
+    """``n`` keys; every 40th is rejected by ``rel_echo`` and every 97th is sent as non-JSON."""
+    keys = []
+    for i in range(n):
+        if i % 97 == 13:
+            keys.append(f"{prefix}-raw-{i:06d}")
+        elif i % 40 == 7:
+            keys.append(f"reject-{prefix}-{i:06d}")
+        else:
+            keys.append(f"{prefix}-{i:06d}")
+    return keys
+
+
+def message_body(key: str) -> bytes:
+    """The JSON body of a key, or a body that is not JSON for the ``-raw-`` keys."""
+    if "-raw-" in key:
+        return b"this is not JSON: " + key.encode()
+    return orjson.dumps({"key": key, "payload": "x" * 32})
+
+
+@dataclass
+class Publisher:
+    """Publishes keys to ``exchange`` with routing key ``routing_key`` on ``url``."""
+
+    url: str
+    exchange: str
+    routing_key: str
+    window: int = 64
+    acknowledged: set[str] = field(default_factory=set)
+    attempted: set[str] = field(default_factory=set)
+    reconnects: int = 0
+    _connection: AbstractConnection | None = None
+    _channel: AbstractChannel | None = None
+    _exchange: AbstractExchange | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def _ensure(self, deadline: float) -> AbstractExchange:
+        async with self._lock:
+            while self._exchange is None or self._channel is None or self._channel.is_closed:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("could not reconnect to the broker")
+                with contextlib.suppress(Exception):
+                    if self._connection is not None:
+                        await self._connection.close()
+                try:
+                    self._connection = await aio_pika.connect(self.url, timeout=5)
+                    self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+                    self._exchange = await self._channel.get_exchange(self.exchange, ensure=True)
+                    self.reconnects += 1
+                except Exception:
+                    self._exchange = None
+                    await asyncio.sleep(0.5)
+            return self._exchange
+
+    async def _publish_one(self, key: str, deadline: float) -> None:
+        message = aio_pika.Message(message_body(key), message_id=key, delivery_mode=DeliveryMode.PERSISTENT,
+                                   content_type="application/json")
+        while time.monotonic() < deadline:
+            try:
+                exchange = await self._ensure(deadline)
+                self.attempted.add(key)
+                await asyncio.wait_for(exchange.publish(message, self.routing_key, mandatory=True), 10)
+            except Exception:
+                self._exchange = None if self._channel is None or self._channel.is_closed else self._exchange
+                await asyncio.sleep(0.2)
+                continue
+            self.acknowledged.add(key)
+            return
+
+    async def publish(self, keys: list[str], rate: float, budget_s: float = 120.0) -> None:
+        """Publish every key at about ``rate`` per second, at most ``window`` awaiting confirms."""
+        deadline = time.monotonic() + budget_s
+        slots = asyncio.Semaphore(self.window)
+        started = time.monotonic()
+        tasks: list[asyncio.Task[None]] = []
+
+        async def one(key: str) -> None:
+            try:
+                await self._publish_one(key, deadline)
+            finally:
+                slots.release()
+
+        for i, key in enumerate(keys):
+            await slots.acquire()
+            tasks.append(asyncio.create_task(one(key)))
+            ahead = started + i / rate - time.monotonic()
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+        await asyncio.gather(*tasks)
+
+    @property
+    def indeterminate(self) -> set[str]:
+        """Sent at least once, never confirmed."""
+        return self.attempted - self.acknowledged
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
