@@ -56,7 +56,7 @@ class Daemon:
         self.store = Store(settings.mongo_uri, settings.var_dir)
         self.broker = Broker(settings.amqp_url, settings.retry_max_s)
         self.ledger = Ledger(self.store)
-        self.tenants = TenantRegistry(settings.tenants_dir, self.stop_event)
+        self.tenants = TenantRegistry(settings.tenants_dir, self.stop_event, settings.batch.rescan_interval_s)
         self.http = HttpServer(self, settings.http_host, settings.http_port)
         self.components: list[Any] = [
             self.store,

@@ -179,9 +179,12 @@ class TenantRegistry:
 
     name = "tenants"
 
-    def __init__(self, directory: Path, stop_event: asyncio.Event) -> None:
+    def __init__(self, directory: Path, stop_event: asyncio.Event, rescan_interval_s: float = 5.0) -> None:
         self.directory = directory
         self._stop = stop_event
+        self._rescan_interval = rescan_interval_s
+        self._lock = asyncio.Lock()
+        self._rescan_task: asyncio.Task[None] | None = None
         self._tenants: dict[str, TenantProfile] = {}
         self._errors: dict[str, TenantProfileError] = {}
         self._listeners: list[Listener] = []
@@ -212,13 +215,15 @@ class TenantRegistry:
         self.directory.mkdir(parents=True, exist_ok=True)
         await self.reload()
         self._task = asyncio.create_task(self._watch(), name="tenants.watch")
+        self._rescan_task = asyncio.create_task(self._rescan(), name="tenants.rescan")
 
     async def stop(self) -> None:
         """Stop watching."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        tasks = [t for t in (self._task, self._rescan_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = self._rescan_task = None
 
     def health(self) -> dict[str, object]:
         """Tenants loaded and invalid profile files."""
@@ -227,6 +232,10 @@ class TenantRegistry:
 
     async def reload(self) -> list[TenantChange]:
         """Read the directory again and deliver the differences to the listeners."""
+        async with self._lock:  # the watcher and the rescan must not interleave deliveries
+            return await self._reload()
+
+    async def _reload(self) -> list[TenantChange]:
         found, errors = load_profiles(self.directory)
         new_errors = {e.path: e for e in errors}
         for path, err in new_errors.items():
@@ -267,9 +276,18 @@ class TenantRegistry:
     async def _watch(self) -> None:
         async for _changes in watchfiles.awatch(self.directory, stop_event=self._stop,
                                                 debounce=300, recursive=False):
-            try:
-                await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # never let a reload bug stop the watcher
-                log.exception("tenant.reload_failed", error=str(exc))
+            await self._safe_reload()
+
+    async def _rescan(self) -> None:
+        """File events can be missed (e.g. while the watcher starts): read the folder now and then."""
+        while not self._stop.is_set():
+            await asyncio.sleep(self._rescan_interval)
+            await self._safe_reload()
+
+    async def _safe_reload(self) -> None:
+        try:
+            await self.reload()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never let a reload bug stop the watcher
+            log.exception("tenant.reload_failed", error=str(exc))

@@ -134,3 +134,27 @@ async def test_registry_hot_reload_onboard_edit_invalid_offboard(tmp_path: Path)
     finally:
         stop.set()
         await registry.stop()
+
+
+async def test_rescan_finds_a_profile_without_file_events(tmp_path: Path) -> None:
+    """A profile written while no watcher runs is still picked up by the periodic rescan."""
+    folder = tmp_path / "tenants"
+    folder.mkdir()
+    stop = asyncio.Event()
+    registry = TenantRegistry(folder, stop, rescan_interval_s=0.2)
+    registry._watch = _no_watch  # type: ignore[method-assign]  # only the rescan may find it
+    await registry.start()
+    try:
+        _write(folder, "late.toml", 'id = "late"\n[batch]\napp = "weather"\n')
+        for _ in range(50):
+            if "late" in registry:
+                break
+            await asyncio.sleep(0.1)
+        assert "late" in registry
+    finally:
+        stop.set()
+        await registry.stop()
+
+
+async def _no_watch() -> None:
+    await asyncio.Event().wait()
