@@ -57,6 +57,7 @@ def _selected(only: list[str], skip: list[str]) -> list[str]:
 
 async def _run_one(session: Session, name: str) -> Result:
     module = BENCHMARKS[name]
+    session.begin(name)
     result = Result(name, module.TITLE, session.scale.name, session.repeat, session.command(name), session.machine)
     t0 = time.monotonic()
     session.say(f"{name}: {module.TITLE}")
@@ -82,7 +83,7 @@ async def run_benchmarks(names: Sequence[str], scale: str = "full", repeat: int 
     preset = SCALES[scale]
     async with env:
         machine = await describe_machine(env.mongo_uri, env.embedded_store, env.management_url)
-        session = Session(env, preset, repeat or preset.repeat, results_dir, machine, quiet=quiet)
+        session = Session(env, preset, repeat, results_dir, machine, quiet=quiet)
         results = []
         for name in names:
             result = await _run_one(session, name)

@@ -18,6 +18,7 @@ see :mod:`bench.streams` for how each sampled message's publish -> committed tim
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -62,8 +63,9 @@ async def _offboard(session: Session, daemon: BenchDaemon, tenant: str) -> None:
     await session.env.drop(f"tenant_{tenant}")
 
 
-async def _platform(session: Session, daemon: BenchDaemon, i: int) -> tuple[dict[str, Any], str]:
-    data = weather_repeated(session.scale.stream_messages, session.env.data_dir)
+async def _platform(session: Session, daemon: BenchDaemon, i: int,
+                    messages: int | None = None) -> tuple[dict[str, Any], str]:
+    data = weather_repeated(messages or session.scale.stream_messages, session.env.data_dir)
     tenant = await _new_tenant(session, daemon, "st")
     readings = session.env.db(f"tenant_{tenant}")[STREAM_COLLECTION]
     publisher = Publisher(session.env, tenant, data.path, f"thr{i}")
@@ -112,11 +114,14 @@ async def _latency(session: Session, daemon: BenchDaemon, rate: int, i: int) -> 
     timeout = session.scale.latency_seconds + 120
     await asyncio.gather(probe.run(publisher.started, timeout), publisher.wait(timeout))
     lat = probe.latencies_ms
+    summary = publisher.output.splitlines()[-1] if publisher.output else ""
+    achieved = re.search(r"([\d,.]+) msg/s", summary)
     out = {"offered_msgs_per_s": rate, "messages": data.rows, "sampled": len(lat),
+           "published_msgs_per_s": float(achieved[1].replace(",", "")) if achieved else None,
            "p50_ms": round(percentile(lat, 50) or 0, 1), "p95_ms": round(percentile(lat, 95) or 0, 1),
            "p99_ms": round(percentile(lat, 99) or 0, 1), "max_ms": round(max(lat), 1),
            "poll_ms_median": round((median(probe.poll_seconds) or 0) * 1000, 1),
-           "publisher": publisher.output.splitlines()[-1] if publisher.output else "",
+           "publisher": summary,
            "platform_reports": platform_reports(daemon, tenant)}
     await _offboard(session, daemon, tenant)
     return out
@@ -125,9 +130,10 @@ async def _latency(session: Session, daemon: BenchDaemon, rate: int, i: int) -> 
 async def _profile(session: Session, daemon: BenchDaemon, result: Result) -> None:
     """One more throughput run with py-spy sampling the daemon (not counted in the figures)."""
     session.say(f"{NAME}: profiled throughput run (py-spy)")
-    work = _platform(session, daemon, session.repeat)
+    messages = max(1000, session.scale.stream_messages // 4)
+    work = _platform(session, daemon, session.repeat, messages)
     (_, tenant), profile = await profiled(daemon.pid, daemon.base, work,
-                                            f"{session.scale.stream_messages} weather messages, publish to committed")
+                                            f"{messages} weather messages, publish to committed")
     await _offboard(session, daemon, tenant)
     if isinstance(profile, str):
         result.notes.append(profile)
