@@ -19,6 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import bson
+from bson.errors import BSONError
+from bson.raw_bson import RawBSONDocument
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -28,12 +31,14 @@ from mysimbdp.logs import get_logger
 
 __all__ = [
     "PLATFORM_DB", "REJECTS", "EmbeddedMongo", "Store", "insert_idempotent", "InsertResult",
-    "free_port",
+    "free_port", "MAX_DOCUMENT_BYTES",
 ]
 
 PLATFORM_DB = "mysimbdp"
 REJECTS = "_rejects"
 DUPLICATE_KEY = 11000
+#: MongoDB's limit on one document; enforced here so the embedded store behaves like a real one.
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 log = get_logger("store")
 
 
@@ -277,20 +282,40 @@ async def insert_idempotent(collection: AsyncCollection[Any], documents: Sequenc
     """Insert documents with deterministic ``_id``s; ones already present count as duplicates.
 
     This is what makes loading exactly-once: a retried batch re-inserts the same ``_id``s and
-    MongoDB refuses them with duplicate-key errors, which are expected. Documents refused for
-    another reason are reported in ``failed``; connection errors propagate (retry the batch).
+    MongoDB refuses them with duplicate-key errors, which are expected. Each document is
+    encoded here, once: one that BSON cannot represent or that is over MongoDB's 16 MiB
+    limit is reported in ``failed`` (the same on every server, embedded or real) and the
+    others are written. Documents the server refuses are in ``failed`` too; connection
+    errors propagate (retry the batch).
     """
-    if not documents:
-        return InsertResult()
+    raws: list[RawBSONDocument] = []
+    positions: list[int] = []
+    failed: list[tuple[int, str]] = []
+    options = collection.codec_options
+    for index, doc in enumerate(documents):
+        try:
+            raw = bson.encode(doc, codec_options=options)
+        except (BSONError, OverflowError, TypeError, ValueError) as exc:
+            failed.append((index, f"the document cannot be stored: {exc}"[:500]))
+            continue
+        if len(raw) > MAX_DOCUMENT_BYTES:
+            failed.append((index, f"the document is {len(raw)} bytes, over MongoDB's limit of {MAX_DOCUMENT_BYTES} bytes"))
+            continue
+        raws.append(RawBSONDocument(raw))
+        positions.append(index)
+    if not raws:
+        return InsertResult(0, 0, failed)
     try:
-        result = await collection.insert_many(documents, ordered=False, bypass_document_validation=True)
+        await collection.insert_many(raws, ordered=False, bypass_document_validation=True)
     except BulkWriteError as exc:
         errors: list[dict[str, Any]] = list(exc.details.get("writeErrors", []))
         dups = sum(1 for e in errors if e.get("code") == DUPLICATE_KEY)
-        failed = [(int(e.get("index", -1)), str(e.get("errmsg", "write refused"))[:500])
-                  for e in errors if e.get("code") != DUPLICATE_KEY]
-        return InsertResult(int(exc.details.get("nInserted", len(documents) - len(errors))), dups, failed)
-    return InsertResult(len(result.inserted_ids), 0)
+        failed += [(positions[int(e["index"])] if 0 <= int(e.get("index", -1)) < len(positions) else -1,
+                    str(e.get("errmsg", "write refused"))[:500])
+                   for e in errors if e.get("code") != DUPLICATE_KEY]
+        written = int(exc.details.get("nInserted", len(raws) - len(errors)))
+        return InsertResult(written, dups, sorted(failed))
+    return InsertResult(len(raws), 0, failed)
 
 
 def _redact(uri: str) -> str:

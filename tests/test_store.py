@@ -133,3 +133,15 @@ async def test_embedded_store_restarts_after_a_crash(tmp_path: Path) -> None:
         assert await store.tenant_db("acme")["things"].count_documents({}) == 1
     finally:
         await store.stop()
+
+
+async def test_insert_idempotent_refuses_what_mongodb_would(mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str) -> None:
+    """Too large or unencodable documents are reported by index; the others are written."""
+    coll = mongo[f"tenant_{tenant_id}"]["records"]
+    docs = [{"_id": "ok-1"}, {"_id": "big", "x": "y" * (16 * 1024 * 1024)}, {"_id": "int", "n": 2**70},
+            {"_id": "ok-2"}]
+    result = await insert_idempotent(coll, docs)
+    assert result.written == 2
+    assert [i for i, _ in result.failed] == [1, 2]
+    assert "16777216" in result.failed[0][1]
+    assert sorted([d["_id"] async for d in coll.find({})]) == ["ok-1", "ok-2"]

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from bson.errors import InvalidDocument
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
 
 from mysimbdp.apps import App, BatchContext, Target
@@ -384,32 +383,15 @@ class FileLoader:
         counts.records_rejected += len(prepared.rejects)
 
     async def _insert(self, collection: Any, docs: list[dict[str, Any]]) -> Any:
-        """``insert_idempotent`` that waits out store outages and isolates unencodable documents."""
+        """``insert_idempotent`` that waits out store outages (refused documents come back in ``failed``)."""
         delay = 0.2
         while True:
             try:
                 return await insert_idempotent(collection, docs)
-            except InvalidDocument:
-                return await self._insert_one_by_one(collection, docs)
             except (AutoReconnect, ConnectionFailure) as exc:
                 log.warning("batch.store_retry", error=str(exc)[:300], retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX_S)
-
-    async def _insert_one_by_one(self, collection: Any, docs: list[dict[str, Any]]) -> Any:
-        from mysimbdp.store import InsertResult
-
-        total = InsertResult()
-        for i, doc in enumerate(docs):
-            try:
-                result = await insert_idempotent(collection, [doc])
-            except InvalidDocument as exc:
-                total.failed.append((i, f"the document cannot be stored: {exc}"[:500]))
-                continue
-            total.written += result.written
-            total.duplicates += result.duplicates
-            total.failed.extend((i, reason) for _, reason in result.failed)
-        return total
 
     async def _rollback(self, job: FileJob, collection: Any) -> None:
         prefix = id_prefix(job.sha256)

@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from bson.errors import InvalidDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
@@ -315,10 +314,7 @@ class Consumer:
         attempt = 0
         while True:
             try:
-                try:
-                    result = await insert_idempotent(self._db[collection], docs)
-                except InvalidDocument:
-                    return await self._insert_one_by_one(collection, docs)
+                result = await insert_idempotent(self._db[collection], docs)
             except PyMongoError as exc:
                 attempt += 1
                 delay = min(0.5 * 2 ** (attempt - 1), self._retry_max_s)
@@ -329,21 +325,6 @@ class Consumer:
             failed = [_write_reject(self.tenant, docs[i], reason) for i, reason in result.failed
                       if 0 <= i < len(docs)]
             return result.written, result.duplicates, failed
-
-    async def _insert_one_by_one(self, collection: str, docs: list[dict[str, Any]]) -> tuple[int, int, list[dict[str, Any]]]:
-        """A batch with a document BSON cannot encode: write the others, reject that one."""
-        written = dups = 0
-        failed: list[dict[str, Any]] = []
-        for doc in docs:
-            try:
-                result = await insert_idempotent(self._db[collection], [doc])
-            except InvalidDocument as exc:
-                failed.append(_write_reject(self.tenant, doc, f"cannot be stored: {exc}"))
-                continue
-            written += result.written
-            dups += result.duplicates
-            failed.extend(_write_reject(self.tenant, doc, reason) for _, reason in result.failed)
-        return written, dups, failed
 
     # ----------------------------------------------------------------- acknowledging
 
