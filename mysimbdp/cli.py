@@ -50,6 +50,29 @@ def daemon_main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(EXIT_CONFIG) from None
     except KeyboardInterrupt:  # a second Ctrl-C during the drain
         raise SystemExit(130) from None
+    _exit_despite_stuck_threads()
+
+
+def _exit_despite_stuck_threads(grace_s: float = 2.0) -> None:
+    """A tenant app stuck in an endless loop keeps its worker thread alive, and Python would
+    wait for it forever at exit. Give threads a moment, then exit without them."""
+    import logging
+    import os
+    import threading
+    import time
+
+    deadline = time.monotonic() + grace_s
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        from mysimbdp.logs import get_logger
+
+        get_logger("daemon").warning("daemon.threads_abandoned", threads=stuck)
+        logging.shutdown()
+        os._exit(0)
 
 
 async def _run_daemon(daemon_cls: type, settings: Settings) -> None:

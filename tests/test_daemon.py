@@ -76,3 +76,29 @@ def test_sigterm_exits_0_within_deadline(spawn_daemon: Callable[..., Any], setti
         assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
     log = (settings.var_dir / "log" / "mysimbdp.jsonl").read_text()
     assert '"event":"daemon.stopped"' in log
+
+
+def test_sigterm_with_an_app_stuck_in_a_loop(spawn_daemon: Callable[..., Any],
+                                             settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory(drain_timeout_s=1.0, extra_apps={"stuck": "tests.plugins.daemon_stuck"})
+    (settings.tenants_dir / "stuck.toml").write_text('id = "stuck"\n[batch]\napp = "stuck"\n')
+    dp = spawn_daemon(settings)
+    folder = settings.staging_dir / "stuck"
+    for _ in range(100):
+        if folder.is_dir():
+            break
+        time.sleep(0.1)
+    (folder / "a.csv").write_text("x\n1\n")
+    log = settings.var_dir / "log" / "mysimbdp.jsonl"
+    for _ in range(200):
+        if log.exists() and '"batch.file.loading"' in log.read_text():
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the file never started loading")
+    t0 = time.monotonic()
+    dp.signal(signal.SIGTERM)
+    code = dp.proc.wait(30)
+    assert code == 0, dp.log_path.read_text()[-2000:]
+    assert time.monotonic() - t0 < 15
+    assert '"daemon.threads_abandoned"' in log.read_text()

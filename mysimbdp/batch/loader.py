@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
 
@@ -111,6 +112,10 @@ def _reason(exc: BaseException) -> str:
 def _cut(raw: Any) -> Any:
     if isinstance(raw, str) and len(raw) > RAW_LIMIT:
         return raw[:RAW_LIMIT]
+    if isinstance(raw, dict | list):  # a huge record must not make its reject unstorable too
+        text = orjson.dumps(raw, default=str)
+        if len(text) > RAW_LIMIT:
+            return text[:RAW_LIMIT].decode("utf-8", "replace")
     return raw
 
 
@@ -361,9 +366,19 @@ class FileLoader:
                 await asyncio.wait({pending}, timeout=_SETTLE_S)
                 pending.cancel()
                 await asyncio.gather(pending, return_exceptions=True)
-            if future is not None and not future.done():  # the thread finishes its batch first
-                await asyncio.gather(asyncio.wrap_future(future), return_exceptions=True)
-            producer.close()
+            if await self._thread_finished(job, future):
+                producer.close()  # never while the thread still reads: a generator is not shareable
+
+    async def _thread_finished(self, job: FileJob, future: Future[Prepared | None] | None) -> bool:
+        """Wait (bounded) for the batch the worker thread is preparing; False if the app is stuck."""
+        if future is None or future.done():
+            return True
+        waiter = asyncio.wrap_future(future)
+        done, _ = await asyncio.wait({waiter}, timeout=_SETTLE_S)
+        if done:
+            return True
+        log.warning("batch.app.stuck", tenant=job.tenant, file=job.name, waited_s=_SETTLE_S)
+        return False
 
     async def _write(self, job: FileJob, producer: _Producer, collection: Any, rejects: Any,
                      prepared: Prepared, counts: Counts) -> None:
