@@ -8,6 +8,8 @@ file is followed to learn when files and batches are committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -142,6 +144,12 @@ def toml_dumps(profile: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM the daemon if the benchmark process dies (no daemons left behind)."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _daemon_command() -> list[str]:
     script = Path(sys.executable).parent / "mysimbdpd"
     if script.exists():
@@ -222,7 +230,7 @@ class BenchDaemon:
         try:
             self.proc = subprocess.Popen(_daemon_command(), env=self.environment(),
                                          stdout=out, stderr=subprocess.STDOUT, cwd=self.base,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_die_with_parent)
         finally:
             out.close()
         self.pid = self.proc.pid
