@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,9 @@ def _fmt(value: Any, unit: str = "") -> str:
         return "yes" if value else "no"
     if isinstance(value, int | float):
         v = float(value)
-        if abs(v) >= 1000:
+        if v.is_integer() and abs(v) < 1000:
+            text = f"{v:.0f}"
+        elif abs(v) >= 1000:
             text = f"{v:,.0f}"
         elif abs(v) >= 100:
             text = f"{v:.0f}"
@@ -154,11 +157,17 @@ def _summary(results: dict[str, dict[str, Any]]) -> list[str]:
             *_table(["benchmark", "figure", "median", "target", ""], rows), ""]
 
 
+def _markdown(text: str) -> str:
+    """Docstring markup (reST) as Markdown: ``code`` and :role:`target` become `code`."""
+    text = re.sub(r":(?:mod|class|func|meth|attr):`~?([^`]+)`", r"`\1`", text)
+    return text.replace("``", "`")
+
+
 def _method(name: str) -> str:
     module = BENCHMARKS.get(name)
-    doc = inspect.getdoc(module) or "" if module else ""
+    doc = (inspect.getdoc(module) or "") if module else ""
     parts = doc.split("\n\n", 1)
-    return parts[1] if len(parts) > 1 else ""
+    return _markdown(parts[1]) if len(parts) > 1 else ""
 
 
 def _profile(profile: dict[str, Any]) -> list[str]:
@@ -197,7 +206,8 @@ def _section(index: int, name: str, r: dict[str, Any]) -> list[str]:
     if settings:
         shown = "; ".join(f"{k} = `{v}`" for k, v in settings.items())
         lines += [f"Settings: {shown}.", ""]
-    lines += [f"Reproduce: `{r['command']}` (scale {r['scale']}, {r['repeat']} repetitions, "
+    reps = f"{r['repeat']} repetition{'s' if r['repeat'] != 1 else ''}"
+    lines += [f"Reproduce: `{r['command']}` (scale {r['scale']}, {reps}, "
               f"took {_fmt(r.get('seconds'), 's')}); raw repetitions in `bench/results/{name}.json`.", ""]
     return lines
 
