@@ -130,15 +130,8 @@ def test_bad_file(site: tuple[DaemonRunner, str, str], db: MongoClient[dict[str,
         reason = Path(entry["archive_path"] + ".reason.json")
         assert reason.is_file(), f"no reason file beside {entry['archive_path']}"
     else:
-        if bad_file.id == "huge-record" and written == bad_file.written + 1 and _embedded_store():
-            pytest.xfail("the embedded NX-27017 stores documents over 16 MB (MongoDB refuses them) and the "
-                         "loader relies on the server to refuse them; see docs/reliability.md")
         assert (written, rejects) == (bad_file.written, bad_file.rejected), entry
         assert entry.get("records_written") == bad_file.written, entry
-
-
-def _embedded_store() -> bool:
-    return not os.environ.get("MYSIMBDP_TEST_MONGO_URI")
 
 
 def test_symlink_out_of_staging_is_not_followed(site: tuple[DaemonRunner, str, str],
