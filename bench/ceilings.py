@@ -2,8 +2,6 @@
 
 * :func:`insert_many_rate` - already-built documents written with ``insert_many(ordered=False)``
   in batches, the store's bulk intake.
-* :func:`insert_one_rate` - one ``insert_one`` per document, how simple ingestion scripts
-  write (the seeds' approach).
 * :class:`BareConsumer` - an aio-pika consumer that acknowledges each message and does
   nothing else, the broker's delivery ceiling.
 """
@@ -17,7 +15,7 @@ from typing import Any
 
 import aio_pika
 
-__all__ = ["read_documents", "copy_indexes", "insert_many_rate", "insert_one_rate", "BareConsumer", "Timing"]
+__all__ = ["read_documents", "copy_indexes", "insert_many_rate", "BareConsumer", "Timing"]
 
 
 class Timing:
@@ -80,15 +78,6 @@ async def insert_many_rate(collection: Any, documents: Sequence[dict[str, Any]],
     seconds = time.perf_counter() - t0
     cpu1 = store_cpu() if store_cpu else None
     return Timing(len(docs), seconds, cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)
-
-
-async def insert_one_rate(collection: Any, documents: Sequence[dict[str, Any]]) -> Timing:
-    """Write ``documents`` one ``insert_one`` at a time, each awaited before the next."""
-    docs = [dict(d) for d in documents]
-    t0 = time.perf_counter()
-    for doc in docs:
-        await collection.insert_one(doc)
-    return Timing(len(docs), time.perf_counter() - t0)
 
 
 class BareConsumer:

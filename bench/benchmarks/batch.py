@@ -17,12 +17,13 @@ from bench.data import FLIGHTS_ROWS, DataFile, flights_csv, flights_slice
 from bench.loads import BATCH_SETTINGS, FLIGHTS_COLLECTION, LoadRun, batch_profile, load_file
 from bench.results import Result, Target, metric_from_runs
 from bench.session import Session
+from mysimbdp.config import BatchSettings
 
 __all__ = ["NAME", "TITLE", "run", "flights_data", "WRITE_BATCH_SIZE"]
 
 NAME = "batch"
 TITLE = "Batch throughput against insert_many"
-WRITE_BATCH_SIZE = 1000  # the platform's default batch.write_batch_size
+WRITE_BATCH_SIZE = BatchSettings().write_batch_size  # the platform's default, which the daemons use
 TARGET = Target(">=", 0.85)
 
 
