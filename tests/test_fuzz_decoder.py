@@ -26,7 +26,7 @@ EXAMPLES = 1000 if full_run() else 100
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=not full_run(),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 GUARANTEE = "5. parsers under fuzzing"
-tried: dict[str, int] = {}
+tried: dict[tuple[str, str], int] = {}
 
 
 def _echo(record: dict[str, Any], message: MessageContext) -> dict[str, Any]:
@@ -61,7 +61,12 @@ ROUTES = {
 def _report() -> Iterator[None]:
     yield
     for name, n in sorted(tried.items()):
-        record(GUARANTEE, f"hypothesis: {name}", "test_fuzz_decoder", injected=n, bad_inputs=n)
+        label, test = name
+        record(GUARANTEE, label, test, injected=n, bad_inputs=n)
+
+
+def _count(label: str, test: str) -> None:
+    tried[(label, test)] = tried.get((label, test), 0) + 1
 
 
 def _incoming(body: bytes, message_id: str | None) -> Incoming:
@@ -106,7 +111,7 @@ _json = st.recursive(
        route=st.sampled_from(sorted(ROUTES)), min_quality=st.sampled_from([0.0, 0.6]))
 def test_any_body_is_accounted_for(body: bytes, message_id: str | None, route: str,
                                    min_quality: float) -> None:
-    tried["any message body (bytes)"] = tried.get("any message body (bytes)", 0) + 1
+    _count("any message body (bytes)", "test_any_body_is_accounted_for")
     _check(body, message_id, route, min_quality)
 
 
@@ -115,7 +120,7 @@ def test_any_body_is_accounted_for(body: bytes, message_id: str | None, route: s
        route=st.sampled_from(sorted(ROUTES)), min_quality=st.sampled_from([0.0, 0.6]))
 def test_any_json_body_is_accounted_for(value: Any, message_id: str | None, route: str,
                                         min_quality: float) -> None:
-    tried["any JSON message body, misbehaving app"] = tried.get("any JSON message body, misbehaving app", 0) + 1
+    _count("any JSON message body, misbehaving app", "test_any_json_body_is_accounted_for")
     _check(json.dumps(value).encode(), message_id, route, min_quality)
 
 
@@ -128,6 +133,5 @@ def test_any_json_body_is_accounted_for(value: Any, message_id: str | None, rout
     b"[1, {}, null]",
 ])
 def test_hostile_bodies(body: bytes) -> None:
-    tried["hostile message bodies (deep nesting, empty, garbage)"] = \
-        tried.get("hostile message bodies (deep nesting, empty, garbage)", 0) + 1
+    _count("hostile message bodies (deep nesting, empty, garbage)", "test_hostile_bodies")
     _check(body, "m-1", "echo", 0.0)

@@ -66,17 +66,23 @@ def results_path() -> Path:
     return Path(configured) if configured else REPO / "var" / "reliability" / "results.json"
 
 
-def write_results(path: Path | None = None, failed_tests: list[str] | None = None) -> Path | None:
-    """Write :data:`RESULTS` (nothing when no reliability test ran); returns the path."""
+def write_results(path: Path | None = None, failed_tests: list[str] | None = None,
+                  known_defects: list[str] | None = None) -> Path | None:
+    """Write :data:`RESULTS` (nothing when no reliability test ran); returns the path.
+
+    Rows of ``failed_tests`` are marked failed; rows of ``known_defects`` (tests expected to
+    fail until a reported defect is fixed) are marked ``known_defect``.
+    """
     if not RESULTS:
         return None
     path = path or results_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    failed = set(failed_tests or ())
+    failed, known = set(failed_tests or ()), set(known_defects or ())
     rows = []
     for row in RESULTS:
         data = asdict(row)
         data["passed"] = row.passed and row.test not in failed
+        data["known_defect"] = not data["passed"] and row.test in known
         rows.append(data)
     payload = {
         "mode": "full" if full_run() else "reduced",

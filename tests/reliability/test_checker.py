@@ -42,3 +42,15 @@ def test_report_rewrites_only_the_table(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "old table" not in text and text.startswith("# Title") and text.endswith("after\n")
     assert "| g | f | 3 | 15 | 1 | 0 | 0 | 0 | 0 | **FAIL** |" in render(results)
+
+
+def test_known_defects_are_shown_but_do_not_fail_the_report(tmp_path: Path) -> None:
+    row = {"guarantee": "4. x", "fault": "f", "test": "t", "injected": 1, "checked": 0, "lost": 0,
+           "duplicated": 0, "unexpected": 0, "bad_inputs": 0, "crashes": 0, "passed": False,
+           "known_defect": True}
+    results = {"mode": "full", "generated_at": "now", "python": "3", "machine": "m", "rows": [row]}
+    table = render(results)
+    assert "known defect (expected to fail)" in table and "pass (1 known defect)" in table
+    source = tmp_path / "results.json"
+    source.write_text(json.dumps(results))
+    assert main([str(source), str(tmp_path / "doc.md")]) == 0

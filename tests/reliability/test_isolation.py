@@ -317,10 +317,12 @@ def test_many_hung_files_do_not_starve_other_tenants(tmp_path: Path, mongo_uri: 
         runner.kill()
     found = [d["key"] for d in db[f"tenant_{good}"]["records"].find({}, {"key": 1})]
     t = tally(keys, found)
+    # a file still waiting in staging is delayed, not lost: only a committed one is counted
     record(GUARANTEE, "hung files outnumbering the loading threads, next door",
-           "test_many_hung_files_do_not_starve_other_tenants", injected=len(names), checked=len(keys),
-           lost=t.lost, duplicated=t.duplicated, unexpected=t.unexpected, crashes=0 if healthy else 1,
-           passed=entry is not None, note=f"neighbour waited {waited:.1f} s")
+           "test_many_hung_files_do_not_starve_other_tenants", injected=len(names),
+           checked=len(keys) if entry else 0, lost=t.lost if entry else 0, duplicated=t.duplicated,
+           unexpected=t.unexpected, crashes=0 if healthy else 1, passed=entry is not None,
+           note=f"neighbour waited {waited:.1f} s" + ("" if entry else ", its file still staged"))
     assert healthy
     assert entry is not None and entry["state"] == "committed", f"the neighbour's file waited {waited:.0f} s"
     assert t.ok, t
