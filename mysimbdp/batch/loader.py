@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -286,9 +286,8 @@ def _naive_utc(out: pa.RecordBatch) -> pa.RecordBatch:
 class FileLoader:
     """Loads files into the tenants' databases; one instance per daemon."""
 
-    def __init__(self, store: Store, executor: Executor, write_batch_size: int) -> None:
+    def __init__(self, store: Store, write_batch_size: int) -> None:
         self.store = store
-        self.executor = executor
         self.write_batch_size = write_batch_size
         self._indexed: set[tuple[str, str]] = set()
 
@@ -349,10 +348,13 @@ class FileLoader:
         rejects = self.store.tenant_db(job.tenant)[REJECTS]
         pending: asyncio.Task[None] | None = None
         future: Future[Prepared | None] | None = None
+        # One thread per file: an app stuck in a loop holds only its own thread, never one
+        # another file (or tenant) needs.
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"batch-{job.tenant}")
         try:
-            iterator = await loop.run_in_executor(self.executor, _guarded, producer.batches)
+            iterator = await loop.run_in_executor(executor, _guarded, producer.batches)
             while True:
-                future = self.executor.submit(_guarded, next, iterator, None)
+                future = executor.submit(_guarded, next, iterator, None)
                 prepared = await asyncio.wrap_future(future)
                 if pending is not None:
                     await pending
@@ -368,6 +370,7 @@ class FileLoader:
                 await asyncio.gather(pending, return_exceptions=True)
             if await self._thread_finished(job, future):
                 producer.close()  # never while the thread still reads: a generator is not shareable
+            executor.shutdown(wait=False)
 
     async def _thread_finished(self, job: FileJob, future: Future[Prepared | None] | None) -> bool:
         """Wait (bounded) for the batch the worker thread is preparing; False if the app is stuck."""

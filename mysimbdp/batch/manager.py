@@ -86,7 +86,7 @@ class BatchManager:
         """Subscribe to tenant changes and begin watching (tenants arrive from the registry)."""
         slots = self.daemon.settings.batch.max_concurrent_files
         self._executor = ThreadPoolExecutor(max_workers=slots + 1, thread_name_prefix="batch")
-        self._loader = FileLoader(self.daemon.store, self._executor, self.daemon.settings.batch.write_batch_size)
+        self._loader = FileLoader(self.daemon.store, self.daemon.settings.batch.write_batch_size)
         self._accepting = True
         with contextlib.suppress(PyMongoError):  # the store may come up later; indexes are an optimisation
             await self.daemon.ledger.ensure_indexes()

@@ -283,10 +283,6 @@ def test_hung_app_file_is_rejected_at_its_timeout(tmp_path: Path, mongo_uri: str
     assert ok, entry
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "each file whose app hangs leaves its worker thread stuck in the batch manager's shared executor "
-    "(max_concurrent_files + 1 threads, mysimbdp/batch/manager.py start()); once they are all stuck no "
-    "tenant's file can be hashed, sniffed or parsed; see docs/reliability.md"))
 def test_many_hung_files_do_not_starve_other_tenants(tmp_path: Path, mongo_uri: str, amqp_url: str,
                                                      db: MongoClient[dict[str, Any]], full: bool) -> None:
     """More hung files than the daemon has loading threads: the other tenant still loads."""
