@@ -44,7 +44,9 @@ make bench BENCH_ARGS='--only stream --repeat 5'
 ```
 
 Options: `--only NAME[,NAME]`, `--skip NAME`, `--scale smoke|quick|full` (`--quick` is
-`--scale quick`), `--repeat N` (repetitions; the 1 GB load runs once at full scale),
+`--scale quick`), `--repeat N` (repetitions of every benchmark; by default 3 at full scale,
+but 2 for scaling and 1 for memory and stream, whose loads are the longest, so that the whole
+run stays under an hour on two cores; the 1 GB load always runs once),
 `--results-dir DIR`, `--keep` (keep the temporary folder, store data and vhost), `--no-report`.
 The store is an embedded NX-27017 started for the run (own data dir and PID file under
 `bench/data/`) unless `MYSIMBDP_BENCH_MONGO_URI` names a MongoDB; RabbitMQ is reached at
