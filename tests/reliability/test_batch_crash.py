@@ -101,7 +101,7 @@ def test_sigkill_during_loading_leaves_every_record_once(
            note=f"seed {seed}, {mid_load} kills mid-load")
     assert mid_load >= 1, f"seed {seed}: no kill landed while documents were being written"
     assert t.ok, f"seed {seed}: {t}"
-    assert not rejected, rejected
+    assert not rejected, [(e["name"], e["state"], e.get("code"), e.get("reason"), e.get("attempts")) for e in entries]
     assert reject_entries == 0
     assert sorted(e["name"] for e in entries) == sorted(files), entries
     assert crashes == 0
