@@ -287,7 +287,7 @@ def test_many_hung_files_do_not_starve_other_tenants(tmp_path: Path, mongo_uri: 
                                                      db: MongoClient[dict[str, Any]], full: bool) -> None:
     """More hung files than the daemon has loading threads: the other tenant still loads."""
     if not full:
-        pytest.skip("about 40 s: part of make reliability only")
+        pytest.skip("about 25 s: part of make reliability only")
     suffix = uuid.uuid4().hex[:8]
     bad, good = f"nm{suffix}", f"nn{suffix}"
     settings = suite_settings(tmp_path, mongo_uri, amqp_url, batch={"max_concurrent_files": 2})
