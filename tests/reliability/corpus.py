@@ -12,11 +12,12 @@ import gzip
 import json
 import os
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BadFile", "BAD_FILES", "SAMPLES_DIR", "good_rows", "MAX_FILE_BYTES"]
+__all__ = ["BadFile", "BAD_FILES", "SAMPLE_FILES", "SAMPLES_DIR", "good_rows", "MAX_FILE_BYTES", "sample_files"]
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "bad"
 #: The bad-input tenant's ``max_file_bytes``: big enough for the 50 MB line to be parsed.
@@ -187,9 +188,24 @@ BAD_FILES: list[BadFile] = [
 ]
 
 
-def samples() -> list[Path]:
-    """The committed hand-made samples (tiny files under ``tests/data/bad/``)."""
-    if not SAMPLES_DIR.is_dir():
+def _copier(source: Path) -> Callable[[Path], None]:
+    def make(path: Path) -> None:
+        shutil.copyfile(source, path)
+    return make
+
+
+def sample_files() -> list[BadFile]:
+    """The committed hand-made samples (``tests/data/bad/``) with the outcomes of ``outcomes.json``."""
+    manifest = SAMPLES_DIR / "outcomes.json"
+    if not manifest.is_file():
         return []
-    return sorted(p for p in SAMPLES_DIR.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix != ".md" and os.path.getsize(p) < 64 * 1024)
+    found = []
+    for name, spec in json.loads(manifest.read_text(encoding="utf-8")).items():
+        source = SAMPLES_DIR / name
+        assert source.is_file() and os.path.getsize(source) < 64 * 1024, f"{source}: missing or not tiny"
+        found.append(BadFile(f"sample-{name}", name, _copier(source), spec["state"], spec.get("code"),
+                             spec.get("written"), spec.get("rejected"), spec.get("what", name)))
+    return found
+
+
+SAMPLE_FILES = sample_files()

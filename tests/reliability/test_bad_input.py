@@ -25,7 +25,7 @@ from pymongo import MongoClient
 
 from mysimbdp.config import Settings
 from tests.reliability.checker import tally
-from tests.reliability.corpus import BAD_FILES, MAX_FILE_BYTES, BadFile, good_rows
+from tests.reliability.corpus import BAD_FILES, MAX_FILE_BYTES, SAMPLE_FILES, BadFile, good_rows
 from tests.reliability.daemon_proc import DaemonRunner, suite_settings
 from tests.reliability.harness import get_health, wait_until, write_tenant
 from tests.reliability.results import record
@@ -100,7 +100,7 @@ def _check_good(db: MongoClient[dict[str, Any]], good: str, name: str, keys: lis
     return tally(keys, found)
 
 
-@pytest.mark.parametrize("bad_file", BAD_FILES, ids=[b.id for b in BAD_FILES])
+@pytest.mark.parametrize("bad_file", BAD_FILES + SAMPLE_FILES, ids=[b.id for b in BAD_FILES + SAMPLE_FILES])
 def test_bad_file(site: tuple[DaemonRunner, str, str], db: MongoClient[dict[str, Any]],
                   tmp_path: Path, bad_file: BadFile) -> None:
     runner, bad, good = site
