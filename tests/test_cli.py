@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,11 @@ def test_apps_lists_installed_example_apps() -> None:
     out = subprocess.run([sys.executable, "-c", "from mysimbdp.cli import main; main(['apps', '--json'])"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().startswith("[")
+    apps = {a["name"]: a for a in json.loads(out.stdout)}
+    assert apps["flights"]["kinds"] == ["batch"]
+    assert apps["weather_stream"]["kinds"] == ["stream"]
+    assert apps["flights"]["distribution"] == "mysimbdp-flights"
+    assert apps["flights"]["version"]
 
 
 def _profile(dir_: Path, tid: str, body: str = "") -> Path:

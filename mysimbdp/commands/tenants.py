@@ -11,7 +11,7 @@ from mysimbdp.tenants import load_profile, load_profiles
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("tenants", help="check tenant profiles, issue tokens")
+    p = sub.add_parser("tenants", help="check and list tenant profiles, issue tokens, provision broker users")
     tsub = p.add_subparsers(dest="tenants_command", metavar="ACTION", required=True)
     check = tsub.add_parser("check", help="validate every profile in <config>/tenants/")
     check.set_defaults(func=check_profiles)
