@@ -48,7 +48,12 @@ class DaemonRunner:
     logs: list[Path] = field(default_factory=list)
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start a new process (on a new free port) and wait until ``/health`` answers."""
+        """Start a new process (on a new free port) and wait until ``/health`` answers.
+
+        Refuses while the previous process runs: two daemons on one staging folder would race.
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("the daemon is still running: kill() or stop() it first")
         port = free_port()
         env = daemon_env(self.settings, port)
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +65,11 @@ class DaemonRunner:
                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=self.settings.var_dir.parent)
         self.starts += 1
         self.url = f"http://127.0.0.1:{port}"
-        wait_health(self.url, self.proc, timeout=timeout)
+        try:
+            wait_health(self.url, self.proc, timeout=timeout)
+        except BaseException:
+            self.kill()  # never leave a half-started daemon behind
+            raise
 
     def alive(self) -> bool:
         """Whether the process runs; a process that died on its own counts as a crash."""

@@ -69,7 +69,7 @@ def test_sigkill_during_loading_leaves_every_record_once(
             runner.start()
             written = records.estimated_document_count()
             if written >= total:
-                break
+                break  # everything written: this daemon (still running) finishes the files
             if rng.random() < 0.3:  # a random moment, maybe before loading started
                 time.sleep(rng.uniform(0.0, 1.5))
             else:
@@ -81,7 +81,8 @@ def test_sigkill_during_loading_leaves_every_record_once(
             kills += 1
             if 0 < records.estimated_document_count() < total:
                 mid_load += 1
-        runner.start()
+        if not runner.alive():
+            runner.start()
         ledger = db["mysimbdp"]["files"]
         wait_until(lambda: ledger.count_documents({"tenant": tenant, "state": "committed"}) >= len(files),
                    180, f"{len(files)} files committed after {kills} kills")
