@@ -8,12 +8,13 @@ key and the reason; a tenant whose edited profile is invalid keeps its last vali
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import watchfiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,7 +24,7 @@ from mysimbdp.logs import get_logger
 
 __all__ = [
     "TENANT_ID_RE", "TenantProfile", "BatchProfile", "BatchRoute", "StreamProfile",
-    "MonitorProfile", "load_profile", "load_profiles", "TenantRegistry", "TenantChange",
+    "MonitorProfile", "load_profile", "load_profiles", "dumps_profile", "write_profile", "TenantRegistry", "TenantChange",
 ]
 
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -141,6 +142,54 @@ def load_profile(path: Path) -> TenantProfile:
     if profile.id != path.stem:
         raise TenantProfileError(str(path), "id", f"is {profile.id!r} but the file is named {path.name!r}; they must match")
     return profile
+
+
+def dumps_profile(data: Mapping[str, Any]) -> str:
+    """Render a profile (as nested dicts) as TOML: top-level keys first, then one table per section.
+
+    For tools and tests that onboard tenants; :func:`load_profile` reads it back.
+    """
+    lines: list[str] = []
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    _dump_table("", data, lines, tables)
+    while tables:
+        name, table = tables.pop(0)
+        lines += ["", f"[{name}]"]
+        _dump_table(name, table, lines, tables)
+    return "\n".join(lines) + "\n"
+
+
+def _dump_table(prefix: str, table: Mapping[str, Any], lines: list[str],
+                tables: list[tuple[str, Mapping[str, Any]]]) -> None:
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            tables.append((f"{prefix}.{key}" if prefix else key, value))
+        elif value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def write_profile(directory: Path, data: Mapping[str, Any]) -> Path:
+    """Write ``<directory>/<id>.toml`` atomically (the registry never sees half a profile)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{data['id']}.toml"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(dumps_profile(data), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def load_profiles(directory: Path) -> tuple[dict[str, TenantProfile], list[TenantProfileError]]:

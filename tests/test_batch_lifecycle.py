@@ -203,8 +203,8 @@ async def test_routes_pick_the_app_and_the_time_limit(
         mongo: AsyncMongoClient[dict[str, Any]]) -> None:
     settings = settings_factory(extra_apps=APPS, batch={"stable_after_s": 0.2, "rescan_interval_s": 0.5,
                                                         "write_batch_size": 100})
-    route = '\n[[batch.routes]]\npattern = "slow-*.csv"\napp = "batch_slow"\nmax_concurrent_files = 1\ntimeout_s = 0.8\n'
-    write_profile(settings, tenant_id, "batch_plain", extra=route)
+    route = {"pattern": "slow-*.csv", "app": "batch_slow", "max_concurrent_files": 1, "timeout_s": 0.8}
+    write_profile(settings, tenant_id, "batch_plain", routes=[route])
     await start_daemon(settings)
     drop(settings, tenant_id, "slow-big.csv", _csv(3000))  # ~3 s of work for a 0.8 s limit
     drop(settings, tenant_id, "quick.csv", _csv(10, start=5000))

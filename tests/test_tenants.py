@@ -158,3 +158,20 @@ async def test_rescan_finds_a_profile_without_file_events(tmp_path: Path) -> Non
 
 async def _no_watch() -> None:
     await asyncio.Event().wait()
+
+
+def test_write_profile_round_trips(tmp_path: Path) -> None:
+    from mysimbdp.tenants import dumps_profile, write_profile
+
+    data = {"id": "acme", "name": 'Acme "quoted"', "token_sha256": None,
+            "batch": {"app": "weather", "formats": ["csv", "jsonl"], "max_file_bytes": 10, "max_error_rate": 0.5,
+                      "routes": [{"pattern": "big-*", "app": "flights", "timeout_s": 5.0}]},
+            "stream": {"app": "weather_stream", "autostart": False, "apps": {"alerts": "flights_stream"}}}
+    path = write_profile(tmp_path, data)
+    profile = load_profile(path)
+    assert profile.name == 'Acme "quoted"'
+    assert profile.batch is not None and profile.batch.formats == ("csv", "jsonl")
+    assert profile.batch.routes[0].app == "flights"
+    assert profile.stream is not None and profile.stream.autostart is False
+    assert profile.stream.apps == {"alerts": "flights_stream"}
+    assert "[stream.apps]" in dumps_profile(data)

@@ -11,6 +11,7 @@ from typing import Any
 import aio_pika
 import orjson
 
+from mysimbdp import tenants
 from mysimbdp.config import Settings
 
 ECHO_APPS = {"stream_echo": "tests.plugins.stream_echo"}
@@ -21,26 +22,7 @@ def write_profile(settings: Settings, tenant: str, app: str = "stream_echo", **s
     values: dict[str, Any] = {"app": app, "min_consumers": 1, "max_consumers": 4, "prefetch": 100,
                               "batch_max_messages": 50, "batch_max_wait_ms": 50, "report_interval_s": 1.0}
     values.update(stream)
-    lines = [f'id = "{tenant}"', "", "[stream]"]
-    for key, value in values.items():
-        if isinstance(value, dict):
-            continue
-        lines.append(f"{key} = {_toml(value)}")
-    for key, value in values.items():
-        if isinstance(value, dict):
-            lines += ["", f"[stream.{key}]"] + [f"{k} = {_toml(v)}" for k, v in value.items()]
-    path = settings.tenants_dir / f"{tenant}.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    return str(value)
+    return tenants.write_profile(settings.tenants_dir, {"id": tenant, "stream": values})
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from mysimbdp import tenants
 from mysimbdp.auth import hash_token
 from mysimbdp.config import Settings
 
@@ -29,34 +30,12 @@ APPS = {
 }
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def write_tenant(settings: Settings, tenant: str, *, token: str | None = None,
                  batch: dict[str, Any] | None = None, stream: dict[str, Any] | None = None) -> Path:
     """Write ``<tenants_dir>/<tenant>.toml`` with the given sections; returns its path."""
-    lines = [f"id = {_toml_value(tenant)}", f"name = {_toml_value('reliability ' + tenant)}"]
-    if token is not None:
-        lines.append(f"token_sha256 = {_toml_value(hash_token(token))}")
-    for section, values in (("batch", batch), ("stream", stream)):
-        if values is not None:
-            lines.append(f"[{section}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items())
-    path = settings.tenants_dir / f"{tenant}.toml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)  # the registry never sees half a profile
-    return path
+    data: dict[str, Any] = {"id": tenant, "name": f"reliability {tenant}", "batch": batch, "stream": stream,
+                            "token_sha256": hash_token(token) if token is not None else None}
+    return tenants.write_profile(settings.tenants_dir, data)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
