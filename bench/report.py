@@ -185,6 +185,33 @@ def _profile(profile: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _memory_runs(runs: list[dict[str, Any]]) -> list[str]:
+    """One row per load: where each load's time and memory went."""
+    rows = []
+    for run in runs:
+        seconds, records = run.get("seconds") or 0, run.get("records") or 0
+        store = run.get("store_cpu_share")
+        store_us = f"{store * seconds / records * 1e6:.0f} µs" if store is not None and records else "–"
+        rows.append([run.get("size_label", "?"), f"{records:,}", _fmt(seconds, "s"), _fmt(run.get("records_per_s")),
+                     _fmt(run.get("rss_before_mb"), "MiB"), _fmt(run.get("peak_rss_mb"), "MiB"),
+                     _fmt(run.get("cpu_us_per_record"), "µs"), store_us])
+    return ["Each load:", "", *_table(["file", "records", "drop to committed", "records/s", "RSS before",
+                                        "peak RSS", "daemon CPU/record", "store CPU/record"], rows), ""]
+
+
+def _scaling_runs(runs: list[dict[str, Any]]) -> list[str]:
+    """The consumer changes of the first step load, with the monitor's reasons."""
+    timeline = runs[0].get("timeline") if runs else None
+    if not timeline:
+        return []
+    rows = [[_fmt(t.get("t"), "s"), f"{t.get('from')} → {t.get('to')}", t.get("reason") or ""] for t in timeline]
+    return ["The consumer changes of the first step load (seconds from its first message):", "",
+            *_table(["at", "consumers", "reason (from the `stream.consumers.changed` event)"], rows), ""]
+
+
+RUN_TABLES = {"memory": _memory_runs, "scaling": _scaling_runs}
+
+
 def _section(index: int, name: str, r: dict[str, Any]) -> list[str]:
     lines = [f'<a id="{name}"></a>', f"## {index}. {r['title']}", ""]
     method = _method(name)
@@ -202,6 +229,8 @@ def _section(index: int, name: str, r: dict[str, Any]) -> list[str]:
         lines.append(f"- {note}")
     if notes or r.get("notes"):
         lines.append("")
+    if name in RUN_TABLES and r.get("runs"):
+        lines += RUN_TABLES[name](r["runs"])
     if r.get("profile"):
         lines += _profile(r["profile"])
     settings = r.get("settings") or {}

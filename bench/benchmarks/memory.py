@@ -95,9 +95,25 @@ def _import_rss_mb() -> float | None:
         return None
 
 
+def _store_us(runs: list[dict[str, Any]]) -> float | None:
+    values = [r["store_cpu_share"] * r["seconds"] / r["records"] * 1e6 for r in runs
+              if r.get("store_cpu_share") is not None and r.get("records")]
+    return median(values)
+
+
 def explain(result: Result) -> None:
-    """When the RSS target is missed, split the peak into what was there before and what the load added."""
+    """Say why a target is missed: the peak split into before and during the load; the rate
+    beside the store's CPU per record, small file against large."""
     figures = {m.key: m.value for m in result.metrics}
+    ratio = figures.get("rate_ratio")
+    if ratio is not None and not LINEAR_TARGET.met(ratio):
+        small = [r for r in result.runs if r is not result.runs[-1]] or result.runs
+        store_small, store_large = _store_us(small), _store_us(result.runs[-1:])
+        text = f"linearity target missed: the large file loads at {ratio:.2f} of the small one's rate"
+        if store_small and store_large:
+            text += (f"; the store spends {store_large:.0f} µs of CPU per record on the large file against "
+                     f"{store_small:.0f} µs on the small one (its indexes grow with the collection)")
+        result.notes.append(text)
     peak, before, floor = figures.get("peak_rss_large_mb"), figures.get("rss_before_mb"), figures.get("import_rss_mb")
     if peak is None or RSS_TARGET.met(peak) or before is None:
         return
