@@ -81,7 +81,7 @@ async def run(session: Session, result: Result) -> None:
         result.add(Metric("import_rss_mb", "RSS of a Python process that only imports the daemon and the app",
                           floor, "MiB", note="the floor under every daemon figure above"))
     result.runs = small + large
-    explain(result)
+    explain(result, small, large)
 
 
 def _import_rss_mb() -> float | None:
@@ -101,14 +101,13 @@ def _store_us(runs: list[dict[str, Any]]) -> float | None:
     return median(values)
 
 
-def explain(result: Result) -> None:
+def explain(result: Result, small: list[dict[str, Any]], large: list[dict[str, Any]]) -> None:
     """Say why a target is missed: the peak split into before and during the load; the rate
     beside the store's CPU per record, small file against large."""
     figures = {m.key: m.value for m in result.metrics}
     ratio = figures.get("rate_ratio")
     if ratio is not None and not LINEAR_TARGET.met(ratio):
-        small = [r for r in result.runs if r is not result.runs[-1]] or result.runs
-        store_small, store_large = _store_us(small), _store_us(result.runs[-1:])
+        store_small, store_large = _store_us(small), _store_us(large)
         text = f"linearity target missed: the large file loads at {ratio:.2f} of the small one's rate"
         if store_small and store_large:
             text += (f"; the store spends {store_large:.0f} µs of CPU per record on the large file against "
