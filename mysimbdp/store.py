@@ -293,15 +293,19 @@ async def insert_idempotent(collection: AsyncCollection[Any], documents: Sequenc
     failed: list[tuple[int, str]] = []
     options = collection.codec_options
     for index, doc in enumerate(documents):
-        try:
-            raw = bson.encode(doc, codec_options=options)
-        except (BSONError, OverflowError, TypeError, ValueError) as exc:
-            failed.append((index, f"the document cannot be stored: {exc}"[:500]))
+        if isinstance(doc, RawBSONDocument):  # encoded already (the columnar path)
+            encoded = doc
+        else:
+            try:
+                encoded = RawBSONDocument(bson.encode(doc, codec_options=options))
+            except (BSONError, OverflowError, TypeError, ValueError) as exc:
+                failed.append((index, f"the document cannot be stored: {exc}"[:500]))
+                continue
+        size = len(encoded.raw)
+        if size > MAX_DOCUMENT_BYTES:
+            failed.append((index, f"the document is {size} bytes, over MongoDB's limit of {MAX_DOCUMENT_BYTES} bytes"))
             continue
-        if len(raw) > MAX_DOCUMENT_BYTES:
-            failed.append((index, f"the document is {len(raw)} bytes, over MongoDB's limit of {MAX_DOCUMENT_BYTES} bytes"))
-            continue
-        raws.append(RawBSONDocument(raw))
+        raws.append(encoded)
         positions.append(index)
     if not raws:
         return InsertResult(0, 0, failed)

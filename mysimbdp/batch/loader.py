@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +26,7 @@ import pyarrow as pa
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
 
 from mysimbdp.apps import App, BatchContext, Target
+from mysimbdp.batch.arrow_bson import encode_rows
 from mysimbdp.batch.readers import (
     RAW_LIMIT,
     ArrowBatch,
@@ -94,7 +95,7 @@ class Counts:
 class Prepared:
     """One batch ready to write: documents (with raw records) and reject documents."""
 
-    docs: list[dict[str, Any]]
+    docs: list[Mapping[str, Any]]
     raws: list[Any]
     rejects: list[dict[str, Any]] = field(default_factory=list)
     records_in: int = 0
@@ -202,10 +203,15 @@ class _Producer:
             refused = self._refused(ab, out)
             if "_reject" in out.schema.names:
                 out = out.drop_columns(["_reject"])
-            out = _naive_utc(out)
+            # BSON for the whole block at once (per-call costs of the kernels amortised), unless
+            # the app checks each document (it needs dicts) or a column type is not handled
+            encoded = None if check is not None else encode_rows(out, self._ids(ab.first, out.num_rows))
+            if encoded is None:
+                out = _naive_utc(out)
             # slices of write_batch_size rows: bounded memory and one write in flight per slice
             for lo in range(0, max(out.num_rows, 1), self.chunk_size):
-                prep = self._documents(ab, out.slice(lo, self.chunk_size), lo, refused, check)
+                part = None if encoded is None else encoded[lo:lo + self.chunk_size]
+                prep = self._documents(ab, out.slice(lo, self.chunk_size), lo, refused, check, part)
                 if lo == 0:
                     prep.records_in += len(ab.malformed)
                     prep.rejects[:0] = [self.reject(None, "parse", text.split(": ", 1)[0], text, key=f"m{ab.first}.{k}")
@@ -222,40 +228,49 @@ class _Producer:
         return refused
 
     def _documents(self, ab: ArrowBatch, out: pa.RecordBatch, lo: int, refused: dict[int, tuple[str, str]],
-                   check: Any) -> Prepared:
-        """Documents of rows ``lo .. lo + out.num_rows`` of the block (``out`` is that slice)."""
+                   check: Any, encoded: Sequence[Mapping[str, Any]] | None) -> Prepared:
+        """Documents of rows ``lo .. lo + out.num_rows`` of the block (``out`` is that slice).
+
+        ``encoded`` holds the slice's rows already encoded as BSON (None: build dicts here).
+        """
         n = out.num_rows
         prep = Prepared([], [], records_in=n)
-        names = out.schema.names
-        columns = [out.column(name).to_pylist() for name in names]
-        keys = ["_id", *names]
-        first, prefix = ab.first + lo, self.prefix
-        ids = [f"{prefix}{first + i}" for i in range(n)]
-        rows = zip(ids, *columns, strict=True)
+        first = ab.first + lo
         mine = {i - lo: r for i, r in refused.items() if lo <= i < lo + n}
-        if not mine and check is None:
-            prep.docs = [dict(zip(keys, row, strict=True)) for row in rows]
-            prep.raws = [None] * n
-            return prep
-        for i, row in enumerate(rows):
-            if i in mine:
-                continue
-            doc = dict(zip(keys, row, strict=True))
-            if check is not None:
-                try:
-                    problem = check(document=doc, context=self.ctx)
-                except Exception as exc:
-                    problem = _reason(exc)
-                if problem is not None:
-                    mine[i] = ("check", str(problem))
+        if encoded is not None and check is None:
+            prep.docs = [doc for i, doc in enumerate(encoded) if i not in mine] if mine else list(encoded)
+        else:
+            keys = ["_id", *out.schema.names]
+            for i, row in enumerate(_rows(self._ids(first, n), out)):
+                if i in mine:
                     continue
-            prep.docs.append(doc)
-            prep.raws.append(None)
+                doc = dict(zip(keys, row, strict=True))
+                if check is not None:
+                    try:
+                        problem = check(document=doc, context=self.ctx)
+                    except Exception as exc:
+                        problem = _reason(exc)
+                    if problem is not None:
+                        mine[i] = ("check", str(problem))
+                        continue
+                prep.docs.append(doc)
+        prep.raws = [None] * len(prep.docs)
         if mine:
             raw_rows = ab.batch.slice(lo, n).to_pylist()
             for i, (stage, reason) in sorted(mine.items()):
                 prep.rejects.append(self.reject(first + i, stage, reason, raw_rows[i]))
         return prep
+
+    def _ids(self, first: int, n: int) -> list[str]:
+        """The deterministic ``_id``s of records ``first .. first + n - 1``."""
+        prefix = self.prefix
+        return [f"{prefix}{first + i}" for i in range(n)]
+
+
+def _rows(ids: list[str], out: pa.RecordBatch) -> Iterator[tuple[Any, ...]]:
+    """``(id, value, value, ...)`` per row; the columns are converted only if iterated."""
+    columns = [column.to_pylist() for column in out.columns]
+    yield from zip(ids, *columns, strict=True)
 
 
 def _as_batch(out: Any, rows: int) -> pa.RecordBatch:
@@ -400,7 +415,7 @@ class FileLoader:
         counts.records_skipped += prepared.skipped
         counts.records_rejected += len(prepared.rejects)
 
-    async def _insert(self, collection: Any, docs: list[dict[str, Any]]) -> Any:
+    async def _insert(self, collection: Any, docs: Sequence[Mapping[str, Any]]) -> Any:
         """``insert_idempotent`` that waits out store outages (refused documents come back in ``failed``)."""
         delay = 0.2
         while True:
