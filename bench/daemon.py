@@ -26,8 +26,9 @@ import orjson
 
 from bench.env import BenchEnv
 from mysimbdp.store import free_port
+from mysimbdp.tenants import write_profile
 
-__all__ = ["BenchDaemon", "LogTail", "ProcStats", "toml_dumps", "DaemonFailed", "ADMIN_TOKEN"]
+__all__ = ["BenchDaemon", "LogTail", "ProcStats", "DaemonFailed", "ADMIN_TOKEN"]
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "bench-admin-token"
@@ -120,30 +121,6 @@ class LogTail:
             await asyncio.sleep(interval)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
-def toml_dumps(profile: Mapping[str, Any]) -> str:
-    """A tenant profile as TOML: top-level keys, then one table per nested section."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in profile.items() if not isinstance(v, Mapping)]
-    for key, section in profile.items():
-        if isinstance(section, Mapping):
-            lines.append(f"\n[{key}]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in section.items())
-    return "\n".join(lines) + "\n"
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to SIGTERM the daemon if the benchmark process dies (no daemons left behind)."""
     with contextlib.suppress(Exception):
@@ -208,13 +185,7 @@ class BenchDaemon:
 
     def write_tenant(self, profile: Mapping[str, Any]) -> Path:
         """Write (or rewrite) a tenant profile; a running daemon picks it up by itself."""
-        tenants = self.config_dir / "tenants"
-        tenants.mkdir(parents=True, exist_ok=True)
-        path = tenants / f"{profile['id']}.toml"
-        tmp = tenants / f".{profile['id']}.toml.tmp"
-        tmp.write_text(toml_dumps(profile), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_profile(self.config_dir / "tenants", profile)
 
     def alive(self) -> bool:
         """Whether the daemon process still runs."""
