@@ -2,9 +2,12 @@
 
 Each repetition loads the file as a new tenant (its own empty database), then writes the
 very documents the platform produced (read back from the tenant's collection, ``_id``
-included) into a fresh collection of the same store with ``insert_many(ordered=False)`` in
-batches of the platform's ``write_batch_size``, with the same indexes as the platform's
-collection (the app declares two): the store's bulk intake, the ceiling.
+included, as Python dicts that the driver encodes like any client's) into a fresh collection
+of the same store with ``insert_many(ordered=False)`` in batches of the platform's
+``write_batch_size``, with the same indexes as the platform's collection (the app declares
+two): the store's bulk intake, the ceiling. The platform's time runs from the file's
+appearance in staging (a rename) to its ``batch.file.committed`` event, so it includes the
+watcher's stability wait, hashing, the ledger and the archive move.
 """
 
 from __future__ import annotations
