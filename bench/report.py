@@ -83,6 +83,17 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{text} {unit}".strip() if unit and unit not in ("", "×") else (text + ("×" if unit == "×" else ""))
 
 
+def _value(metric: dict[str, Any]) -> str:
+    """The metric's value; within 1 % of its target, with the decimals that tell them apart."""
+    value, unit, target = metric.get("value"), metric.get("unit", ""), metric.get("target")
+    if target and isinstance(value, int | float) and target["value"] and value != target["value"] \
+            and abs(value - target["value"]) < 0.01 * abs(target["value"]):
+        for digits in range(2, 6):
+            if round(value, digits) != target["value"]:
+                return f"{value:.{digits}f} {unit}".strip()
+    return _fmt(value, unit)
+
+
 def _target(metric: dict[str, Any]) -> str:
     target = metric.get("target")
     if not target:
@@ -153,8 +164,7 @@ def _summary(results: dict[str, dict[str, Any]]) -> list[str]:
             continue
         for m in r["metrics"]:
             if m.get("target"):
-                rows.append([f"[{r['title']}](#{name})", m["label"], _fmt(m["value"], m.get("unit", "")),
-                             _target(m), _met(m)])
+                rows.append([f"[{r['title']}](#{name})", m["label"], _value(m), _target(m), _met(m)])
     return ["## Results against the targets", "",
             *_table(["benchmark", "figure", "median", "target", ""], rows), ""]
 
@@ -219,7 +229,7 @@ def _section(index: int, name: str, r: dict[str, Any]) -> list[str]:
         lines += [method, ""]
     if r["status"] != "ok":
         return [*lines, f"**{r['status']}**: {r.get('error') or ''}", "", f"Reproduce: `{r['command']}`", ""]
-    rows = [[m["label"], _fmt(m["value"], m.get("unit", "")), _spread(m), _target(m), _met(m)] for m in r["metrics"]]
+    rows = [[m["label"], _value(m), _spread(m), _target(m), _met(m)] for m in r["metrics"]]
     lines += _table(["figure", "median", "min – max", "target", ""], rows)
     lines.append("")
     notes = [m for m in r["metrics"] if m.get("note")]
