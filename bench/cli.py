@@ -60,6 +60,7 @@ async def _run_one(session: Session, name: str) -> Result:
     session.begin(name)
     result = Result(name, module.TITLE, session.scale.name, session.repeat, session.command(name), session.machine)
     t0 = time.monotonic()
+    load_at_start = load_average()
     session.say(f"{name}: {module.TITLE}")
     try:
         await module.run(session, result)
@@ -71,7 +72,8 @@ async def _run_one(session: Session, name: str) -> Result:
         session.say(f"{name}: FAILED: {result.error}")
     result.seconds = round(time.monotonic() - t0, 1)
     result.finished_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    result.machine = {**session.machine, "load_average_at_end": load_average()}
+    result.machine = {**session.machine, "load_average_at_start": load_at_start,
+                      "load_average_at_end": load_average()}
     return result
 
 

@@ -305,6 +305,21 @@ class BenchDaemon:
             raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         await self.stop()
+        if exc_type is not None and exc_type is not asyncio.CancelledError:
+            self.keep_logs()
+
+    def keep_logs(self) -> Path | None:
+        """Copy the daemon's logs to ``bench/data/failures/`` (the run's folder is removed at its end)."""
+        target = self.env.data_dir / "failures" / f"{self.base.name}-{self.env.run_id}"
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            for source in (self.log.path, self.var_dir / "stdout.log"):
+                if source.exists():
+                    shutil.copy2(source, target / source.name)
+        except OSError:
+            return None
+        print(f"[bench] the failed daemon's logs are kept in {target}", file=sys.stderr, flush=True)
+        return target
 

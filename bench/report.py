@@ -215,8 +215,16 @@ def _scaling_runs(runs: list[dict[str, Any]]) -> list[str]:
     if not timeline:
         return []
     rows = [[_fmt(t.get("t"), "s"), f"{t.get('from')} → {t.get('to')}", t.get("reason") or ""] for t in timeline]
-    return ["The consumer changes of the first step load (seconds from its first message):", "",
-            *_table(["at", "consumers", "reason (from the `stream.consumers.changed` event)"], rows), ""]
+    lines = ["The consumer changes of the first step load (seconds from its first message):", "",
+             *_table(["at", "consumers", "reason (from the `stream.consumers.changed` event)"], rows), ""]
+    for k, run in enumerate(runs, 1):
+        if run.get("back_to_min_after_load_s") is None and run.get("monitor_last_events"):
+            last = [[str(e.get("ts", ""))[11:23], e.get("event", ""), str(e.get("consumers") or ""),
+                     e.get("reason") or e.get("rule") or ""] for e in run["monitor_last_events"]]
+            lines += [f"Step load {k} did not return to `min_consumers`; the tenant's last monitor and "
+                      "consumer-change events (UTC):", "",
+                      *_table(["time", "event", "consumers", "reason or rule"], last), ""]
+    return lines
 
 
 RUN_TABLES = {"memory": _memory_runs, "scaling": _scaling_runs}

@@ -64,7 +64,7 @@ def explain(result: Result) -> None:
         return
     top = (result.profile or {}).get("self", [])[:4]
     if not top:
-        result.notes.append(f"target missed: {value:.1f} µs per record; no profile was taken")
+        result.notes.append(f"target missed: {value:.2f} µs per record; no profile was taken")
         return
     costs = ", ".join(f"`{p['function']}` {p['pct']:.0f} %" for p in top)
-    result.notes.append(f"target missed: {value:.1f} µs per record. The largest own costs in the profile: {costs}")
+    result.notes.append(f"target missed: {value:.2f} µs per record. The largest own costs in the profile: {costs}")

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from bench.apps import CAPACITY_PER_CONSUMER, SLOW_MS
-from bench.daemon import BenchDaemon
+from bench.daemon import BenchDaemon, DaemonFailed
 from bench.data import weather_repeated
 from bench.loads import event_time
 from bench.results import Result, metric_from_runs
@@ -74,11 +74,17 @@ async def _repetition(session: Session, daemon: BenchDaemon, i: int) -> dict[str
         raise BenchError(f"the first message (step{i}-0) is not in {tenant}'s readings")
     load_start = first["received_at"].timestamp()
     minimum = PROFILE_STREAM["min_consumers"]
-    back = await daemon.log.wait_for(
-        lambda e: (e.get("event") == "stream.consumers.changed" and e.get("tenant") == tenant
-                   and e.get("to") == minimum and int(e.get("from", 0)) > minimum and event_time(e) > load_start),
-        timeout=120 + 10 * stream["report_interval_s"], what=f"{tenant} back at min_consumers",
-        alive=daemon.alive)
+    wait_s = 120 + 10 * stream["report_interval_s"]
+    try:
+        back: dict[str, Any] | None = await daemon.log.wait_for(
+            lambda e: (e.get("event") == "stream.consumers.changed" and e.get("tenant") == tenant
+                       and e.get("to") == minimum and int(e.get("from", 0)) > minimum
+                       and event_time(e) > load_start),
+            timeout=wait_s, what=f"{tenant} back at min_consumers", alive=daemon.alive)
+    except DaemonFailed:
+        if not daemon.alive():
+            raise
+        back = None  # reported, with the monitor's last words, instead of failing the benchmark
     changes = [c for c in _changes(daemon, tenant) if event_time(c) >= load_start]
     ups = [c for c in changes if int(c.get("to", 0)) > int(c.get("from", 0))]
     if not ups:
@@ -92,7 +98,12 @@ async def _repetition(session: Session, daemon: BenchDaemon, i: int) -> dict[str
         "max_consumers_reached": max(int(c["to"]) for c in ups),
         "drained_after_load_s": round(drained - load_end, 2),
         "drained_after_start_s": round(drained - load_start, 2),
-        "back_to_min_after_load_s": round(event_time(back) - load_end, 2),
+        "back_to_min_after_load_s": round(event_time(back) - load_end, 2) if back else None,
+        "not_back_at_min_within_s": None if back else wait_s,
+        "monitor_last_events": [] if back else [
+            {k: e.get(k) for k in ("ts", "event", "consumers", "reason", "rule", "observed")}
+            for e in daemon.log.find(lambda e: e.get("tenant") == tenant and str(e.get("event", "")).startswith(
+                ("monitor.", "stream.consumer")))[-10:]],
         "timeline": [{"t": round(event_time(c) - load_start, 2), "from": c.get("from"), "to": c.get("to"),
                       "reason": c.get("reason")} for c in changes],
     }
@@ -109,7 +120,7 @@ async def run(session: Session, result: Result) -> None:
             rep = await _repetition(session, daemon, i)
             session.say(f"{NAME}:   first scale-up {rep['first_scale_up_s']}s, up to {rep['max_consumers_reached']}, "
                         f"drained {rep['drained_after_load_s']}s after the load, at min "
-                        f"{rep['back_to_min_after_load_s']}s after")
+                        f"{rep['back_to_min_after_load_s']}s after (None: not within the wait)")
             runs.append(rep)
     result.settings = {"app": f"{APP} ({SLOW_MS:g} ms per record, {CAPACITY_PER_CONSUMER:g} msg/s per consumer)",
                        "offered_msgs_per_s": session.scale.scaling_rate_factor * CAPACITY_PER_CONSUMER,
@@ -120,6 +131,11 @@ async def run(session: Session, result: Result) -> None:
     result.add(metric_from_runs("max_consumers", "consumers at the peak", [r["max_consumers_reached"] for r in runs], ""))
     result.add(metric_from_runs("drained_after_load_s", "backlog drained, after the load stopped",
                                 [r["drained_after_load_s"] for r in runs], "s"))
-    result.add(metric_from_runs("back_to_min_after_load_s", "back at min_consumers, after the load stopped",
-                                [r["back_to_min_after_load_s"] for r in runs], "s"))
+    back = [r["back_to_min_after_load_s"] for r in runs if r["back_to_min_after_load_s"] is not None]
+    result.add(metric_from_runs("back_to_min_after_load_s", "back at min_consumers, after the load stopped", back, "s"))
+    for k, r in enumerate(runs):
+        if r["back_to_min_after_load_s"] is None:
+            result.notes.append(f"step load {k + 1}: the consumers were not back at min_consumers "
+                                f"{r['not_back_at_min_within_s']:g} s after the load stopped; the monitor's last "
+                                "events are in the run's monitor_last_events")
     result.runs = runs
