@@ -146,7 +146,7 @@ class Consumer:
         Returns how many delivered messages were left unacknowledged (the broker delivers
         them again to another consumer).
         """
-        await self._cancel_tag()
+        await self._cancel_tag(timeout)
         self._stopping = True
         self._wake.set()
         flusher, ticker = self._tasks if self._tasks else (None, None)
@@ -163,18 +163,19 @@ class Consumer:
             await asyncio.gather(ticker, return_exceptions=True)
         self._emit_summary()
         if self._channel is not None and not self._channel.is_closed:
+            # bounded: a broker that does not answer must not stall a scale-down or a shutdown
             with contextlib.suppress(Exception):
-                await self._channel.close()
+                await asyncio.wait_for(self._channel.close(), timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._log.info("stream.consumer.stopped", unacked=left)
         return left
 
-    async def _cancel_tag(self) -> None:
+    async def _cancel_tag(self, timeout: float) -> None:
         tag, self._tag = self._tag, None
         if tag is not None and self._queue is not None:
             try:
-                await self._queue.cancel(tag)
-            except Exception as exc:  # a closed channel has no consumer left to cancel
+                await asyncio.wait_for(self._queue.cancel(tag), timeout)
+            except Exception as exc:  # a closed channel has no consumer left to cancel; a silent broker times out
                 self._log.debug("stream.consumer.cancel_failed", error=str(exc))
 
     @property
