@@ -39,17 +39,18 @@ Verdict = Literal["breach", "ok", "idle", "underused"]
 
 @dataclass(frozen=True)
 class Limits:
-    """One tenant's thresholds and consumer bounds, from its profile's ``[monitor]`` and ``[stream]``."""
+    """One tenant's thresholds and consumer bounds, from its profile's ``[monitor]`` and ``[stream]``
+    (the defaults live in :mod:`mysimbdp.tenants`)."""
 
-    max_avg_ingest_ms: float = 1000.0
-    max_queue_depth: int = 5000
-    breaches_before_alert: int = 2
-    cooldown_s: float = 15.0
-    idle_reports_before_scale_down: int = 3
-    scale_up_step: int = 1
-    idle_utilization: float = 0.5
-    min_consumers: int = 1
-    max_consumers: int = 8
+    max_avg_ingest_ms: float
+    max_queue_depth: int
+    breaches_before_alert: int
+    cooldown_s: float
+    idle_reports_before_scale_down: int
+    scale_up_step: int
+    idle_utilization: float
+    min_consumers: int
+    max_consumers: int
 
     @classmethod
     def of(cls, profile: TenantProfile) -> Limits | None:

@@ -34,11 +34,15 @@ ADMIN_TOKEN = "test-admin-token"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _wait_for_ping(uri: str, timeout: float = 30.0) -> None:
+def wait_for_ping(uri: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
+                  log_file: Path | None = None) -> None:
+    """Wait until the store at ``uri`` answers ``ping``; fail early if ``proc`` (its server) exits."""
     client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=500)
     deadline = time.monotonic() + timeout
     try:
         while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"store exited with {proc.returncode}; see {log_file}")
             try:
                 client.admin.command("ping")
                 return
@@ -62,7 +66,7 @@ def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.data_dir.mkdir(parents=True)
     proc = subprocess.Popen(server.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_ping(server.uri)
+        wait_for_ping(server.uri, proc=proc, log_file=server.log_file)
         yield server.uri
     finally:
         proc.terminate()

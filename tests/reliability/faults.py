@@ -16,13 +16,10 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
-from pymongo import MongoClient
-from pymongo.errors import PyMongoError
-
 from mysimbdp.store import EmbeddedMongo, free_port
+from tests.conftest import wait_for_ping
 
 __all__ = ["RabbitNode", "StoreServer", "rabbitmq_available", "kill_pid"]
 
@@ -177,21 +174,7 @@ class StoreServer:
             self.server.pid_file.unlink()  # left by a SIGKILLed predecessor
         self.proc = subprocess.Popen(self.server.command(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        client: MongoClient[dict[str, Any]] = MongoClient(self.uri, serverSelectionTimeoutMS=500)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"store exited with {self.proc.returncode}; see {self.server.log_file}")
-                try:
-                    client.admin.command("ping")
-                    return
-                except PyMongoError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-        finally:
-            client.close()
+        wait_for_ping(self.uri, timeout, self.proc, self.server.log_file)
 
     def kill(self) -> None:
         """SIGKILL the server (no chance to flush or say goodbye)."""
