@@ -53,7 +53,20 @@ else
     fi
     say "starting RabbitMQ"
     as_root rabbitmq-server -detached || true
-    as_root rabbitmqctl await_startup
+    # -detached returns before the Erlang node has registered, and await_startup fails at
+    # once on a node that is not up yet: ask again until it answers or the time is up.
+    started=no
+    for _ in $(seq 1 ${MYSIMBDP_RABBITMQ_START_TIMEOUT:-120}); do
+        if as_root rabbitmqctl await_startup >/dev/null 2>&1; then started=yes; break; fi
+        sleep 1
+    done
+    if [ "$started" != yes ]; then
+        as_root rabbitmqctl await_startup || true
+        tail -n 30 /var/log/rabbitmq/rabbit@*.log 2>/dev/null || true
+        say "RabbitMQ did not start (its log above); start it yourself or set MYSIMBDP_AMQP_URL"
+        exit 1
+    fi
+    say "RabbitMQ started"
 fi
 # The management plugin gives the HTTP API used to provision tenant users and read queue depths.
 if ! port_open "$AMQP_HOST" 15672; then

@@ -87,7 +87,12 @@ def rabbit_vhost() -> Iterator[str]:
             await admin.set_permissions(vhost, "guest", ".*", ".*", ".*")
 
     async def teardown() -> None:
+        # The tenant users the tests provisioned hold permissions here only: remove them too,
+        # so that test runs leave nothing behind in the broker.
         async with BrokerAdmin(MANAGEMENT_URL) as admin:
+            for user in await admin.users_of(vhost):
+                if user != "guest":
+                    await admin.delete_user(user)
             await admin.delete_vhost(vhost)
 
     asyncio.run(setup())
