@@ -8,6 +8,7 @@ from typing import Any
 import bson
 import pyarrow as pa
 import pytest
+from bson.codec_options import CodecOptions, DatetimeConversion
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -60,6 +61,40 @@ def test_random_rows_match_pymongo(rows: list[tuple[Any, ...]]) -> None:
     batch = pa.RecordBatch.from_pydict({"i": pa.array(ints, pa.int64()), "t": pa.array(texts, pa.string()),
                                         "f": pa.array(floats, pa.float64()), "b": pa.array(flags, pa.bool_())})
     ids = [str(n) for n in range(len(rows))]
+    docs = encode_rows(batch, ids)
+    assert docs is not None
+    assert [d.raw for d in docs] == _expected(batch, ids)
+
+
+def test_a_slice_of_a_batch_encodes_its_own_rows() -> None:
+    """Arrow slices share their parent's buffers at an offset: only the slice's values count."""
+    batch = pa.RecordBatch.from_pydict({
+        "n": pa.array(range(10), pa.int64()),
+        "f": pa.array([i / 4 for i in range(10)], pa.float32()),
+        "b": pa.array([i % 3 == 0 for i in range(10)]),
+        "t": pa.array([i * 1_000_001 for i in range(10)], pa.timestamp("us")),
+    }).slice(3, 5)
+    ids = [f"s:{n}" for n in range(5)]
+    docs = encode_rows(batch, ids)
+    assert docs is not None
+    assert [d.raw for d in docs] == _expected(batch, ids)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_timestamps_become_milliseconds_rounded_down(unit: str) -> None:
+    """As pymongo does with a datetime's microseconds: floor, also before 1970."""
+    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
+    values = [-1, -per_second - 1, 0, 1, per_second * 86_400 + 7, -(per_second * 3_000_000_000 // 7)]
+    batch = pa.RecordBatch.from_pydict({"t": pa.array(values, pa.timestamp(unit, tz="UTC"))})
+    docs = encode_rows(batch, [str(n) for n in range(len(values))])
+    assert docs is not None
+    as_ms = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_MS)
+    assert [int(bson.decode(d.raw, as_ms)["t"]) for d in docs] == [v * 1000 // per_second for v in values]
+
+
+def test_unsigned_values_past_int32_become_int64() -> None:
+    batch = pa.RecordBatch.from_pydict({"u": pa.array([1, 2**31, 2**32 - 1, None], pa.uint32())})
+    ids = ["a", "b", "c", "d"]
     docs = encode_rows(batch, ids)
     assert docs is not None
     assert [d.raw for d in docs] == _expected(batch, ids)

@@ -1,7 +1,7 @@
 """BSON documents straight from Arrow columns, without a Python dict per row.
 
 The columnar path's hot spot was turning each row into a dict and pymongo encoding that
-dict again. Here every column is encoded at once with Arrow compute kernels and NumPy into
+dict again. Here every column is encoded at once with Arrow compute kernels into
 its BSON elements (type byte, key, value), the elements of a row are joined, and each row
 becomes one ``RawBSONDocument`` that the driver sends as it is.
 
@@ -13,9 +13,9 @@ BSON null). Columns of other types (lists, structs, decimals, dates...) are not 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from bson.raw_bson import RawBSONDocument
@@ -24,6 +24,9 @@ __all__ = ["encode_rows"]
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _UNIT_PER_MS = {"s": None, "ms": 1, "us": 1_000, "ns": 1_000_000}
+# BSON numbers are little-endian, as Arrow's buffers are on such a machine: their bytes are
+# used as they are. Elsewhere every batch takes the per-row path.
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def encode_rows(batch: pa.RecordBatch, ids: Sequence[str]) -> list[RawBSONDocument] | None:
@@ -31,6 +34,8 @@ def encode_rows(batch: pa.RecordBatch, ids: Sequence[str]) -> list[RawBSONDocume
     n = batch.num_rows
     if n == 0:
         return []
+    if not _LITTLE_ENDIAN:
+        return None
     elements = [_element("_id", pa.array(ids, pa.string()))]
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         if name == "_id" or "\0" in name:
@@ -40,8 +45,8 @@ def encode_rows(batch: pa.RecordBatch, ids: Sequence[str]) -> list[RawBSONDocume
             return None
         elements.append(encoded)
     body = pc.binary_join_element_wise(*elements, b"")
-    sizes = pc.add(pc.binary_length(body), 5).to_numpy(zero_copy_only=False).astype("<i4")
-    docs = pc.binary_join_element_wise(_fixed(sizes, 4), body, pa.scalar(b"\x00"), b"")
+    sizes = pc.cast(pc.add(pc.binary_length(body), 5), pa.int32())
+    docs = pc.binary_join_element_wise(_fixed(sizes), body, pa.scalar(b"\x00"), b"")
     return [RawBSONDocument(raw) for raw in docs.to_pylist()]
 
 
@@ -52,25 +57,20 @@ def _element(name: str, column: pa.Array) -> pa.Array | None:
     if pa.types.is_null(kind):
         return _nulls(key, len(column))
     if pa.types.is_boolean(kind):
-        values = column.fill_null(False).to_numpy(zero_copy_only=False).astype(np.uint8)
-        value = _prefixed(b"\x08" + key, _fixed(values, 1))
+        value = _prefixed(b"\x08" + key, _fixed(pc.cast(column.fill_null(False), pa.uint8())))
     elif pa.types.is_integer(kind):
         value = _integers(key, column)
         if value is None:
             return None
     elif pa.types.is_floating(kind):
-        values = column.fill_null(0).to_numpy(zero_copy_only=False).astype("<f8")
-        value = _prefixed(b"\x01" + key, _fixed(values, 8))
+        value = _prefixed(b"\x01" + key, _fixed(pc.cast(column.fill_null(0), pa.float64())))
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
         text = pc.cast(column.fill_null(""), pa.binary())
-        lengths = pc.add(pc.binary_length(text), 1).to_numpy(zero_copy_only=False).astype("<i4")
-        value = pc.binary_join_element_wise(pa.scalar(b"\x02" + key), _fixed(lengths, 4), text,
+        lengths = pc.cast(pc.add(pc.binary_length(text), 1), pa.int32())
+        value = pc.binary_join_element_wise(pa.scalar(b"\x02" + key), _fixed(lengths), text,
                                             pa.scalar(b"\x00"), b"")
     elif pa.types.is_timestamp(kind):
-        per_ms = _UNIT_PER_MS[kind.unit]
-        raw = column.fill_null(0).cast(pa.int64()).to_numpy(zero_copy_only=False)
-        millis = raw * 1000 if per_ms is None else raw // per_ms  # floor, as pymongo truncates
-        value = _prefixed(b"\x09" + key, _fixed(millis.astype("<i8"), 8))
+        value = _prefixed(b"\x09" + key, _fixed(_millis(column)))
     else:
         return None
     if column.null_count == 0:
@@ -83,19 +83,33 @@ def _integers(key: bytes, column: pa.Array) -> pa.Array | None:
         top = pc.max(column).as_py()
         if top is not None and top > 2**63 - 1:
             return None  # BSON has no unsigned 64-bit integers: the per-row path rejects such rows
-    values = column.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    small = (values >= _INT32_MIN) & (values <= _INT32_MAX)
-    int32 = _prefixed(b"\x10" + key, _fixed(values.astype("<i4"), 4))
-    if small.all():
+    values = pc.cast(column.fill_null(0), pa.int64())
+    small = pc.and_(pc.greater_equal(values, _INT32_MIN), pc.less_equal(values, _INT32_MAX))
+    int32 = _prefixed(b"\x10" + key, _fixed(pc.cast(values, pa.int32(), safe=False)))
+    if pc.all(small).as_py():
         return int32
-    int64 = _prefixed(b"\x12" + key, _fixed(values.astype("<i8"), 8))
-    return pc.if_else(pa.array(small), int32, int64)
+    int64 = _prefixed(b"\x12" + key, _fixed(values))
+    return pc.if_else(small, int32, int64)
 
 
-def _fixed(values: np.ndarray, width: int) -> pa.Array:
-    """Each value's little-endian bytes as a binary array."""
-    data = np.ascontiguousarray(values).tobytes()
-    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, pa.py_buffer(data)])
+def _millis(column: pa.Array) -> pa.Array:
+    """Timestamps as int64 milliseconds since the epoch, rounded down (as pymongo truncates)."""
+    raw = pc.cast(pc.cast(column, pa.timestamp(column.type.unit)).fill_null(0), pa.int64())
+    per_ms = _UNIT_PER_MS[column.type.unit]
+    if per_ms is None:
+        return pc.multiply(raw, 1000)
+    if per_ms == 1:
+        return raw
+    quotient = pc.divide(raw, per_ms)  # integer division truncates towards zero: floor below 0
+    inexact = pc.and_(pc.less(raw, 0), pc.not_equal(pc.multiply(quotient, per_ms), raw))
+    return pc.subtract(quotient, pc.cast(inexact, pa.int64()))
+
+
+def _fixed(values: pa.Array) -> pa.Array:
+    """Each value's little-endian bytes as a binary array (``values``: fixed width, no nulls)."""
+    width = values.type.bit_width // 8
+    data = values.buffers()[1].slice(values.offset * width, len(values) * width)
+    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(values), [None, data])
     return pc.cast(fixed, pa.binary())
 
 
