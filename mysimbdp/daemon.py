@@ -111,7 +111,8 @@ class Daemon:
                 await component.start()
                 started.append(component)
             log.info("daemon.started", version=__version__, http_port=self.http.port,
-                     store_uri=self.store.uri, tenants=[t.id for t in self.tenants.all()])
+                     store_uri=self.store.uri, tenants=[t.id for t in self.tenants.all()],
+                     arrow_memory_pool=self.batch.arrow_memory_pool)
             await self.stop_event.wait()
             await self._drain()
         finally:

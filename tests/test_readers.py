@@ -119,3 +119,26 @@ def test_arrow_batches_are_bounded_by_the_block_size(tmp_path: Path) -> None:
     assert len(batches) > 10 and max(b.batch.num_rows for b in batches) < 2000
     assert [b.first for b in batches[:2]] == [1, batches[0].batch.num_rows + 1]
     assert sum(b.batch.num_rows for b in batches) == 20_000
+
+
+def test_blocks_join_into_batches_of_batch_bytes(tmp_path: Path) -> None:
+    """Small parse blocks, larger batches: same rows in order, row numbers and bad rows of the file."""
+    path = tmp_path / "a.csv"
+    lines = [f"{'oops' if i in (150, 4_321) else i},{'x' * 50}\n" for i in range(20_000)]
+    lines.insert(9_000, "1,2,3\n")  # malformed: a field too many
+    path.write_text("n,s\n" + "".join(lines))
+    schema = pa.schema([("n", pa.int64()), ("s", pa.string())])
+    with open_stream(path, "csv", 10**7) as stream:
+        small = list(iter_arrow_batches(stream, schema, 16 * 1024))
+    with open_stream(path, "csv", 10**7) as stream:
+        joined = list(iter_arrow_batches(stream, schema, 16 * 1024, batch_bytes=256 * 1024))
+    assert 1 < len(joined) < len(small) / 4
+    assert [b.first for b in joined[1:]] == [sum(b.batch.num_rows for b in joined[:k]) + 1
+                                             for k in range(1, len(joined))]
+    values = [v for b in joined for v in b.batch.column("n").to_pylist()]
+    assert values == [v for b in small for v in b.batch.column("n").to_pylist()]
+    assert len(values) == 20_000 and values[:3] == [0, 1, 2] and values[150] is None
+    bad = [(b.first + i, raw["n"]) for b in joined for i, _, raw in b.bad]
+    assert bad == [(151, "oops"), (4_322, "oops")]
+    assert [m for b in joined for m in b.malformed] == [m for b in small for m in b.malformed]
+    assert len([m for b in joined for m in b.malformed]) == 1

@@ -44,7 +44,11 @@ from mysimbdp.store import REJECTS, Store, insert_idempotent
 __all__ = ["FileJob", "Counts", "FileLoader", "record_id", "id_prefix", "ARROW_BLOCK_BYTES"]
 
 log = get_logger("batch")
-ARROW_BLOCK_BYTES = 1024 * 1024
+# CSV is parsed in blocks of ARROW_BLOCK_BYTES (Arrow's reader needs memory many times its
+# block) and wrangled and encoded in batches of about ARROW_BATCH_BYTES of column data
+# (each batch costs some hundred compute calls, whatever its rows).
+ARROW_BLOCK_BYTES = 256 * 1024
+ARROW_BATCH_BYTES = 4 * 1024 * 1024
 _RETRY_MAX_S = 5.0
 _SETTLE_S = 5.0
 
@@ -194,7 +198,7 @@ class _Producer:
         wrangle = job.app.hook("mysimbdp_batch_wrangle_table")
         check = job.app.hook("mysimbdp_batch_check")
         assert wrangle is not None
-        for ab in iter_arrow_batches(self.stream, schema, ARROW_BLOCK_BYTES):
+        for ab in iter_arrow_batches(self.stream, schema, ARROW_BLOCK_BYTES, ARROW_BATCH_BYTES):
             try:
                 out = wrangle(table=ab.batch, context=self.ctx)
             except Exception as exc:

@@ -32,7 +32,7 @@ from pymongo.errors import PyMongoError
 from mysimbdp.apps import App
 from mysimbdp.batch.constraints import Usage, check_file, check_name
 from mysimbdp.batch.loader import Counts, FileJob, FileLoader
-from mysimbdp.batch.readers import sniff
+from mysimbdp.batch.readers import sniff, use_lean_memory_pool
 from mysimbdp.batch.scheduler import FairScheduler
 from mysimbdp.batch.watcher import StagingWatcher, is_ignored
 from mysimbdp.errors import FileRejected, PluginError
@@ -80,11 +80,13 @@ class BatchManager:
         self._loading: dict[str, str] = {}  # ledger id -> "tenant/name"
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = False
+        self.arrow_memory_pool = ""  # the allocator Arrow uses, chosen at start
 
     # -- component -------------------------------------------------------------------------
     async def start(self) -> None:
         """Subscribe to tenant changes and begin watching (tenants arrive from the registry)."""
         slots = self.daemon.settings.batch.max_concurrent_files
+        self.arrow_memory_pool = use_lean_memory_pool()
         self._executor = ThreadPoolExecutor(max_workers=slots + 1, thread_name_prefix="batch")
         self._loader = FileLoader(self.daemon.store, self.daemon.settings.batch.write_batch_size)
         self._accepting = True
