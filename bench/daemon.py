@@ -65,6 +65,15 @@ class ProcStats:
         """``VmRSS``: the resident set size now, in MiB."""
         return self._status_kb("VmRSS") / 1024
 
+    def anon_rss_mb(self) -> float:
+        """``RssAnon``: the resident memory of the process's own (not file-backed) pages now, in MiB.
+
+        ``VmRSS`` also counts the pages of shared libraries mapped from the page cache, whose
+        number depends on the cache's state (libraries written moments ago by ``pip`` map in
+        larger pieces): the anonymous part is what the process itself allocated.
+        """
+        return self._status_kb("RssAnon") / 1024
+
 
 class LogTail:
     """Follows a JSON-lines log file and keeps the events read so far."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bench.daemon import BenchDaemon
+from bench.daemon import BenchDaemon, ProcStats
 from bench.data import DataFile
 from bench.session import BenchError
 
@@ -49,6 +51,7 @@ class LoadRun:
     cpu_seconds: float  # the daemon's CPU over the same interval
     peak_rss_mb: float  # the daemon's VmHWM after the load
     store_cpu_seconds: float | None = None  # the embedded store's CPU over the interval, if known
+    peak_anon_mb: float | None = None  # the highest RssAnon sampled during the load
 
     @property
     def rate(self) -> float:
@@ -66,6 +69,7 @@ class LoadRun:
                 "seconds": round(self.seconds, 3), "platform_seconds": round(self.platform_seconds, 3),
                 "records_per_s": round(self.rate, 1), "cpu_seconds": round(self.cpu_seconds, 3),
                 "cpu_us_per_record": round(self.cpu_us_per_record, 3), "peak_rss_mb": round(self.peak_rss_mb, 1),
+                "peak_anon_mb": round(self.peak_anon_mb, 1) if self.peak_anon_mb is not None else None,
                 "daemon_cpu_share": round(self.cpu_seconds / self.seconds, 3) if self.seconds > 0 else None,
                 "store_cpu_share": (round(self.store_cpu_seconds / self.seconds, 3)
                                     if self.store_cpu_seconds is not None and self.seconds > 0 else None)}
@@ -92,8 +96,9 @@ async def load_file(daemon: BenchDaemon, tenant: str, data: DataFile, timeout: f
     daemon.log.poll()
     cpu0, store0 = daemon.cpu_seconds(), daemon.env.store_cpu()
     dropped = daemon.drop_file(tenant, data.path, name)
-    event = await daemon.log.wait_for(outcome(tenant, name), timeout, what=f"outcome of {name}",
-                                      alive=daemon.alive)
+    async with AnonPeak(daemon.stats) as anon:
+        event = await daemon.log.wait_for(outcome(tenant, name), timeout, what=f"outcome of {name}",
+                                          alive=daemon.alive)
     cpu1, store1 = daemon.cpu_seconds(), daemon.env.store_cpu()
     if event["event"] != "batch.file.committed":
         raise BenchError(f"{name} was rejected: {event.get('code')}: {event.get('reason')}")
@@ -107,4 +112,30 @@ async def load_file(daemon: BenchDaemon, tenant: str, data: DataFile, timeout: f
             raise BenchError(f"{name}: the event says {written} records but the collection holds {count}")
     store_cpu = store1 - store0 if store0 is not None and store1 is not None else None
     return LoadRun(tenant, name, data.rows, data.bytes, event_time(event) - dropped,
-                   float(event.get("seconds", 0.0)), cpu1 - cpu0, daemon.peak_rss_mb(), store_cpu)
+                   float(event.get("seconds", 0.0)), cpu1 - cpu0, daemon.peak_rss_mb(), store_cpu,
+                   anon.peak)
+
+
+class AnonPeak:
+    """Samples a process's anonymous RSS while the ``async with`` block runs; ``peak``: the highest."""
+
+    def __init__(self, stats: ProcStats | None, every_s: float = 0.1) -> None:
+        self.stats, self.every_s = stats, every_s
+        self.peak: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AnonPeak:
+        if self.stats is not None:
+            self._task = asyncio.create_task(self._sample(self.stats))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _sample(self, stats: ProcStats) -> None:
+        while True:
+            with contextlib.suppress(OSError, KeyError):
+                self.peak = max(self.peak or 0.0, stats.anon_rss_mb())
+            await asyncio.sleep(self.every_s)

@@ -63,6 +63,12 @@ async def run(session: Session, result: Result) -> None:
     result.add(metric_from_runs("peak_rss_large_mb", f"peak RSS, {ll} file", [r["peak_rss_mb"] for r in large],
                                 "MiB", RSS_TARGET))
     result.add(metric_from_runs("peak_rss_small_mb", f"peak RSS, {ls} file", [r["peak_rss_mb"] for r in small], "MiB"))
+    anon = [r["peak_anon_mb"] for r in large if r.get("peak_anon_mb") is not None]
+    if anon:
+        result.add(metric_from_runs(
+            "peak_anon_large_mb", f"peak anonymous RSS (sampled every 0.1 s), {ll} file", anon, "MiB",
+            note="the daemon's own memory, without the shared libraries' file-backed pages, whose "
+                 "resident share depends on the page cache (more just after pip wrote them)"))
     result.add(metric_from_runs("rss_before_mb", "RSS of the started daemon before loading",
                                 [r["rss_before_mb"] for r in small + large], "MiB"))
     rate_small = median([r["records_per_s"] for r in small])

@@ -48,7 +48,7 @@ log = get_logger("batch")
 # block) and wrangled and encoded in batches of about ARROW_BATCH_BYTES of column data
 # (each batch costs some hundred compute calls, whatever its rows).
 ARROW_BLOCK_BYTES = 256 * 1024
-ARROW_BATCH_BYTES = 4 * 1024 * 1024
+ARROW_BATCH_BYTES = 1024 * 1024
 _RETRY_MAX_S = 5.0
 _SETTLE_S = 5.0
 
