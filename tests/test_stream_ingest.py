@@ -125,3 +125,19 @@ async def test_routing_key_type_selects_the_app_and_reports_are_emitted(
     assert expected <= set(reports[0])
     assert reports[0]["instance"] == f"{tenant_id}-c1" and reports[0]["app"] == "stream_echo"
     assert all(isinstance(r["window_start"], str) and r["window_start"].endswith("Z") for r in reports)
+
+
+async def test_a_batch_is_full_at_the_prefetch_window(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str, tenant_id: str) -> None:
+    """prefetch < batch_max_messages: the broker sends no more before an ack, so the consumer
+    writes at `prefetch` messages instead of waiting out batch_max_wait_ms (a minute here)."""
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    write_profile(settings, tenant_id, prefetch=20, batch_max_messages=1000, batch_max_wait_ms=60_000)
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    await publish_raw(amqp_url, tenant_id, [{"n": i} for i in range(100)], [f"m{i}" for i in range(100)])
+
+    async def written() -> bool:
+        return await _count(mongo, tenant_id) == 100
+    await wait_until(written, timeout=30.0, what="100 documents in batches of 20")

@@ -1,7 +1,8 @@
 """One stream consumer: its own channel and tasks, batched writes, acknowledgement after the write.
 
 A consumer buffers delivered messages and flushes when ``batch_max_messages`` are buffered
-or the oldest has waited ``batch_max_wait_ms``. A flush runs the tenant's app on the batch in
+(or ``prefetch`` messages, if lower: the broker sends no more before an acknowledgement) or
+the oldest has waited ``batch_max_wait_ms``. A flush runs the tenant's app on the batch in
 the consumer's own worker thread (so a slow app never blocks the event loop, other
 consumers or other tenants), writes the documents and rejects with
 :func:`mysimbdp.store.insert_idempotent`, and only then acknowledges (``multiple``).
@@ -188,8 +189,14 @@ class Consumer:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._buffer.append(_Delivery(message, _published_ms(message), time.time() * 1000.0))
         self.delivered.add(1)
-        if len(self._buffer) == 1 or len(self._buffer) >= self.profile.batch_max_messages:
+        if len(self._buffer) == 1 or len(self._buffer) >= self._full:
             self._wake.set()
+
+    @property
+    def _full(self) -> int:
+        """Buffered messages that make a batch: ``batch_max_messages``, or the prefetch if lower
+        (the broker sends no more until some are acknowledged: waiting would only add latency)."""
+        return min(self.profile.batch_max_messages, self.profile.prefetch)
 
     async def _flush_loop(self) -> None:
         max_wait = self.profile.batch_max_wait_ms / 1000.0
@@ -201,7 +208,7 @@ class Consumer:
                 await self._wake.wait()
                 continue
             deadline = time.monotonic() + max_wait
-            while (len(self._buffer) < self.profile.batch_max_messages and not self._stopping
+            while (len(self._buffer) < self._full and not self._stopping
                    and (remaining := deadline - time.monotonic()) > 0):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
