@@ -118,9 +118,10 @@ async def run(session: Session, result: Result) -> None:
             session.say(f"{NAME}: {i + 1}/{session.repeat}: step load of "
                         f"{session.scale.scaling_rate_factor:g}x one consumer for {session.scale.scaling_load_seconds:g}s")
             rep = await _repetition(session, daemon, i)
+            back = rep["back_to_min_after_load_s"]
             session.say(f"{NAME}:   first scale-up {rep['first_scale_up_s']}s, up to {rep['max_consumers_reached']}, "
-                        f"drained {rep['drained_after_load_s']}s after the load, at min "
-                        f"{rep['back_to_min_after_load_s']}s after (None: not within the wait)")
+                        f"drained {rep['drained_after_load_s']}s after the load, "
+                        + (f"at min {back}s after" if back is not None else "not back at min within the wait"))
             runs.append(rep)
     result.settings = {"app": f"{APP} ({SLOW_MS:g} ms per record, {CAPACITY_PER_CONSUMER:g} msg/s per consumer)",
                        "offered_msgs_per_s": session.scale.scaling_rate_factor * CAPACITY_PER_CONSUMER,

@@ -27,6 +27,13 @@ _UNIT_PER_MS = {"s": None, "ms": 1, "us": 1_000, "ns": 1_000_000}
 # BSON numbers are little-endian, as Arrow's buffers are on such a machine: their bytes are
 # used as they are. Elsewhere every batch takes the per-row path.
 _LITTLE_ENDIAN = sys.byteorder == "little"
+# Typed scalars made once: a bare Python value given to a compute function is converted on
+# every call, and that conversion looks for optional modules (dateutil) each time.
+_NOTHING = pa.scalar(b"", pa.binary())
+_TERMINATOR = pa.scalar(b"\x00", pa.binary())
+_ONE, _FIVE = pa.scalar(1, pa.int32()), pa.scalar(5, pa.int32())
+_I64 = {v: pa.scalar(v, pa.int64()) for v in (0, 1000, _INT32_MIN, _INT32_MAX, *(u for u in _UNIT_PER_MS.values() if u))}
+_F64_ZERO, _FALSE = pa.scalar(0.0, pa.float64()), pa.scalar(False, pa.bool_())
 
 
 def encode_rows(batch: pa.RecordBatch, ids: Sequence[str]) -> list[RawBSONDocument] | None:
@@ -44,9 +51,9 @@ def encode_rows(batch: pa.RecordBatch, ids: Sequence[str]) -> list[RawBSONDocume
         if encoded is None:
             return None
         elements.append(encoded)
-    body = pc.binary_join_element_wise(*elements, b"")
-    sizes = pc.cast(pc.add(pc.binary_length(body), 5), pa.int32())
-    docs = pc.binary_join_element_wise(_fixed(sizes), body, pa.scalar(b"\x00"), b"")
+    body = pc.binary_join_element_wise(*elements, _NOTHING)
+    sizes = pc.cast(pc.add(pc.binary_length(body), _FIVE), pa.int32())
+    docs = pc.binary_join_element_wise(_fixed(sizes), body, _TERMINATOR, _NOTHING)
     return [RawBSONDocument(raw) for raw in docs.to_pylist()]
 
 
@@ -57,25 +64,25 @@ def _element(name: str, column: pa.Array) -> pa.Array | None:
     if pa.types.is_null(kind):
         return _nulls(key, len(column))
     if pa.types.is_boolean(kind):
-        value = _prefixed(b"\x08" + key, _fixed(pc.cast(column.fill_null(False), pa.uint8())))
+        value = _prefixed(b"\x08" + key, _fixed(pc.cast(column.fill_null(_FALSE), pa.uint8())))
     elif pa.types.is_integer(kind):
         value = _integers(key, column)
         if value is None:
             return None
     elif pa.types.is_floating(kind):
-        value = _prefixed(b"\x01" + key, _fixed(pc.cast(column.fill_null(0), pa.float64())))
+        value = _prefixed(b"\x01" + key, _fixed(pc.cast(column, pa.float64()).fill_null(_F64_ZERO)))
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        text = pc.cast(column.fill_null(""), pa.binary())
-        lengths = pc.cast(pc.add(pc.binary_length(text), 1), pa.int32())
-        value = pc.binary_join_element_wise(pa.scalar(b"\x02" + key), _fixed(lengths), text,
-                                            pa.scalar(b"\x00"), b"")
+        text = pc.cast(column, pa.binary()).fill_null(_NOTHING)
+        lengths = pc.cast(pc.add(pc.binary_length(text), _ONE), pa.int32())
+        value = pc.binary_join_element_wise(pa.scalar(b"\x02" + key, pa.binary()), _fixed(lengths), text,
+                                            _TERMINATOR, _NOTHING)
     elif pa.types.is_timestamp(kind):
         value = _prefixed(b"\x09" + key, _fixed(_millis(column)))
     else:
         return None
     if column.null_count == 0:
         return value
-    return pc.if_else(column.is_valid(), value, _nulls(key, len(column)))
+    return pc.if_else(column.is_valid(), value, pa.scalar(b"\x0a" + key, pa.binary()))
 
 
 def _integers(key: bytes, column: pa.Array) -> pa.Array | None:
@@ -83,8 +90,8 @@ def _integers(key: bytes, column: pa.Array) -> pa.Array | None:
         top = pc.max(column).as_py()
         if top is not None and top > 2**63 - 1:
             return None  # BSON has no unsigned 64-bit integers: the per-row path rejects such rows
-    values = pc.cast(column.fill_null(0), pa.int64())
-    small = pc.and_(pc.greater_equal(values, _INT32_MIN), pc.less_equal(values, _INT32_MAX))
+    values = pc.cast(column, pa.int64()).fill_null(_I64[0])
+    small = pc.and_(pc.greater_equal(values, _I64[_INT32_MIN]), pc.less_equal(values, _I64[_INT32_MAX]))
     int32 = _prefixed(b"\x10" + key, _fixed(pc.cast(values, pa.int32(), safe=False)))
     if pc.all(small).as_py():
         return int32
@@ -94,14 +101,14 @@ def _integers(key: bytes, column: pa.Array) -> pa.Array | None:
 
 def _millis(column: pa.Array) -> pa.Array:
     """Timestamps as int64 milliseconds since the epoch, rounded down (as pymongo truncates)."""
-    raw = pc.cast(pc.cast(column, pa.timestamp(column.type.unit)).fill_null(0), pa.int64())
+    raw = pc.cast(pc.cast(column, pa.timestamp(column.type.unit)), pa.int64()).fill_null(_I64[0])
     per_ms = _UNIT_PER_MS[column.type.unit]
     if per_ms is None:
-        return pc.multiply(raw, 1000)
+        return pc.multiply(raw, _I64[1000])
     if per_ms == 1:
         return raw
-    quotient = pc.divide(raw, per_ms)  # integer division truncates towards zero: floor below 0
-    inexact = pc.and_(pc.less(raw, 0), pc.not_equal(pc.multiply(quotient, per_ms), raw))
+    quotient = pc.divide(raw, _I64[per_ms])  # integer division truncates towards zero: floor below 0
+    inexact = pc.and_(pc.less(raw, _I64[0]), pc.not_equal(pc.multiply(quotient, _I64[per_ms]), raw))
     return pc.subtract(quotient, pc.cast(inexact, pa.int64()))
 
 
@@ -114,8 +121,8 @@ def _fixed(values: pa.Array) -> pa.Array:
 
 
 def _prefixed(prefix: bytes, values: pa.Array) -> pa.Array:
-    return pc.binary_join_element_wise(pa.scalar(prefix), values, b"")
+    return pc.binary_join_element_wise(pa.scalar(prefix, pa.binary()), values, _NOTHING)
 
 
 def _nulls(key: bytes, n: int) -> pa.Array:
-    return pa.array([b"\x0a" + key] * n, pa.binary())
+    return pa.repeat(pa.scalar(b"\x0a" + key, pa.binary()), n)

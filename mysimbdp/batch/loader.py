@@ -47,8 +47,8 @@ log = get_logger("batch")
 # CSV is parsed in blocks of ARROW_BLOCK_BYTES (Arrow's reader needs memory many times its
 # block) and wrangled and encoded in batches of about ARROW_BATCH_BYTES of column data
 # (each batch costs some hundred compute calls, whatever its rows).
-ARROW_BLOCK_BYTES = 256 * 1024
-ARROW_BATCH_BYTES = 1024 * 1024
+ARROW_BLOCK_BYTES = 128 * 1024
+ARROW_BATCH_BYTES = 512 * 1024
 _RETRY_MAX_S = 5.0
 _SETTLE_S = 5.0
 

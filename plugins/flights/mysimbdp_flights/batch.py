@@ -53,16 +53,29 @@ def mysimbdp_batch_columns(context: BatchContext) -> dict[str, pa.DataType]:
     return types
 
 
+def _n(value: int) -> pa.Scalar:
+    """An int64 Arrow scalar: typed constants spare pyarrow the inference of a Python number
+    (which looks for optional modules on every call)."""
+    return pa.scalar(value, pa.int64())
+
+
+def _f(value: float) -> pa.Scalar:
+    return pa.scalar(value, pa.float64())
+
+
+_DASH = pa.scalar("-", pa.string())
+
+
 def _days_from_civil(year: Any, month: Any, day: Any) -> Any:
     """Days since 1970-01-01 for proleptic Gregorian dates (vectorised; years >= 0)."""
-    march = pc.less_equal(month, 2)
+    march = pc.less_equal(month, _n(2))
     y = pc.subtract(year, pc.cast(march, pa.int64()))
-    era = pc.divide(y, 400)
-    yoe = pc.subtract(y, pc.multiply(era, 400))
-    mp = pc.add(month, pc.if_else(march, 9, -3))
-    doy = pc.add(pc.divide(pc.add(pc.multiply(mp, 153), 2), 5), pc.subtract(day, 1))
-    doe = pc.add(pc.subtract(pc.add(pc.multiply(yoe, 365), pc.divide(yoe, 4)), pc.divide(yoe, 100)), doy)
-    return pc.subtract(pc.add(pc.multiply(era, 146097), doe), 719468)
+    era = pc.divide(y, _n(400))
+    yoe = pc.subtract(y, pc.multiply(era, _n(400)))
+    mp = pc.add(month, pc.if_else(march, _n(9), _n(-3)))
+    doy = pc.add(pc.divide(pc.add(pc.multiply(mp, _n(153)), _n(2)), _n(5)), pc.subtract(day, _n(1)))
+    doe = pc.add(pc.subtract(pc.add(pc.multiply(yoe, _n(365)), pc.divide(yoe, _n(4))), pc.divide(yoe, _n(100))), doy)
+    return pc.subtract(pc.add(pc.multiply(era, _n(146097)), doe), _n(719468))
 
 
 def _int(table: pa.RecordBatch, name: str) -> Any:
@@ -77,27 +90,27 @@ def mysimbdp_batch_wrangle_table(table: pa.RecordBatch, context: BatchContext) -
         raise ValueError(f"flights files need the columns {', '.join(missing)}")
     year, month, day = _int(table, "year"), _int(table, "month"), _int(table, "day")
     hour, minute = _int(table, "hour"), _int(table, "minute")
-    seconds = pc.add(pc.multiply(_days_from_civil(year, month, day), 86400),
-                     pc.add(pc.multiply(hour, 3600), pc.multiply(minute, 60)))
+    seconds = pc.add(pc.multiply(_days_from_civil(year, month, day), _n(86400)),
+                     pc.add(pc.multiply(hour, _n(3600)), pc.multiply(minute, _n(60))))
     local = pc.cast(seconds, pa.timestamp("s"))
     scheduled = pc.cast(pc.assume_timezone(local, LOCAL, ambiguous="earliest", nonexistent="latest"),
                         pa.timestamp("s", tz="UTC"))
     dep_delay = _int(table, "dep_delay")
-    departure = pc.add(scheduled, pc.cast(pc.multiply(dep_delay, 60), pa.duration("s")))
+    departure = pc.add(scheduled, pc.cast(pc.multiply(dep_delay, _n(60)), pa.duration("s")))
     arr_delay = _int(table, "arr_delay")
     air_time = _int(table, "air_time")
-    distance_km = pc.round(pc.multiply(pc.cast(table.column("distance"), pa.float64()), KM_PER_MILE), 1)
-    speed = pc.round(pc.divide(distance_km, pc.divide(pc.cast(air_time, pa.float64()), 60.0)), 1)
-    bad_date = pc.or_(pc.invert(pc.and_(pc.greater_equal(month, 1), pc.less_equal(month, 12))),
-                      pc.invert(pc.and_(pc.greater_equal(day, 1), pc.less_equal(day, 31))))
-    reject = pc.if_else(pc.fill_null(pc.or_(bad_date, pc.is_null(year)), True),
-                        pa.scalar("year, month or day missing or out of range"), pa.scalar(None, pa.string()))
+    distance_km = pc.round(pc.multiply(pc.cast(table.column("distance"), pa.float64()), _f(KM_PER_MILE)), 1)
+    speed = pc.round(pc.divide(distance_km, pc.divide(pc.cast(air_time, pa.float64()), _f(60.0))), 1)
+    bad_date = pc.or_(pc.invert(pc.and_(pc.greater_equal(month, _n(1)), pc.less_equal(month, _n(12)))),
+                      pc.invert(pc.and_(pc.greater_equal(day, _n(1)), pc.less_equal(day, _n(31)))))
+    reject = pc.if_else(pc.fill_null(pc.or_(bad_date, pc.is_null(year)), pa.scalar(True, pa.bool_())),
+                        pa.scalar("year, month or day missing or out of range", pa.string()), pa.scalar(None, pa.string()))
     return pa.RecordBatch.from_arrays([
         table.column("carrier"), _int(table, "flight"), table.column("tailnum"),
         table.column("origin"), table.column("dest"),
-        pc.binary_join_element_wise(table.column("origin"), table.column("dest"), "-"),
+        pc.binary_join_element_wise(table.column("origin"), table.column("dest"), _DASH),
         scheduled, departure, dep_delay, arr_delay, air_time, distance_km, speed,
-        pc.is_null(table.column("dep_time")), pc.greater(arr_delay, 15), reject,
+        pc.is_null(table.column("dep_time")), pc.greater(arr_delay, _n(15)), reject,
     ], names=["carrier", "flight", "tailnum", "origin", "dest", "route", "scheduled_departure", "departure",
               "dep_delay_min", "arr_delay_min", "air_time_min", "distance_km", "speed_kmh", "cancelled",
               "delayed", "_reject"])
