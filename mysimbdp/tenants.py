@@ -289,7 +289,7 @@ class TenantRegistry:
         new_errors = {e.path: e for e in errors}
         for path, err in new_errors.items():
             if path not in self._errors or str(self._errors[path]) != str(err):
-                log.error("tenant.invalid", path=path, key=err.key, reason=err.problem)
+                log.error("tenant.invalid", tenant=Path(path).stem, path=path, key=err.key, reason=err.problem)
         self._errors = new_errors
         # A tenant whose file exists but is now invalid keeps its last valid profile.
         invalid_ids = {Path(p).stem for p in new_errors}
