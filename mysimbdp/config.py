@@ -6,6 +6,7 @@ Built once by the CLI and passed down; nothing else reads the environment.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -153,6 +155,8 @@ def load_settings(config_dir: str | Path | None = None, **overrides: object) -> 
         return Settings(config_dir=config_dir, **overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise _config_error(exc) from None
+    except SettingsError as exc:  # e.g. MYSIMBDP_BATCH='{' (nested sections are JSON)
+        raise _source_error(exc, config_dir / "mysimbdp.toml") from None
     except ValueError as exc:  # e.g. a TOML syntax error
         raise ConfigError(str(config_dir / "mysimbdp.toml"), str(exc)) from None
     finally:
@@ -166,3 +170,15 @@ def _config_error(exc: ValidationError) -> ConfigError:
     value = err.get("input")
     shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
     return ConfigError(name, f"{err['msg']}{shown}")
+
+
+def _source_error(exc: SettingsError, toml_path: Path) -> ConfigError:
+    """Name the variable (or the file) a value could not be parsed from."""
+    match = re.search(r'field "(\w+)" from source "(\w+)"', str(exc))
+    if match is None:
+        return ConfigError(str(toml_path), str(exc))
+    field, source = match.groups()
+    if source.startswith("Env"):
+        return ConfigError(ENV_PREFIX + field.upper(), "not valid JSON (a section or a mapping is given as a "
+                                                       "JSON object, e.g. '{\"max_concurrent_files\": 8}')")
+    return ConfigError(f"{toml_path}: {field}", str(exc))

@@ -43,6 +43,8 @@ def test_nested_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ("MYSIMBDP_AMQP_URL", "http://x", "amqp://"),
     ("MYSIMBDP_MONGO_URI", "postgres://x", "mongodb://"),
     ("MYSIMBDP_LOG_LEVEL", "loud", "MYSIMBDP_LOG_LEVEL"),
+    ("MYSIMBDP_BATCH", "{", "not valid JSON"),
+    ("MYSIMBDP_EXTRA_APPS", "flights=mysimbdp_flights", "not valid JSON"),
 ])
 def test_invalid_setting_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, var: str, value: str, fragment: str) -> None:
     monkeypatch.setenv(var, value)
