@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pymongo import AsyncMongoClient
 
 from mysimbdp.config import Settings
 from mysimbdp.store import free_port
+from tests.batch_support import drop, wait_outcome, write_profile
 
 
 async def test_health_ok(start_daemon: Callable[..., Any], http: aiohttp.ClientSession) -> None:
@@ -30,16 +32,38 @@ async def test_health_ok(start_daemon: Callable[..., Any], http: aiohttp.ClientS
 
 async def test_health_degraded_when_broker_unreachable(
         start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
-        http: aiohttp.ClientSession) -> None:
+        http: aiohttp.ClientSession, mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str) -> None:
+    """The broker is down: /health says so, and batch ingestion (which needs no broker) goes on."""
     closed = free_port()
-    rd = await start_daemon(settings_factory(amqp_url=f"amqp://guest:guest@127.0.0.1:{closed}/"))
+    settings = settings_factory(amqp_url=f"amqp://guest:guest@127.0.0.1:{closed}/",
+                                extra_apps={"batch_plain": "tests.plugins.batch_apps"})
+    write_profile(settings, tenant_id, "batch_plain")
+    rd = await start_daemon(settings)
     async with http.get(rd.url + "/health") as resp:
         body = await resp.json()
     assert resp.status == 503
     assert body["status"] == "degraded"
     assert body["down"] == ["broker"]
-    assert "Connect call failed" in body["components"]["broker"]["reason"] or body["components"]["broker"]["reason"]
+    assert str(closed) in body["components"]["broker"]["reason"]
     assert body["components"]["store"]["up"] is True
+    drop(settings, tenant_id, "rows.csv", "n,name\n" + "".join(f"{i},r{i}\n" for i in range(50)))
+    (entry,) = await wait_outcome(mongo, tenant_id, "rows.csv")
+    assert entry["state"] == "committed", entry
+    assert await mongo[f"tenant_{tenant_id}"]["items"].count_documents({}) == 50
+
+
+async def test_health_degraded_when_store_unreachable(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        http: aiohttp.ClientSession) -> None:
+    """A store that does not answer: the daemon starts anyway, serves /health 503 naming it."""
+    closed = free_port()
+    rd = await start_daemon(settings_factory(mongo_uri=f"mongodb://127.0.0.1:{closed}/"))
+    async with http.get(rd.url + "/health") as resp:
+        body = await resp.json()
+    assert resp.status == 503
+    assert body["status"] == "degraded"
+    assert "store" in body["down"]
+    assert str(closed) in body["components"]["store"]["reason"]
 
 
 async def test_unknown_route_is_404(start_daemon: Callable[..., Any], http: aiohttp.ClientSession) -> None:
