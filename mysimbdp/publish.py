@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import aio_pika
 import orjson
@@ -62,25 +62,29 @@ class PublishResult:
                 f"in {self.seconds:.2f} s, {self.rate:,.0f} msg/s")
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def _open_text(path: Path, on_open: Callable[[BinaryIO], None] | None) -> IO[str]:
+    raw = open(path, "rb")
+    if on_open is not None:
+        on_open(raw)
+    binary: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if path.suffix == ".gz" else raw  # type: ignore[assignment]
+    return io.TextIOWrapper(binary, encoding="utf-8", newline="")
 
 
-def read_records(path: Path) -> Iterator[dict[str, Any]]:
+def read_records(path: Path, on_open: Callable[[BinaryIO], None] | None = None) -> Iterator[dict[str, Any]]:
     """The records of a CSV (header row; values as text) or JSON Lines file (``.gz`` too).
 
+    ``on_open`` is handed the file as opened on disk (compressed bytes for ``.gz``): its
+    ``tell()`` against the file's size is how far the reading got, for a progress bar.
     Raises :class:`MysimbdpError` naming the line of an invalid JSON Lines record.
     """
     name = path.name.removesuffix(".gz")
+    if not name.endswith((".csv", ".jsonl", ".ndjson", ".json")):
+        raise MysimbdpError(f"{path}: unknown format; use a .csv or .jsonl file (optionally .gz)")
     if name.endswith(".csv"):
-        with _open_text(path) as fh:
+        with _open_text(path, on_open) as fh:
             yield from csv.DictReader(fh)
         return
-    if not name.endswith((".jsonl", ".ndjson", ".json")):
-        raise MysimbdpError(f"{path}: unknown format; use a .csv or .jsonl file (optionally .gz)")
-    with _open_text(path) as fh:
+    with _open_text(path, on_open) as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
                 continue

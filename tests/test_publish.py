@@ -6,6 +6,7 @@ import asyncio
 import csv
 import gzip
 import io
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from mysimbdp.cli import main
+from mysimbdp.commands.publish import ProgressBar
 from mysimbdp.config import Settings
 from mysimbdp.errors import MysimbdpError
 from mysimbdp.publish import group, publish_records, read_records
@@ -54,6 +56,21 @@ def test_read_records_csv_jsonl_and_gzip(tmp_path: Path) -> None:
     with pytest.raises(MysimbdpError, match=r"bad.jsonl:2: not valid JSON"):
         list(read_records(bad))
     assert [n for n, _ in group([{"a": i} for i in range(5)], 2)] == [2, 2, 1]
+
+
+def test_progress_bar_follows_the_file_position(tmp_path: Path) -> None:
+    source = weather_slice(tmp_path / "w.csv", 2000)
+    bar = ProgressBar(source, io.StringIO())
+    records = read_records(source, bar.opened)
+    assert bar.line(0, 0, 0.0).startswith("[" + "." * 30 + "]   0%")
+    for _ in range(1000):
+        next(records)
+    halfway = bar.line(1000, 900, 2.0)
+    percent = int(re.search(r"\] +(\d+)%", halfway).group(1))  # type: ignore[union-attr]
+    assert 30 <= percent <= 75, halfway  # read ahead in buffers: near the middle, not exact
+    assert halfway.endswith("sent 1,000  confirmed 900  450 msg/s")
+    assert len(list(records)) == 1000
+    assert bar.line(2000, 2000, 4.0).startswith("[" + "#" * 30 + "] 100%")
 
 
 async def _publish_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -99,15 +116,22 @@ async def _depth_zero(daemon: Any, tenant: str) -> bool:
 
 async def test_publish_flights_in_batches_at_a_rate(
         start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
-        mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str, tenant_id: str, tmp_path: Path) -> None:
+        mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str, tenant_id: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     settings = settings_factory()
     write_profile(settings, tenant_id, app="flights_stream")
     rd = await start_daemon(settings)
     await wait_consumers(rd.daemon, tenant_id, 1)
-    records = list(read_records(flights_slice(tmp_path / "flights.jsonl", 240)))
-    result = await publish_records(amqp_url, "mysimbdp.ingest", tenant_id, records, batch=20, rate=200,
-                                   id_prefix="flights-run-1")
-    assert (result.sent, result.confirmed, result.records) == (12, 12, 240)
+    source = flights_slice(tmp_path / "flights.jsonl", 240)
+    records = list(read_records(source))
+    code, out, _ = await _publish_cli(capsys, "--config-dir", str(settings.config_dir), "publish",
+                                      "--tenant", tenant_id, "--amqp-url", amqp_url, "--batch", "20",
+                                      "--rate", "40", "--id-prefix", "flights-run-1", str(source))
+    assert code == 0
+    summary = re.fullmatch(r"sent 12, confirmed 12 \(240 records\) in ([0-9.]+) s, .* msg/s", out.strip().splitlines()[-1])
+    assert summary is not None, out
+    # --rate 40: the 12th message may not leave before 11/40 s have passed
+    assert float(summary.group(1)) >= 11 / 40
     status = mongo[f"tenant_{tenant_id}"]["flight_status"]
 
     async def all_in() -> bool:

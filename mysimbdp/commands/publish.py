@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import BinaryIO, TextIO
 
 from mysimbdp.errors import MysimbdpError
 from mysimbdp.publish import publish_records, read_records
@@ -30,9 +31,35 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def _progress(sent: int, confirmed: int, seconds: float) -> None:
-    rate = confirmed / seconds if seconds > 0 else 0.0
-    print(f"\rsent {sent:>10,}  confirmed {confirmed:>10,}  {rate:>9,.0f} msg/s", end="", file=sys.stderr, flush=True)
+class ProgressBar:
+    """The publish tool's status line: how far the file is read, messages sent and confirmed,
+    the confirmed rate. Redrawn in place on a terminal (standard error), silent elsewhere."""
+
+    width = 30
+
+    def __init__(self, path: Path, stream: TextIO) -> None:
+        self.size = max(path.stat().st_size, 1)
+        self.stream = stream
+        self.file: BinaryIO | None = None
+
+    def opened(self, file: BinaryIO) -> None:
+        """``read_records``' ``on_open``: the file whose position measures the progress."""
+        self.file = file
+
+    def line(self, sent: int, confirmed: int, seconds: float) -> str:
+        """The status line for these counts."""
+        if self.file is None:  # not opened yet
+            done = 0.0
+        else:
+            done = 1.0 if self.file.closed else min(self.file.tell() / self.size, 1.0)
+        filled = int(self.width * done)
+        rate = confirmed / seconds if seconds > 0 else 0.0
+        return (f"[{'#' * filled}{'.' * (self.width - filled)}] {done:4.0%}  sent {sent:,}  "
+                f"confirmed {confirmed:,}  {rate:,.0f} msg/s")
+
+    def __call__(self, sent: int, confirmed: int, seconds: float) -> None:
+        self.stream.write("\r\x1b[K" + self.line(sent, confirmed, seconds))
+        self.stream.flush()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,10 +71,11 @@ def run(args: argparse.Namespace) -> int:
         raise MysimbdpError(f"{args.file}: no such file")
     settings = args.settings_loader()
     tty = sys.stderr.isatty()
+    bar = ProgressBar(args.file, sys.stderr)
     result = asyncio.run(publish_records(
         args.amqp_url or settings.amqp_url, args.exchange or settings.stream.exchange,
-        routing_key(args.tenant, args.type_), read_records(args.file), batch=args.batch, rate=args.rate,
-        window=args.window, id_prefix=args.id_prefix, progress=_progress if tty else None))
+        routing_key(args.tenant, args.type_), read_records(args.file, bar.opened), batch=args.batch,
+        rate=args.rate, window=args.window, id_prefix=args.id_prefix, progress=bar if tty else None))
     if tty:
         print(file=sys.stderr)
     print(result.summary())
