@@ -57,8 +57,11 @@ class Broker:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.connection is not None:
-            await self.connection.close()
-            self.connection = None
+            connection, self.connection = self.connection, None
+            # our own close is not a disconnection: nothing to warn about
+            connection.close_callbacks.discard(self._on_close)
+            await connection.close()
+            log.info("broker.closed")
         self.reason = "stopped"
 
     async def _connect_loop(self) -> None:

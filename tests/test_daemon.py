@@ -100,6 +100,8 @@ def test_sigterm_exits_0_within_deadline(spawn_daemon: Callable[..., Any], setti
         assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
     log = (settings.var_dir / "log" / "mysimbdp.jsonl").read_text()
     assert '"event":"daemon.stopped"' in log
+    # a clean stop closes the broker connection on purpose: no disconnection warning
+    assert '"event":"broker.closed"' in log and '"event":"broker.disconnected"' not in log
 
 
 def test_sigterm_with_an_app_stuck_in_a_loop(spawn_daemon: Callable[..., Any],
