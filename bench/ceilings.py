@@ -1,7 +1,9 @@
 """The ceilings: what the same store and broker take from a client doing no platform work.
 
 * :func:`insert_many_rate` - already-built documents written with ``insert_many(ordered=False)``
-  in batches, the store's bulk intake.
+  in batches, one write at a time, the store's bulk intake. The documents are BSON
+  (``RawBSONDocument``) before the clock starts, as the platform's columnar path hands them
+  to the driver: only the writes are timed, not the client's encoding.
 * :class:`BareConsumer` - an aio-pika consumer that acknowledges each message and does
   nothing else, the broker's delivery ceiling.
 """
@@ -10,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
+import bson
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
 
 __all__ = ["read_documents", "copy_indexes", "insert_many_rate", "BareConsumer", "Timing"]
 
@@ -42,9 +47,11 @@ class Timing:
                 "store_cpu_share": share}
 
 
-async def read_documents(collection: Any, limit: int | None = None) -> list[dict[str, Any]]:
-    """The documents of ``collection`` as the platform wrote them (``_id`` included)."""
-    cursor = collection.find({}, batch_size=10_000)
+async def read_documents(collection: Any, limit: int | None = None) -> list[RawBSONDocument]:
+    """The documents of ``collection`` as the platform wrote them (``_id`` included), as the
+    store's own BSON bytes: already built, nothing left to encode."""
+    raw = collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
+    cursor = raw.find({}, batch_size=10_000)
     if limit is not None:
         cursor = cursor.limit(limit)
     return [doc async for doc in cursor]
@@ -63,18 +70,23 @@ async def copy_indexes(source: Any, target: Any) -> list[str]:
     return created
 
 
-async def insert_many_rate(collection: Any, documents: Sequence[dict[str, Any]], batch_size: int,
+async def insert_many_rate(collection: Any, documents: Sequence[Mapping[str, Any]], batch_size: int,
                            store_cpu: Callable[[], float | None] | None = None) -> Timing:
-    """Write ``documents`` with ``insert_many(ordered=False)`` in batches of ``batch_size``.
+    """Write ``documents`` with ``insert_many(ordered=False)`` in batches of ``batch_size``,
+    one write at a time; only the writes are timed.
 
-    The documents are copied first (untimed): the driver adds ``_id`` to dicts it is given.
-    ``store_cpu`` reads the store's CPU seconds, to report how busy the store was.
+    Documents that are not ``RawBSONDocument`` yet are encoded first, with the collection's
+    codec options, and every batch is sliced off before the clock starts. ``store_cpu``
+    reads the store's CPU seconds, to report how busy the store was.
     """
-    docs = [dict(d) for d in documents]
+    options = collection.codec_options
+    docs = [d if isinstance(d, RawBSONDocument) else RawBSONDocument(bson.encode(d, codec_options=options))
+            for d in documents]
+    batches = [docs[start:start + batch_size] for start in range(0, len(docs), batch_size)]
     cpu0 = store_cpu() if store_cpu else None
     t0 = time.perf_counter()
-    for start in range(0, len(docs), batch_size):
-        await collection.insert_many(docs[start:start + batch_size], ordered=False)
+    for batch in batches:
+        await collection.insert_many(batch, ordered=False)
     seconds = time.perf_counter() - t0
     cpu1 = store_cpu() if store_cpu else None
     return Timing(len(docs), seconds, cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)

@@ -8,8 +8,10 @@ stamp to the moment the store holds every reading. Ceilings, same run, same serv
 * broker - the same tool publishing the same file to a quorum queue consumed by a bare
   aio-pika consumer that acknowledges each message and does nothing else (first publish
   stamp to last acknowledgement);
-* store - the readings the platform wrote, written again with ``insert_many(ordered=False)``
-  in batches of the tenant's ``batch_max_messages`` into a collection with the same indexes.
+* store - the readings the platform wrote, read back as the store's BSON (already built,
+  nothing left to encode) and written again with ``insert_many(ordered=False)``, one batch
+  of the tenant's ``batch_max_messages`` at a time, into a collection with the same indexes;
+  only the writes are timed.
 
 Latency: the tool publishes at fixed offered loads (``--rate``) for ``latency_seconds``, each
 load to a new tenant. The tool stamps every message with its publish time (header
@@ -161,7 +163,7 @@ async def run(session: Session, result: Result) -> None:
     """Throughput with both ceilings, then the latency runs, ``repeat`` times each."""
     env, scale = session.env, session.scale
     ceiling_db = env.db(f"bench_stream_ceiling_{env.run_id}")
-    documents: list[dict[str, Any]] = []
+    documents: list[Any] = []
     runs: list[dict[str, Any]] = []
     latency: dict[int, list[dict[str, Any]]] = {}
     indexes: list[str] = []
