@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -14,7 +15,7 @@ from bench.data import DataFile
 from bench.session import BenchError
 
 __all__ = ["batch_profile", "BATCH_SETTINGS", "FLIGHTS_APP", "FLIGHTS_COLLECTION", "LoadRun", "load_file",
-           "event_time"]
+           "event_time", "PeakSampler", "AnonPeak"]
 
 FLIGHTS_APP = "flights"
 FLIGHTS_COLLECTION = "flights"
@@ -116,26 +117,42 @@ async def load_file(daemon: BenchDaemon, tenant: str, data: DataFile, timeout: f
                    anon.peak)
 
 
-class AnonPeak:
-    """Samples a process's anonymous RSS while the ``async with`` block runs; ``peak``: the highest."""
+class PeakSampler:
+    """Calls ``read`` every ``every_s`` while the ``async with`` block runs; ``peak``: the
+    highest value read, ``samples``: how many reads succeeded. ``read`` None samples nothing."""
 
-    def __init__(self, stats: ProcStats | None, every_s: float = 0.1) -> None:
-        self.stats, self.every_s = stats, every_s
+    def __init__(self, read: Callable[[], float] | None, every_s: float = 0.1) -> None:
+        self.read, self.every_s = read, every_s
         self.peak: float | None = None
+        self.samples = 0
         self._task: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> AnonPeak:
-        if self.stats is not None:
-            self._task = asyncio.create_task(self._sample(self.stats))
+    async def __aenter__(self) -> PeakSampler:
+        if self.read is not None:
+            self._task = asyncio.create_task(self._sample(self.read))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            self._take(self.read)  # the state at the block's end, however short it was
 
-    async def _sample(self, stats: ProcStats) -> None:
+    def _take(self, read: Callable[[], float] | None) -> None:
+        if read is None:
+            return
+        with contextlib.suppress(OSError, KeyError):
+            self.peak = max(self.peak or 0.0, read())
+            self.samples += 1
+
+    async def _sample(self, read: Callable[[], float]) -> None:
         while True:
-            with contextlib.suppress(OSError, KeyError):
-                self.peak = max(self.peak or 0.0, stats.anon_rss_mb())
+            self._take(read)
             await asyncio.sleep(self.every_s)
+
+
+class AnonPeak(PeakSampler):
+    """A :class:`PeakSampler` of a process's anonymous RSS (``RssAnon``), in MiB."""
+
+    def __init__(self, stats: ProcStats | None, every_s: float = 0.1) -> None:
+        super().__init__(stats.anon_rss_mb if stats is not None else None, every_s)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench.benchmarks import BENCHMARKS
+from bench.benchmarks.memory import Progress
 from bench.cli import run_benchmarks
 from bench.env import BenchEnv
 from bench.profile import summarise
@@ -58,10 +59,36 @@ def test_benchmark_smoke(name: str, bench_dirs: dict[str, Path], mongo_uri: str,
     assert [r.status for r in results] == ["ok"], results[0].error
     path = bench_dirs["results"] / f"{name}.json"
     _check_shape(json.loads(path.read_text()), name)
-    key_metrics = {m["key"]: m for m in json.loads(path.read_text())["metrics"]}
+    data = json.loads(path.read_text())
+    key_metrics = {m["key"]: m for m in data["metrics"]}
     expected = {"batch": "ratio", "cpu": "cpu_us_per_record", "memory": "peak_rss_large_mb",
-                "stream": "ratio", "fairness": "ratio", "scaling": "first_scale_up_s", "insert_one": "factor"}[name]
+                "stream": "ratio", "fairness": "ratio", "scaling": "first_scale_up_s", "insert_one": "factor",
+                "upload": "mb_per_s"}[name]
     assert key_metrics[expected]["value"] is not None and key_metrics[expected]["value"] > 0
+    CHECKS.get(name, lambda data, metrics: None)(data, key_metrics)
+
+
+def _check_memory(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
+    """The large load's progress, tenth by tenth; the rate ratio with the spread of its pairings."""
+    assert metrics["peak_rss_large_mb"]["target"] == {"op": "<=", "value": 150e6 / 2**20}
+    assert metrics["rate_ratio"]["spread"]["n"] == data["settings"]["small"]["repeat"]
+    large = data["runs"][-1]
+    tenths = large["tenths"]
+    assert [t["tenth"] for t in tenths] == list(range(1, 11))
+    assert tenths[-1]["documents_at_end"] == large["records"]
+    assert all(t["daemon_cpu_us_per_record"] >= 0 for t in tenths)
+    assert metrics["daemon_cpu_us_first_tenth_large"]["value"] is not None
+
+
+def _check_upload(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
+    """Every upload answered 201 with the file's hash; the growth has its target."""
+    assert all(r["status"] == 201 and r["sha256_matches"] and r["bytes"] == data["settings"]["bytes"]
+               for r in data["runs"])
+    assert all(r["rss_samples"] >= 1 and r["rss_peak_mb"] > 0 for r in data["runs"])
+    assert metrics["rss_growth_mb"]["target"] == {"op": "<=", "value": 16.0}
+
+
+CHECKS = {"memory": _check_memory, "upload": _check_upload}
 
 
 def test_report_renders_every_results_file(bench_dirs: dict[str, Path]) -> None:
@@ -94,3 +121,20 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 99) == 99.0
     assert percentile(values, 100) == 100.0
     assert percentile([], 50) is None
+
+
+def test_progress_tenths_interpolate_between_samples() -> None:
+    progress = Progress(None, None, 1.0)  # type: ignore[arg-type]
+    # 2 s of hashing before the first write, then 1,000 documents in 10 s; the store's CPU
+    # per document doubles halfway, the daemon's stays at 100 µs.
+    progress.samples = [
+        {"t": 0.0, "count": 0, "store": 0.0, "daemon": 0.0},
+        {"t": 2.0, "count": 0, "store": 0.0, "daemon": 2.0},
+        {"t": 7.0, "count": 500, "store": 0.05, "daemon": 2.05},
+        {"t": 12.0, "count": 1000, "store": 0.15, "daemon": 2.1},
+    ]
+    tenths = progress.tenths(1000)
+    assert [t["documents_at_end"] for t in tenths] == list(range(100, 1001, 100))
+    assert tenths[0]["seconds"] == 1.0 and tenths[0]["records_per_s"] == 100.0  # the hashing is in no tenth
+    assert tenths[0]["store_cpu_us_per_record"] == 100.0 and tenths[-1]["store_cpu_us_per_record"] == 200.0
+    assert {t["daemon_cpu_us_per_record"] for t in tenths} == {100.0}

@@ -1,0 +1,169 @@
+"""(8) Upload: a 300 MB file sent over HTTP, with the daemon's memory flat meanwhile.
+
+Each repetition starts a fresh daemon with one tenant (the flights app, a token whose
+sha256 is in its profile, constraints that let the file through). The benchmark asks for
+the tenant's constraints (``GET /tenants/{id}/constraints``, as ``mysimbdp upload`` does),
+reads the daemon's ``VmRSS``, then sends the file with ``PUT /tenants/{id}/files/{name}``:
+an aiohttp client streams it from disk in 1 MiB reads with ``Content-Length`` and
+``Expect: 100-continue``, with the tenant's bearer token. ``VmRSS`` is sampled every 0.1 s
+from the request until the 201 answer; the rate is the file's size over the time from
+the request to that answer (MB = 10^6 bytes; memory in MiB = 2^20 bytes). The 201 body's
+sha256 must be the file's. The benchmark then waits for the batch watcher to take the file
+(``batch.file.loading`` with the upload's ledger id) and kills the daemon: the load itself
+is the memory benchmark's business.
+
+Target: the daemon streams the body to disk in 1 MiB pieces, so its RSS may grow by the
+buffers of one upload and the libraries' first use, a few MiB, but not with the file:
+growth (peak during the upload minus the RSS before it) at most 16 MiB, about 5 % of
+the 300 MB file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bench.daemon import BenchDaemon
+from bench.data import DataFile, flights_sized
+from bench.loads import BATCH_SETTINGS, PeakSampler, batch_profile
+from bench.results import Result, Target, metric_from_runs
+from bench.session import BenchError, Session
+from mysimbdp.auth import hash_token
+
+__all__ = ["NAME", "TITLE", "run", "GROWTH_TARGET", "CHUNK_BYTES"]
+
+NAME = "upload"
+TITLE = "Upload: a 300 MB file over HTTP, memory flat"
+GROWTH_TARGET = Target("<=", 16.0)
+CHUNK_BYTES = 1024 * 1024  # what the client reads from disk and hands to aiohttp at once
+SAMPLE_EVERY_S = 0.1
+
+
+async def _chunks(path: Path, size: int) -> AsyncIterator[bytes]:
+    """``size`` bytes of ``path``, read in a thread one chunk at a time."""
+    left = size
+    with path.open("rb") as f:
+        while left > 0 and (chunk := await asyncio.to_thread(f.read, min(CHUNK_BYTES, left))):
+            left -= len(chunk)
+            yield chunk
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _check_constraints(daemon: BenchDaemon, tenant: str, token: str, data: DataFile) -> None:
+    """``GET /tenants/{id}/constraints`` with the tenant's token: the file must be allowed."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        async with http.get(f"{daemon.url}/tenants/{tenant}/constraints", headers=_auth(token)) as resp:
+            constraints = await resp.json(content_type=None)
+            if resp.status != 200:
+                raise BenchError(f"GET constraints answered {resp.status}: {constraints}")
+    if int(constraints["max_file_bytes"]) < data.bytes:
+        raise BenchError(f"the tenant's max_file_bytes ({constraints['max_file_bytes']}) is "
+                         f"below the file's {data.bytes} bytes")
+
+
+async def _put(daemon: BenchDaemon, tenant: str, token: str, data: DataFile, name: str,
+               timeout: float) -> tuple[int, dict[str, Any], float]:
+    """Upload ``data`` as ``name``; the status, the JSON body and the seconds it took."""
+    headers = {**_auth(token), "Content-Length": str(data.bytes), "Content-Type": "application/octet-stream"}
+    url = f"{daemon.url}/tenants/{tenant}/files/{quote(name, safe='')}"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+        t0 = time.perf_counter()
+        async with http.put(url, data=_chunks(data.path, data.bytes), headers=headers, expect100=True) as resp:
+            body = await resp.json(content_type=None)
+            return resp.status, body, time.perf_counter() - t0
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+async def _repetition(session: Session, data: DataFile, sha256: str, i: int) -> dict[str, Any]:
+    env = session.env
+    tenant = env.new_tenant("up")
+    token = secrets.token_urlsafe(32)
+    profile = {**batch_profile(tenant), "token_sha256": hash_token(token)}
+    daemon = BenchDaemon(env, "upload", tenants=[profile], batch=BATCH_SETTINGS)
+    name = f"upload-{i}.csv"
+    try:
+        await daemon.start()
+        stats = daemon.stats
+        assert stats is not None
+        await _check_constraints(daemon, tenant, token, data)
+        before = stats.rss_mb()
+        anon_before = stats.anon_rss_mb()
+        async with PeakSampler(stats.rss_mb, SAMPLE_EVERY_S) as rss, \
+                PeakSampler(stats.anon_rss_mb, SAMPLE_EVERY_S) as anon:
+            status, body, seconds = await _put(daemon, tenant, token, data, name, session.scale.timeout_s)
+        if status != 201:
+            raise BenchError(f"the upload answered {status}: {body}; see {daemon.log.path}")
+        if body.get("sha256") != sha256 or body.get("bytes") != data.bytes:
+            raise BenchError(f"the platform stored {body.get('bytes')} bytes with sha256 {body.get('sha256')}, "
+                             f"not the file's {data.bytes} bytes with sha256 {sha256}")
+        await daemon.log.wait_for(lambda e: e.get("event") == "batch.file.loading" and e.get("ledger_id") == body["id"],
+                                  session.scale.timeout_s, what=f"the watcher to take {name}", alive=daemon.alive)
+    except BaseException:
+        if daemon.proc is not None:
+            daemon.keep_logs()
+        raise
+    finally:
+        daemon.kill()  # the load of the uploaded file is not what this benchmark measures
+    await env.drop(f"tenant_{tenant}")
+    shutil.rmtree(daemon.base, ignore_errors=True)  # the staged copy of the file
+    peak = rss.peak if rss.peak is not None else before
+    return {"tenant": tenant, "bytes": data.bytes, "seconds": round(seconds, 3),
+            "mb_per_s": round(data.bytes / 1e6 / seconds, 1) if seconds > 0 else None,
+            "status": status, "file_id": body["id"], "sha256_matches": True,
+            "rss_before_mb": round(before, 1), "rss_peak_mb": round(peak, 1),
+            "rss_growth_mb": round(peak - before, 1), "rss_samples": rss.samples,
+            "anon_before_mb": round(anon_before, 1),
+            "anon_peak_mb": round(anon.peak, 1) if anon.peak is not None else None}
+
+
+async def run(session: Session, result: Result) -> None:
+    """``repeat`` uploads of the file, each to a fresh daemon."""
+    session.say(f"{NAME}: generating the {session.scale.upload_bytes / 1e6:g} MB file (cached in bench/data)")
+    data = flights_sized(session.scale.upload_bytes, session.env.data_dir)
+    sha256 = await asyncio.to_thread(_sha256, data.path)
+    runs = []
+    for i in range(session.repeat):
+        session.say(f"{NAME}: upload {i + 1}/{session.repeat} of {data.bytes / 1e6:.0f} MB")
+        rep = await _repetition(session, data, sha256, i)
+        session.say(f"{NAME}:   {rep['mb_per_s']:,.0f} MB/s, RSS {rep['rss_before_mb']:.0f} -> "
+                    f"{rep['rss_peak_mb']:.0f} MiB")
+        runs.append(rep)
+    result.settings = {"file": data.path.name, "bytes": data.bytes, "client_chunk_bytes": CHUNK_BYTES,
+                       "rss_sample_every_s": SAMPLE_EVERY_S, "daemon_batch_settings": BATCH_SETTINGS,
+                       "tenant_profile": batch_profile("<id>")["batch"]}
+    result.add(metric_from_runs("mb_per_s", "upload rate, request to 201", [r["mb_per_s"] for r in runs], "MB/s"))
+    result.add(metric_from_runs("rss_before_mb", "daemon RSS before the upload", [r["rss_before_mb"] for r in runs],
+                                "MiB"))
+    result.add(metric_from_runs("rss_peak_mb", "daemon RSS, peak during the upload",
+                                [r["rss_peak_mb"] for r in runs], "MiB"))
+    result.add(metric_from_runs("rss_growth_mb", "daemon RSS growth (peak - before)",
+                                [r["rss_growth_mb"] for r in runs], "MiB", GROWTH_TARGET,
+                                note=f"VmRSS sampled every {SAMPLE_EVERY_S:g} s; the target, 16 MiB, is a "
+                                     "few 1 MiB buffers and not the file: the body is streamed to disk"))
+    result.runs = runs
+    growth = next((m.value for m in result.metrics if m.key == "rss_growth_mb"), None)
+    if growth is not None and not GROWTH_TARGET.met(growth):
+        anon = [r["anon_peak_mb"] - r["anon_before_mb"] for r in runs if r["anon_peak_mb"] is not None]
+        text = f"target missed: the daemon's RSS grew by {growth:.1f} MiB during the upload"
+        if anon:
+            text += f"; its anonymous memory by {max(anon):.1f} MiB at most (the rest are file-backed pages)"
+        result.notes.append(text)
