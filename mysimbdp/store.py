@@ -282,11 +282,14 @@ async def insert_idempotent(collection: AsyncCollection[Any], documents: Sequenc
     """Insert documents with deterministic ``_id``s; ones already present count as duplicates.
 
     This is what makes loading exactly-once: a retried batch re-inserts the same ``_id``s and
-    MongoDB refuses them with duplicate-key errors, which are expected. Each document is
-    encoded here, once: one that BSON cannot represent or that is over MongoDB's 16 MiB
-    limit is reported in ``failed`` (the same on every server, embedded or real) and the
-    others are written. Documents the server refuses are in ``failed`` too; connection
-    errors propagate (retry the batch).
+    MongoDB refuses them with duplicate-key errors, which are expected. Only a clash on
+    ``_id`` is a duplicate: a document refused by another unique index (an app's
+    ``Index(unique=True)``) whose ``_id`` is not in the collection is in ``failed``, so it
+    is rejected with its reason, not acknowledged and lost. Each document is encoded here,
+    once: one that BSON cannot represent or that is over MongoDB's 16 MiB limit is reported
+    in ``failed`` (the same on every server, embedded or real) and the others are written.
+    Documents the server refuses are in ``failed`` too; connection errors propagate (retry
+    the batch).
     """
     raws: list[RawBSONDocument] = []
     positions: list[int] = []
@@ -313,13 +316,58 @@ async def insert_idempotent(collection: AsyncCollection[Any], documents: Sequenc
         await collection.insert_many(raws, ordered=False, bypass_document_validation=True)
     except BulkWriteError as exc:
         errors: list[dict[str, Any]] = list(exc.details.get("writeErrors", []))
-        dups = sum(1 for e in errors if e.get("code") == DUPLICATE_KEY)
-        failed += [(positions[int(e["index"])] if 0 <= int(e.get("index", -1)) < len(positions) else -1,
-                    str(e.get("errmsg", "write refused"))[:500])
-                   for e in errors if e.get("code") != DUPLICATE_KEY]
+        other = [e for e in errors if e.get("code") == DUPLICATE_KEY and not _clash_on_id(e)]
+        present = await _ids_present(collection, [raws[i]["_id"] for i in _indexes(other, len(raws))])
+        dups = 0
+        for e in errors:
+            if e.get("code") == DUPLICATE_KEY and (_clash_on_id(e) or _id_key(_op_id(e, raws)) in present):
+                dups += 1
+                continue
+            reason = str(e.get("errmsg", "write refused"))
+            if e.get("code") == DUPLICATE_KEY:
+                reason = f"another document has the same value of a unique index: {reason}"
+            i = int(e.get("index", -1))
+            failed.append((positions[i] if 0 <= i < len(positions) else -1, reason[:500]))
         written = int(exc.details.get("nInserted", len(raws) - len(errors)))
         return InsertResult(written, dups, sorted(failed))
     return InsertResult(len(raws), 0, failed)
+
+
+def _clash_on_id(error: Mapping[str, Any]) -> bool:
+    """Whether a duplicate-key error names the ``_id`` index.
+
+    MongoDB sets ``keyPattern`` (``{"_id": 1}``) and an errmsg ``"... index: _id_ dup key ..."``;
+    NX-27017 only an errmsg, ``"UNIQUE constraint failed: <collection>._id"``. NX-27017 may
+    name a secondary unique index for a document whose ``_id`` is present too: the caller
+    looks those ``_id``s up before calling them anything but duplicates.
+    """
+    pattern = error.get("keyPattern")
+    if isinstance(pattern, Mapping) and pattern:
+        return list(pattern) == ["_id"]
+    message = str(error.get("errmsg", ""))
+    return " index: _id_ " in message or message.endswith("._id")
+
+
+def _indexes(errors: Sequence[Mapping[str, Any]], count: int) -> list[int]:
+    return [i for i in (int(e.get("index", -1)) for e in errors) if 0 <= i < count]
+
+
+def _op_id(error: Mapping[str, Any], raws: Sequence[RawBSONDocument]) -> Any:
+    i = int(error.get("index", -1))
+    return raws[i]["_id"] if 0 <= i < len(raws) else None
+
+
+def _id_key(value: Any) -> bytes:
+    """A hashable key of an ``_id`` of any BSON type (documents included)."""
+    return bson.encode({"": value})
+
+
+async def _ids_present(collection: AsyncCollection[Any], ids: list[Any]) -> set[bytes]:
+    """Which of ``ids`` the collection holds (keys of :func:`_id_key`); asked only after a clash."""
+    if not ids:
+        return set()
+    cursor = collection.find({"_id": {"$in": ids}}, {"_id": 1})
+    return {_id_key(doc["_id"]) async for doc in cursor}
 
 
 def _redact(uri: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from mysimbdp.store import EmbeddedMongo, Store, insert_idempotent
+from mysimbdp.store import EmbeddedMongo, Store, _clash_on_id, insert_idempotent
 
 
 async def test_embedded_persists_across_restart(tmp_path: Path) -> None:
@@ -108,6 +108,45 @@ async def test_insert_idempotent_counts_duplicates(mongo: AsyncMongoClient[dict[
     again = await insert_idempotent(coll, docs)
     assert (again.written, again.duplicates) == (20, 30)
     assert await coll.count_documents({}) == 50
+
+
+async def test_insert_idempotent_a_unique_index_clash_is_a_failure_not_a_duplicate(
+        mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str) -> None:
+    """Only an ``_id`` already present is a duplicate; another unique index refusing a new
+    ``_id`` is reported in ``failed`` (a redelivered document clashing on both is a duplicate)."""
+    coll = mongo[f"tenant_{tenant_id}"]["records"]
+    await coll.create_index([("code", 1)], unique=True)
+    await coll.create_index([("a", 1), ("b", 1)], unique=True)
+    first = await insert_idempotent(coll, [{"_id": "m1", "code": "A", "a": 1, "b": 1}])
+    assert (first.written, first.duplicates, first.failed) == (1, 0, [])
+    docs = [
+        {"_id": "m1", "code": "A", "a": 1, "b": 1},   # the same document again (all indexes clash)
+        {"_id": "m2", "code": "A", "a": 2, "b": 2},   # a new document with a taken code
+        {"_id": "m3", "code": "C", "a": 3, "b": 3},   # a new document
+        {"_id": "m4", "code": "D", "a": 1, "b": 1},   # a new document clashing on the compound index
+        {"_id": "m5", "code": "C", "a": 5, "b": 5},   # clashes with m3 of the same batch
+        {"_id": "m1", "code": "Z", "a": 9, "b": 9},   # a taken _id only
+    ]
+    result = await insert_idempotent(coll, docs)
+    assert (result.written, result.duplicates) == (1, 2)
+    assert [i for i, _ in result.failed] == [1, 3, 4]
+    assert all("unique index" in reason for _, reason in result.failed)
+    assert sorted([d["_id"] async for d in coll.find({})]) == ["m1", "m3"]
+
+
+@pytest.mark.parametrize(("error", "on_id"), [
+    ({"code": 11000, "keyPattern": {"_id": 1}, "keyValue": {"_id": "m1"},
+      "errmsg": "E11000 duplicate key error collection: t.records index: _id_ dup key: { _id: \"m1\" }"}, True),
+    ({"code": 11000, "keyPattern": {"code": 1}, "keyValue": {"code": "A"},
+      "errmsg": "E11000 duplicate key error collection: t.records index: code_1 dup key: { code: \"A\" }"}, False),
+    ({"code": 11000, "errmsg": "E11000 duplicate key error collection: t.records index: _id_ dup key: { _id: 1 }"},
+     True),
+    ({"code": 11000, "errmsg": "UNIQUE constraint failed: records._id"}, True),
+    ({"code": 11000, "errmsg": "UNIQUE constraint failed: index 'idx_records_code'"}, False),
+])
+def test_clash_on_id_reads_both_servers_errors(error: dict[str, Any], on_id: bool) -> None:
+    """The shapes of MongoDB's (keyPattern, errmsg) and NX-27017's (errmsg only) duplicate-key errors."""
+    assert _clash_on_id(error) is on_id
 
 
 @pytest.mark.parametrize("n", [0])
