@@ -149,3 +149,37 @@ async def _dead_depth_is(amqp_url: str, tenant: str, n: int) -> bool:
         return (queue.declaration_result.message_count or 0) == n
     finally:
         await connection.close()
+
+
+async def test_a_record_clashing_on_an_apps_unique_index_goes_to_rejects_with_its_message(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str, tenant_id: str) -> None:
+    """A taken ``code`` is a write failure with the raw message, not a duplicate; the same
+    message published again is a duplicate (its ``_id`` is present), not a reject."""
+    settings = settings_factory(extra_apps={"stream_unique": "tests.plugins.stream_unique"})
+    write_profile(settings, tenant_id, app="stream_unique")
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    db = mongo[f"tenant_{tenant_id}"]
+
+    async def index_there() -> bool:
+        return any(i.get("unique") for i in (await db["codes"].index_information()).values())
+    await wait_until(index_there, what="the app's unique index")
+    with capture_logs() as events:
+        await publish_raw(amqp_url, tenant_id, [{"code": "A", "n": 1}], ["u1"])
+
+        async def first() -> bool:
+            return await db["codes"].count_documents({}) == 1
+        await wait_until(first, what="the first document")
+        await publish_raw(amqp_url, tenant_id, [{"code": "A", "n": 2}, {"code": "A", "n": 1}], ["u2", "u1"])
+
+        async def settled() -> bool:
+            return (await db["_rejects"].count_documents({}) == 1
+                    and sum(e.get("duplicates", 0) for e in events if e["event"] == "stream.batch.committed") == 1
+                    and await rd.daemon.stream.queue_depth(tenant_id) == 0)
+        await wait_until(settled, what="one reject and one duplicate")
+    reject = await db["_rejects"].find_one({})
+    assert reject is not None and reject["_id"] == "stream-write:u2" and reject["kind"] == "write_failed"
+    assert "unique index" in reject["reason"] and reject["message_id"] == "u2"
+    assert reject["raw"] == '{"code":"A","n":2}' and reject["raw_bytes"] == len(reject["raw"])
+    assert [d async for d in db["codes"].find({})] == [{"_id": "u1", "code": "A", "n": 1}]

@@ -61,14 +61,14 @@ async def test_malformed_rejected_and_low_quality_records_go_to_rejects_and_are_
     write_profile(settings, tenant_id, min_quality=0.5)
     rd = await start_daemon(settings)
     await wait_consumers(rd.daemon, tenant_id, 1)
-    bodies: list[Any] = [b"{not json", {"ok": 1}, {"bad": True}, {"boom": True}, {"q": 0.1},
-                         {"q": 0.9}, [{"ok": 2}, {"bad": True}, 7], b"42"]
+    bodies: list[Any] = [b"{not json", {"ok": 1}, {"bad": True, "city": "Zürich"}, {"boom": True}, {"q": 0.1},
+                         {"q": 0.9}, [{"ok": 2}, {"bad": True}, 7], b"42", b"\xff{"]
     with capture_logs() as events:
         await publish_raw(amqp_url, tenant_id, bodies, [f"x{i}" for i in range(len(bodies))])
         rejects = f"tenant_{tenant_id}"
 
         async def all_there() -> bool:
-            return await mongo[rejects]["_rejects"].count_documents({}) == 7 and await _count(mongo, tenant_id) == 3
+            return await mongo[rejects]["_rejects"].count_documents({}) == 8 and await _count(mongo, tenant_id) == 3
         await wait_until(all_there, what="rejects and documents")
 
         def committed(field: str) -> int:
@@ -77,7 +77,7 @@ async def test_malformed_rejected_and_low_quality_records_go_to_rejects_and_are_
         async def summarised() -> bool:  # committed events are aggregated per consumer per second
             return committed("messages") == len(bodies)
         await wait_until(summarised, what="stream.batch.committed events")
-    assert committed("rejected") == 7
+    assert committed("rejected") == 8
 
     by_id = {d["_id"]: d async for d in mongo[rejects]["_rejects"].find({})}
     assert by_id["stream:x0"]["kind"] == "malformed" and by_id["stream:x0"]["raw"] == "{not json"
@@ -87,6 +87,15 @@ async def test_malformed_rejected_and_low_quality_records_go_to_rejects_and_are_
     assert by_id["stream:x6:1"]["kind"] == "rejected" and by_id["stream:x6:1"]["index"] == 1
     assert by_id["stream:x6:2"]["kind"] == "malformed"
     assert by_id["stream:x7"]["kind"] == "malformed"
+    # every reject keeps the raw message: the body as published, once per message
+    assert by_id["stream:x0"]["raw_bytes"] == len(b"{not json")
+    assert by_id["stream:x2"]["raw"] == '{"bad":true,"city":"Zürich"}'
+    assert by_id["stream:x3"]["raw"] == '{"boom":true}'
+    assert by_id["stream:x4"]["raw"] == '{"q":0.1}'
+    assert by_id["stream:x6:1"]["raw"] == '[{"ok":2},{"bad":true},7]'
+    assert by_id["stream:x6:2"]["raw_in"] == "stream:x6:1" and "raw" not in by_id["stream:x6:2"]
+    assert by_id["stream:x8"]["raw"] == "/3s=" and by_id["stream:x8"]["raw_encoding"] == "base64"
+    assert all("raw_encoding" not in d for k, d in by_id.items() if k != "stream:x8")
     good = await mongo[rejects]["events"].find_one({"_id": "x5"})
     assert good is not None and good["_quality"] == 0.9
 

@@ -33,7 +33,14 @@ from pymongo.errors import PyMongoError
 from mysimbdp.logs import get_logger
 from mysimbdp.reports import REPORT_EVENT, ReportWindow
 from mysimbdp.store import REJECTS, insert_idempotent
-from mysimbdp.stream.records import TIMESTAMP_MS_HEADER, Incoming, Outcome, Route, process_message
+from mysimbdp.stream.records import (
+    TIMESTAMP_MS_HEADER,
+    Incoming,
+    Outcome,
+    Route,
+    process_message,
+    raw_fields,
+)
 from mysimbdp.stream.stats import BatchStats, CommitSummary, RateMeter
 from mysimbdp.stream.topology import queue_name, type_of
 from mysimbdp.tenants import StreamProfile
@@ -311,14 +318,36 @@ class Consumer:
             written, dups, failed = await self._insert(collection, docs)
             stats.documents += written
             stats.duplicates += dups
-            rejects.extend(failed)
+            if failed:
+                rejects.extend(self._write_rejects(batch, outcomes, collection, docs, failed))
         if rejects:
-            await self._insert(REJECTS, rejects)
+            _, _, refused = await self._insert(REJECTS, rejects)
+            if refused:  # e.g. a huge record: keep the reason, drop what made it too big
+                await self._insert(REJECTS, [_slim(rejects[i], reason) for i, reason in refused])
         stats.rejected = len(rejects)
         return stats
 
-    async def _insert(self, collection: str, docs: list[dict[str, Any]]) -> tuple[int, int, list[dict[str, Any]]]:
-        """``(written, duplicates, reject documents for refused ones)``; retries store outages."""
+    def _write_rejects(self, batch: list[_Delivery], outcomes: list[Outcome | None], collection: str,
+                       docs: list[dict[str, Any]], failed: list[tuple[int, str]]) -> list[dict[str, Any]]:
+        """Reject documents for the documents the store refused, each with its message's raw body."""
+        message_of: dict[int, _Delivery] = {}
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            if outcome is not None:
+                for doc in outcome.documents.get(collection, ()):
+                    message_of[id(doc)] = delivery
+        rejects = []
+        for i, reason in failed:
+            reject = _write_reject(self.tenant, docs[i], reason)
+            source = message_of.get(id(docs[i]))
+            if source is not None:
+                message = source.message
+                reject.update(routing_key=message.routing_key or self.tenant, message_id=message.message_id,
+                              **raw_fields(message.body))
+            rejects.append(reject)
+        return rejects
+
+    async def _insert(self, collection: str, docs: list[dict[str, Any]]) -> tuple[int, int, list[tuple[int, str]]]:
+        """``(written, duplicates, (index, reason) of refused documents)``; retries store outages."""
         attempt = 0
         while True:
             try:
@@ -330,8 +359,7 @@ class Consumer:
                                   attempt=attempt, retry_in_s=delay, error=f"{type(exc).__name__}: {exc}"[:300])
                 await asyncio.sleep(delay)
                 continue
-            failed = [_write_reject(self.tenant, docs[i], reason) for i, reason in result.failed
-                      if 0 <= i < len(docs)]
+            failed = [(i, reason) for i, reason in result.failed if 0 <= i < len(docs)]
             return result.written, result.duplicates, failed
 
     # ----------------------------------------------------------------- acknowledging
@@ -398,6 +426,13 @@ class _Fields:
     def __getattr__(self, level: str) -> Callable[..., Any]:
         method = getattr(log, level)
         return lambda event, **kw: method(event, **self.fields, **kw)
+
+
+def _slim(reject: dict[str, Any], reason: str) -> dict[str, Any]:
+    """A reject document the store refused, without its record and raw message."""
+    slim = {k: v for k, v in reject.items() if k not in ("record", "raw", "raw_encoding")}
+    slim["dropped"] = f"record and raw message left out: the store refused the reject document: {reason}"[:1000]
+    return slim
 
 
 def _write_reject(tenant: str, doc: dict[str, Any], reason: str) -> dict[str, Any]:

@@ -7,11 +7,15 @@ data. The rules (see ``docs/stream.md``):
 * ``_id`` is the message's ``message_id`` (``<message_id>:<index>`` for an array body) unless
   the app set one, so a redelivered message writes nothing twice;
 * a body that is not JSON, a record the app rejects (:class:`mysimbdp.Reject`) or fails on,
-  and a record scored below ``min_quality`` become reject documents for ``_rejects``.
+  and a record scored below ``min_quality`` become reject documents for ``_rejects``;
+* the first reject document of a message keeps the raw message (:func:`raw_fields`), the
+  others of the same message point to it (``raw_in``): an array body of many rejected
+  records is stored once, not once per record. Only messages with rejects pay for this.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,11 +28,12 @@ from mysimbdp.apps import Index, MessageContext
 from mysimbdp.errors import Reject
 
 __all__ = [
-    "Route", "Incoming", "Outcome", "process_message", "message_id_of", "RAW_LIMIT", "TIMESTAMP_MS_HEADER",
+    "Route", "Incoming", "Outcome", "process_message", "message_id_of", "raw_fields", "RAW_LIMIT",
+    "TIMESTAMP_MS_HEADER",
 ]
 
 TIMESTAMP_MS_HEADER = "timestamp_ms"  # publish time in epoch milliseconds (AMQP timestamps are seconds)
-RAW_LIMIT = 256 * 1024  # bytes of a malformed body kept in its reject document
+RAW_LIMIT = 256 * 1024  # bytes of a message body kept in its reject document
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,36 @@ def message_id_of(incoming: Incoming) -> str:
     return f"sha256-{digest[:40]}"
 
 
+def raw_fields(body: bytes) -> dict[str, Any]:
+    """The raw message for a reject document: ``raw``, ``raw_bytes`` and, for a body that is
+    not UTF-8, ``raw_encoding: "base64"``.
+
+    ``raw`` holds at most :data:`RAW_LIMIT` bytes of the body (a UTF-8 character cut by the
+    limit is left out); ``raw_bytes`` is the whole body's length.
+    """
+    cut = body[:RAW_LIMIT]
+    fields: dict[str, Any] = {"raw_bytes": len(body)}
+    try:
+        fields["raw"] = cut.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len(cut) < len(body) and exc.reason == "unexpected end of data":
+            fields["raw"] = cut[: exc.start].decode("utf-8")
+        else:
+            fields["raw"] = base64.b64encode(cut).decode("ascii")
+            fields["raw_encoding"] = "base64"
+    return fields
+
+
+def _attach_raw(rejects: list[dict[str, Any]], body: bytes) -> None:
+    """The raw body in the first reject document of a message, a reference in the others."""
+    first = rejects[0]
+    first.update(raw_fields(body))
+    for doc in rejects[1:]:
+        doc["raw_in"] = first["_id"]
+
+
 def _reject(incoming: Incoming, msg_id: str, app: str, kind: str, reason: str,
-            index: int | None = None, record: Any = None, raw: bool = False) -> dict[str, Any]:
+            index: int | None = None, record: Any = None) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "_id": f"stream:{msg_id}" + ("" if index is None else f":{index}"),
         "source": "stream", "kind": kind, "reason": reason[:2000], "tenant": incoming.tenant,
@@ -87,9 +120,6 @@ def _reject(incoming: Incoming, msg_id: str, app: str, kind: str, reason: str,
         doc["index"] = index
     if record is not None:
         doc["record"] = record
-    if raw:
-        doc["raw"] = incoming.body[:RAW_LIMIT].decode("utf-8", errors="replace")
-        doc["raw_bytes"] = len(incoming.body)
     return doc
 
 
@@ -112,7 +142,8 @@ def process_message(incoming: Incoming, route: Route, min_quality: float) -> Out
     msg_id = message_id_of(incoming)
     decoded = _records(incoming)
     if isinstance(decoded, str):
-        outcome.rejects.append(_reject(incoming, msg_id, route.app, "malformed", decoded, raw=True))
+        outcome.rejects.append(_reject(incoming, msg_id, route.app, "malformed", decoded))
+        _attach_raw(outcome.rejects, incoming.body)
         return outcome
     records, is_array = decoded
     docs = outcome.documents.setdefault(route.collection, [])
@@ -130,6 +161,8 @@ def process_message(incoming: Incoming, route: Route, min_quality: float) -> Out
         if doc is not None:
             doc.setdefault("_id", msg_id if where is None else f"{msg_id}:{index}")
             docs.append(doc)
+    if outcome.rejects:
+        _attach_raw(outcome.rejects, incoming.body)
     return outcome
 
 
