@@ -27,11 +27,21 @@ from mysimbdp.config import Settings, load_settings
 from mysimbdp.daemon import Daemon
 from mysimbdp.logs import configure_logging
 from mysimbdp.store import EmbeddedMongo, free_port
+from tests.reliability.results import note_report
 
 MANAGEMENT_URL = os.environ.get("MYSIMBDP_TEST_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
 AMQP_BASE = os.environ.get("MYSIMBDP_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 ADMIN_TOKEN = "test-admin-token"
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Note failed tests for the reliability results (their rows are marked failed).
+
+    Here, not in ``tests/reliability/conftest.py``: pytest calls a conftest's hook only for
+    the tests under its folder, and ``tests/test_fuzz_*.py`` record rows too.
+    """
+    note_report(report)
 
 
 def wait_for_ping(uri: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,

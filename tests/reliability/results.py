@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Row", "record", "write_results", "results_path", "full_run", "RESULTS"]
+__all__ = ["Row", "record", "note_report", "write_results", "results_path", "full_run", "RESULTS",
+           "FAILED_TESTS", "KNOWN_DEFECTS"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,6 +43,9 @@ class Row:
 
 
 RESULTS: list[Row] = []
+#: Names of the tests that failed, and of those expected to fail (known defects), this session.
+FAILED_TESTS: set[str] = set()
+KNOWN_DEFECTS: set[str] = set()
 _lock = threading.Lock()
 
 
@@ -60,6 +64,20 @@ def record(guarantee: str, fault: str, test: str, **counts: Any) -> Row:
     return row
 
 
+def note_report(report: Any) -> None:
+    """Remember a failed test (its rows are marked failed) or an expected failure (a known defect).
+
+    ``tests/conftest.py`` calls this for every test report: a conftest's hooks only see the
+    tests under its own folder, and rows are recorded outside ``tests/reliability/`` too
+    (``tests/test_fuzz_*.py``).
+    """
+    name = report.nodeid.split("::")[-1].split("[")[0]
+    if report.failed:
+        FAILED_TESTS.add(name)
+    elif hasattr(report, "wasxfail") and report.skipped:
+        KNOWN_DEFECTS.add(name)
+
+
 def results_path() -> Path:
     """Where the session writes its results."""
     configured = os.environ.get("MYSIMBDP_RELIABILITY_RESULTS")
@@ -70,14 +88,16 @@ def write_results(path: Path | None = None, failed_tests: list[str] | None = Non
                   known_defects: list[str] | None = None) -> Path | None:
     """Write :data:`RESULTS` (nothing when no reliability test ran); returns the path.
 
-    Rows of ``failed_tests`` are marked failed; rows of ``known_defects`` (tests expected to
-    fail until a reported defect is fixed) are marked ``known_defect``.
+    Rows of ``failed_tests`` (default :data:`FAILED_TESTS`) are marked failed; rows of
+    ``known_defects`` (default :data:`KNOWN_DEFECTS`: tests expected to fail until a reported
+    defect is fixed) are marked ``known_defect``.
     """
     if not RESULTS:
         return None
     path = path or results_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    failed, known = set(failed_tests or ()), set(known_defects or ())
+    failed = set(FAILED_TESTS if failed_tests is None else failed_tests)
+    known = set(KNOWN_DEFECTS if known_defects is None else known_defects)
     rows = []
     for row in RESULTS:
         data = asdict(row)

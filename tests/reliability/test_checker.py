@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import uuid
 from pathlib import Path
 
 from tests.reliability.checker import tally
@@ -54,3 +58,40 @@ def test_known_defects_are_shown_but_do_not_fail_the_report(tmp_path: Path) -> N
     source = tmp_path / "results.json"
     source.write_text(json.dumps(results))
     assert main([str(source), str(tmp_path / "doc.md")]) == 0
+
+
+PROBE = '''
+from tests.reliability.results import record
+
+
+def test_probe_fails() -> None:
+    record("9. probe", "a row whose test fails", "test_probe_fails")
+    assert False, "fails on purpose"
+
+
+def test_probe_passes() -> None:
+    record("9. probe", "a row whose test passes", "test_probe_passes")
+'''
+
+
+def test_failed_test_outside_the_suite_folder_marks_its_row_failed(tmp_path: Path) -> None:
+    """Rows come from tests/test_fuzz_*.py too: their failures must show in the results."""
+    repo = Path(__file__).resolve().parents[2]
+    # outside tests/reliability/ (as the fuzz files are), not named test_*: never collected
+    probe = repo / "tests" / f"_probe_results_{uuid.uuid4().hex[:8]}.py"
+    probe.write_text(PROBE, encoding="utf-8")
+    results = tmp_path / "results.json"
+    env = {**os.environ, "MYSIMBDP_RELIABILITY_RESULTS": str(results)}
+    env.pop("MYSIMBDP_RELIABILITY", None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(probe),
+             "tests/reliability/test_checker.py::test_clean_run_is_ok"],
+            cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        probe.unlink()
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the probe's failure, nothing else
+    rows = {r["test"]: r for r in json.loads(results.read_text())["rows"]}
+    assert rows["test_probe_fails"]["passed"] is False
+    assert rows["test_probe_passes"]["passed"] is True
+    assert "| 9. probe | a row whose test fails |" in render(json.loads(results.read_text()))
