@@ -94,5 +94,32 @@ async def test_flights_columnar_path_rejects_bad_rows_only(
     rejects = {r["stage"] + ":" + str(r["record"]): r async for r in mongo[f"tenant_{tenant_id}"]["_rejects"].find({})}
     assert "out of range" in rejects["wrangle:3"]["reason"] and rejects["wrangle:3"]["raw"]["month"] == 13
     assert "dep_time" in rejects["parse:5"]["reason"] and "not a valid int64" in rejects["parse:5"]["reason"]
-    assert rejects["parse:None"]["raw"].startswith("expected 19 fields, found 4")
-    assert await mongo[f"tenant_{tenant_id}"].flights.count_documents({}) == 197
+    # numbered as on the per-record path: the row with the wrong number of fields is record 7
+    assert rejects["parse:7"]["raw"].startswith("expected 19 fields, found 4")
+    assert rejects["parse:5"]["raw"]["dep_time"] == "n/a-554", "a value that did not parse is shown as read"
+    flights = mongo[f"tenant_{tenant_id}"].flights
+    assert await flights.count_documents({}) == 197
+    ids = {d["_id"].rsplit(":", 1)[1] async for d in flights.find({}, {"_id": 1})}
+    assert ids == {str(n) for n in range(1, 201)} - {"3", "5", "7"}
+
+
+async def test_flights_columnar_path_rejects_a_line_of_invalid_utf8_only(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    settings = settings_factory()
+    write_profile(settings, tenant_id, "flights")
+    await start_daemon(settings)
+    lines = [line.encode() for line in flights_lines(200)]
+    fields = lines[150].split(b",")
+    fields[9] = b"D\xff\xfe"  # carrier: bytes that are not UTF-8
+    lines[150] = b",".join(fields)
+    drop(settings, tenant_id, "latin.csv", b"".join(lines))
+    [entry] = await wait_outcome(mongo, tenant_id, "latin.csv")
+    assert entry["state"] == "committed", entry
+    assert (entry["records_in"], entry["records_rejected"], entry["records_written"]) == (200, 1, 199)
+    db = mongo[f"tenant_{tenant_id}"]
+    [reject] = [r async for r in db["_rejects"].find({})]
+    assert (reject["stage"], reject["record"]) == ("parse", 150) and "not valid UTF-8" in reject["reason"]
+    assert reject["raw"]["carrier"] == "D\ufffd\ufffd"
+    assert await db.flights.find_one({"_id": entry["sha256"][:20] + ":150"}) is None
+    assert await db.flights.count_documents({}) == 199

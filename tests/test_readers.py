@@ -107,7 +107,9 @@ def test_arrow_batches_typed_with_bad_values_and_malformed_rows(tmp_path: Path) 
     assert batch.batch.column("when").null_count == 2
     assert [(i, raw["n"]) for i, _, raw in batch.bad] == [(2, "three")]
     assert "'three' is not a valid int64" in batch.bad[0][1]
-    assert len(batch.malformed) == 1 and "4,x,y,extra" in batch.malformed[0]
+    [(number, text)] = batch.malformed
+    assert number == 4 and "4,x,y,extra" in text, "numbered as on the per-record path"
+    assert batch.numbers == [1, 2, 3, 5]
 
 
 def test_arrow_batches_are_bounded_by_the_block_size(tmp_path: Path) -> None:
@@ -133,12 +135,56 @@ def test_blocks_join_into_batches_of_batch_bytes(tmp_path: Path) -> None:
     with open_stream(path, "csv", 10**7) as stream:
         joined = list(iter_arrow_batches(stream, schema, 16 * 1024, batch_bytes=256 * 1024))
     assert 1 < len(joined) < len(small) / 4
-    assert [b.first for b in joined[1:]] == [sum(b.batch.num_rows for b in joined[:k]) + 1
-                                             for k in range(1, len(joined))]
     values = [v for b in joined for v in b.batch.column("n").to_pylist()]
     assert values == [v for b in small for v in b.batch.column("n").to_pylist()]
     assert len(values) == 20_000 and values[:3] == [0, 1, 2] and values[150] is None
-    bad = [(b.first + i, raw["n"]) for b in joined for i, _, raw in b.bad]
+    bad = [(b.number(i), raw["n"]) for b in joined for i, _, raw in b.bad]
     assert bad == [(151, "oops"), (4_322, "oops")]
     assert [m for b in joined for m in b.malformed] == [m for b in small for m in b.malformed]
-    assert len([m for b in joined for m in b.malformed]) == 1
+    assert [number for b in joined for number, _ in b.malformed] == [9_001]
+    numbers = [n for b in joined for n in b.numbers_of(0, b.batch.num_rows)]
+    assert numbers == [n for b in small for n in b.numbers_of(0, b.batch.num_rows)]
+    assert numbers == [n for n in range(1, 20_002) if n != 9_001]
+
+
+def _columnar_numbers(path: Path, block: int) -> tuple[list[int], list[int | None], list[int]]:
+    """Record numbers of the rows read, of the rows skipped and of the rows refused (columnar path)."""
+    schema = pa.schema([(n, pa.string()) for n in ("a", "b")])
+    with open_stream(path, "csv", 10**7) as stream:
+        batches = list(iter_arrow_batches(stream, schema, block))
+    return ([n for b in batches for n in b.numbers_of(0, b.batch.num_rows)],
+            [n for b in batches for n, _ in b.malformed], [b.number(i) for b in batches for i, _, _ in b.bad])
+
+
+@pytest.mark.parametrize("block", [256, 1 << 20])
+def test_columnar_path_numbers_records_as_the_per_record_path(tmp_path: Path, block: int) -> None:
+    """Skipped and refused rows keep the per-record path's numbers (blank lines and quoted
+    newlines included), so both paths name a record alike and ``_id``s do not shift."""
+    rows = []
+    for i in range(1, 400):
+        rows.append(b"%d\n" % i if i % 37 == 0 else b'%d,"two\nlines"\n' % i if i % 50 == 0 else b"%d,x\n" % i)
+        if i % 61 == 0:
+            rows.append(b"\n")
+    rows[120] = b"120,\xff\xfe\n"
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"a,b\n" + b"".join(rows))
+    per_record = _items(path, "csv")
+    good = [i.number for i in per_record if isinstance(i, Record)]
+    wrong_width = [i.number for i in per_record if isinstance(i, Malformed) and "fields" in i.reason]
+    not_utf8 = [i.number for i in per_record if isinstance(i, Malformed) and "UTF-8" in i.reason]
+    assert len(wrong_width) == 10 and len(not_utf8) == 1
+    read, skipped, refused = _columnar_numbers(path, block)
+    assert skipped == wrong_width and refused == not_utf8
+    assert sorted(set(read) - set(refused)) == good
+
+
+def test_columnar_path_refuses_rows_that_are_not_utf8_and_reads_a_bom(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"\xef\xbb\xbfn,name\n1,caf\xc3\xa9\n2,caf\xe9\n3,ok\n")
+    schema = infer_csv_schema(path, "csv", 10**6, 1 << 20)
+    assert schema.names == ["n", "name"] and schema.field("name").type == pa.string()
+    with open_stream(path, "csv", 10**6) as stream:
+        [batch] = list(iter_arrow_batches(stream, schema, 1 << 20))
+    assert batch.batch.column("name").to_pylist() == ["caf\u00e9", "caf\ufffd", "ok"]
+    assert [(i, reason, raw) for i, reason, raw in batch.bad] == [
+        (1, "the record is not valid UTF-8", {"n": "2", "name": "caf\ufffd"})]

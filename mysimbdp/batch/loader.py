@@ -209,7 +209,7 @@ class _Producer:
                 out = out.drop_columns(["_reject"])
             # BSON for the whole block at once (per-call costs of the kernels amortised), unless
             # the app checks each document (it needs dicts) or a column type is not handled
-            encoded = None if check is not None else encode_rows(out, self._ids(ab.first, out.num_rows))
+            encoded = None if check is not None else encode_rows(out, self._ids(ab, 0, out.num_rows))
             if encoded is None:
                 out = _naive_utc(out)
             # slices of write_batch_size rows: bounded memory and one write in flight per slice
@@ -218,8 +218,9 @@ class _Producer:
                 prep = self._documents(ab, out.slice(lo, self.chunk_size), lo, refused, check, part)
                 if lo == 0:
                     prep.records_in += len(ab.malformed)
-                    prep.rejects[:0] = [self.reject(None, "parse", text.split(": ", 1)[0], text, key=f"m{ab.first}.{k}")
-                                        for k, text in enumerate(ab.malformed)]
+                    prep.rejects[:0] = [self.reject(number, "parse", text.split(": ", 1)[0], text,
+                                                    key=None if number is not None else f"m{ab.first}.{k}")
+                                        for k, (number, text) in enumerate(ab.malformed)]
                 yield prep
 
     def _refused(self, ab: ArrowBatch, out: pa.RecordBatch) -> dict[int, tuple[str, str]]:
@@ -239,13 +240,12 @@ class _Producer:
         """
         n = out.num_rows
         prep = Prepared([], [], records_in=n)
-        first = ab.first + lo
         mine = {i - lo: r for i, r in refused.items() if lo <= i < lo + n}
         if encoded is not None and check is None:
             prep.docs = [doc for i, doc in enumerate(encoded) if i not in mine] if mine else list(encoded)
         else:
             keys = ["_id", *out.schema.names]
-            for i, row in enumerate(_rows(self._ids(first, n), out)):
+            for i, row in enumerate(_rows(self._ids(ab, lo, n), out)):
                 if i in mine:
                     continue
                 doc = dict(zip(keys, row, strict=True))
@@ -260,15 +260,16 @@ class _Producer:
                 prep.docs.append(doc)
         prep.raws = [None] * len(prep.docs)
         if mine:
-            raw_rows = ab.batch.slice(lo, n).to_pylist()
+            as_read = {i: raw for i, _, raw in ab.bad}  # the text of values that did not parse
             for i, (stage, reason) in sorted(mine.items()):
-                prep.rejects.append(self.reject(first + i, stage, reason, raw_rows[i]))
+                raw = as_read.get(lo + i) or ab.batch.slice(lo + i, 1).to_pylist()[0]
+                prep.rejects.append(self.reject(ab.number(lo + i), stage, reason, raw))
         return prep
 
-    def _ids(self, first: int, n: int) -> list[str]:
-        """The deterministic ``_id``s of records ``first .. first + n - 1``."""
+    def _ids(self, ab: ArrowBatch, lo: int, n: int) -> list[str]:
+        """The deterministic ``_id``s of rows ``lo .. lo + n - 1`` of the batch."""
         prefix = self.prefix
-        return [f"{prefix}{first + i}" for i in range(n)]
+        return [f"{prefix}{number}" for number in ab.numbers_of(lo, n)]
 
 
 def _rows(ids: list[str], out: pa.RecordBatch) -> Iterator[tuple[Any, ...]]:

@@ -218,17 +218,73 @@ def _iter_jsonl(stream: IO[bytes]) -> Iterator[Record | Malformed]:
 
 @dataclass(slots=True)
 class ArrowBatch:
-    """Typed rows of one block, the rows refused while reading it, and where it starts.
+    """Typed rows of one batch, the rows refused while reading it, and their record numbers.
 
-    ``first`` is the 1-based number of the batch's first row among the file's parsed rows;
-    ``bad`` lists ``(row index in the block, reason, raw)`` for rows whose values do not
-    fit the column types; ``malformed`` lists rows with the wrong number of fields.
+    Records are numbered as on the per-record path: 1-based among the file's data records,
+    rows with the wrong number of fields included, blank lines not. ``first`` is the number
+    of the batch's first row; ``numbers`` lists the number of every row when the file's
+    skipped rows make them not consecutive (None: ``first``, ``first + 1``, ...). ``bad``
+    lists ``(row index in the batch, reason, raw)`` for rows whose bytes are not UTF-8 or
+    whose values do not fit the column types; ``malformed`` lists ``(record number, text)``
+    of the rows with the wrong number of fields that Arrow skipped (number None if unknown).
     """
 
     first: int
     batch: pa.RecordBatch
     bad: list[tuple[int, str, dict[str, Any]]]
-    malformed: list[str]
+    malformed: list[tuple[int | None, str]]
+    numbers: list[int] | None = None
+
+    def number(self, index: int) -> int:
+        """The record number of row ``index`` of the batch."""
+        return self.first + index if self.numbers is None else self.numbers[index]
+
+    def numbers_of(self, lo: int, n: int) -> list[int]:
+        """The record numbers of rows ``lo .. lo + n - 1``."""
+        if self.numbers is None:
+            return list(range(self.first + lo, self.first + lo + n))
+        return self.numbers[lo:lo + n]
+
+
+class _Numbering:
+    """Record numbers of the rows Arrow parsed, around the rows it skipped.
+
+    Arrow reports a skipped row's ``number``: its row in the file, the header being row 1,
+    blank lines not counted, a quoted value over several lines counted once; so ``number - 1``
+    is that row's record number on the per-record path. The parsed rows take the numbers in
+    between, in order: the same on every read of the file (a resumed load writes the same
+    ``_id``s), whatever the block size.
+    """
+
+    def __init__(self) -> None:
+        self.next = 1
+        self.reported: list[tuple[int | None, str]] = []
+        self._skipped: set[int] = set()
+
+    def on_invalid(self, row: Any) -> str:
+        number = row.number - 1 if isinstance(row.number, int) and row.number > 1 else None
+        self.reported.append((number, f"expected {row.expected_columns} fields, found {row.actual_columns}: "
+                              + str(row.text)[:RAW_LIMIT]))
+        return "skip"
+
+    def take(self, n: int) -> tuple[int, list[int] | None, list[tuple[int | None, str]]]:
+        """``(first, numbers, malformed)`` for the next ``n`` parsed rows (see :class:`ArrowBatch`)."""
+        malformed, self.reported = self.reported, []
+        self._skipped.update(number for number, _ in malformed if number is not None and number >= self.next)
+        first = self.next
+        if not self._skipped or min(self._skipped) >= first + n:
+            self.next += n
+            return first, None, malformed
+        numbers: list[int] = []
+        k = first
+        while len(numbers) < n:
+            if k in self._skipped:
+                self._skipped.discard(k)
+            else:
+                numbers.append(k)
+            k += 1
+        self.next = k
+        return (numbers[0] if numbers else first), numbers, malformed
 
 
 def use_lean_memory_pool() -> str:
@@ -244,7 +300,7 @@ def use_lean_memory_pool() -> str:
 
 
 def infer_csv_schema(path: Path, fmt: str, max_bytes: int, block_size: int) -> pa.Schema:
-    """Column types inferred from the first block; all-null columns are read as strings."""
+    """Column types inferred from the first block; all-null and not-UTF-8 columns are strings."""
     with open_stream(path, fmt, max_bytes) as stream:
         try:
             reader = pacsv.open_csv(stream, read_options=_read_options(block_size),
@@ -252,13 +308,14 @@ def infer_csv_schema(path: Path, fmt: str, max_bytes: int, block_size: int) -> p
         except pa.ArrowInvalid as exc:
             raise FileRejected("content", f"the CSV header or first block cannot be read: {exc}") from None
         schema = reader.schema
-    return pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) else f.type)
-                      for f in schema])
+    return pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) or pa.types.is_binary(f.type)
+                               else f.type) for f in schema])
 
 
 def _read_options(block_size: int) -> pacsv.ReadOptions:
     # One thread: the event loop and the store need the other cores, and Arrow's parallel
-    # reader keeps several blocks in flight (memory grows faster than the block size).
+    # reader keeps several blocks in flight (memory grows faster than the block size). It
+    # also makes Arrow report the row number of each skipped row (see _Numbering).
     return pacsv.ReadOptions(block_size=block_size, use_threads=False)
 
 
@@ -268,26 +325,20 @@ def _parse_options(handler: Any) -> pacsv.ParseOptions:
 
 def iter_arrow_batches(stream: IO[bytes], schema: pa.Schema, block_size: int,
                        batch_bytes: int | None = None) -> Iterator[ArrowBatch]:
-    """Read ``stream`` block by block as strings and cast each batch to ``schema``.
+    """Read ``stream`` block by block as bytes, check UTF-8 and cast each batch to ``schema``.
 
-    Reading as strings first means a value that does not fit its column's type rejects
-    that row only (listed in :attr:`ArrowBatch.bad`), not the whole file. Blocks of
-    ``block_size`` bytes are parsed (the reader's memory grows with it) and joined into
-    batches of at least ``batch_bytes`` (default: one block), so that the per-batch costs
-    of wrangling and encoding are spread over many rows.
+    Reading as bytes first means a row that is not UTF-8 or holds a value that does not fit
+    its column's type rejects that row only (listed in :attr:`ArrowBatch.bad`), not the
+    whole file. Blocks of ``block_size`` bytes are parsed (the reader's memory grows with
+    it) and joined into batches of at least ``batch_bytes`` (default: one block), so that the
+    per-batch costs of checking, wrangling and encoding are spread over many rows.
     """
-    malformed: list[str] = []
-
-    def on_invalid(row: Any) -> str:
-        malformed.append(f"expected {row.expected_columns} fields, found {row.actual_columns}: "
-                         + str(row.text)[:RAW_LIMIT])
-        return "skip"
-
-    convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in schema.names},
+    numbering = _Numbering()
+    convert = pacsv.ConvertOptions(column_types={n: pa.binary() for n in schema.names},
                                    strings_can_be_null=True, null_values=NULL_VALUES)
     reader = pacsv.open_csv(stream, read_options=_read_options(block_size),
-                            parse_options=_parse_options(on_invalid), convert_options=convert)
-    first = 1
+                            parse_options=_parse_options(numbering.on_invalid), convert_options=convert)
+    text_schema = pa.schema([pa.field(n, pa.string()) for n in schema.names])
     pending: list[pa.RecordBatch] = []
     while True:
         try:
@@ -295,7 +346,7 @@ def iter_arrow_batches(stream: IO[bytes], schema: pa.Schema, block_size: int,
         except StopIteration:
             block = None
         except pa.ArrowInvalid as exc:
-            read = first - 1 + sum(b.num_rows for b in pending)
+            read = numbering.next - 1 + sum(b.num_rows for b in pending)
             raise FileRejected("content", f"the CSV content cannot be read after row {read}: {exc}") from None
         if block is not None:
             pending.append(block)
@@ -305,10 +356,10 @@ def iter_arrow_batches(stream: IO[bytes], schema: pa.Schema, block_size: int,
             return
         raw = _joined(pending)
         pending = []
-        typed, bad = _cast(raw, schema)
-        yield ArrowBatch(first, typed, bad, malformed[:])
-        malformed.clear()
-        first += raw.num_rows
+        text, reasons = _as_text(raw, text_schema)
+        typed, bad = _cast(text, schema, reasons)
+        first, numbers, malformed = numbering.take(raw.num_rows)
+        yield ArrowBatch(first, typed, bad, malformed, numbers)
 
 
 def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
@@ -319,14 +370,53 @@ def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return table.to_batches(max_chunksize=table.num_rows)[0]
 
 
-def _cast(raw: pa.RecordBatch, schema: pa.Schema) -> tuple[pa.RecordBatch, list[tuple[int, str, dict[str, Any]]]]:
-    """Cast a string batch to ``schema``; rows holding a value that does not fit become nulls + ``bad``."""
+def _as_text(raw: pa.RecordBatch, text_schema: pa.Schema) -> tuple[pa.RecordBatch, dict[int, str]]:
+    """The binary batch as UTF-8 strings, and the rows (by index) holding bytes that are not UTF-8.
+
+    Those rows' values are decoded with U+FFFD for the bad bytes (their raw record shows
+    where); the rows themselves are refused.
+    """
     try:
-        return raw.cast(schema), []
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return raw.cast(text_schema), {}
+    except pa.ArrowInvalid:
         pass
     columns: list[Any] = []
     reasons: dict[int, str] = {}
+    for column in raw.columns:
+        try:
+            columns.append(column.cast(pa.string()))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values: list[str | None] = []
+        for i, value in enumerate(column.to_pylist()):
+            if value is None:
+                values.append(None)
+                continue
+            try:
+                values.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(value.decode("utf-8", "replace"))
+                reasons.setdefault(i, "the record is not valid UTF-8")
+        columns.append(pa.array(values, pa.string()))
+    return pa.RecordBatch.from_arrays(columns, schema=text_schema), reasons
+
+
+def _cast(raw: pa.RecordBatch, schema: pa.Schema,
+          reasons: dict[int, str]) -> tuple[pa.RecordBatch, list[tuple[int, str, dict[str, Any]]]]:
+    """Cast a string batch to ``schema``; rows holding a value that does not fit become nulls + ``bad``.
+
+    ``reasons`` holds rows already refused (by index), which keep their reason.
+    """
+    try:
+        typed = raw.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        typed = _cast_by_value(raw, schema, reasons)
+    return typed, [(i, reason, raw.slice(i, 1).to_pylist()[0]) for i, reason in sorted(reasons.items())]
+
+
+def _cast_by_value(raw: pa.RecordBatch, schema: pa.Schema, reasons: dict[int, str]) -> pa.RecordBatch:
+    columns: list[Any] = []
     for field in schema:
         col = raw.column(field.name)
         try:
@@ -342,6 +432,4 @@ def _cast(raw: pa.RecordBatch, schema: pa.Schema) -> tuple[pa.RecordBatch, list[
                 values.append(None)
                 reasons.setdefault(i, f"column {field.name!r}: {value!r} is not a valid {field.type}")
         columns.append(pa.array(values, field.type))
-    typed = pa.RecordBatch.from_arrays(columns, schema=schema)
-    rows = raw.to_pylist() if reasons else []
-    return typed, [(i, reason, rows[i]) for i, reason in sorted(reasons.items())]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
