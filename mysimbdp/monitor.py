@@ -3,7 +3,8 @@
 Stream apps report every ``report_interval_s``: in-process consumers as ``stream.report``
 log events (the logs are the feed), apps elsewhere with ``POST /reports``. The monitor keeps
 the latest report of each instance, stores every report in ``mysimbdp.reports``, and once
-per report period evaluates each tenant with :func:`mysimbdp.rules.evaluate`: alerts become
+per report period (just after the reports are due, see :meth:`Monitor.next_evaluation_in`)
+evaluates each tenant with :func:`mysimbdp.rules.evaluate`: alerts become
 ``monitor.alert`` events, decisions become calls of the stream manager's ``scale()``, whose
 ``stream.consumers.changed`` event carries the monitor's reason. It also serves
 ``GET /metrics`` (see :mod:`mysimbdp.metrics`), ``GET /schemas/report.json`` and
@@ -50,6 +51,7 @@ STALE_AFTER_PERIODS = 2.5  # an instance silent for this many periods no longer 
 FEED_EVENTS = frozenset({REPORT_EVENT, "stream.consumers.changed"})
 FEED_MAX = 10_000
 STORE_BATCH = 500
+REPORT_GRACE = 0.25  # evaluate this share of a period after the next report is due
 
 
 class Monitor:
@@ -62,6 +64,7 @@ class Monitor:
         self.metrics = Metrics()
         self._latest: dict[str, dict[str, Report]] = {}
         self._states: dict[str, RuleState] = {}
+        self._received: dict[str, float] = {}  # monotonic time of each tenant's last report
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._unstored: deque[dict[str, Any]] = deque(maxlen=FEED_MAX)
         self._feed: asyncio.Queue[dict[str, Any]] | None = None
@@ -154,6 +157,7 @@ class Monitor:
         """Take one valid report: it becomes its instance's latest and is queued for storing."""
         self.counts["reports"] += 1
         self._latest.setdefault(report.tenant, {})[report.instance] = report
+        self._received[report.tenant] = time.monotonic()
         doc = report.model_dump()
         doc.update(source=source, received_at=datetime.now(UTC))
         self._unstored.append(doc)
@@ -202,6 +206,7 @@ class Monitor:
         if change.new is None or change.new.stream is None:
             self._latest.pop(change.tenant, None)
             self._states.pop(change.tenant, None)
+            self._received.pop(change.tenant, None)
             return
         self._loops[change.tenant] = asyncio.create_task(
             self._evaluate_loop(change.tenant), name=f"monitor.evaluate.{change.tenant}")
@@ -211,13 +216,27 @@ class Monitor:
             profile = self.daemon.tenants.get(tenant)
             if profile is None or profile.stream is None:
                 return
-            await asyncio.sleep(profile.stream.report_interval_s)
+            await asyncio.sleep(self.next_evaluation_in(tenant, profile.stream.report_interval_s))
             try:
                 await self.evaluate_tenant(tenant)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.exception("monitor.evaluation_failed", tenant=tenant, error=str(exc))
+
+    def next_evaluation_in(self, tenant: str, interval_s: float) -> float:
+        """Seconds until the next evaluation: a little after the tenant's next report is due.
+
+        Reports arrive once per period from each instance; evaluating ``REPORT_GRACE`` of a
+        period after the last one received plus a period keeps each evaluation just behind a
+        fresh report, instead of a timer of its own drifting against them (which would see
+        one report twice, or none, now and then). Without recent reports: one period.
+        """
+        received = self._received.get(tenant)
+        if received is None:
+            return interval_s
+        wait = received + interval_s * (1 + REPORT_GRACE) - time.monotonic()
+        return wait if wait >= interval_s / 2 else interval_s
 
     def snapshot_reports(self, tenant: str, interval_s: float) -> tuple[Report, ...]:
         """The latest report of each instance heard from within the last few periods."""

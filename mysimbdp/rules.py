@@ -12,21 +12,26 @@ The rules, per tenant:
   ``max_avg_ingest_ms``;
 * **backlog** — the queue holds more than ``max_queue_depth`` messages.
 
-A breach (either rule) for ``breaches_before_alert`` consecutive evaluations raises one alert
-per breached rule and adds ``scale_up_step`` consumers, bounded by ``max_consumers``; if the
-cooldown blocks it, the first evaluation after the cooldown that still breaches scales up.
+The streaks count **reports**, not evaluations: an evaluation counts (and may decide) only
+when some instance's latest report is newer than the one the previous counted evaluation
+saw; otherwise its verdict is ``stale`` and nothing changes. A report is never counted twice,
+however the monitor's timer falls against the consumers' reports.
+
+A breach (either rule) in ``breaches_before_alert`` consecutive reports raises one alert per
+breached rule and adds ``scale_up_step`` consumers, bounded by ``max_consumers``; if the
+cooldown blocks it, the first new report after the cooldown that still breaches scales up.
 While nothing can be done (at ``max_consumers``) the alert repeats every
-``breaches_before_alert`` breaches. When
-the queue is empty and the consumers are idle (no message at all: down to ``min_consumers``)
-or underused (still under ``idle_utilization`` busy with one consumer fewer: one fewer) for
-``idle_reports_before_scale_down`` consecutive evaluations, consumers are removed. After any
-change, no decision is taken for ``cooldown_s``.
+``breaches_before_alert`` breaches. When the queue is empty and the consumers are idle (no
+message at all: down to ``min_consumers``) or underused (still under ``idle_utilization``
+busy with one consumer fewer: one fewer) in ``idle_reports_before_scale_down`` consecutive
+reports, consumers are removed. After any change, no decision is taken for ``cooldown_s``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from mysimbdp.reports import Report
@@ -34,7 +39,7 @@ from mysimbdp.tenants import TenantProfile
 
 __all__ = ["Limits", "Snapshot", "Alert", "Decision", "RuleState", "evaluate", "Verdict"]
 
-Verdict = Literal["breach", "ok", "idle", "underused"]
+Verdict = Literal["breach", "ok", "idle", "underused", "stale"]
 
 
 @dataclass(frozen=True)
@@ -136,6 +141,16 @@ class RuleState:
     idle_streak: int = 0
     last_change: float | None = None  # monotonic seconds of the last consumer change
     history: list[Verdict] = field(default_factory=list)
+    #: ``window_end`` of each instance's report the last counted evaluation saw
+    seen: dict[str, datetime] = field(default_factory=dict)
+
+    def take_new_reports(self, snap: Snapshot) -> bool:
+        """Whether ``snap`` holds a report newer than the last counted evaluation's (and remember it)."""
+        new = any(r.window_end > self.seen[r.instance] if r.instance in self.seen else True
+                  for r in snap.reports)
+        if new:
+            self.seen = {r.instance: r.window_end for r in snap.reports}
+        return new
 
     def note_change(self, now: float) -> None:
         """A consumer change happened (by the monitor or an operator): start the cooldown."""
@@ -150,7 +165,13 @@ class RuleState:
 
 
 def evaluate(tenant: str, limits: Limits, snap: Snapshot, state: RuleState, now: float) -> Decision:
-    """Apply the rules to one snapshot; updates ``state`` and returns the decision."""
+    """Apply the rules to one snapshot; updates ``state`` and returns the decision.
+
+    A snapshot without a report newer than the last counted one is ``stale``: the streaks
+    are kept as they are and nothing is decided.
+    """
+    if not state.take_new_reports(snap):
+        return Decision(tenant, "stale")
     alerts = tuple(_breaches(tenant, limits, snap))
     verdict = _verdict(limits, snap, alerts)
     state.history = [*state.history[-19:], verdict]

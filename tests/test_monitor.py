@@ -156,6 +156,31 @@ async def test_log_reports_feed_the_monitor_and_breaches_raise_alerts(
     assert evaluated and evaluated[-1]["avg_ingest_ms"] == 2400.0
 
 
+async def test_breaches_count_reports_not_evaluations(
+        start_daemon: Any, settings_factory: Callable[..., Settings], tenant_id: str,
+        events: list[dict[str, Any]]) -> None:
+    """Reports slower than the period: evaluations in between see no new report (``stale``),
+    so the alert needs ``breaches_before_alert`` reports, however often the monitor looks."""
+    settings = settings_factory()
+    write_profile(settings, tenant_id, monitor="max_avg_ingest_ms = 500\nbreaches_before_alert = 3")
+    await start_daemon(settings)
+    log = get_logger("stream", tenant=tenant_id)
+
+    def alerted() -> bool:
+        return any(e["event"] == "monitor.alert" and e.get("tenant") == tenant_id for e in events)
+
+    sent = 0
+    while not alerted() and sent < 6:  # one report every 3 periods of 0.3 s
+        log.info("stream.report", **report_body(tenant_id, "c1", avg_ingest_ms=2400.0, p95_ingest_ms=4000.0))
+        sent += 1
+        deadline = time.monotonic() + 0.9
+        while time.monotonic() < deadline and not alerted():
+            await asyncio.sleep(0.02)
+    assert alerted() and sent == 3
+    verdicts = [e["verdict"] for e in events if e["event"] == "monitor.evaluated" and e.get("tenant") == tenant_id]
+    assert verdicts.count("breach") == 3 and "stale" in verdicts, verdicts
+
+
 async def test_an_invalid_log_report_is_counted_not_fatal(
         start_daemon: Any, settings_factory: Callable[..., Settings], tenant_id: str,
         events: list[dict[str, Any]]) -> None:
@@ -261,7 +286,7 @@ async def test_a_flood_at_a_slow_app_scales_up_then_idleness_scales_down(
     for e in events:
         if e.get("tenant") != tenant_id:
             continue
-        if e["event"] == "monitor.evaluated":
+        if e["event"] == "monitor.evaluated" and e["verdict"] != "stale":  # stale: no new report, nothing counted
             verdicts.append(e["verdict"])
         if e["event"] == "monitor.alert" and alert_at is None:
             alert_at = len(verdicts)

@@ -21,10 +21,19 @@ def report(instance: str = "c1", messages: int = 100, avg_ms: float = 50.0, proc
                   avg_processing_ms=processing_ms, queue_depth=depth)
 
 
+def at(snap: Snapshot, now: float) -> Snapshot:
+    """``snap`` with its reports' windows ending at ``now`` (a new report of each instance)."""
+    shift = timedelta(seconds=now)
+    return Snapshot(tuple(r.model_copy(update={"window_start": r.window_start + shift,
+                                               "window_end": r.window_end + shift}) for r in snap.reports),
+                    snap.consumers, snap.queue_depth)
+
+
 def run(snaps: list[Snapshot], state: RuleState | None = None, limits: Limits = LIMITS, start: float = 1000.0,
         step: float = 10.0) -> list:
+    """Evaluate each snapshot in turn, one period apart, each with new reports."""
     state = state or RuleState()
-    return [evaluate("acme", limits, s, state, start + i * step) for i, s in enumerate(snaps)]
+    return [evaluate("acme", limits, at(s, start + i * step), state, start + i * step) for i, s in enumerate(snaps)]
 
 
 def test_latency_breach_alerts_and_scales_up_after_n_consecutive_reports() -> None:
@@ -36,6 +45,45 @@ def test_latency_breach_alerts_and_scales_up_after_n_consecutive_reports() -> No
     assert second.target == 2
     assert "avg_ingest_ms=2500 > max_avg_ingest_ms=1000" in second.reason
     assert "2 consecutive reports" in second.reason
+
+
+def test_a_report_seen_again_is_not_counted_again() -> None:
+    """The monitor's timer may come round before an instance's next report: that evaluation is
+    ``stale`` and leaves the streak alone, so N breaches are N reports, not N evaluations."""
+    state = RuleState()
+    slow = Snapshot((report(avg_ms=2500),), consumers=1, queue_depth=0)
+    first = evaluate("acme", LIMITS, at(slow, 10), state, 1000.0)
+    again = evaluate("acme", LIMITS, at(slow, 10), state, 1010.0)  # the same report
+    assert (first.verdict, again.verdict) == ("breach", "stale")
+    assert again.target is None and not again.alerts and state.breach_streak == 1
+    second = evaluate("acme", LIMITS, at(slow, 20), state, 1020.0)
+    assert second.target == 2 and "2 consecutive reports" in second.reason
+
+
+def test_one_new_report_of_any_instance_counts_once() -> None:
+    state = RuleState()
+    c1, c2 = report("c1", avg_ms=2500), report("c2", avg_ms=2500)
+    assert evaluate("acme", LIMITS, Snapshot((c1,), 1), state, 1000.0).verdict == "breach"
+    both = Snapshot((c1, c2), consumers=2)  # c2 is new, c1 the same as before
+    assert evaluate("acme", LIMITS, both, state, 1010.0).target == 3
+    assert state.breach_streak == 0  # the 2nd report: scaled up, the streak starts again
+    assert evaluate("acme", LIMITS, both, state, 1020.0).verdict == "stale"
+
+
+def test_idle_counts_reports_not_evaluations() -> None:
+    state = RuleState()
+    idle = Snapshot((report(messages=0),), consumers=3, queue_depth=0)
+    verdicts = []
+    for i, when in enumerate([10, 10, 20, 20, 20, 30]):  # 3 reports over 6 evaluations
+        verdicts.append(evaluate("acme", LIMITS, at(idle, when), state, 1000.0 + i * 10))
+    assert [d.verdict for d in verdicts] == ["idle", "stale", "idle", "stale", "stale", "idle"]
+    assert [d.target for d in verdicts] == [None] * 5 + [1]
+    assert "idle for 3 consecutive reports" in verdicts[-1].reason
+
+
+def test_no_report_at_all_decides_nothing() -> None:
+    snap = Snapshot((), consumers=3, queue_depth=0)
+    assert {d.verdict for d in run([snap] * 5)} == {"stale"}
 
 
 def test_a_good_report_resets_the_breach_streak() -> None:
@@ -124,7 +172,7 @@ def test_idle_at_min_consumers_does_nothing() -> None:
 def test_scale_down_waits_for_the_cooldown_then_happens() -> None:
     state = RuleState()
     state.note_change(1000.0)
-    idle = Snapshot((), consumers=2, queue_depth=0)
+    idle = Snapshot((report(messages=0),), consumers=2, queue_depth=0)
     decisions = run([idle] * 5, state=state, start=1005.0)  # t = 1005 .. 1045
     assert [d.target for d in decisions] == [None, None, None, 1, None]
 

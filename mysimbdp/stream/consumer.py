@@ -392,13 +392,24 @@ class Consumer:
     # ----------------------------------------------------------------- reports
 
     async def _tick_loop(self) -> None:
+        """The committed summary every second (or period, if shorter); a report on time every period.
+
+        Reports keep to their own schedule rather than the next summary tick, so they come
+        one period apart (the monitor evaluates just after each one is due).
+        """
         interval = self.profile.report_interval_s
+        tick = min(1.0, interval)
+        next_summary = time.monotonic() + tick
         next_report = time.monotonic() + interval
         while True:
-            await asyncio.sleep(min(1.0, interval))
-            self._emit_summary()
-            if time.monotonic() >= next_report:
-                next_report += interval
+            await asyncio.sleep(max(0.0, min(next_summary, next_report) - time.monotonic()))
+            now = time.monotonic()
+            if now >= next_summary:
+                self._emit_summary()
+                next_summary = now + tick
+            if now >= next_report:
+                # after a stall, start the schedule again rather than report in a burst
+                next_report = next_report + interval if now - next_report < interval else now + interval
                 await self._report()
 
     def _emit_summary(self) -> None:
