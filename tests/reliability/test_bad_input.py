@@ -9,6 +9,8 @@ records must all be there, once.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import threading
@@ -24,15 +26,21 @@ import pytest
 from pymongo import MongoClient
 
 from mysimbdp.config import Settings
+from mysimbdp.stream.topology import dead_name, queue_name
+from tests.conftest import MANAGEMENT_URL
 from tests.reliability.checker import tally
 from tests.reliability.corpus import BAD_FILES, MAX_FILE_BYTES, SAMPLE_FILES, BadFile, good_rows
 from tests.reliability.daemon_proc import DaemonRunner, suite_settings
-from tests.reliability.harness import get_health, wait_until, write_tenant
+from tests.reliability.harness import await_until, get_health, wait_until, write_tenant
+from tests.reliability.publisher import Publisher
 from tests.reliability.results import record
 
 GUARANTEE = "3. bad input"
 TOKEN_BAD = "token-of-the-bad-tenant"
 GOOD_ROWS = 300
+GOOD_MESSAGES = 300
+STREAM = {"app": "rel_echo", "min_consumers": 1, "max_consumers": 2, "prefetch": 100,
+          "batch_max_messages": 50, "batch_max_wait_ms": 100}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +53,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str,
     bad, good = f"bad{suffix}", f"good{suffix}"
     write_tenant(settings, bad, token=TOKEN_BAD, batch={
         "app": "rel_echo", "max_file_bytes": MAX_FILE_BYTES, "max_concurrent_files": 2,
-        "formats": ["csv", "csv.gz", "jsonl", "jsonl.gz"], "max_staged_files": 50})
-    write_tenant(settings, good, batch={"app": "rel_echo", "max_concurrent_files": 2})
+        "formats": ["csv", "csv.gz", "jsonl", "jsonl.gz"], "max_staged_files": 50}, stream=STREAM)
+    write_tenant(settings, good, batch={"app": "rel_echo", "max_concurrent_files": 2}, stream=STREAM)
     runner = DaemonRunner(settings)
     runner.start()
     try:
@@ -171,6 +179,8 @@ def test_growing_file_is_loaded_once_complete(site: tuple[DaemonRunner, str, str
     rows = good_rows("growing", 60)
     path = runner.settings.staging_dir / bad / name
     path.parent.mkdir(parents=True, exist_ok=True)
+    good_source, keys = _good_file(tmp_path, "g-growing")
+    _drop(runner.settings.staging_dir / good, good_source)
     with open(path, "w", encoding="utf-8") as f:
         f.write("key,seq,v\n")
         f.flush()
@@ -181,12 +191,16 @@ def test_growing_file_is_loaded_once_complete(site: tuple[DaemonRunner, str, str
     entry = _outcome(db, bad, name)
     found = [d["key"] for d in db[f"tenant_{bad}"]["records"].find({"file": name}, {"key": 1})]
     t = tally([r.split(",", 1)[0] for r in rows], found)
+    good_tally = _check_good(db, good, good_source.name, keys)
     healthy, health = _healthy(runner)
     loads = db["mysimbdp"]["files"].count_documents({"tenant": bad, "name": name})
     record(GUARANTEE, "a file that keeps growing while staged", "test_growing_file_is_loaded_once_complete",
-           injected=1, bad_inputs=1, checked=len(rows), lost=t.lost, duplicated=t.duplicated,
-           unexpected=t.unexpected, crashes=0 if healthy else 1)
+           injected=1, bad_inputs=1, checked=len(rows) + len(keys), lost=t.lost + good_tally.lost,
+           duplicated=t.duplicated + good_tally.duplicated,
+           unexpected=t.unexpected + good_tally.unexpected, crashes=0 if healthy else 1,
+           passed=entry["state"] == "committed" and loads == 1)
     assert healthy, health
+    assert good_tally.ok, f"the other tenant was affected: {good_tally}"
     assert entry["state"] == "committed", entry
     assert t.ok, t
     assert loads == 1, "the file was picked up more than once"
@@ -206,32 +220,156 @@ UPLOAD_NAMES = {
 
 
 @pytest.mark.parametrize("label", list(UPLOAD_NAMES))
-async def test_upload_bad_name(site: tuple[DaemonRunner, str, str], label: str) -> None:
-    runner, bad, _good = site
+async def test_upload_bad_name(site: tuple[DaemonRunner, str, str], db: MongoClient[dict[str, Any]],
+                               tmp_path: Path, label: str) -> None:
+    runner, bad, good = site
     quoted = UPLOAD_NAMES[label]
     url = f"{runner.url}/tenants/{bad}/files/{quoted}"
     staging = runner.settings.staging_dir
-    before = {p for p in staging.rglob("*")}
+
+    def written() -> set[Path]:  # the good tenant's folder changes as its file is loaded
+        return {p for p in staging.rglob("*") if not p.is_relative_to(staging / good)}
+
+    before = written()
+    good_source, keys = _good_file(tmp_path, f"g-upload-{label}")
+    _drop(staging / good, good_source)
     body = b"key,seq,v\nupload-1,1,x\n"
     async with aiohttp.ClientSession() as http, http.put(
             aiohttp.client.URL(url, encoded=True), data=body,
             headers={"Authorization": f"Bearer {TOKEN_BAD}"}) as resp:
         status = resp.status
         payload = await resp.json(content_type=None) if resp.content_length != 0 else {}
-    after = {p for p in staging.rglob("*")}
+    after = written()
+    good_tally = await asyncio.to_thread(_check_good, db, good, good_source.name, keys)
     healthy, health = _healthy(runner)
+    # The route is {name:.+}, so every name reaches the handler and gets 400 bad_name, except
+    # '..': the server normalises the path (/tenants/<id>/files/.. is /tenants/<id>), no route.
+    refused = (status == 400 and payload.get("code") == "bad_name") or (label == "dot-dot" and status == 404)
     record(GUARANTEE, "upload names with '..', '/', NUL, control characters, over-long",
-           "test_upload_bad_name", injected=1, bad_inputs=1, crashes=0 if healthy else 1,
-           passed=status in (400, 404))
+           "test_upload_bad_name", injected=1, bad_inputs=1, checked=len(keys), lost=good_tally.lost,
+           duplicated=good_tally.duplicated, unexpected=good_tally.unexpected,
+           crashes=0 if healthy else 1, passed=refused and after == before)
     assert healthy, health
-    # a name that never reaches the route (".." resolved by the client) is a 404: also refused
-    assert status in (400, 404), (status, payload)
+    assert good_tally.ok, f"the other tenant was affected: {good_tally}"
+    assert refused, (status, payload)
     if status == 400:
-        assert payload["code"] == "bad_name", payload
         assert payload["message"]
     assert after == before, f"something was written: {sorted(map(str, after - before))}"
     assert not any(urllib.parse.unquote(quoted).split("/")[-1] in p.name for p in staging.parent.rglob("*")
                    if p.name not in ("..", ""))
+
+
+#: Stream messages that are no usable JSON body: (label, body, ``_rejects`` entries expected).
+BAD_MESSAGES = [
+    ("not-json", b"this is not JSON {", 1),
+    ("empty", b"", 1),
+    ("binary", bytes(range(256)) * 4, 1),
+    ("number", b"42", 1),
+    ("string", b'"just a string"', 1),
+    ("null", b"null", 1),
+    ("deep-array", b"[" * 100_000 + b"]" * 100_000, 1),
+    ("deep-object", b'{"a":' * 5_000 + b"1" + b"}" * 5_000, 1),
+    ("array-of-scalars", b'[1, "two", null, [3]]', 4),
+]
+
+
+async def _publish_raw(url: str, exchange: str, routing_key: str,
+                       messages: list[tuple[str, bytes]]) -> set[str]:
+    """Publish ``(message_id, body)`` pairs with confirms; the ids the broker confirmed."""
+    import aio_pika
+
+    confirmed = set()
+    connection = await aio_pika.connect(url, timeout=10)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        ex = await channel.get_exchange(exchange, ensure=True)
+        for message_id, body in messages:
+            await ex.publish(aio_pika.Message(body, message_id=message_id,
+                                              delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                             routing_key, mandatory=True)
+            confirmed.add(message_id)
+            await asyncio.sleep(0.02)
+    finally:
+        await connection.close()
+    return confirmed
+
+
+async def _queue(runner: DaemonRunner, name: str) -> dict[str, Any]:
+    """A queue's management statistics in the daemon's vhost ({} if it is missing)."""
+    from mysimbdp.broker_admin import BrokerAdmin
+
+    vhost = urllib.parse.unquote(urllib.parse.urlsplit(runner.settings.amqp_url).path.lstrip("/")) or "/"
+    async with BrokerAdmin(MANAGEMENT_URL) as admin:
+        return await admin.queue(vhost, name) or {}
+
+
+async def test_bad_stream_messages(site: tuple[DaemonRunner, str, str],
+                                   db: MongoClient[dict[str, Any]]) -> None:
+    """Unusable message bodies go to ``_rejects`` and are acknowledged; the other tenant streams on."""
+    runner, bad, good = site
+    exchange = runner.settings.stream.exchange
+    bad_messages = [(f"{bad}-{label}-{n}", body) for n in range(2) for label, body, _ in BAD_MESSAGES]
+    want = {f"{bad}-{label}-{n}": rejects for n in range(2) for label, _, rejects in BAD_MESSAGES}
+    good_keys = [f"{good}-msg-{i:05d}" for i in range(GOOD_MESSAGES)]
+    publisher = Publisher(runner.settings.amqp_url, exchange, good)
+    try:
+        _, confirmed = await asyncio.gather(
+            publisher.publish(good_keys, rate=300.0),
+            _publish_raw(runner.settings.amqp_url, exchange, bad, bad_messages))
+    finally:
+        await publisher.close()
+
+    rejects_of_bad = db[f"tenant_{bad}"]["_rejects"]
+    ids = sorted(want)
+
+    def settled() -> list[dict[str, Any]] | None:
+        found = list(rejects_of_bad.find({"message_id": {"$in": ids}}, {"message_id": 1, "kind": 1}))
+        return found if len(found) >= sum(want.values()) else None
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.to_thread(wait_until, settled, 60, "the bad messages' rejects")
+    good_records = db[f"tenant_{good}"]["records"]
+
+    def good_found() -> list[str] | None:
+        found = [d["key"] for d in good_records.find({"key": {"$in": good_keys}}, {"key": 1})]
+        return found if len(set(found)) >= len(publisher.acknowledged) else None
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.to_thread(wait_until, good_found, 60, "the good tenant's messages")
+    await asyncio.sleep(1.0)  # anything written twice would show by now
+    found = [d["key"] for d in good_records.find({"key": {"$in": good_keys}}, {"key": 1})]
+    good_tally = tally(publisher.acknowledged, found, publisher.indeterminate)
+    rejects = list(rejects_of_bad.find({"message_id": {"$in": ids}}, {"message_id": 1, "kind": 1}))
+    per_message = {i: sum(1 for r in rejects if r["message_id"] == i) for i in ids}
+    documents = db[f"tenant_{bad}"]["records"].count_documents({"message_id": {"$in": ids}})
+
+    async def acknowledged() -> bool:  # management statistics lag a few seconds behind
+        queue = await _queue(runner, queue_name(bad))
+        return queue.get("messages") == 0 and \
+            (queue.get("message_stats") or {}).get("ack", 0) >= len(bad_messages)
+
+    try:
+        acked = bool(await await_until(acknowledged, 30, "the bad messages to be acknowledged", 0.5))
+    except TimeoutError:
+        acked = False
+    dead = int((await _queue(runner, dead_name(bad))).get("messages", 0) or 0)
+    healthy, health = _healthy(runner)
+    outcome_ok = per_message == want and documents == 0 and acked and dead == 0 \
+        and {r["kind"] for r in rejects} == {"malformed"}
+    record(GUARANTEE, "stream messages: not JSON, empty, binary, a JSON scalar, nested 100,000 and "
+           "5,000 deep, an array of non-objects", "test_bad_stream_messages",
+           injected=len(bad_messages), bad_inputs=len(bad_messages), checked=good_tally.acknowledged,
+           lost=good_tally.lost, duplicated=good_tally.duplicated, unexpected=good_tally.unexpected,
+           crashes=0 if healthy else 1, passed=outcome_ok)
+    assert healthy, f"/health: {health}\n{runner.log_tail()}"
+    assert confirmed == set(want), "the broker did not confirm every bad message"
+    assert len(publisher.acknowledged) == len(good_keys)
+    assert good_tally.ok, f"the other tenant was affected: {good_tally}"
+    assert per_message == want, {i: (n, want[i]) for i, n in per_message.items() if n != want[i]}
+    assert {r["kind"] for r in rejects} == {"malformed"}, rejects
+    assert documents == 0, "a bad message became a document"
+    assert acked, "the bad messages were not all acknowledged (the queue did not empty)"
+    assert dead == 0, "bad messages were dead-lettered instead of rejected"
 
 
 def test_uploads_during_bad_input_keep_flowing(site: tuple[DaemonRunner, str, str],

@@ -1,10 +1,11 @@
 """Guarantee 1: a committed file's records are in the database exactly once, even when the
 daemon is SIGKILLed at random points while loading and started again.
 
-The daemon runs as a child process against the session's store. Each round starts it,
-waits for a random point (a random number of documents written, or a random delay that
-may fall before loading starts) and SIGKILLs it. Then it is started one last time and
-must commit every file; the checker counts each file's keys.
+The daemon runs as a child process against the session's store. Each of ``rounds`` rounds
+starts it, waits for a random point (a random number of documents written, or a random
+delay that may fall before loading starts or while the files are committed) and SIGKILLs
+it. Then it is started one last time and must commit every file; the checker counts each
+file's keys.
 """
 
 from __future__ import annotations
@@ -65,12 +66,13 @@ def test_sigkill_during_loading_leaves_every_record_once(
     runner = DaemonRunner(settings)
     kills = mid_load = 0
     try:
-        for _ in range(rounds * 2):
+        for _ in range(rounds):
             runner.start()
             written = records.estimated_document_count()
-            if written >= total:
-                break  # everything written: this daemon (still running) finishes the files
-            if rng.random() < 0.3:  # a random moment, maybe before loading started
+            # Until a kill has landed mid-load, wait for a random number of documents; then,
+            # and once everything is written (the files being committed and archived), at
+            # times a random moment, which may fall before loading starts.
+            if written >= total or (mid_load and rng.random() < 0.3):
                 time.sleep(rng.uniform(0.0, 1.5))
             else:
                 target = rng.randint(written, total)
