@@ -8,6 +8,9 @@ Shared by every tenant: one durable topic exchange (``settings.stream.exchange``
 * dead-letter exchange and queue ``mysimbdp.<tenant>.dead``: where a message goes once it
   was delivered more than ``delivery_limit`` times without being acknowledged
   (dead-lettering ``at-least-once``, so the move itself loses nothing).
+
+Quorum queues with at-least-once dead-lettering need RabbitMQ 3.10 or later: an older broker
+refuses the queue's arguments and :func:`declare_tenant` raises :class:`QueueRefused`.
 """
 
 from __future__ import annotations
@@ -17,17 +20,24 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractConnection, ExchangeType
-from aiormq.exceptions import ChannelPreconditionFailed
+from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
+from mysimbdp.errors import MysimbdpError
 from mysimbdp.logs import get_logger
 from mysimbdp.tenants import StreamProfile
 
 __all__ = [
     "queue_name", "dead_name", "routing_key", "binding_keys", "type_of", "queue_arguments",
-    "routing_key_regex", "declare_exchange", "declare_tenant", "passive_depth",
+    "routing_key_regex", "declare_exchange", "declare_tenant", "passive_depth", "QueueRefused",
+    "MIN_RABBITMQ",
 ]
 
 log = get_logger("stream")
+MIN_RABBITMQ = "3.10"  # quorum queues (3.8) with x-dead-letter-strategy at-least-once (3.10)
+
+
+class QueueRefused(MysimbdpError):
+    """The broker refused to create the tenant's queue with its arguments."""
 
 
 def queue_name(tenant: str) -> str:
@@ -100,12 +110,17 @@ async def declare_tenant(connection: AbstractConnection, exchange: str, tenant: 
             queue = await channel.declare_queue(queue_name(tenant), durable=True,
                                                 arguments=queue_arguments(tenant, profile))
         except ChannelPreconditionFailed as exc:
-            log.warning("stream.topology.mismatch", tenant=tenant, queue=queue_name(tenant),
-                        error=str(exc), hint="delete the queue to apply the new arguments")
             await channel.close()
             channel = await connection.channel(publisher_confirms=False)
             ex = await channel.get_exchange(exchange, ensure=False)
-            queue = await channel.declare_queue(queue_name(tenant), passive=True)
+            try:
+                queue = await channel.declare_queue(queue_name(tenant), passive=True)
+            except ChannelNotFoundEntity:  # no queue to keep: the broker refuses the arguments
+                raise QueueRefused(
+                    f"the broker refused queue {queue_name(tenant)!r}: {exc}; it must support quorum queues "
+                    f"with at-least-once dead-lettering (RabbitMQ {MIN_RABBITMQ} or later)") from None
+            log.warning("stream.topology.mismatch", tenant=tenant, queue=queue_name(tenant),
+                        error=str(exc), hint="delete the queue to apply the new arguments")
         for key in binding_keys(tenant):
             await queue.bind(ex, routing_key=key)
     finally:
