@@ -8,13 +8,14 @@ from typing import Any
 
 import aio_pika
 import pytest
+from aiormq.exceptions import ChannelAccessRefused
 
 from mysimbdp.broker_admin import BrokerAdmin
 from mysimbdp.cli import main
 from mysimbdp.config import Settings
 from mysimbdp.publish import PublishRefused, publish_records
 from mysimbdp.stream.provision import broker_user, provision_user, tenant_amqp_url
-from mysimbdp.stream.topology import declare_tenant, queue_name
+from mysimbdp.stream.topology import dead_name, declare_tenant, queue_name
 from mysimbdp.tenants import StreamProfile
 from tests.conftest import MANAGEMENT_URL
 from tests.plugins.stream_support import write_profile
@@ -70,6 +71,39 @@ async def test_tenant_a_credentials_are_refused_on_tenant_b_routing_key(
     await asyncio.sleep(0.2)
     assert await _depth(amqp_url, a) == 3
     assert await _depth(amqp_url, b) == 0
+
+
+async def _publish_refused(url: str, exchange: str, key: str) -> str:
+    """Publish one message as ``url``'s user; the broker's refusal (it closes the channel)."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        ex = channel.default_exchange if exchange == "" else await channel.get_exchange(exchange, ensure=False)
+        with pytest.raises(ChannelAccessRefused) as refused:
+            await ex.publish(aio_pika.Message(b'{"n": 666}', message_id="intruder"), key, timeout=10)
+        return str(refused.value)
+    finally:
+        await connection.close()
+
+
+async def test_tenant_a_cannot_reach_tenant_b_queue_around_the_ingest_exchange(
+        amqp_url: str, tenant_id: str, cleanup_users: list[str]) -> None:
+    """The default exchange routes by queue name (``mysimbdp.<B>``) and B's dead-letter exchange
+    fans out to B's dead-letter queue: A's user may write to neither."""
+    a, b = tenant_id + "a", tenant_id + "b"
+    cleanup_users += [a, b]
+    await _declare(amqp_url, a, b)
+    await provision_user(MANAGEMENT_URL, amqp_url, EXCHANGE, a, password="pw-a")
+    url_a = tenant_amqp_url(amqp_url, broker_user(a), "pw-a")
+
+    reason = await _publish_refused(url_a, "", queue_name(b))
+    assert "ACCESS_REFUSED" in reason and "amq.default" in reason
+    reason = await _publish_refused(url_a, dead_name(b), "")
+    assert "ACCESS_REFUSED" in reason and dead_name(b) in reason
+    assert (await publish_records(url_a, EXCHANGE, a, [{"n": 1}])).confirmed == 1  # its own key still works
+    await asyncio.sleep(0.2)
+    assert await _depth(amqp_url, b) == 0
+    assert await _depth(amqp_url, a) == 1
 
 
 async def test_daemon_creates_passwordless_users_and_provision_keeps_permissions(
