@@ -88,6 +88,12 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
+def rejected_events(logs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The ``upload.rejected`` events captured: (tenant, name, code, status) each."""
+    return [(e["tenant"], e.get("name"), e["code"], e["status"]) for e in logs
+            if e["event"] == "upload.rejected"]
+
+
 async def put(http: aiohttp.ClientSession, env: Env, name: str, body: Any = CSV,
               headers: dict[str, str] | None = None, **kwargs: Any) -> tuple[int, dict[str, Any]]:
     async with http.put(env.file_url(name), data=body, headers={**env.auth, **(headers or {})},
@@ -249,6 +255,18 @@ async def test_bad_names_are_400(env: Env, http: aiohttp.ClientSession, raw_name
     assert not any(env.settings.staging_dir.parent.glob("**/escape.csv"))
 
 
+@pytest.mark.parametrize("authorization", [None, "Bearer not-a-token", "Basic abc"])
+async def test_missing_or_wrong_token_is_401_and_logged(
+        env: Env, http: aiohttp.ClientSession, authorization: str | None) -> None:
+    headers = {} if authorization is None else {"Authorization": authorization}
+    with capture_logs() as logs:
+        async with http.put(env.file_url("rows.csv"), data=CSV, headers=headers) as resp:
+            status, body = resp.status, await resp.json()
+    assert status == 401 and body["code"] == "unauthorized", body
+    assert rejected_events(logs) == [(env.tenant, "rows.csv", "unauthorized", 401)]
+    assert leftovers(env.folder) == []
+
+
 async def test_unsupported_format_is_415(env: Env, http: aiohttp.ClientSession) -> None:
     with capture_logs() as logs:
         status, body = await put(http, env, "notes.txt")
@@ -262,8 +280,10 @@ async def test_unsupported_format_is_415(env: Env, http: aiohttp.ClientSession) 
 
 async def test_declared_too_big_is_413_before_reading(env: Env, http: aiohttp.ClientSession) -> None:
     big = b"x" * 5000
-    status, body = await put(http, env, "big.csv", big)
+    with capture_logs() as logs:
+        status, body = await put(http, env, "big.csv", big)
     assert status == 413 and body["code"] == "too_big"
+    assert rejected_events(logs) == [(env.tenant, "big.csv", "too_big", 413)]
     status, body = await put(http, env, "big.csv", big, expect100=True)
     assert status == 413 and body["code"] == "too_big"
     assert leftovers(env.folder) == []
@@ -274,38 +294,68 @@ async def test_streamed_body_over_limit_is_cut_off_413(env: Env, http: aiohttp.C
         for _ in range(10):
             yield b"y" * 1000
 
-    status, resp = await put(http, env, "chunked.csv", body())
+    with capture_logs() as logs:
+        status, resp = await put(http, env, "chunked.csv", body())
     assert status == 413 and resp["code"] == "too_big"
+    assert rejected_events(logs) == [(env.tenant, "chunked.csv", "too_big", 413)]
     assert leftovers(env.folder) == []
     assert await env.daemon.ledger.find(env.tenant, name="chunked.csv") == []
 
 
-async def test_body_longer_than_declared_is_not_kept_beyond_declared(
-        env: Env, http: aiohttp.ClientSession) -> None:
-    """A Content-Length that lies low: only the declared bytes are the body, never more."""
+@pytest.mark.parametrize("declared, sent", [
+    (8, 6008),      # a few bytes declared, far more sent
+    (4000, 6000),   # declared within max_file_bytes (4096), the bytes sent beyond it
+], ids=["short", "past-limit"])
+async def test_body_longer_than_declared_is_refused_and_not_kept(
+        env: Env, declared: int, sent: int) -> None:
+    """A Content-Length that lies low: HTTP ends the body at the declared length, so the bytes
+    after it are a malformed next request, which the HTTP server answers 400; sent together,
+    the request is not handled at all and nothing is kept."""
     url = URL(env.url)
-    reader, writer = await asyncio.open_connection(url.host, url.port)
-    head = (f"PUT /tenants/{env.tenant}/files/short.csv HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: Bearer {env.token}\r\nContent-Length: 8\r\n\r\n")
-    writer.write(head.encode() + b"id\n1\n2\n" + b"9" * 6000)
-    await writer.drain()
-    status_line = await reader.readline()
-    writer.close()
-    # aiohttp's parser refuses the bytes after the declared body as a malformed next request;
-    # should the body have been taken, it is exactly the declared 8 bytes, never more.
-    assert b" 400 " in status_line or b" 201 " in status_line
-    await asyncio.sleep(0.2)
-    entries = await env.daemon.ledger.find(env.tenant, name="short.csv")
-    assert all(e["bytes"] == 8 for e in entries)
-    assert not [n for n in leftovers(env.folder) if n.endswith(".part")]
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        head = (f"PUT /tenants/{env.tenant}/files/short.csv HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {env.token}\r\nContent-Length: {declared}\r\n\r\n")
+        writer.write(head.encode() + b"id\n1\n2\n" + b"9" * (sent - 7))  # one write: one read
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)  # the server closes after a 400
+        writer.close()
+        await asyncio.sleep(0.2)
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer[:200]
+    assert answer.count(b"HTTP/1.") == 1, "one answer only: the upload itself was not handled"
+    assert await env.daemon.ledger.find(env.tenant, name="short.csv") == []
+    assert leftovers(env.folder) == []
+    assert not [e for e in logs if e["event"].startswith("upload.")], logs
+
+
+async def test_body_shorter_than_declared_is_interrupted_and_not_kept(env: Env) -> None:
+    """A Content-Length that lies high: the body ends (EOF) short of it, the upload is interrupted."""
+    url = URL(env.url)
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        head = (f"PUT /tenants/{env.tenant}/files/long.csv HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {env.token}\r\nContent-Length: 100\r\n\r\n")
+        writer.write(head.encode() + b"id\n1\n")
+        await writer.drain()
+        writer.write_eof()
+        await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await wait_for(lambda: any(e["event"] == "upload.interrupted" for e in logs),
+                       what="upload.interrupted")
+    event = next(e for e in logs if e["event"] == "upload.interrupted")
+    assert event["tenant"] == env.tenant and event["name"] == "long.csv"
+    assert await env.daemon.ledger.find(env.tenant, name="long.csv") == []
+    assert leftovers(env.folder) == []
 
 
 async def test_over_quota_is_507(start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
                                  tenant_id: str, http: aiohttp.ClientSession) -> None:
     env = await start_env(start_daemon, settings_factory, tenant_id, formats=["csv"],
                           max_file_bytes=10_000, storage_quota_bytes=2000)
-    status, body = await put(http, env, "a.csv", b"z" * 2500)
+    with capture_logs() as logs:
+        status, body = await put(http, env, "a.csv", b"z" * 2500)
     assert status == 507 and body["code"] == "over_quota"
+    assert rejected_events(logs) == [(env.tenant, "a.csv", "over_quota", 507)]
 
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(5):
@@ -325,8 +375,10 @@ async def test_duplicate_of_committed_content_is_409(env: Env, http: aiohttp.Cli
     sha = hashlib.sha256(CSV).hexdigest()
     entry_id = await env.daemon.ledger.stage(env.tenant, "before.csv", sha, len(CSV))
     await env.daemon.ledger.transition(entry_id, FileState.COMMITTED)
-    status, body = await put(http, env, "again.csv")
+    with capture_logs() as logs:
+        status, body = await put(http, env, "again.csv")
     assert status == 409 and body["code"] == "duplicate"
+    assert rejected_events(logs) == [(env.tenant, "again.csv", "duplicate", 409)]
     assert leftovers(env.folder) == []
 
 
@@ -336,8 +388,10 @@ async def test_same_name_in_progress_is_409_and_staging_full_is_429(
     env = await start_env(start_daemon, settings_factory, tenant_id, formats=["csv"],
                           max_file_bytes=10_000, max_staged_files=1)
     held = await HeldUpload(env, "slow.csv", 100, b"id\n").open()
-    status, body = await put(http, env, "slow.csv")
+    with capture_logs() as logs:
+        status, body = await put(http, env, "slow.csv")
     assert status == 409 and body["code"] == "in_progress"
+    assert rejected_events(logs) == [(env.tenant, "slow.csv", "in_progress", 409)]
     with capture_logs() as logs:
         status, body = await put(http, env, "other.csv")  # the held upload takes the only slot
     assert status == 429 and body["code"] == "staging_full"
@@ -362,8 +416,10 @@ async def test_name_already_waiting_is_409(
     line = await held.finish(CSV[4:])
     assert b" 409 " in line
     assert (env.folder / "wait.csv").read_bytes() == b"id\n42\n"  # not overwritten
-    status, body = await put(http, env, "wait.csv", b"id\n43\n")
+    with capture_logs() as logs:
+        status, body = await put(http, env, "wait.csv", b"id\n43\n")
     assert status == 409 and body["code"] == "exists"
+    assert rejected_events(logs) == [(env.tenant, "wait.csv", "exists", 409)]
     assert leftovers(env.folder) == ["wait.csv"]
     rejected = await env.daemon.ledger.find(env.tenant, name="wait.csv", states=[FileState.REJECTED])
     assert [e["code"] for e in rejected] == ["exists"]  # the upload that lost the race
