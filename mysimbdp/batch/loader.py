@@ -343,6 +343,23 @@ class FileLoader:
         """Remove the documents written for ``job`` (after a timeout, say)."""
         await self._rollback(job, await self._target(job))
 
+    async def purge(self, tenant: str, sha256: str, name: str) -> None:
+        """Remove the documents of the file with this sha256 from every collection of the tenant.
+
+        For a file whose load began but whose app cannot be asked for its target any more
+        (uninstalled, say): its ``_id`` prefix finds its documents wherever they are.
+        ``_rejects`` and system collections are left alone.
+        """
+        db = self.store.tenant_db(tenant)
+        try:
+            names = await db.list_collection_names()
+        except (PyMongoError, OperationFailure) as exc:
+            log.error("batch.file.rollback_failed", tenant=tenant, file=name, error=str(exc)[:300])
+            return
+        for collection in sorted(names):
+            if not collection.startswith(("_", "system.")):
+                await self._delete_file(tenant, name, sha256, db[collection])
+
     async def _target(self, job: FileJob) -> Any:
         try:
             target = job.app.call("mysimbdp_batch_target", tenant=job.tenant) or Target()
@@ -432,15 +449,18 @@ class FileLoader:
                 delay = min(delay * 2, _RETRY_MAX_S)
 
     async def _rollback(self, job: FileJob, collection: Any) -> None:
-        prefix = id_prefix(job.sha256)
+        await self._delete_file(job.tenant, job.name, job.sha256, collection)
+
+    async def _delete_file(self, tenant: str, name: str, sha256: str, collection: Any) -> None:
+        prefix = id_prefix(sha256)
         started = time.monotonic()
         try:
             result = await collection.delete_many({"_id": {"$gte": prefix, "$lt": prefix[:-1] + ";"}})
         except (PyMongoError, OperationFailure) as exc:
-            log.error("batch.file.rollback_failed", tenant=job.tenant, file=job.name, error=str(exc)[:300])
+            log.error("batch.file.rollback_failed", tenant=tenant, file=name, error=str(exc)[:300])
             return
         if result.deleted_count:
-            log.info("batch.file.rolled_back", tenant=job.tenant, file=job.name, documents=result.deleted_count,
+            log.info("batch.file.rolled_back", tenant=tenant, file=name, documents=result.deleted_count,
                      seconds=round(time.monotonic() - started, 3))
 
 

@@ -38,7 +38,7 @@ from mysimbdp.batch.watcher import StagingWatcher, is_ignored
 from mysimbdp.errors import FileRejected, PluginError
 from mysimbdp.ledger import FileState
 from mysimbdp.logs import get_logger
-from mysimbdp.tenants import BatchProfile, BatchRoute, TenantChange
+from mysimbdp.tenants import FORMATS, BatchProfile, BatchRoute, TenantChange
 
 if TYPE_CHECKING:
     from mysimbdp.daemon import Daemon
@@ -162,10 +162,17 @@ class BatchManager:
 
     async def _admit(self, tenant: str, path: Path, st: os.stat_result,
                      profile: BatchProfile) -> tuple[FileJob, BatchRoute | None] | None:
-        """Check the file and stage it in the ledger; None if it was rejected (and archived)."""
+        """Check the file and stage it in the ledger; None if it was rejected (and archived).
+
+        A file resumed after a crash (its ledger entry is ``loading``: same name, size and
+        sha256) was admitted already: the profile's admission constraints (format, size,
+        staged files, quota) are not checked again, whatever was edited meanwhile; were it
+        refused for another reason (its app is gone, say), its partial documents are removed.
+        """
         ledger, name, size = self.daemon.ledger, path.name, st.st_size
         entry_id: str | None = None
         sha: str | None = None
+        resumed = False
         try:
             candidates = await ledger.find(tenant, name=name, states=[FileState.STAGED, FileState.LOADING])
             entry = next((c for c in candidates if c.get("bytes") == size), None)
@@ -175,29 +182,39 @@ class BatchManager:
                                    "copy the file itself into the staging folder")
             check_name(name)
             inflight = self._inflight.setdefault(tenant, {})
-            usage = Usage(staged_files=len(inflight),
-                          used_bytes=await ledger.committed_bytes(tenant) + sum(b for b, _ in inflight.values()))
-            fmt = check_file(profile, name, size, usage)
+            fmt = _resumable_format(entry)
+            if fmt is None:  # constraints first: a file too big is refused without being read
+                fmt = await self._check_constraints(tenant, profile, name, size)
             sha = await asyncio.get_running_loop().run_in_executor(self._executor, _sha256, path)
             if entry is not None and entry.get("sha256") not in (None, sha):
+                if _resumable_format(entry) is not None:  # not the file that was loading: a new one
+                    fmt = await self._check_constraints(tenant, profile, name, size)
                 entry, entry_id = None, None  # same name, other content: not that entry
+            resumed = _resumable_format(entry) is not None
             await self._refuse_duplicate(tenant, name, path, sha)
             await asyncio.get_running_loop().run_in_executor(self._executor, sniff, path, fmt)
             route = route_for(profile, name)
             app = App(self.daemon.pm, route.app if route else profile.app).require("batch")
         except PluginError as exc:
-            await self._reject(tenant, path, size, sha, entry_id, FileRejected("no_app", str(exc)))
+            await self._reject(tenant, path, size, sha, entry_id, FileRejected("no_app", str(exc)), purge=resumed)
             return None
         except FileRejected as exc:
             if exc.code == "archived":
                 return None
-            await self._reject(tenant, path, size, sha, entry_id, exc)
+            # a duplicate's documents are those of the copy loading or committed: never remove them
+            await self._reject(tenant, path, size, sha, entry_id, exc, purge=resumed and exc.code != "duplicate")
             return None
         if entry_id is None:
             entry_id = await ledger.stage(tenant, name, sha, size, source="staging")
         inflight[name] = (size, sha)
         return FileJob(tenant, name, path, entry_id, sha, size, fmt, app, profile.max_file_bytes,
                        profile.max_error_rate, route.pattern if route else None), route
+
+    async def _check_constraints(self, tenant: str, profile: BatchProfile, name: str, size: int) -> str:
+        """The profile's admission constraints (:func:`check_file`) against what the tenant has now."""
+        inflight = self._inflight.setdefault(tenant, {})
+        used = await self.daemon.ledger.committed_bytes(tenant) + sum(b for b, _ in inflight.values())
+        return check_file(profile, name, size, Usage(staged_files=len(inflight), used_bytes=used))
 
     async def _refuse_duplicate(self, tenant: str, name: str, path: Path, sha: str) -> None:
         if any(s == sha for _, s in self._inflight.get(tenant, {}).values()):
@@ -227,7 +244,8 @@ class BatchManager:
                 log.exception("batch.file.failed", tenant=job.tenant, file=job.name, error=str(exc)[:300])
                 with contextlib.suppress(Exception):
                     await self._reject(job.tenant, job.path, job.size, job.sha256, job.ledger_id,
-                                       FileRejected("internal", f"the platform failed on the file: {exc}"[:500]))
+                                       FileRejected("internal", f"the platform failed on the file: {exc}"[:500]),
+                                       purge=True)
             finally:
                 self._inflight.get(job.tenant, {}).pop(job.name, None)
                 self._loading.pop(job.ledger_id, None)
@@ -272,9 +290,16 @@ class BatchManager:
                  app=job.app.name, ledger_id=job.ledger_id)
 
     async def _reject(self, tenant: str, path: Path, size: int, sha: str | None, entry_id: str | None,
-                      exc: FileRejected, started: float | None = None) -> None:
-        """Record the rejection, move the file to ``rejected/`` with ``<name>.reason.json``, log it."""
+                      exc: FileRejected, started: float | None = None, purge: bool = False) -> None:
+        """Record the rejection, move the file to ``rejected/`` with ``<name>.reason.json``, log it.
+
+        ``purge``: documents of the file may be in the tenant's database (a load began):
+        remove them first, so that a rejected file leaves none behind.
+        """
         ledger = self.daemon.ledger
+        if purge and sha is not None:
+            assert self._loader is not None
+            await self._loader.purge(tenant, sha, path.name)
         seconds = time.monotonic() - started if started is not None else 0.0
         counts = Counts(**{k: v for k, v in exc.details.items() if k in Counts.__dataclass_fields__ and isinstance(v, int)})
         if entry_id is None:
@@ -288,6 +313,14 @@ class BatchManager:
         await asyncio.to_thread(_archive_rejected, path, dest, reason)
         log.warning("batch.file.rejected", **_outcome(tenant, path.name, sha, size, counts, seconds),
                     code=exc.code, reason=exc.message, ledger_id=entry_id)
+
+
+def _resumable_format(entry: dict[str, Any] | None) -> str | None:
+    """The format a ``loading`` entry was admitted with (it resumes without admission checks), else None."""
+    if entry is None or entry.get("state") != FileState.LOADING.value or not entry.get("sha256"):
+        return None
+    fmt = entry.get("format")
+    return fmt if isinstance(fmt, str) and fmt in FORMATS else None
 
 
 def _outcome(tenant: str, name: str, sha: str | None, size: int, counts: Counts, seconds: float) -> dict[str, Any]:
