@@ -6,7 +6,8 @@ ledger as ``staged`` and then renames it atomically to ``<staging>/<id>/<name>``
 batch watcher picks it up. The tenant's constraints are checked with the same code the
 watcher uses (:mod:`mysimbdp.batch.constraints`), before the body is read when possible
 (``Content-Length``, ``Expect: 100-continue``) and again while it streams. Any failure,
-including a broken connection, leaves nothing behind. See ``docs/upload.md``.
+including a broken connection, leaves nothing behind; the ``.part`` files of a daemon killed
+mid-upload are removed when the next one starts. See ``docs/upload.md``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from aiohttp import web
 from pymongo.errors import PyMongoError
 
-from mysimbdp.batch.constraints import Usage, check_file, check_name
+from mysimbdp.batch.constraints import Usage, check_file, check_name, detect_format
 from mysimbdp.errors import FileRejected
 from mysimbdp.http import HttpError, error_response, json_response, require_tenant
 from mysimbdp.ledger import FileState
@@ -34,7 +35,8 @@ from mysimbdp.tenants import BatchProfile, TenantProfile
 if TYPE_CHECKING:
     from mysimbdp.daemon import Daemon
 
-__all__ = ["UploadService", "STATUS_BY_CODE", "CHUNK_BYTES", "part_path"]
+__all__ = ["UploadService", "STATUS_BY_CODE", "CHUNK_BYTES", "part_path", "upload_name_of",
+           "remove_stale_parts"]
 
 log = get_logger("upload")
 
@@ -69,6 +71,58 @@ def part_path(folder: Path, name: str) -> Path:
     return folder / f".{name}.part"
 
 
+def upload_name_of(part_name: str) -> str | None:
+    """The upload name whose :func:`part_path` is ``part_name``, or None if it cannot be one.
+
+    An upload writes ``.<name>.part`` only for a ``name`` that passed the name checks and has a
+    known format's extension; any other file (``.x.tmp``, ``x.csv.part``, ``.notes.part``) is
+    not the upload door's.
+    """
+    if not (part_name.startswith(".") and part_name.endswith(".part")) or len(part_name) <= 6:
+        return None
+    name = part_name[1:-len(".part")]
+    try:
+        check_name(name)
+    except FileRejected:
+        return None
+    return name if detect_format(name) is not None else None
+
+
+def remove_stale_parts(staging: Path, started: float) -> int:
+    """Delete the uploads' ``.<name>.part`` files in every tenant folder of ``staging`` that
+    were last written before ``started`` (a daemon killed mid-upload left them); the count.
+
+    A file modified since ``started`` is left alone: it cannot be an upload of a daemon that
+    is not running, so it is someone else's copy in progress. Links and folders are never
+    touched. Each removal is logged as ``upload.part.removed``.
+    """
+    removed = 0
+    try:
+        tenants = [e for e in os.scandir(staging) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return 0
+    for tenant in tenants:
+        try:
+            entries = list(os.scandir(tenant.path))
+        except OSError:
+            continue
+        for entry in entries:
+            name = upload_name_of(entry.name)
+            if name is None or not entry.is_file(follow_symlinks=False):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if st.st_mtime >= started:
+                    continue
+                os.unlink(entry.path)
+            except OSError:  # gone already, or not ours to delete
+                continue
+            removed += 1
+            log.info("upload.part.removed", tenant=tenant.name, name=name, bytes=st.st_size,
+                     age_s=round(started - st.st_mtime, 1))
+    return removed
+
+
 @dataclass
 class _Upload:
     """An upload that passed the checks made before its body is read."""
@@ -96,7 +150,13 @@ class UploadService:
     # -- component -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Accept uploads (the HTTP server starts after this component)."""
+        """Remove the ``.part`` files of uploads a killed daemon left behind, then accept uploads.
+
+        Only one daemon serves a staging root, so at start no upload is in flight: every
+        ``.<name>.part`` of :func:`upload_name_of` not written since this start is stale
+        (the HTTP server starts after this component).
+        """
+        await asyncio.to_thread(remove_stale_parts, self.daemon.settings.staging_dir, time.time())
         self._accepting = True
 
     async def stop(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from mysimbdp.auth import hash_token
 from mysimbdp.config import Settings
 from mysimbdp.ledger import FileState
 from mysimbdp.plugins import get_plugin_manager
+from mysimbdp.upload import remove_stale_parts, upload_name_of
 
 CSV = b"id,name\n1,alpha\n2,beta\n3,gamma\n"
 APP_MODULE = "tests.plugins.upload_rows"
@@ -449,3 +451,70 @@ async def test_drain_cancels_inflight_upload_and_cleans_up(
     await wait_for(lambda: not (env.folder / ".late.csv.part").exists(), what="cleanup at drain")
     assert leftovers(env.folder) == []
     await held.abort()
+
+
+# -- stale .part files -----------------------------------------------------------------------
+
+
+def test_upload_name_of_knows_only_the_uploads_part_files() -> None:
+    assert upload_name_of(".rows.csv.part") == "rows.csv"
+    assert upload_name_of(".Rows.JSONL.GZ.part") == "Rows.JSONL.GZ"
+    for other in ("rows.csv.part",       # no leading dot: not an upload's
+                  ".notes.part",         # no known format
+                  ".rows.csv.tmp", ".rows.csv", ".part", "..part",
+                  ".a..b.csv.part",      # a name the upload door refuses
+                  "..hidden.csv.part", ".x.csv.part.part"):
+        assert upload_name_of(other) is None, other
+
+
+def _stale_site(staging: Path, now: float, tenant: str = "acme") -> dict[str, Path]:
+    """Files in two tenant folders: the uploads' stale parts and what is not to be touched."""
+    a, b = staging / tenant, staging / "beta"
+    a.mkdir(parents=True)
+    b.mkdir()
+    paths = {
+        "stale": a / ".old.csv.part", "stale-other": b / ".b.jsonl.gz.part",
+        "being-written": a / ".new.csv.part",        # modified after the start: not stale
+        "no-dot": a / "own.csv.part", "no-format": a / ".notes.part", "tmp": a / ".old.csv.tmp",
+        "bad-name": a / ".a..b.csv.part", "waiting": a / "old.csv",
+    }
+    for path in paths.values():
+        path.write_bytes(b"id\n1\n")
+        os.utime(path, (now - 600, now - 600))
+    os.utime(paths["being-written"], (now + 60, now + 60))
+    target = staging.parent / "target.csv"
+    target.write_bytes(b"id\n")
+    paths["link"] = a / ".link.csv.part"
+    paths["link"].symlink_to(target)
+    paths["folder"] = a / ".dir.csv.part"
+    paths["folder"].mkdir()
+    return paths
+
+
+def test_remove_stale_parts_removes_only_the_uploads_leftovers(tmp_path: Path) -> None:
+    now = time.time()
+    paths = _stale_site(tmp_path / "staging", now)
+    with capture_logs() as logs:
+        assert remove_stale_parts(tmp_path / "staging", now) == 2
+    assert not paths["stale"].exists() and not paths["stale-other"].exists()
+    assert all(p.exists() or p.is_symlink() for k, p in paths.items() if not k.startswith("stale"))
+    assert (tmp_path / "target.csv").read_bytes() == b"id\n"
+    events = sorted((e["tenant"], e["name"], e["bytes"]) for e in logs if e["event"] == "upload.part.removed")
+    assert events == [("acme", "old.csv", 5), ("beta", "b.jsonl.gz", 5)]
+    assert all(e["age_s"] >= 600 for e in logs if e["event"] == "upload.part.removed")
+    assert remove_stale_parts(tmp_path / "nowhere", now) == 0
+
+
+async def test_daemon_start_removes_parts_of_a_killed_daemon(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        tenant_id: str, http: aiohttp.ClientSession) -> None:
+    settings = settings_factory(extra_apps={"upload_rows": APP_MODULE},
+                                batch={"stable_after_s": 30, "rescan_interval_s": 0.5})
+    paths = _stale_site(settings.staging_dir, time.time(), tenant_id)
+    env = await start_env(start_daemon, settings_factory, tenant_id, settings=settings,
+                          formats=["csv"])
+    assert not paths["stale"].exists() and not paths["stale-other"].exists()
+    kept = {k for k, p in paths.items() if p.exists() or p.is_symlink()}
+    assert kept == set(paths) - {"stale", "stale-other"}
+    status, body = await put(http, env, "fresh.csv")  # uploads work as before
+    assert status == 201, body
