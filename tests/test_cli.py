@@ -74,3 +74,49 @@ def test_tenants_token_unknown_tenant(tmp_path: Path, capsys: pytest.CaptureFixt
     assert code == 1
     assert "no such tenant profile" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("text", [
+    # comments are kept; the hash goes above the first section and its comment
+    '# owner: team A\nid = "acme"\nname = "T"\n\n# batch settings\n[batch]\napp = "x"\n',
+    # an indented header
+    'id = "acme"\n  [batch]\n  app = "x"\n',
+    # a multi-line string holding a line that looks like a header
+    'id = "acme"\nname = """Acme\n[not a section]\n"""\n[batch]\napp = "x"\n',
+    # no section at all, no newline at the end
+    'id = "acme"',
+])
+def test_tenants_token_goes_to_the_top_level_and_keeps_the_rest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str) -> None:
+    import tomllib
+
+    (tmp_path / "tenants").mkdir()
+    path = tmp_path / "tenants" / "acme.toml"
+    path.write_text(text)
+    before = load_profile(path)
+    code, out, err = run(capsys, "--config-dir", str(tmp_path), "tenants", "token", "acme")
+    assert code == 0, err
+    after_text = path.read_text()
+    data = tomllib.loads(after_text)
+    assert data["token_sha256"] == hash_token(out.strip())
+    assert {k: v for k, v in data.items() if k != "token_sha256"} == tomllib.loads(text)
+    after = load_profile(path)
+    assert after.model_dump(exclude={"token_sha256"}) == before.model_dump(exclude={"token_sha256"})
+    for comment in (ln for ln in text.splitlines() if ln.startswith("#")):
+        assert comment in after_text.splitlines()
+    if "# batch settings" in text:
+        assert after_text.index("token_sha256") < after_text.index("# batch settings")
+    # a second run replaces the line, nothing else moves
+    code, out2, _ = run(capsys, "--config-dir", str(tmp_path), "tenants", "token", "acme")
+    assert path.read_text() == after_text.replace(hash_token(out.strip()), hash_token(out2.strip()))
+
+
+def test_tenants_token_refuses_a_profile_that_starts_with_a_section(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A profile whose first line is a [section] has no top-level id: it is refused, untouched."""
+    (tmp_path / "tenants").mkdir()
+    path = tmp_path / "tenants" / "acme.toml"
+    path.write_text('[batch]\napp = "x"\n')
+    code, _, err = run(capsys, "--config-dir", str(tmp_path), "tenants", "token", "acme")
+    assert code == 1 and "id" in err
+    assert path.read_text() == '[batch]\napp = "x"\n'

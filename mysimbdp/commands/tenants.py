@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import stat
+import tomllib
+from pathlib import Path
 
 from mysimbdp.auth import hash_token, new_token
 from mysimbdp.errors import TenantProfileError
@@ -55,17 +59,57 @@ def issue_token(args: argparse.Namespace) -> int:
     load_profile(path)  # refuse to touch an invalid profile
     token = new_token()
     text = path.read_text(encoding="utf-8")
-    line = f'token_sha256 = "{hash_token(token)}"'
-    pattern = re.compile(r"^token_sha256\s*=.*$", re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(line, text, count=1)
-    else:  # top-level keys must come before the first [section]
-        head, sep, rest = text.partition("\n[")
-        text = f"{head.rstrip()}\n{line}\n{sep.lstrip()}{rest}" if sep else f"{text.rstrip()}\n{line}\n"
-    path.write_text(text, encoding="utf-8")
+    updated = with_token_hash(text, hash_token(token))
+    if updated is None:
+        raise TenantProfileError(str(path), "token_sha256", "found no place for it among the "
+                                 "top-level keys; put them all above the first [section] and run "
+                                 "the command again (the profile was not changed)")
+    _replace(path, updated)
     load_profile(path)
     print(token)
     return 0
+
+
+_HEADER = re.compile(r"[ \t]*\[")  # a [table] or [[array of tables]] line, maybe indented
+_TOKEN = re.compile(r"^[ \t]*token_sha256[ \t]*=.*$", re.MULTILINE)
+
+
+def with_token_hash(text: str, digest: str) -> str | None:
+    """``text`` (a valid profile) with its top-level ``token_sha256`` set to ``digest``.
+
+    The rest of the text, comments included, is kept as it is: an existing ``token_sha256``
+    line is replaced, else the line goes after the top-level keys (before the first table
+    header and the comments right above it). Each candidate is parsed back and taken only
+    if it holds exactly the profile with the new hash, so a ``[`` inside a multi-line string
+    or array is never taken for a header. None if no candidate is right.
+    """
+    want = {**tomllib.loads(text), "token_sha256": digest}
+    line = f'token_sha256 = "{digest}"'
+    candidates = [text[:m.start()] + line + text[m.end():] for m in _TOKEN.finditer(text)]
+    lines = text.splitlines(keepends=True)
+    for i, current in enumerate(lines):
+        if not _HEADER.match(current):
+            continue
+        while i > 0 and lines[i - 1].lstrip().startswith("#"):  # the header's own comments
+            i -= 1
+        head, rest = "".join(lines[:i]).rstrip(), "".join(lines[i:])
+        candidates.append(f"{head}\n{line}\n\n{rest}" if head else f"{line}\n\n{rest}")
+    candidates.append(f"{text.rstrip()}\n{line}\n" if text.strip() else f"{line}\n")
+    for candidate in candidates:
+        try:
+            if tomllib.loads(candidate) == want:
+                return candidate
+        except tomllib.TOMLDecodeError:
+            continue
+    return None
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write ``path`` atomically (the daemon's hot reload never reads half a profile)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+    tmp.replace(path)
 
 
 def provision_tenant(args: argparse.Namespace) -> int:
