@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import pyarrow as pa
@@ -198,7 +198,12 @@ class _Producer:
         wrangle = job.app.hook("mysimbdp_batch_wrangle_table")
         check = job.app.hook("mysimbdp_batch_check")
         assert wrangle is not None
-        for ab in iter_arrow_batches(self.stream, schema, ARROW_BLOCK_BYTES, ARROW_BATCH_BYTES):
+        def reopen() -> IO[bytes]:
+            self.stream.close()  # the columnar reader gave up on it: read the file again
+            self.stream = open_stream(job.path, job.fmt, job.max_file_bytes)
+            return self.stream
+
+        for ab in iter_arrow_batches(self.stream, schema, ARROW_BLOCK_BYTES, ARROW_BATCH_BYTES, reopen):
             try:
                 out = wrangle(table=ab.batch, context=self.ctx)
             except Exception as exc:
@@ -218,9 +223,9 @@ class _Producer:
                 prep = self._documents(ab, out.slice(lo, self.chunk_size), lo, refused, check, part)
                 if lo == 0:
                     prep.records_in += len(ab.malformed)
-                    prep.rejects[:0] = [self.reject(number, "parse", text.split(": ", 1)[0], text,
+                    prep.rejects[:0] = [self.reject(number, "parse", reason, raw,
                                                     key=None if number is not None else f"m{ab.first}.{k}")
-                                        for k, (number, text) in enumerate(ab.malformed)]
+                                        for k, (number, reason, raw) in enumerate(ab.malformed)]
                 yield prep
 
     def _refused(self, ab: ArrowBatch, out: pa.RecordBatch) -> dict[int, tuple[str, str]]:

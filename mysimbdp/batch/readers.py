@@ -18,7 +18,7 @@ import gzip
 import io
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -225,14 +225,15 @@ class ArrowBatch:
     of the batch's first row; ``numbers`` lists the number of every row when the file's
     skipped rows make them not consecutive (None: ``first``, ``first + 1``, ...). ``bad``
     lists ``(row index in the batch, reason, raw)`` for rows whose bytes are not UTF-8 or
-    whose values do not fit the column types; ``malformed`` lists ``(record number, text)``
-    of the rows with the wrong number of fields that Arrow skipped (number None if unknown).
+    whose values do not fit the column types; ``malformed`` lists ``(record number, reason,
+    raw text)`` of the rows that could not be parsed, e.g. with the wrong number of fields
+    (number None if unknown).
     """
 
     first: int
     batch: pa.RecordBatch
     bad: list[tuple[int, str, dict[str, Any]]]
-    malformed: list[tuple[int | None, str]]
+    malformed: list[tuple[int | None, str, str]]
     numbers: list[int] | None = None
 
     def number(self, index: int) -> int:
@@ -258,33 +259,42 @@ class _Numbering:
 
     def __init__(self) -> None:
         self.next = 1
-        self.reported: list[tuple[int | None, str]] = []
+        self.reported: list[tuple[int | None, str, str]] = []
+        self.passed: set[int] = set()  # numbers of skipped rows handed out, past the last parsed row
         self._skipped: set[int] = set()
 
     def on_invalid(self, row: Any) -> str:
         number = row.number - 1 if isinstance(row.number, int) and row.number > 1 else None
-        self.reported.append((number, f"expected {row.expected_columns} fields, found {row.actual_columns}: "
-                              + str(row.text)[:RAW_LIMIT]))
+        self.reported.append((number, f"expected {row.expected_columns} fields, found {row.actual_columns}",
+                              str(row.text)[:RAW_LIMIT]))
         return "skip"
 
-    def take(self, n: int) -> tuple[int, list[int] | None, list[tuple[int | None, str]]]:
+    def take(self, n: int) -> tuple[int, list[int] | None, list[tuple[int | None, str, str]]]:
         """``(first, numbers, malformed)`` for the next ``n`` parsed rows (see :class:`ArrowBatch`)."""
         malformed, self.reported = self.reported, []
-        self._skipped.update(number for number, _ in malformed if number is not None and number >= self.next)
+        reported = {number for number, _, _ in malformed if number is not None and number >= self.next}
+        self._skipped |= reported
         first = self.next
+        numbers: list[int] | None = None
         if not self._skipped or min(self._skipped) >= first + n:
             self.next += n
-            return first, None, malformed
-        numbers: list[int] = []
-        k = first
-        while len(numbers) < n:
-            if k in self._skipped:
-                self._skipped.discard(k)
-            else:
-                numbers.append(k)
-            k += 1
-        self.next = k
-        return (numbers[0] if numbers else first), numbers, malformed
+        else:
+            numbers = []
+            k = first
+            while len(numbers) < n:
+                if k in self._skipped:
+                    self._skipped.discard(k)
+                else:
+                    numbers.append(k)
+                k += 1
+            self.next = k
+            first = numbers[0] if numbers else first
+        self.passed = {k for k in self.passed | reported if k >= self.next}
+        return first, numbers, malformed
+
+    def handed_out(self, number: int) -> bool:
+        """Whether record ``number`` was in a batch already (parsed, or skipped and reported)."""
+        return number < self.next or number in self.passed
 
 
 def use_lean_memory_pool() -> str:
@@ -300,16 +310,37 @@ def use_lean_memory_pool() -> str:
 
 
 def infer_csv_schema(path: Path, fmt: str, max_bytes: int, block_size: int) -> pa.Schema:
-    """Column types inferred from the first block; all-null and not-UTF-8 columns are strings."""
+    """Column types inferred from the first block; all-null and not-UTF-8 columns are strings.
+
+    When Arrow cannot read the first block (a row over the block size, say), every column is
+    a string, named by the header row as the per-record path reads it.
+    """
     with open_stream(path, fmt, max_bytes) as stream:
         try:
             reader = pacsv.open_csv(stream, read_options=_read_options(block_size),
                                     parse_options=_parse_options(lambda row: "skip"))
-        except pa.ArrowInvalid as exc:
-            raise FileRejected("content", f"the CSV header or first block cannot be read: {exc}") from None
-        schema = reader.schema
+            schema = reader.schema
+        except pa.ArrowInvalid:
+            schema = None
+    if schema is None:
+        with open_stream(path, fmt, max_bytes) as stream:
+            header = _csv_header(stream)
+        return pa.schema([pa.field(name, pa.string()) for name in header])
     return pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) or pa.types.is_binary(f.type)
                                else f.type) for f in schema])
+
+
+def _csv_header(stream: IO[bytes]) -> list[str]:
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    try:
+        header = next(csv.reader(text, strict=True))
+    except (StopIteration, csv.Error) as exc:
+        raise FileRejected("content", f"the CSV header row cannot be read: {exc}") from None
+    if _has_surrogates("".join(header)):
+        raise FileRejected("content", "the CSV header row is not UTF-8 text")
+    if len(set(header)) != len(header) or not all(header):
+        raise FileRejected("content", "the CSV header row must name every column once")
+    return header
 
 
 def _read_options(block_size: int) -> pacsv.ReadOptions:
@@ -323,8 +354,8 @@ def _parse_options(handler: Any) -> pacsv.ParseOptions:
     return pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=handler)
 
 
-def iter_arrow_batches(stream: IO[bytes], schema: pa.Schema, block_size: int,
-                       batch_bytes: int | None = None) -> Iterator[ArrowBatch]:
+def iter_arrow_batches(stream: IO[bytes], schema: pa.Schema, block_size: int, batch_bytes: int | None = None,
+                       reopen: Callable[[], IO[bytes]] | None = None) -> Iterator[ArrowBatch]:
     """Read ``stream`` block by block as bytes, check UTF-8 and cast each batch to ``schema``.
 
     Reading as bytes first means a row that is not UTF-8 or holds a value that does not fit
@@ -332,34 +363,89 @@ def iter_arrow_batches(stream: IO[bytes], schema: pa.Schema, block_size: int,
     whole file. Blocks of ``block_size`` bytes are parsed (the reader's memory grows with
     it) and joined into batches of at least ``batch_bytes`` (default: one block), so that the
     per-batch costs of checking, wrangling and encoding are spread over many rows.
+
+    Where Arrow cannot parse a block (a row larger than the block, a row with the wrong
+    number of fields whose bytes are not UTF-8), the rest of the file is read record by record
+    from ``reopen()`` (a new stream of the same content), as the per-record path reads it,
+    into batches of the same shape: the row goes to ``malformed``, the file goes on. Without
+    ``reopen`` the file is rejected (``content``).
     """
     numbering = _Numbering()
     convert = pacsv.ConvertOptions(column_types={n: pa.binary() for n in schema.names},
                                    strings_can_be_null=True, null_values=NULL_VALUES)
-    reader = pacsv.open_csv(stream, read_options=_read_options(block_size),
-                            parse_options=_parse_options(numbering.on_invalid), convert_options=convert)
     text_schema = pa.schema([pa.field(n, pa.string()) for n in schema.names])
+    failed: pa.ArrowInvalid | None = None
+    try:
+        reader = pacsv.open_csv(stream, read_options=_read_options(block_size),
+                                parse_options=_parse_options(numbering.on_invalid), convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        failed = exc
     pending: list[pa.RecordBatch] = []
-    while True:
+    while failed is None:
         try:
             block = reader.read_next_batch()
         except StopIteration:
             block = None
         except pa.ArrowInvalid as exc:
-            read = numbering.next - 1 + sum(b.num_rows for b in pending)
-            raise FileRejected("content", f"the CSV content cannot be read after row {read}: {exc}") from None
+            failed, block = exc, None
         if block is not None:
             pending.append(block)
             if sum(b.nbytes for b in pending) < (batch_bytes or 0):
                 continue
-        if not pending:
+        if pending:
+            raw = _joined(pending)
+            pending = []
+            text, reasons = _as_text(raw, text_schema)
+            typed, bad = _cast(text, schema, reasons)
+            first, numbers, malformed = numbering.take(raw.num_rows)
+            yield ArrowBatch(first, typed, bad, malformed, numbers)
+        if block is None and failed is None:
             return
-        raw = _joined(pending)
-        pending = []
-        text, reasons = _as_text(raw, text_schema)
-        typed, bad = _cast(text, schema, reasons)
-        first, numbers, malformed = numbering.take(raw.num_rows)
-        yield ArrowBatch(first, typed, bad, malformed, numbers)
+    if reopen is None:
+        raise FileRejected("content", f"the CSV content cannot be read after record {numbering.next - 1}: "
+                           f"{failed}") from None
+    with reopen() as again:
+        yield from _record_batches(again, schema, numbering, batch_bytes or block_size)
+
+
+#: At most this many rows per batch when the file is read record by record.
+_RECORD_BATCH_ROWS = 5000
+
+
+def _record_batches(stream: IO[bytes], schema: pa.Schema, numbering: _Numbering,
+                    batch_bytes: int) -> Iterator[ArrowBatch]:
+    """The records not handed out yet, read by the per-record CSV reader, as :class:`ArrowBatch`."""
+    names = schema.names
+    nulls = set(NULL_VALUES)
+    rows: list[dict[str, Any]] = []
+    numbers: list[int] = []
+    malformed: list[tuple[int | None, str, str]] = []
+    size = 0
+    for item in _iter_csv(stream):
+        if numbering.handed_out(item.number):
+            continue
+        if isinstance(item, Malformed):
+            malformed.append((item.number, item.reason, item.raw))
+            size += len(item.raw)
+        else:
+            rows.append(item.value)
+            numbers.append(item.number)
+            size += sum(len(v) for v in item.value.values())
+        if len(rows) + len(malformed) >= _RECORD_BATCH_ROWS or size >= batch_bytes:
+            yield _record_batch(rows, numbers, malformed, names, nulls, schema)
+            rows, numbers, malformed, size = [], [], [], 0
+    if rows or malformed:
+        yield _record_batch(rows, numbers, malformed, names, nulls, schema)
+
+
+def _record_batch(rows: list[dict[str, Any]], numbers: list[int], malformed: list[tuple[int | None, str, str]],
+                  names: list[str], nulls: set[str], schema: pa.Schema) -> ArrowBatch:
+    columns = [pa.array([None if (v := row.get(name)) in nulls else v for row in rows], pa.string())
+               for name in names]
+    text = pa.RecordBatch.from_arrays(columns, names=names)
+    typed, bad = _cast(text, schema, {})
+    first = numbers[0] if numbers else next((n for n, _, _ in malformed if n is not None), 1)
+    return ArrowBatch(first, typed, bad, malformed, numbers)
 
 
 def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
