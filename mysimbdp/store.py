@@ -39,6 +39,8 @@ REJECTS = "_rejects"
 DUPLICATE_KEY = 11000
 #: MongoDB's limit on one document; enforced here so the embedded store behaves like a real one.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+#: Longest wait between attempts to start an embedded store that keeps failing.
+RESTART_MAX_S = 30.0
 log = get_logger("store")
 
 
@@ -83,6 +85,11 @@ class EmbeddedMongo:
     def pid(self) -> int | None:
         """The child's PID while it runs."""
         return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process was started and has not exited."""
+        return self._proc is not None and self._proc.returncode is None
 
     @property
     def exited(self) -> bool:
@@ -173,6 +180,8 @@ class Store:
         self._task: asyncio.Task[None] | None = None
         self.up = False
         self.reason: str | None = "not started"
+        self._restart_delay = 0.0
+        self._restart_at = 0.0
 
     @property
     def uri(self) -> str:
@@ -199,9 +208,13 @@ class Store:
         return self.client[PLATFORM_DB]
 
     async def start(self) -> None:
-        """Start the embedded server if needed, create the client, begin health checks."""
+        """Start the embedded server if needed, create the client, begin health checks.
+
+        An embedded server that cannot start (its folder unusable, a crash at start-up) does
+        not stop the daemon: the store is reported down and started again with backoff.
+        """
         if self.embedded is not None:
-            await self.embedded.start()
+            await self._start_embedded()
         self._client = AsyncMongoClient(self.uri, serverSelectionTimeoutMS=3000, tz_aware=True)
         await self.check()
         log.info("store.connected" if self.up else "store.unavailable", uri=_redact(self.uri), reason=self.reason)
@@ -222,6 +235,9 @@ class Store:
 
     async def check(self) -> bool:
         """Ping the server once; update :attr:`up` and :attr:`reason`."""
+        if self.embedded is not None and not self.embedded.running:
+            self.up = False  # the reason is the failed start's
+            return False
         try:
             await self.client.admin.command("ping")
         except PyMongoError as exc:
@@ -243,16 +259,29 @@ class Store:
                     log.error("store.unavailable", uri=_redact(self.uri), reason=self.reason)
                 was_up = self.up
 
-    async def _restart_if_exited(self) -> None:
-        """The embedded server died: start it again on the same port and data (clients reconnect)."""
-        if self.embedded is None or not self.embedded.exited:
-            return
-        log.error("store.embedded.died", pid=self.embedded.pid)
+    async def _start_embedded(self) -> bool:
+        """Start the embedded server; on failure mark the store down and back off the next try."""
+        assert self.embedded is not None
         try:
             await self.embedded.start()
         except (OSError, RuntimeError) as exc:
-            self.up, self.reason = False, f"embedded store failed to restart: {exc}"
-            log.error("store.unavailable", uri=_redact(self.uri), reason=self.reason)
+            self.up, self.reason = False, f"embedded store failed to start: {exc}"[:300]
+            self._restart_delay = min(self._restart_delay * 2, RESTART_MAX_S) if self._restart_delay else self._check_interval
+            self._restart_at = time.monotonic() + self._restart_delay
+            log.error("store.unavailable", uri=_redact(self.uri), reason=self.reason,
+                      retry_in_s=round(self._restart_delay, 1))
+            return False
+        self._restart_delay = 0.0
+        return True
+
+    async def _restart_if_exited(self) -> None:
+        """The embedded server died or never started: start it again on the same port and data
+        (clients reconnect), backing off while it keeps failing."""
+        if self.embedded is None or self.embedded.running or time.monotonic() < self._restart_at:
+            return
+        if self.embedded.exited:
+            log.error("store.embedded.died", pid=self.embedded.pid)
+        await self._start_embedded()
 
     def health(self) -> dict[str, object]:
         """``{"up": bool, "reason": ..., "embedded": bool}``."""

@@ -184,3 +184,24 @@ async def test_insert_idempotent_refuses_what_mongodb_would(mongo: AsyncMongoCli
     assert [i for i, _ in result.failed] == [1, 2]
     assert "16777216" in result.failed[0][1]
     assert sorted([d["_id"] async for d in coll.find({})]) == ["ok-1", "ok-2"]
+
+
+async def test_embedded_store_that_cannot_start_is_reported_and_retried(tmp_path: Path) -> None:
+    """Its data folder is unusable (a file stands there): the store starts down with the reason,
+    and once the folder can be made, a later attempt starts the server."""
+    (tmp_path / "store").write_text("not a folder")
+    store = Store(None, tmp_path, check_interval_s=0.2)
+    await store.start()
+    try:
+        assert store.up is False
+        assert "embedded store failed to start" in str(store.health()["reason"])
+        (tmp_path / "store").unlink()
+        for _ in range(200):
+            await asyncio.sleep(0.1)
+            if store.up:
+                break
+        assert store.up, store.reason
+        await store.tenant_db("acme")["things"].insert_one({"_id": 1})
+        assert await store.tenant_db("acme")["things"].count_documents({}) == 1
+    finally:
+        await store.stop()
