@@ -198,6 +198,7 @@ class _Producer:
         wrangle = job.app.hook("mysimbdp_batch_wrangle_table")
         check = job.app.hook("mysimbdp_batch_check")
         assert wrangle is not None
+
         def reopen() -> IO[bytes]:
             self.stream.close()  # the columnar reader gave up on it: read the file again
             self.stream = open_stream(job.path, job.fmt, job.max_file_bytes)
