@@ -168,12 +168,19 @@ def evaluate(tenant: str, limits: Limits, snap: Snapshot, state: RuleState, now:
     """Apply the rules to one snapshot; updates ``state`` and returns the decision.
 
     A snapshot without a report newer than the last counted one is ``stale``: the streaks
-    are kept as they are and nothing is decided.
+    are kept as they are and nothing is decided, unless the manager's own measure of the
+    queue is over ``max_queue_depth``. No consumer reports then (none left, at
+    ``min_consumers = 0``, or all stuck), and the backlog alone is a breach, one per
+    evaluation (evaluations follow the report schedule).
     """
-    if not state.take_new_reports(snap):
-        return Decision(tenant, "stale")
-    alerts = tuple(_breaches(tenant, limits, snap))
-    verdict = _verdict(limits, snap, alerts)
+    if state.take_new_reports(snap):
+        alerts = tuple(_breaches(tenant, limits, snap))
+        verdict = _verdict(limits, snap, alerts)
+    else:
+        alerts = tuple(_unreported_backlog(tenant, limits, snap))
+        if not alerts:
+            return Decision(tenant, "stale")
+        verdict = "breach"
     state.history = [*state.history[-19:], verdict]
     if verdict == "breach":
         state.idle_streak = 0
@@ -203,6 +210,12 @@ def _breaches(tenant: str, limits: Limits, snap: Snapshot) -> Iterable[Alert]:
     backlog = snap.backlog
     if backlog is not None and backlog > limits.max_queue_depth:
         yield Alert(tenant, "backlog", backlog, limits.max_queue_depth)
+
+
+def _unreported_backlog(tenant: str, limits: Limits, snap: Snapshot) -> Iterable[Alert]:
+    """The backlog rule on the manager's measured depth only (the reports are old news)."""
+    if snap.queue_depth is not None and snap.queue_depth > limits.max_queue_depth:
+        yield Alert(tenant, "backlog", snap.queue_depth, limits.max_queue_depth)
 
 
 def _verdict(limits: Limits, snap: Snapshot, alerts: tuple[Alert, ...]) -> Verdict:

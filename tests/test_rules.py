@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from mysimbdp.reports import Report
@@ -84,6 +85,22 @@ def test_idle_counts_reports_not_evaluations() -> None:
 def test_no_report_at_all_decides_nothing() -> None:
     snap = Snapshot((), consumers=3, queue_depth=0)
     assert {d.verdict for d in run([snap] * 5)} == {"stale"}
+
+
+def test_a_backlog_with_no_consumer_reporting_still_scales_up() -> None:
+    """At min_consumers = 0 (or with every consumer stuck) nobody reports; the manager's queue
+    depth alone is a breach at each evaluation, and the tenant gets a consumer."""
+    limits = dataclasses.replace(LIMITS, min_consumers=0)
+    state = RuleState()
+    snap = Snapshot((), consumers=0, queue_depth=10_000)
+    first = evaluate("acme", limits, snap, state, 1000.0)
+    second = evaluate("acme", limits, snap, state, 1010.0)
+    assert (first.verdict, first.target) == ("breach", None)
+    assert second.verdict == "breach" and second.target == 1
+    assert [(a.rule, a.observed) for a in second.alerts] == [("backlog", 10_000)]
+    # an empty or unmeasured queue without reports decides nothing
+    assert evaluate("acme", limits, Snapshot((), consumers=0, queue_depth=0), RuleState(), 1.0).verdict == "stale"
+    assert evaluate("acme", limits, Snapshot((), consumers=0), RuleState(), 1.0).verdict == "stale"
 
 
 def test_a_good_report_resets_the_breach_streak() -> None:
