@@ -183,3 +183,47 @@ async def test_a_record_clashing_on_an_apps_unique_index_goes_to_rejects_with_it
     assert "unique index" in reject["reason"] and reject["message_id"] == "u2"
     assert reject["raw"] == '{"code":"A","n":2}' and reject["raw_bytes"] == len(reject["raw"])
     assert [d async for d in db["codes"].find({})] == [{"_id": "u1", "code": "A", "n": 1}]
+    # a message whose records all clash: its body is stored once, the other reject points to it
+    await publish_raw(amqp_url, tenant_id, [[{"code": "A", "n": 3}, {"code": "A", "n": 4}]], ["u3"])
+
+    async def both() -> bool:
+        return await db["_rejects"].count_documents({"message_id": "u3"}) == 2
+    await wait_until(both, what="two rejects of one message")
+    first, second = [d async for d in db["_rejects"].find({"message_id": "u3"}).sort("_id", 1)]
+    assert first["raw"] == '[{"code":"A","n":3},{"code":"A","n":4}]' and "raw_in" not in first
+    assert second["raw_in"] == first["_id"] and "raw" not in second
+
+
+async def test_a_stop_step_that_ignores_cancellation_is_left_behind() -> None:
+    """A broker call that does not end when cancelled must not hold up a consumer's stop
+    (and with it a scale-down): the step is left behind after the timeout, and logged."""
+    from types import SimpleNamespace
+
+    from mysimbdp.stream.consumer import _Fields
+
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                continue  # ignores the cancellation, as a call waiting on a silent peer may
+
+    owner = SimpleNamespace(_log=_Fields(tenant="t", consumer="t-c1"))
+    loop = asyncio.get_running_loop()
+    with capture_logs() as events:
+        t0 = loop.time()
+        await Consumer._bounded(owner, "channel close", stubborn(), 0.2)  # type: ignore[arg-type]
+        elapsed = loop.time() - t0
+        await Consumer._bounded(owner, "consumer tag cancel", _fails(), 0.2)  # type: ignore[arg-type]
+    release.set()
+    assert elapsed < 1.0
+    left = [e for e in events if e["event"] == "stream.consumer.stop_step_left"]
+    assert [(e["step"], e["consumer"]) for e in left] == [("channel close", "t-c1")]
+    failed = [e for e in events if e["event"] == "stream.consumer.cancel_failed"]
+    assert [(e["step"], e["error"]) for e in failed] == [("consumer tag cancel", "channel is closed")]
+
+
+async def _fails() -> None:
+    raise RuntimeError("channel is closed")

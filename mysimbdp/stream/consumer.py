@@ -164,16 +164,15 @@ class Consumer:
             if not done:
                 left = len(self._buffer) + self._in_flight
                 flusher.cancel()
-                await asyncio.gather(flusher, return_exceptions=True)
+                await self._bounded("flush", flusher, timeout)
                 self._log.warning("stream.consumer.abandoned", unacked=left, timeout_s=timeout)
         if ticker is not None:
             ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
+            await self._bounded("report", ticker, timeout)
         self._emit_summary()
         if self._channel is not None and not self._channel.is_closed:
             # bounded: a broker that does not answer must not stall a scale-down or a shutdown
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._channel.close(), timeout)
+            await self._bounded("channel close", self._channel.close(), timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._log.info("stream.consumer.stopped", unacked=left)
         return left
@@ -181,10 +180,23 @@ class Consumer:
     async def _cancel_tag(self, timeout: float) -> None:
         tag, self._tag = self._tag, None
         if tag is not None and self._queue is not None:
-            try:
-                await asyncio.wait_for(self._queue.cancel(tag), timeout)
-            except Exception as exc:  # a closed channel has no consumer left to cancel; a silent broker times out
-                self._log.debug("stream.consumer.cancel_failed", error=str(exc))
+            await self._bounded("consumer tag cancel", self._queue.cancel(tag), timeout)
+
+    async def _bounded(self, step: str, work: Awaitable[Any], timeout: float) -> None:
+        """Wait for one step of a stop at most ``timeout`` seconds, then leave it behind.
+
+        ``asyncio.wait_for`` would wait for a cancelled call to finish cancelling, which a
+        broker call need not do soon: a scale-down or a shutdown must not hang on it. A step
+        that fails (a closed channel has no consumer left to cancel) is logged and passed.
+        """
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({task}, timeout=max(timeout, 0.001))
+        if not done:
+            task.cancel()
+            task.add_done_callback(_retrieve)
+            self._log.warning("stream.consumer.stop_step_left", step=step, timeout_s=timeout)
+        elif not task.cancelled() and task.exception() is not None:
+            self._log.debug("stream.consumer.cancel_failed", step=step, error=str(task.exception()))
 
     @property
     def buffered(self) -> int:
@@ -331,8 +343,13 @@ class Consumer:
                        docs: list[dict[str, Any]], failed: list[tuple[int, str]]) -> list[dict[str, Any]]:
         """Reject documents for the documents the store refused, each with its message's raw body."""
         message_of: dict[int, _Delivery] = {}
+        # the reject holding each message's raw body (one of its app's rejects, if any): a
+        # message is stored once, its other rejects point to it with ``raw_in``
+        holder: dict[int, Any] = {}
         for delivery, outcome in zip(batch, outcomes, strict=True):
             if outcome is not None:
+                if outcome.rejects:
+                    holder[id(delivery)] = outcome.rejects[0]["_id"]
                 for doc in outcome.documents.get(collection, ()):
                     message_of[id(doc)] = delivery
         rejects = []
@@ -341,8 +358,12 @@ class Consumer:
             source = message_of.get(id(docs[i]))
             if source is not None:
                 message = source.message
-                reject.update(routing_key=message.routing_key or self.tenant, message_id=message.message_id,
-                              **raw_fields(message.body))
+                reject.update(routing_key=message.routing_key or self.tenant, message_id=message.message_id)
+                if id(source) in holder:
+                    reject["raw_in"] = holder[id(source)]
+                else:
+                    reject.update(raw_fields(message.body))
+                    holder[id(source)] = reject["_id"]
             rejects.append(reject)
         return rejects
 
@@ -437,6 +458,12 @@ class _Fields:
     def __getattr__(self, level: str) -> Callable[..., Any]:
         method = getattr(log, level)
         return lambda event, **kw: method(event, **self.fields, **kw)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Take a left-behind task's outcome, so that asyncio does not report it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _slim(reject: dict[str, Any], reason: str) -> dict[str, Any]:
