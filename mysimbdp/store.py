@@ -279,7 +279,7 @@ class Store:
         (clients reconnect), backing off while it keeps failing."""
         if self.embedded is None or self.embedded.running or time.monotonic() < self._restart_at:
             return
-        if self.embedded.exited:
+        if self.embedded.exited and not self._restart_delay:  # it ran until now (not a failed start)
             log.error("store.embedded.died", pid=self.embedded.pid)
         await self._start_embedded()
 
