@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -256,13 +260,24 @@ def trailing_breaches(verdicts: list[str]) -> int:
     return len(verdicts) - max((i + 1 for i, v in enumerate(verdicts) if v != "breach"), default=0)
 
 
+def _cli(*argv: str) -> int:
+    """Run ``mysimbdp ARGV`` as a user would; its exit code."""
+    from mysimbdp.cli import main
+
+    try:
+        main(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
 async def test_a_flood_at_a_slow_app_scales_up_then_idleness_scales_down(
         start_daemon: Any, settings_factory: Callable[..., Settings], tenant_id: str,
-        http: aiohttp.ClientSession, mongo: Any, events: list[dict[str, Any]]) -> None:
+        http: aiohttp.ClientSession, mongo: Any, events: list[dict[str, Any]], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The flood is published with ``mysimbdp publish``; the outcome is read from /metrics and
+    from ``mysimbdp stats``, as an operator would."""
     from prometheus_client.parser import text_string_to_metric_families
-
-    from mysimbdp import stats
-    from mysimbdp.publish import publish_records
 
     settings = settings_factory(extra_apps={"monitor_slow": "tests.plugins.monitor_slow"})
     (settings.tenants_dir / f"{tenant_id}.toml").write_text(
@@ -272,9 +287,12 @@ async def test_a_flood_at_a_slow_app_scales_up_then_idleness_scales_down(
     stream = rd.daemon.stream
     await wait_for(lambda: stream.consumer_count(tenant_id) == 1, timeout=30)
 
-    records = ({"n": i, "value": i / 10} for i in range(FLOOD))
-    result = await publish_records(settings.amqp_url, settings.stream.exchange, tenant_id, records)
-    assert result.confirmed == FLOOD
+    flood = tmp_path / "flood.jsonl"
+    flood.write_text("".join(f'{{"n": {i}, "value": {i / 10}}}\n' for i in range(FLOOD)))
+    code = await asyncio.to_thread(_cli, "--config-dir", str(settings.config_dir), "publish", "--tenant", tenant_id,
+                                   "--amqp-url", settings.amqp_url, str(flood))
+    assert code == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"sent {FLOOD}, confirmed {FLOOD} ")
 
     def changes() -> list[dict[str, Any]]:
         return [e for e in of(events, "stream.consumers.changed", tenant_id) if e["reason"].startswith("monitor")]
@@ -322,8 +340,12 @@ async def test_a_flood_at_a_slow_app_scales_up_then_idleness_scales_down(
     assert samples[("mysimbdp_stream_consumer_changes_total", (("direction", "up"), ("tenant", tenant_id)))] >= 1
     assert samples[("mysimbdp_monitor_alerts_total", (("rule", alerts[0]["rule"]), ("tenant", tenant_id)))] >= 1
     assert samples[("mysimbdp_stream_consumers", (("tenant", tenant_id),))] == 1
+    assert samples[("mysimbdp_stream_queue_depth", (("tenant", tenant_id),))] == 0
     # ... and in the statistics from the log
-    summary = stats.compute_from_log(settings.log_file, tenant_id)["tenants"][tenant_id]
+    stats = subprocess.run([sys.executable, "-c", "from mysimbdp.cli import main; main()", "stats", "--log",
+                            str(settings.log_file), "--tenant", tenant_id, "--json"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    summary = json.loads(stats.stdout)["tenants"][tenant_id]
     assert summary["stream"]["messages"] == FLOOD
     assert summary["scaling"]["up"] >= 1 and summary["scaling"]["down"] >= 1
     assert summary["scaling"]["alerts"] == len(of(events, "monitor.alert", tenant_id))
