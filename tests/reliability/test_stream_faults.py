@@ -136,10 +136,16 @@ async def test_rabbitmq_stopped_and_started_mid_stream(tmp_path: Path, mongo_uri
     restarts = 0
 
     async def inject() -> None:
+        # In turn: RabbitMQ stopped inside its node (connections closed, listeners gone), then
+        # the whole node stopped (the Erlang VM exits) and started again from its data.
         nonlocal restarts
-        await asyncio.to_thread(rabbit_node.stop_app)
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(rabbit_node.start_app)
+        if restarts % 2 == 0:
+            await asyncio.to_thread(rabbit_node.stop_app)
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(rabbit_node.start_app)
+        else:
+            await asyncio.to_thread(rabbit_node.shutdown)
+            await asyncio.to_thread(rabbit_node.start)
         restarts += 1
 
     try:
@@ -149,7 +155,8 @@ async def test_rabbitmq_stopped_and_started_mid_stream(tmp_path: Path, mongo_uri
         crashes = 0 if runner.alive() else 1
     finally:
         await asyncio.to_thread(runner.stop)
-    _record("RabbitMQ stopped and started mid-stream", "test_rabbitmq_stopped_and_started_mid_stream",
+    _record("RabbitMQ stopped and started mid-stream (the application and the whole node, in turn)",
+            "test_rabbitmq_stopped_and_started_mid_stream",
             t, restarts, crashes, seed)
     assert t.ok, f"seed {seed}: {t} (publisher reconnects: {publisher.reconnects})"
     assert crashes == 0
