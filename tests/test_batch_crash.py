@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from pymongo import MongoClient
 
 from mysimbdp.config import Settings
@@ -18,6 +20,36 @@ ROWS = 4000
 def _settings(settings_factory: Callable[..., Settings]) -> Settings:
     return settings_factory(extra_apps={"batch_slow": "tests.plugins.batch_slow"},
                             batch={"stable_after_s": 0.2, "rescan_interval_s": 0.5, "write_batch_size": 200})
+
+
+@dataclass
+class Crash:
+    """A tenant with the slow test app, and a client of the store to watch its load."""
+
+    settings: Settings
+    client: MongoClient[dict[str, Any]]
+    tenant: str
+
+    @property
+    def items(self) -> Any:
+        """The app's collection."""
+        return self.client[f"tenant_{self.tenant}"]["records"]
+
+    @property
+    def files(self) -> Any:
+        """The file ledger."""
+        return self.client["mysimbdp"]["files"]
+
+
+@pytest.fixture
+def crash(settings_factory: Callable[..., Settings], tenant_id: str, mongo_uri: str) -> Iterator[Crash]:
+    settings = _settings(settings_factory)
+    write_profile(settings, tenant_id, "batch_slow")
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
+    try:
+        yield Crash(settings, client, tenant_id)
+    finally:
+        client.close()
 
 
 def _kill_mid_file(spawn_daemon: Callable[..., Any], settings: Settings, tenant: str,
@@ -51,78 +83,57 @@ def _restart_until_done(spawn_daemon: Callable[..., Any], settings: Settings, fi
 
 
 def test_kill_mid_file_then_resume_loads_each_record_once(
-        spawn_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
-        mongo_uri: str) -> None:
-    settings = _settings(settings_factory)
-    write_profile(settings, tenant_id, "batch_slow")
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
-    items = client[f"tenant_{tenant_id}"]["records"]
-    files = client["mysimbdp"]["files"]
-    try:
-        entry, written_before = _kill_mid_file(spawn_daemon, settings, tenant_id, client)
-        done = _restart_until_done(spawn_daemon, settings, files, entry)
-        assert done["state"] == "committed", done
-        assert done["attempts"] == 2
-        assert done["records_in"] == ROWS
-        assert done["records_written"] + done["duplicates"] == ROWS
-        assert done["duplicates"] >= written_before
-        assert items.count_documents({}) == ROWS
-        assert sorted(d["n"] for d in items.find({}, {"n": 1})) == list(range(ROWS))
-        assert files.count_documents({"tenant": tenant_id}) == 1
-        log = (settings.var_dir / "log" / "mysimbdp.jsonl").read_text()
-        assert '"event":"batch.file.resumed"' in log
-    finally:
-        client.close()
+        spawn_daemon: Callable[..., Any], crash: Crash, tenant_id: str) -> None:
+    settings, client = crash.settings, crash.client
+    items, files = crash.items, crash.files
+    entry, written_before = _kill_mid_file(spawn_daemon, settings, tenant_id, client)
+    done = _restart_until_done(spawn_daemon, settings, files, entry)
+    assert done["state"] == "committed", done
+    assert done["attempts"] == 2
+    assert done["records_in"] == ROWS
+    assert done["records_written"] + done["duplicates"] == ROWS
+    assert done["duplicates"] >= written_before
+    assert items.count_documents({}) == ROWS
+    assert sorted(d["n"] for d in items.find({}, {"n": 1})) == list(range(ROWS))
+    assert files.count_documents({"tenant": tenant_id}) == 1
+    log = (settings.var_dir / "log" / "mysimbdp.jsonl").read_text()
+    assert '"event":"batch.file.resumed"' in log
 
 
 def test_a_resumed_file_is_not_refused_by_limits_edited_meanwhile(
-        spawn_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
-        mongo_uri: str) -> None:
+        spawn_daemon: Callable[..., Any], crash: Crash, tenant_id: str) -> None:
     """The file was admitted before the crash: a quota and a staged-files limit lowered while the
     daemon was down apply to new files, not to the one resuming (it ends with every record once)."""
-    settings = _settings(settings_factory)
-    write_profile(settings, tenant_id, "batch_slow")
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
-    items = client[f"tenant_{tenant_id}"]["records"]
-    files = client["mysimbdp"]["files"]
-    try:
-        entry, _ = _kill_mid_file(spawn_daemon, settings, tenant_id, client)
-        write_profile(settings, tenant_id, "batch_slow", storage_quota_bytes=1000, max_staged_files=1)
-        # a new file: refused by the lowered limits (which one first depends on the order of hand-over)
-        drop(settings, tenant_id, "new.csv", "n\n" + "".join(f"{i}\n" for i in range(ROWS, ROWS + 300)))
-        done = _restart_until_done(spawn_daemon, settings, files, entry)
-        assert done["state"] == "committed", done
-        assert done["attempts"] == 2 and done["records_in"] == ROWS
-        assert items.count_documents({}) == ROWS
-        assert sorted(d["n"] for d in items.find({}, {"n": 1})) == list(range(ROWS))
-        deadline = time.monotonic() + 30
-        while (new := files.find_one({"tenant": tenant_id, "name": "new.csv"})) is None or new["state"] != "rejected":
-            assert time.monotonic() < deadline, new
-            time.sleep(0.1)
-        assert new["code"] in ("over_quota", "staging_full"), new
-    finally:
-        client.close()
+    settings, client = crash.settings, crash.client
+    items, files = crash.items, crash.files
+    entry, _ = _kill_mid_file(spawn_daemon, settings, tenant_id, client)
+    write_profile(settings, tenant_id, "batch_slow", storage_quota_bytes=1000, max_staged_files=1)
+    # a new file: refused by the lowered limits (which one first depends on the order of hand-over)
+    drop(settings, tenant_id, "new.csv", "n\n" + "".join(f"{i}\n" for i in range(ROWS, ROWS + 300)))
+    done = _restart_until_done(spawn_daemon, settings, files, entry)
+    assert done["state"] == "committed", done
+    assert done["attempts"] == 2 and done["records_in"] == ROWS
+    assert items.count_documents({}) == ROWS
+    assert sorted(d["n"] for d in items.find({}, {"n": 1})) == list(range(ROWS))
+    deadline = time.monotonic() + 30
+    while (new := files.find_one({"tenant": tenant_id, "name": "new.csv"})) is None or new["state"] != "rejected":
+        assert time.monotonic() < deadline, new
+        time.sleep(0.1)
+    assert new["code"] in ("over_quota", "staging_full"), new
 
 
 def test_a_resumed_file_refused_at_restart_leaves_no_documents(
-        spawn_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
-        mongo_uri: str) -> None:
+        spawn_daemon: Callable[..., Any], crash: Crash, tenant_id: str) -> None:
     """The tenant's profile names an app that is not installed when the file resumes: the file is
     rejected (``no_app``) and the documents of its first pass are removed."""
-    settings = _settings(settings_factory)
-    write_profile(settings, tenant_id, "batch_slow")
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, tz_aware=True)
-    items = client[f"tenant_{tenant_id}"]["records"]
-    files = client["mysimbdp"]["files"]
-    try:
-        entry, written_before = _kill_mid_file(spawn_daemon, settings, tenant_id, client)
-        assert written_before > 0
-        write_profile(settings, tenant_id, "not_installed")
-        done = _restart_until_done(spawn_daemon, settings, files, entry)
-        assert (done["state"], done["code"]) == ("rejected", "no_app"), done
-        assert items.count_documents({}) == 0
-        assert (settings.archive_dir / tenant_id / "rejected" / "numbers.csv").is_file()
-        log = (settings.var_dir / "log" / "mysimbdp.jsonl").read_text()
-        assert '"event":"batch.file.rolled_back"' in log
-    finally:
-        client.close()
+    settings, client = crash.settings, crash.client
+    items, files = crash.items, crash.files
+    entry, written_before = _kill_mid_file(spawn_daemon, settings, tenant_id, client)
+    assert written_before > 0
+    write_profile(settings, tenant_id, "not_installed")
+    done = _restart_until_done(spawn_daemon, settings, files, entry)
+    assert (done["state"], done["code"]) == ("rejected", "no_app"), done
+    assert items.count_documents({}) == 0
+    assert (settings.archive_dir / tenant_id / "rejected" / "numbers.csv").is_file()
+    log = (settings.var_dir / "log" / "mysimbdp.jsonl").read_text()
+    assert '"event":"batch.file.rolled_back"' in log
