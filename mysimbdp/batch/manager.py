@@ -299,7 +299,10 @@ class BatchManager:
         ledger = self.daemon.ledger
         if purge and sha is not None:
             assert self._loader is not None
-            await self._loader.purge(tenant, sha, path.name)
+            try:
+                await self._loader.purge(tenant, sha, path.name)
+            except Exception as failure:  # the rejection is recorded all the same
+                log.exception("batch.file.rollback_failed", tenant=tenant, file=path.name, error=str(failure)[:300])
         seconds = time.monotonic() - started if started is not None else 0.0
         counts = Counts(**{k: v for k, v in exc.details.items() if k in Counts.__dataclass_fields__ and isinstance(v, int)})
         if entry_id is None:
