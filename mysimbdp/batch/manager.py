@@ -182,15 +182,15 @@ class BatchManager:
                                    "copy the file itself into the staging folder")
             check_name(name)
             inflight = self._inflight.setdefault(tenant, {})
-            fmt = _resumable_format(entry)
-            if fmt is None:  # constraints first: a file too big is refused without being read
-                fmt = await self._check_constraints(tenant, profile, name, size)
+            resumable = _resumable_format(entry)
+            # constraints first: a file too big is refused without being read
+            fmt = resumable or await self._check_constraints(tenant, profile, name, size)
             sha = await asyncio.get_running_loop().run_in_executor(self._executor, _sha256, path)
             if entry is not None and entry.get("sha256") not in (None, sha):
-                if _resumable_format(entry) is not None:  # not the file that was loading: a new one
+                if resumable is not None:  # not the file that was loading: a new one
                     fmt = await self._check_constraints(tenant, profile, name, size)
-                entry, entry_id = None, None  # same name, other content: not that entry
-            resumed = _resumable_format(entry) is not None
+                entry, entry_id, resumable = None, None, None  # same name, other content: not that entry
+            resumed = resumable is not None
             await self._refuse_duplicate(tenant, name, path, sha)
             await asyncio.get_running_loop().run_in_executor(self._executor, sniff, path, fmt)
             route = route_for(profile, name)
