@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,6 +24,9 @@ async def ledger(mongo_uri: str, tmp_path: Path) -> AsyncIterator[Ledger]:
 
 async def test_lifecycle_and_lookups(ledger: Ledger, tenant_id: str) -> None:
     a = await ledger.stage(tenant_id, "a.csv", "aa" * 32, 100, source="upload")
+    # staged_at is stored with BSON's millisecond precision: two stages in one millisecond
+    # would tie in the newest-first listing below
+    await asyncio.sleep(0.005)
     b = await ledger.stage(tenant_id, "b.csv", "bb" * 32, 250)
     assert isinstance(a, str) and a != b
     entry = await ledger.get(a)
