@@ -98,3 +98,15 @@ def test_unsigned_values_past_int32_become_int64() -> None:
     docs = encode_rows(batch, ids)
     assert docs is not None
     assert [d.raw for d in docs] == _expected(batch, ids)
+
+
+def test_documents_skip_the_per_document_check_with_this_pymongo() -> None:
+    """The unchecked documents work with the installed pymongo (else a slower fallback is used)."""
+    from bson.raw_bson import RawBSONDocument
+
+    from mysimbdp.batch import arrow_bson
+
+    assert arrow_bson._fast_documents_work()
+    docs = encode_rows(pa.RecordBatch.from_pydict({"n": pa.array([1, None], pa.int64())}), ["a", "b"])
+    assert docs is not None and all(isinstance(d, RawBSONDocument) for d in docs)
+    assert [dict(d) for d in docs] == [{"_id": "a", "n": 1}, {"_id": "b", "n": None}]
