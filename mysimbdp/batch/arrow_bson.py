@@ -44,17 +44,14 @@ _I64 = {v: pa.scalar(v, pa.int64()) for v in (0, 1000, _INT32_MIN, _INT32_MAX, *
 _F64_ZERO, _FALSE = pa.scalar(0.0, pa.float64()), pa.scalar(False, pa.bool_())
 
 
-def encode_rows(batch: pa.RecordBatch, ids: Sequence[str] | pa.Array) -> list[RawBSONDocument] | None:
-    """One BSON document per row: ``{"_id": ids[i], <column>: <value>, ...}``; None if a type is not handled.
-
-    ``ids``: strings, as a list or an Arrow string array."""
+def encode_rows(batch: pa.RecordBatch, ids: Sequence[str]) -> list[RawBSONDocument] | None:
+    """One BSON document per row: ``{"_id": ids[i], <column>: <value>, ...}``; None if a type is not handled."""
     n = batch.num_rows
     if n == 0:
         return []
     if not _LITTLE_ENDIAN:
         return None
-    ids_array = ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string())
-    parts = _element("_id", ids_array)
+    parts = _element("_id", pa.array(ids, pa.string()))
     assert parts is not None
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         if name == "_id" or "\0" in name:
