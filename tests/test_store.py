@@ -205,3 +205,48 @@ async def test_embedded_store_that_cannot_start_is_reported_and_retried(tmp_path
         assert await store.tenant_db("acme")["things"].count_documents({}) == 1
     finally:
         await store.stop()
+
+
+async def test_insert_idempotent_splits_large_batches_into_several_commands(
+        mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the bytes or documents one command may carry, the documents go in several
+    commands; each command's write errors keep their position in the whole batch."""
+    from mysimbdp import store
+
+    coll = mongo[f"tenant_{tenant_id}"]["records"]
+    await coll.create_index([("code", 1)], unique=True)
+    await insert_idempotent(coll, [{"_id": "f:7", "code": "c7"}, {"_id": "other", "code": "taken"}])
+    sent: list[int] = []
+    real = store._insert_command
+
+    async def counting(collection: Any, raws: Any) -> Any:
+        sent.append(len(raws))
+        return await real(collection, raws)
+
+    monkeypatch.setattr(store, "_insert_command", counting)
+    monkeypatch.setattr(store, "COMMAND_MAX_DOCUMENTS", 4)
+    docs: list[dict[str, Any]] = [{"_id": f"f:{i}", "code": f"c{i}"} for i in range(10)]
+    docs[9]["code"] = "taken"  # a new _id refused by the unique index, in the third command
+    result = await insert_idempotent(coll, docs)
+    assert sent == [4, 4, 2]
+    assert (result.written, result.duplicates) == (8, 1)  # f:7 was there already
+    assert [i for i, _ in result.failed] == [9]
+    assert await coll.count_documents({}) == 10
+
+    sent.clear()
+    monkeypatch.setattr(store, "COMMAND_MAX_DOCUMENTS", 100_000)
+    monkeypatch.setattr(store, "COMMAND_MAX_BYTES", 100)  # each document is ~30 bytes
+    result = await insert_idempotent(coll, [{"_id": f"g:{i}", "code": f"d{i}"} for i in range(7)])
+    assert sent == [3, 3, 1]
+    assert (result.written, result.duplicates, result.failed) == (7, 0, [])
+
+
+def test_command_slices_put_a_document_over_the_bytes_bound_alone() -> None:
+    from bson import encode
+    from bson.raw_bson import RawBSONDocument
+
+    from mysimbdp import store
+
+    small, big = RawBSONDocument(encode({"s": "x"})), RawBSONDocument(encode({"s": "x" * store.COMMAND_MAX_BYTES}))
+    assert list(store._command_slices([small, big, small])) == [(0, 1), (1, 2), (2, 3)]
+    assert list(store._command_slices([small] * 3)) == [(0, 3)]
