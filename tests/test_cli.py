@@ -120,3 +120,12 @@ def test_tenants_token_refuses_a_profile_that_starts_with_a_section(
     code, _, err = run(capsys, "--config-dir", str(tmp_path), "tenants", "token", "acme")
     assert code == 1 and "id" in err
     assert path.read_text() == '[batch]\napp = "x"\n'
+
+
+def test_the_daemon_freezes_its_start_up_objects_and_collects_young_ones_less_often() -> None:
+    """What ``mysimbdpd`` does to the garbage collector before it runs (in a process of its own)."""
+    code = ("import gc\nfrom mysimbdp.cli import GC_YOUNG_THRESHOLD, _tune_gc\n"
+            "before = gc.get_threshold()\n_tune_gc()\n"
+            "print(before[0], gc.get_threshold()[0], GC_YOUNG_THRESHOLD, gc.get_freeze_count() > 1000)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "700" and out[1] == out[2] and out[3] == "True"
