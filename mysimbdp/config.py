@@ -30,9 +30,10 @@ class BatchSettings(BaseModel):
     """Platform-wide limits of batch ingestion (per-tenant limits live in tenant profiles)."""
 
     max_concurrent_files: int = Field(4, ge=1, description="files loading at once, all tenants")
-    write_batch_size: int = Field(1000, ge=1, le=100_000, description="documents per insert_many")
+    write_batch_size: int = Field(1000, ge=1, le=100_000, description="documents per insert command")
     stable_after_s: float = Field(1.0, ge=0, description="a file counts as complete when its size has not changed for this long")
     rescan_interval_s: float = Field(5.0, gt=0, description="periodic rescan of staging folders, besides file events")
+    progress_interval_s: float = Field(10.0, gt=0, description="a loading file logs batch.file.progress at most this often")
 
 
 class StreamSettings(BaseModel):

@@ -216,3 +216,26 @@ async def test_routes_pick_the_app_and_the_time_limit(
     # the timed-out file's documents were removed: a rejected file leaves nothing behind
     assert await mongo[f"tenant_{tenant_id}"].records.count_documents({}) == 0
     assert await mongo[f"tenant_{tenant_id}"].items.count_documents({}) == 10
+
+
+async def test_a_long_load_logs_its_progress(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    """``batch.file.progress`` follows a load from write to write, counts only growing, the
+    last one short of (or at) the committed counts."""
+    settings = settings_factory(extra_apps=APPS, batch={"stable_after_s": 0.2, "rescan_interval_s": 0.5,
+                                                        "write_batch_size": 100, "progress_interval_s": 0.001})
+    write_profile(settings, tenant_id, "batch_plain")
+    await start_daemon(settings)
+    drop(settings, tenant_id, "long.csv", _csv(2000))
+    [entry] = await wait_outcome(mongo, tenant_id, "long.csv")
+    assert entry["state"] == "committed"
+    events = [json.loads(line) for line in settings.log_file.read_text().splitlines()]
+    progress = [e for e in events if e["event"] == "batch.file.progress" and e.get("tenant") == tenant_id]
+    assert len(progress) >= 5
+    assert {e["file"] for e in progress} == {"long.csv"} and {e["ledger_id"] for e in progress} == {entry["_id"]}
+    written = [e["records_written"] for e in progress]
+    assert written == sorted(written) and 0 < written[0] and written[-1] <= 2000
+    assert all(e["records_in"] >= e["records_written"] and e["seconds"] >= 0 for e in progress)
+    [committed] = [e for e in events if e["event"] == "batch.file.committed" and e.get("tenant") == tenant_id]
+    assert committed["records_written"] == 2000

@@ -6,7 +6,7 @@ store and the CPU work at the same time and the event loop stays responsive. Mem
 bounded by two batches whatever the file size.
 
 Exactly once: document *n* of a file gets ``_id = "<sha256[:20]>:<n>"``; documents are
-written with ``insert_many(ordered=False)`` and duplicate-key errors count as already
+written with unordered ``insert`` commands and duplicate-key errors count as already
 present, so a file re-loaded after a crash ends with every record exactly once.
 """
 
@@ -312,9 +312,10 @@ def _naive_utc(out: pa.RecordBatch) -> pa.RecordBatch:
 class FileLoader:
     """Loads files into the tenants' databases; one instance per daemon."""
 
-    def __init__(self, store: Store, write_batch_size: int) -> None:
+    def __init__(self, store: Store, write_batch_size: int, progress_interval_s: float = 10.0) -> None:
         self.store = store
         self.write_batch_size = write_batch_size
+        self.progress_interval_s = progress_interval_s
         self._indexed: set[tuple[str, str]] = set()
 
     async def load(self, job: FileJob) -> Counts:
@@ -391,6 +392,7 @@ class FileLoader:
         rejects = self.store.tenant_db(job.tenant)[REJECTS]
         pending: asyncio.Task[None] | None = None
         future: Future[Prepared | None] | None = None
+        progress = _Progress(job, counts, self.progress_interval_s)
         # One thread per file: an app stuck in a loop holds only its own thread, never one
         # another file (or tenant) needs.
         executor = ThreadPoolExecutor(1, thread_name_prefix=f"batch-{job.tenant}")
@@ -401,6 +403,7 @@ class FileLoader:
                 prepared = await asyncio.wrap_future(future)
                 if pending is not None:
                     await pending
+                    progress.maybe_log()
                 if prepared is None:
                     break
                 pending = asyncio.create_task(self._write(job, producer, collection, rejects, prepared, counts))
@@ -468,6 +471,24 @@ class FileLoader:
         if result.deleted_count:
             log.info("batch.file.rolled_back", tenant=tenant, file=name, documents=result.deleted_count,
                      seconds=round(time.monotonic() - started, 3))
+
+
+class _Progress:
+    """Logs ``batch.file.progress`` at most every ``interval_s`` while a file loads, so that
+    operators (and the benchmarks) can follow a long load without asking the store."""
+
+    def __init__(self, job: FileJob, counts: Counts, interval_s: float) -> None:
+        self.job, self.counts, self.interval_s = job, counts, interval_s
+        self.started = self.last = time.monotonic()
+
+    def maybe_log(self) -> None:
+        """Log the counts so far if the interval has passed since the last event."""
+        now = time.monotonic()
+        if now - self.last < self.interval_s:
+            return
+        self.last = now
+        log.info("batch.file.progress", tenant=self.job.tenant, file=self.job.name, ledger_id=self.job.ledger_id,
+                 seconds=round(now - self.started, 3), **self.counts.as_dict())
 
 
 def _guarded(fn: Any, *args: Any) -> Any:

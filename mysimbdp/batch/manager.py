@@ -88,7 +88,8 @@ class BatchManager:
         slots = self.daemon.settings.batch.max_concurrent_files
         self.arrow_memory_pool = use_lean_memory_pool()
         self._executor = ThreadPoolExecutor(max_workers=slots + 1, thread_name_prefix="batch")
-        self._loader = FileLoader(self.daemon.store, self.daemon.settings.batch.write_batch_size)
+        batch = self.daemon.settings.batch
+        self._loader = FileLoader(self.daemon.store, batch.write_batch_size, batch.progress_interval_s)
         self._accepting = True
         with contextlib.suppress(PyMongoError):  # the store may come up later; indexes are an optimisation
             await self.daemon.ledger.ensure_indexes()
