@@ -8,9 +8,9 @@ target of 150 MB of peak RSS is 143 MiB.
 
 The 100 MB file loads at least ``small_repeat`` times (3 at full scale), the 1 GB file once:
 the rate ratio is the ratio of the medians, and its min–max runs over every pairing of a
-1 GB load with a 100 MB load. During the 1 GB load the collection's document count
-(``estimated_document_count``) and the CPU seconds of the store process and of the daemon
-are sampled every ``progress_every_s`` (3 s at full scale); the store's and the daemon's CPU
+1 GB load with a 100 MB load. During the 1 GB load the documents written so far (from the
+daemon's ``batch.file.progress`` events, one every ``progress_every_s``: 3 s at full scale)
+and the CPU seconds of the store process and of the daemon are sampled; the store's and the daemon's CPU
 per record in each tenth of the load (by documents written, interpolated between samples)
 show whether the cost per record grows with the collection. The first tenth starts at the
 last sample before any document was written, so what precedes the writes (the stability
@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.daemon import BenchDaemon
 from bench.data import flights_sized
-from bench.loads import BATCH_SETTINGS, FLIGHTS_COLLECTION, batch_profile, load_file
+from bench.loads import BATCH_SETTINGS, batch_profile, load_file
 from bench.results import Metric, Result, Target, metric_from_runs
 from bench.session import Session
 from bench.stats import median, spread
@@ -47,33 +47,42 @@ def _label(size: int) -> str:
 
 
 class Progress:
-    """Samples a load's progress every ``every_s`` while the ``async with`` block runs:
-    seconds, documents in ``collection``, the store's and the daemon's CPU seconds."""
+    """Samples a load's progress while the ``async with`` block runs: at each
+    ``batch.file.progress`` event of the tenant (the daemon logs one every ``every_s``, its
+    ``progress_interval_s``), the seconds, the documents written so far and the store's and
+    the daemon's CPU seconds.
 
-    def __init__(self, daemon: BenchDaemon, collection: Any, every_s: float) -> None:
-        self.daemon, self.collection, self.every_s = daemon, collection, every_s
+    The count comes from the daemon's log, not from the store: counting the collection
+    (``estimated_document_count``) is a scan of the whole table on the embedded store, whose
+    cost grows with the collection and was taken from the load it measured.
+    """
+
+    def __init__(self, daemon: BenchDaemon, tenant: str, every_s: float) -> None:
+        self.daemon, self.tenant, self.every_s = daemon, tenant, every_s
         self.samples: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
+        self._seen = 0
 
-    async def _take(self, count: int | None = None) -> None:
-        if count is None:
-            try:
-                count = int(await self.collection.estimated_document_count())
-            except Exception:  # a count that fails (collection not created yet) is no sample
-                return
-        if self.samples:  # documents are only added; a lagging estimate does not go back
+    def _take(self, count: int) -> None:
+        if self.samples:  # documents are only added
             count = max(count, self.samples[-1]["count"])
         with contextlib.suppress(OSError):
             self.samples.append({"t": time.monotonic(), "count": count, "store": self.daemon.env.store_cpu(),
                                  "daemon": self.daemon.cpu_seconds()})
 
     async def _run(self) -> None:
+        # the events the load's own wait polls into the tail (polling here too would hide them from it)
+        events = self.daemon.log.events
         while True:
-            await asyncio.sleep(self.every_s)
-            await self._take()
+            await asyncio.sleep(0.02)
+            for event in events[self._seen:]:
+                if event.get("event") == "batch.file.progress" and event.get("tenant") == self.tenant:
+                    self._take(int(event.get("records_written", 0)) + int(event.get("records_rejected", 0)))
+            self._seen = len(events)
 
     async def __aenter__(self) -> Progress:
-        await self._take(0)  # before the drop: the collection is new and empty
+        self._take(0)  # before the drop: the collection is new and empty
+        self._seen = len(self.daemon.log.events)
         self._task = asyncio.create_task(self._run())
         return self
 
@@ -84,7 +93,7 @@ class Progress:
 
     async def finish(self, records: int) -> None:
         """The last sample, at the commit: every one of ``records`` is written."""
-        await self._take(records)
+        self._take(records)
 
     def tenths(self, records: int) -> list[dict[str, Any]]:
         """Rate and CPU per record in each tenth of ``records``, interpolated between samples."""
@@ -121,14 +130,14 @@ class Progress:
 async def _load(session: Session, size: int, progress: bool = False) -> dict[str, Any]:
     data = flights_sized(size, session.env.data_dir)
     tenant = session.env.new_tenant("mem")
-    daemon = BenchDaemon(session.env, "memory", tenants=[batch_profile(tenant)], batch=BATCH_SETTINGS)
+    daemon = BenchDaemon(session.env, "memory", tenants=[batch_profile(tenant)],
+                         batch={**BATCH_SETTINGS, "progress_interval_s": session.scale.progress_every_s})
     extra: dict[str, Any] = {}
     async with daemon:
         assert daemon.stats is not None
         rss_before = daemon.stats.rss_mb()
         if progress:
-            collection = session.env.db(f"tenant_{tenant}")[FLIGHTS_COLLECTION]
-            async with Progress(daemon, collection, session.scale.progress_every_s) as sampler:
+            async with Progress(daemon, tenant, session.scale.progress_every_s) as sampler:
                 run = await load_file(daemon, tenant, data, session.scale.timeout_s)
             await sampler.finish(run.records)
             extra = {"progress_every_s": sampler.every_s, "progress_samples": len(sampler.samples),
