@@ -14,6 +14,7 @@ from pymongo.errors import PyMongoError
 
 from mysimbdp.broker_admin import BrokerAdmin
 from mysimbdp.errors import BrokerUnavailable
+from mysimbdp.store_server import DEFAULT_CACHE_MIB
 
 __all__ = ["describe_machine", "load_average"]
 
@@ -74,7 +75,8 @@ async def _store(uri: str, embedded: bool) -> dict[str, Any]:
     process = str(info.get("process") or "")
     is_nx = "nx_27017" in process or embedded
     return {
-        "kind": "embedded NX-27017 (SQLite-backed, MongoDB wire protocol)" if is_nx else "MongoDB",
+        "kind": (f"embedded NX-27017 (SQLite-backed, MongoDB wire protocol, {DEFAULT_CACHE_MIB} MiB page cache per database)"
+                 if embedded else "NX-27017 (SQLite-backed, MongoDB wire protocol)") if is_nx else "MongoDB",
         "embedded": embedded,
         "version": info.get("version"),
         "package_version": _version("nx-27017") if is_nx else None,

@@ -29,6 +29,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from mysimbdp.logs import get_logger
+from mysimbdp.store_server import DEFAULT_CACHE_MIB
 
 __all__ = [
     "PLATFORM_DB", "REJECTS", "EmbeddedMongo", "Store", "insert_idempotent", "InsertResult",
@@ -68,11 +69,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 class EmbeddedMongo:
     """NX-27017 as a child process on a free loopback port, with its own PID file and data dir."""
 
-    def __init__(self, data_dir: Path, log_file: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, log_file: Path, host: str = "127.0.0.1", port: int | None = None,
+                 cache_mib: int = DEFAULT_CACHE_MIB) -> None:
         self.data_dir = data_dir
         self.log_file = log_file
         self.host = host
         self.port = port or free_port(host)
+        self.cache_mib = cache_mib
         self.pid_file = data_dir / "nx-27017.pid"
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -82,8 +85,9 @@ class EmbeddedMongo:
         return f"mongodb://{self.host}:{self.port}/"
 
     def command(self) -> list[str]:
-        """The command line of the server process."""
-        return [sys.executable, "-c", "from nx_27017.nx_27017 import main; main()",
+        """The command line of the server process (NX-27017 with its page cache set, see
+        :mod:`mysimbdp.store_server`)."""
+        return [sys.executable, "-m", "mysimbdp.store_server", "--cache-mib", str(self.cache_mib),
                 "--data-dir", str(self.data_dir), "--pid-file", str(self.pid_file),
                 "--log-file", str(self.log_file), "--host", self.host, "--port", str(self.port)]
 
@@ -139,7 +143,7 @@ class EmbeddedMongo:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             cmdline = b""
-        if b"nx_27017" in cmdline and str(self.data_dir).encode() in cmdline:
+        if (b"mysimbdp.store_server" in cmdline or b"nx_27017" in cmdline) and str(self.data_dir).encode() in cmdline:
             log.warning("store.embedded.stale", pid=pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -331,12 +335,12 @@ async def insert_idempotent(collection: AsyncCollection[Any], documents: Sequenc
     ``insert_many`` sends, without its per-document Python work (validation, operation
     records, batching), which cost more CPU per document than the encoding itself.
     """
-    raws, positions, failed = _encoded(documents, collection.codec_options)
+    raws, sizes, positions, failed = _encoded(documents, collection.codec_options)
     if not raws:
         return InsertResult(0, 0, failed)
     written = 0
     errors: list[dict[str, Any]] = []
-    for lo, hi in _command_slices(raws):
+    for lo, hi in _command_slices(sizes):
         inserted, refused = await _insert_command(collection, raws[lo:hi])
         written += inserted
         errors.extend({**e, "index": int(e.get("index", -1)) + lo} for e in refused)
@@ -358,9 +362,10 @@ async def insert_idempotent(collection: AsyncCollection[Any], documents: Sequenc
 
 
 def _encoded(documents: Sequence[Mapping[str, Any]], options: Any
-             ) -> tuple[list[RawBSONDocument], list[int], list[tuple[int, str]]]:
-    """The documents as BSON, their positions in ``documents``, and those that cannot be stored."""
+             ) -> tuple[list[RawBSONDocument], list[int], list[int], list[tuple[int, str]]]:
+    """The documents as BSON, their sizes, their positions in ``documents``, and those that cannot be stored."""
     raws: list[RawBSONDocument] = []
+    sizes: list[int] = []
     positions: list[int] = []
     failed: list[tuple[int, str]] = []
     for index, doc in enumerate(documents):
@@ -377,22 +382,25 @@ def _encoded(documents: Sequence[Mapping[str, Any]], options: Any
             failed.append((index, f"the document is {size} bytes, over MongoDB's limit of {MAX_DOCUMENT_BYTES} bytes"))
             continue
         raws.append(encoded)
+        sizes.append(size)
         positions.append(index)
-    return raws, positions, failed
+    return raws, sizes, positions, failed
 
 
-def _command_slices(raws: Sequence[RawBSONDocument]) -> Iterator[tuple[int, int]]:
-    """``(lo, hi)`` bounds of the documents each ``insert`` command carries: at most
-    :data:`COMMAND_MAX_DOCUMENTS` and :data:`COMMAND_MAX_BYTES` of documents (or one larger
-    document), so every command is within MongoDB's message and batch limits."""
+def _command_slices(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
+    """``(lo, hi)`` bounds of the documents (of these sizes) each ``insert`` command carries:
+    at most :data:`COMMAND_MAX_DOCUMENTS` and :data:`COMMAND_MAX_BYTES` of documents (or one
+    larger document), so every command is within MongoDB's message and batch limits."""
+    if sum(sizes) <= COMMAND_MAX_BYTES and len(sizes) <= COMMAND_MAX_DOCUMENTS:
+        yield 0, len(sizes)  # the usual case: one command
+        return
     lo, size = 0, 0
-    for i, doc in enumerate(raws):
-        n = len(doc.raw)
+    for i, n in enumerate(sizes):
         if i > lo and (size + n > COMMAND_MAX_BYTES or i - lo >= COMMAND_MAX_DOCUMENTS):
             yield lo, i
             lo, size = i, 0
         size += n
-    yield lo, len(raws)
+    yield lo, len(sizes)
 
 
 async def _insert_command(collection: AsyncCollection[Any], raws: Sequence[RawBSONDocument]

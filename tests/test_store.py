@@ -242,11 +242,39 @@ async def test_insert_idempotent_splits_large_batches_into_several_commands(
 
 
 def test_command_slices_put_a_document_over_the_bytes_bound_alone() -> None:
-    from bson import encode
-    from bson.raw_bson import RawBSONDocument
-
     from mysimbdp import store
 
-    small, big = RawBSONDocument(encode({"s": "x"})), RawBSONDocument(encode({"s": "x" * store.COMMAND_MAX_BYTES}))
+    small, big = 20, store.COMMAND_MAX_BYTES + 1
     assert list(store._command_slices([small, big, small])) == [(0, 1), (1, 2), (2, 3)]
     assert list(store._command_slices([small] * 3)) == [(0, 3)]
+    assert list(store._command_slices([store.COMMAND_MAX_BYTES // 2 + 1] * 3)) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_the_embedded_stores_connections_get_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every database NX-27017 opens gets the configured page cache, not SQLite's 2 MiB."""
+    from neosqlite import Connection
+
+    from mysimbdp.store_server import configure_page_cache
+
+    monkeypatch.setattr(Connection, "_configure_connection", Connection._configure_connection)
+    before = Connection(str(tmp_path / "before.db"))
+    assert before.db.execute("PRAGMA cache_size").fetchone()[0] == -2000
+    before.close()
+    assert configure_page_cache(32)
+    assert configure_page_cache(32)  # once only, however often it is asked
+    conn = Connection(str(tmp_path / "after.db"))
+    try:
+        assert conn.db.execute("PRAGMA cache_size").fetchone()[0] == -32 * 1024
+    finally:
+        conn.close()
+
+
+async def test_the_embedded_store_runs_with_its_page_cache(tmp_path: Path) -> None:
+    store = EmbeddedMongo(tmp_path / "store", tmp_path / "store.log", cache_mib=8)
+    assert store.command()[1:5] == ["-m", "mysimbdp.store_server", "--cache-mib", "8"]
+    await store.start()
+    try:
+        cmdline = Path(f"/proc/{store.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"mysimbdp.store_server" in cmdline and b"--data-dir" in cmdline
+    finally:
+        await store.stop()
