@@ -44,14 +44,17 @@ _I64 = {v: pa.scalar(v, pa.int64()) for v in (0, 1000, _INT32_MIN, _INT32_MAX, *
 _F64_ZERO, _FALSE = pa.scalar(0.0, pa.float64()), pa.scalar(False, pa.bool_())
 
 
-def encode_rows(batch: pa.RecordBatch, ids: Sequence[str]) -> list[RawBSONDocument] | None:
-    """One BSON document per row: ``{"_id": ids[i], <column>: <value>, ...}``; None if a type is not handled."""
+def encode_rows(batch: pa.RecordBatch, ids: Sequence[str] | pa.Array) -> list[RawBSONDocument] | None:
+    """One BSON document per row: ``{"_id": ids[i], <column>: <value>, ...}``; None if a type is not handled.
+
+    ``ids`` are strings, as a list or as an Arrow string array.
+    """
     n = batch.num_rows
     if n == 0:
         return []
     if not _LITTLE_ENDIAN:
         return None
-    parts = _element("_id", pa.array(ids, pa.string()))
+    parts = _element("_id", ids if isinstance(ids, pa.Array) else pa.array(ids, pa.string()))
     assert parts is not None
     for name, column in zip(batch.schema.names, batch.columns, strict=True):
         if name == "_id" or "\0" in name:

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
 
 from mysimbdp.apps import App, BatchContext, Target
@@ -50,6 +51,7 @@ log = get_logger("batch")
 ARROW_BLOCK_BYTES = 128 * 1024
 ARROW_BATCH_BYTES = 512 * 1024
 _RETRY_MAX_S = 5.0
+_EMPTY = pa.scalar("", pa.string())
 _SETTLE_S = 5.0
 
 
@@ -130,6 +132,7 @@ class _Producer:
     def __init__(self, job: FileJob, ctx: BatchContext, chunk_size: int) -> None:
         self.job, self.ctx, self.chunk_size = job, ctx, chunk_size
         self.prefix = id_prefix(job.sha256)
+        self._prefix_scalar = pa.scalar(self.prefix, pa.string())
         self.now = datetime.now(UTC)
         self.stream = open_stream(job.path, job.fmt, job.max_file_bytes)
 
@@ -215,7 +218,7 @@ class _Producer:
                 out = out.drop_columns(["_reject"])
             # BSON for the whole block at once (per-call costs of the kernels amortised), unless
             # the app checks each document (it needs dicts) or a column type is not handled
-            encoded = None if check is not None else encode_rows(out, self._ids(ab, 0, out.num_rows))
+            encoded = None if check is not None else encode_rows(out, self._id_array(ab, out.num_rows))
             if encoded is None:
                 out = _naive_utc(out)
             # slices of write_batch_size rows: bounded memory and one write in flight per slice
@@ -271,6 +274,11 @@ class _Producer:
                 raw = as_read.get(lo + i) or ab.batch.slice(lo + i, 1).to_pylist()[0]
                 prep.rejects.append(self.reject(ab.number(lo + i), stage, reason, raw))
         return prep
+
+    def _id_array(self, ab: ArrowBatch, n: int) -> pa.Array:
+        """The ``_id``s of the batch's first ``n`` rows as an Arrow string array (built by Arrow)."""
+        numbers = pa.array(ab.numbers_of(0, n), pa.int64())
+        return pc.binary_join_element_wise(self._prefix_scalar, pc.cast(numbers, pa.string()), _EMPTY)
 
     def _ids(self, ab: ArrowBatch, lo: int, n: int) -> list[str]:
         """The deterministic ``_id``s of rows ``lo .. lo + n - 1`` of the batch."""

@@ -381,6 +381,7 @@ def iter_arrow_batches(stream: IO[bytes], schema: pa.Schema, block_size: int, ba
     except pa.ArrowInvalid as exc:
         failed = exc
     pending: list[pa.RecordBatch] = []
+    pending_bytes = 0  # a running sum: a batch's nbytes walks all its buffers
     while failed is None:
         try:
             block = reader.read_next_batch()
@@ -390,11 +391,12 @@ def iter_arrow_batches(stream: IO[bytes], schema: pa.Schema, block_size: int, ba
             failed, block = exc, None
         if block is not None:
             pending.append(block)
-            if sum(b.nbytes for b in pending) < (batch_bytes or 0):
+            pending_bytes += block.nbytes
+            if pending_bytes < (batch_bytes or 0):
                 continue
         if pending:
             raw = _joined(pending)
-            pending = []
+            pending, pending_bytes = [], 0
             text, reasons = _as_text(raw, text_schema)
             typed, bad = _cast(text, schema, reasons)
             first, numbers, malformed = numbering.take(raw.num_rows)
