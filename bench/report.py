@@ -221,8 +221,9 @@ def _tenths(run: dict[str, Any]) -> list[str]:
     rows = [[str(t["tenth"]), f"{t['documents_at_end']:,}", _fmt(t.get("seconds"), "s"),
              _fmt(t.get("records_per_s")), _fmt(t.get("store_cpu_us_per_record"), "µs"),
              _fmt(t.get("daemon_cpu_us_per_record"), "µs")] for t in run["tenths"]]
-    return [f"The {run.get('size_label', '?')} load tenth by tenth (documents counted and CPU read every "
-            f"{_fmt(run.get('progress_every_s'), 's')}, {run.get('progress_samples', '?')} samples, "
+    return [f"The {run.get('size_label', '?')} load tenth by tenth (documents written, from the daemon's "
+            f"batch.file.progress events, and CPU read every {_fmt(run.get('progress_every_s'), 's')}, "
+            f"{run.get('progress_samples', '?')} samples, "
             "interpolated at each tenth):", "",
             *_table(["tenth", "documents at its end", "took", "records/s", "store CPU/record",
                      "daemon CPU/record"], rows), ""]

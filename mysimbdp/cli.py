@@ -88,7 +88,7 @@ def _tune_gc() -> None:
     short-lived objects per batch (encoded documents, messages), freed by reference counting
     as soon as the batch is written: with the default threshold each batch set off dozens of
     collections of the young generations and, every few batches, a full one over all the
-    daemon's objects, some 12 % of the daemon's CPU on a flights load (docs/benchmarks.md).
+    daemon's objects, some 12 % of the daemon's CPU on a flights load (docs/architecture.md).
     """
     import gc
 
