@@ -34,8 +34,10 @@ def configure_page_cache(mib: int) -> bool:
     from neosqlite.connection import Connection
 
     configure = getattr(Connection, "_configure_connection", None)
-    if configure is None or getattr(configure, "__mysimbdp_cache__", None) is not None:
-        return configure is not None
+    if configure is None:
+        return False
+    if getattr(configure, "__mysimbdp_cache__", None) is not None:
+        return True  # set already: the first size stays
 
     def configured(self: Any) -> None:
         configure(self)

@@ -218,7 +218,7 @@ class _Producer:
                 out = out.drop_columns(["_reject"])
             # BSON for the whole block at once (per-call costs of the kernels amortised), unless
             # the app checks each document (it needs dicts) or a column type is not handled
-            encoded = None if check is not None else encode_rows(out, self._id_array(ab, out.num_rows))
+            encoded = None if check is not None else encode_rows(out, self._id_array(ab, 0, out.num_rows))
             if encoded is None:
                 out = _naive_utc(out)
             # slices of write_batch_size rows: bounded memory and one write in flight per slice
@@ -254,7 +254,7 @@ class _Producer:
             prep.docs = [doc for i, doc in enumerate(encoded) if i not in mine] if mine else list(encoded)
         else:
             keys = ["_id", *out.schema.names]
-            for i, row in enumerate(_rows(self._ids(ab, lo, n), out)):
+            for i, row in enumerate(_rows(self._id_array(ab, lo, n).to_pylist(), out)):
                 if i in mine:
                     continue
                 doc = dict(zip(keys, row, strict=True))
@@ -275,15 +275,11 @@ class _Producer:
                 prep.rejects.append(self.reject(ab.number(lo + i), stage, reason, raw))
         return prep
 
-    def _id_array(self, ab: ArrowBatch, n: int) -> pa.Array:
-        """The ``_id``s of the batch's first ``n`` rows as an Arrow string array (built by Arrow)."""
-        numbers = pa.array(ab.numbers_of(0, n), pa.int64())
+    def _id_array(self, ab: ArrowBatch, lo: int, n: int) -> pa.Array:
+        """The deterministic ``_id``s (:func:`record_id`) of rows ``lo .. lo + n - 1`` of the
+        batch, as an Arrow string array built by Arrow."""
+        numbers = pa.array(ab.numbers_of(lo, n), pa.int64())
         return pc.binary_join_element_wise(self._prefix_scalar, pc.cast(numbers, pa.string()), _EMPTY)
-
-    def _ids(self, ab: ArrowBatch, lo: int, n: int) -> list[str]:
-        """The deterministic ``_id``s of rows ``lo .. lo + n - 1`` of the batch."""
-        prefix = self.prefix
-        return [f"{prefix}{number}" for number in ab.numbers_of(lo, n)]
 
 
 def _rows(ids: list[str], out: pa.RecordBatch) -> Iterator[tuple[Any, ...]]:
