@@ -316,7 +316,7 @@ def _naive_utc(out: pa.RecordBatch) -> pa.RecordBatch:
 class FileLoader:
     """Loads files into the tenants' databases; one instance per daemon."""
 
-    def __init__(self, store: Store, write_batch_size: int, progress_interval_s: float = 10.0) -> None:
+    def __init__(self, store: Store, write_batch_size: int, progress_interval_s: float) -> None:
         self.store = store
         self.write_batch_size = write_batch_size
         self.progress_interval_s = progress_interval_s
