@@ -21,7 +21,7 @@ from pydantic_settings import (
 
 from mysimbdp.errors import ConfigError
 
-__all__ = ["Settings", "BatchSettings", "StreamSettings", "load_settings"]
+__all__ = ["Settings", "BatchSettings", "StreamSettings", "RunnerSettings", "load_settings"]
 
 ENV_PREFIX = "MYSIMBDP_"
 
@@ -46,6 +46,20 @@ class StreamSettings(BaseModel):
     )
     provision_users: bool = Field(
         True, description="create each stream tenant's broker user (no password) and its permissions on onboarding")
+
+
+class RunnerSettings(BaseModel):
+    """Limits of the worker processes that run tenant apps (``runner = "process"``)."""
+
+    memory_mb: int = Field(2048, ge=64, le=1024 * 1024, description="address space of one worker (RLIMIT_AS)")
+    cpu_s: int = Field(3600, ge=10, description="CPU seconds one worker may use before it is replaced (RLIMIT_CPU)")
+    open_files: int = Field(64, ge=16, le=65536, description="open files of one worker (RLIMIT_NOFILE)")
+    max_frame_mb: int = Field(256, ge=1, le=4096, description="largest answer a worker may send in one message")
+    start_timeout_s: float = Field(60.0, gt=0, le=3600, description="a worker that is not ready by then is killed")
+    idle_workers: int = Field(2, ge=0, le=64, description="idle workers kept per tenant app for the next job")
+    require_confinement: bool = Field(
+        True, description="refuse to start a worker where the kernel offers no confinement (Landlock, or a "
+        "network namespace); false runs it with resource limits and a clean environment only")
 
 
 class Settings(BaseSettings):
@@ -75,6 +89,7 @@ class Settings(BaseSettings):
     retry_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts")
     batch: BatchSettings = Field(default_factory=BatchSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

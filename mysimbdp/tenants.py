@@ -75,6 +75,10 @@ class StreamProfile(_Section):
     min_quality: float = Field(0.0, ge=0.0, le=1.0)
     report_interval_s: float = Field(10.0, gt=0)
     app_timeout_s: float = Field(30.0, gt=0)
+    max_message_bytes: int = Field(1024 * 1024, ge=1, le=128 * 1024 * 1024,
+                                   description="a larger message body is rejected without being decoded")
+    max_records_per_message: int = Field(10_000, ge=1, le=1_000_000,
+                                         description="a message holding more records is rejected whole")
     autostart: bool = True
 
     @model_validator(mode="after")
@@ -103,6 +107,9 @@ class TenantProfile(_Section):
     id: str
     name: str = ""
     token_sha256: str | None = None
+    runner: Literal["process", "thread"] = Field(
+        "process", description="where the tenant's apps run: a confined worker process (default), or "
+        "threads of the daemon for apps the operator trusts")
     batch: BatchProfile | None = None
     stream: StreamProfile | None = None
     monitor: MonitorProfile = Field(default_factory=MonitorProfile)
