@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +21,7 @@ from pydantic_settings import (
 
 from mysimbdp.errors import ConfigError
 
-__all__ = ["Settings", "BatchSettings", "StreamSettings", "RunnerSettings", "load_settings"]
+__all__ = ["Settings", "BatchSettings", "StreamSettings", "RunnerSettings", "HttpSettings", "load_settings"]
 
 ENV_PREFIX = "MYSIMBDP_"
 
@@ -29,11 +29,13 @@ ENV_PREFIX = "MYSIMBDP_"
 class BatchSettings(BaseModel):
     """Platform-wide limits of batch ingestion (per-tenant limits live in tenant profiles)."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     max_concurrent_files: int = Field(4, ge=1, description="files loading at once, all tenants")
     write_batch_size: int = Field(1000, ge=1, le=100_000, description="documents per insert command")
-    stable_after_s: float = Field(1.0, ge=0, description="a file counts as complete when its size has not changed for this long")
-    rescan_interval_s: float = Field(5.0, gt=0, description="periodic rescan of staging folders, besides file events")
-    progress_interval_s: float = Field(10.0, gt=0, description="a loading file logs batch.file.progress at most this often")
+    stable_after_s: float = Field(1.0, ge=0, le=3600, description="a file counts as complete when its size has not changed for this long")
+    rescan_interval_s: float = Field(5.0, gt=0, le=3600, description="periodic rescan of staging folders, besides file events")
+    progress_interval_s: float = Field(10.0, gt=0, le=3600, description="a loading file logs batch.file.progress at most this often")
 
 
 class StreamSettings(BaseModel):
@@ -46,6 +48,26 @@ class StreamSettings(BaseModel):
     )
     provision_users: bool = Field(
         True, description="create each stream tenant's broker user (no password) and its permissions on onboarding")
+
+
+class HttpSettings(BaseModel):
+    """Limits of the HTTP endpoint: slow clients, open connections and reports per tenant."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=3600, description="a connection that has not sent a whole request line and headers this "
+        "long after it opened (or after its previous answer, when kept alive) is closed")
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request whose body stalls (no byte from the client) this long is "
+        "closed")
+    max_connections: int = Field(
+        256, ge=8, le=65536, description="open connections at most; a new one beyond it closes the longest-idle "
+        "connection, or is closed at once when every connection is busy")
+    reports_per_s: float = Field(
+        20.0, gt=0, le=10_000, description="POST /reports accepted per tenant per second (token bucket); more is "
+        "answered 429")
+    reports_burst: int = Field(100, ge=1, le=100_000, description="reports a tenant may send at once above the rate")
 
 
 class RunnerSettings(BaseModel):
@@ -69,6 +91,7 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX,
         env_nested_delimiter="__",
         extra="forbid",
+        allow_inf_nan=False,
     )
 
     config_dir: Path = Path("config")
@@ -82,21 +105,24 @@ class Settings(BaseSettings):
     log_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)
     log_backups: int = Field(5, ge=0)
     admin_token: str | None = None
-    drain_timeout_s: float = Field(10.0, ge=0)
+    metrics_token: str | None = Field(
+        None, description="when set, GET /metrics needs it (or the admin token) as a bearer token")
+    drain_timeout_s: float = Field(10.0, ge=0, le=3600)
     extra_apps: dict[str, str] = Field(
         default_factory=dict,
         description="apps loaded from importable modules, name -> module, besides installed entry points")
-    retry_max_s: float = Field(30.0, gt=0, description="longest wait between reconnection attempts")
+    retry_max_s: float = Field(30.0, gt=0, le=3600, description="longest wait between reconnection attempts")
     batch: BatchSettings = Field(default_factory=BatchSettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("mongo_uri", "admin_token", mode="before")
+    @field_validator("mongo_uri", "admin_token", "metrics_token", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
