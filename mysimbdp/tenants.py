@@ -33,8 +33,12 @@ FORMATS: tuple[Format, ...] = ("csv", "csv.gz", "jsonl", "jsonl.gz")
 log = get_logger("tenants")
 
 
+DAY_S = 86_400.0
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # every number finite: ``inf`` and ``nan`` are refused with the key named (TOML has both)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class BatchRoute(_Section):
@@ -43,7 +47,7 @@ class BatchRoute(_Section):
     pattern: str
     app: str
     max_concurrent_files: int = Field(1, ge=1, le=64)
-    timeout_s: float = Field(3600.0, gt=0)
+    timeout_s: float = Field(3600.0, gt=0, le=DAY_S)
 
 
 class BatchProfile(_Section):
@@ -56,7 +60,7 @@ class BatchProfile(_Section):
     max_concurrent_files: int = Field(2, ge=1, le=64)
     storage_quota_bytes: int = Field(10 * 1024**3, ge=1)
     max_error_rate: float = Field(0.10, ge=0.0, le=1.0)
-    timeout_s: float = Field(3600.0, gt=0)
+    timeout_s: float = Field(3600.0, gt=0, le=DAY_S)
     routes: tuple[BatchRoute, ...] = ()
 
 
@@ -71,10 +75,11 @@ class StreamProfile(_Section):
     prefetch: int = Field(500, ge=1, le=65535)
     batch_max_messages: int = Field(1000, ge=1, le=100_000)
     batch_max_wait_ms: int = Field(200, ge=1, le=60_000)
-    delivery_limit: int = Field(5, ge=1)
+    delivery_limit: int = Field(5, ge=1, le=1000)
     min_quality: float = Field(0.0, ge=0.0, le=1.0)
-    report_interval_s: float = Field(10.0, gt=0)
-    app_timeout_s: float = Field(30.0, gt=0)
+    report_interval_s: float = Field(10.0, ge=0.5, le=3600,
+                                     description="each consumer reports this often; at least 0.5 s")
+    app_timeout_s: float = Field(30.0, gt=0, le=3600)
     max_message_bytes: int = Field(1024 * 1024, ge=1, le=128 * 1024 * 1024,
                                    description="a larger message body is rejected without being decoded")
     max_records_per_message: int = Field(10_000, ge=1, le=1_000_000,
@@ -91,11 +96,11 @@ class StreamProfile(_Section):
 class MonitorProfile(_Section):
     """Thresholds that make the monitor scale the tenant's stream consumers."""
 
-    max_avg_ingest_ms: float = Field(1000.0, gt=0)
-    max_queue_depth: int = Field(5000, ge=0)
-    breaches_before_alert: int = Field(2, ge=1)
-    cooldown_s: float = Field(15.0, ge=0)
-    idle_reports_before_scale_down: int = Field(3, ge=1)
+    max_avg_ingest_ms: float = Field(1000.0, gt=0, le=DAY_S * 1000)
+    max_queue_depth: int = Field(5000, ge=0, le=10**12)
+    breaches_before_alert: int = Field(2, ge=1, le=1000)
+    cooldown_s: float = Field(15.0, ge=0, le=DAY_S)
+    idle_reports_before_scale_down: int = Field(3, ge=1, le=1000)
     scale_up_step: int = Field(1, ge=1, le=64)
     idle_utilization: float = Field(0.5, gt=0.0, le=1.0)
     autoscale: bool = True

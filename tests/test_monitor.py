@@ -24,7 +24,7 @@ OTHER_TOKEN = "monitor-other-token"
 
 
 def write_profile(settings: Settings, tenant: str, token: str = TOKEN, monitor: str = "",
-                  stream: str = "autostart = false\nreport_interval_s = 0.3") -> None:
+                  stream: str = "autostart = false\nreport_interval_s = 0.5") -> None:
     text = (f'id = "{tenant}"\ntoken_sha256 = "{hash_token(token)}"\n'
             f'[stream]\napp = "monitor_nothing"\n{stream}\n[monitor]\n{monitor}\n')
     (settings.tenants_dir / f"{tenant}.toml").write_text(text)
