@@ -103,6 +103,11 @@ class App:
             kinds.append("stream")
         return kinds
 
+    @property
+    def hooks(self) -> list[str]:
+        """The names of the hooks the app implements."""
+        return sorted(self._impls)
+
     def has(self, hook: str) -> bool:
         """Whether the app implements ``hook`` (full name, ``mysimbdp_...``)."""
         return hook in self._impls

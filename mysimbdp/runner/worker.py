@@ -1,0 +1,200 @@
+"""The app worker: one process per tenant app, started by the daemon, confined before the app loads.
+
+Run as ``python -I -m mysimbdp.runner.worker <in fd> <out fd>``: it reads one ``init`` frame
+(the app to load, the limits, where to find code), confines itself
+(:mod:`mysimbdp.runner.confine`), imports the app, answers ``hello`` with the hooks it
+implements, then serves one request at a time until its input closes. Standard input,
+output and error are ``/dev/null``: nothing an app prints reaches the protocol or the daemon.
+
+Requests (``op``): ``target``, ``columns``, ``wrangle_table``, ``wrangle_records``,
+``check_documents``, ``stream``. Answers are ``{"ok": ...}`` or ``{"error": reason}``; a
+``stream`` request is answered with one ``{"i": n, ...}`` frame per message, then ``{"done": true}``,
+so the daemon always knows which message the app is on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from datetime import datetime
+from typing import Any
+
+__all__ = ["main"]
+
+
+def main(argv: list[str]) -> int:
+    """Serve the daemon over the two descriptors named in ``argv``."""
+    from mysimbdp.runner import frames
+
+    fd_in, fd_out = int(argv[0]), int(argv[1])
+    try:
+        init = frames.read_frame(fd_in, 16 * 1024 * 1024)
+    except (frames.WorkerGone, frames.FrameError):
+        return 2
+    try:
+        server = _start(init)
+    except BaseException as exc:  # the app cannot load: say why, then exit
+        _send(fd_out, {"error": f"{type(exc).__name__}: {exc}"[:2000]})
+        return 3
+    _send(fd_out, {"ok": server.hello})
+    return server.serve(fd_in, fd_out, int(init.get("max_frame_bytes", 256 * 1024 * 1024)))
+
+
+def _send(fd: int, doc: dict[str, Any]) -> None:
+    from mysimbdp.runner import frames
+
+    try:
+        payload = frames.encode(doc)
+    except Exception as exc:  # what BSON cannot hold (an app's odd value): say so instead
+        payload = frames.encode({"error": f"the answer cannot be encoded: {type(exc).__name__}: {exc}"[:2000]})
+    frames.write_frame(fd, payload)
+
+
+class _Server:
+    def __init__(self, app: Any, hello: dict[str, Any]) -> None:
+        self.app = app
+        self.hello = hello
+
+    def serve(self, fd_in: int, fd_out: int, max_frame: int) -> int:
+        from mysimbdp.runner import frames
+
+        while True:
+            try:
+                request = frames.read_frame(fd_in, max_frame)
+            except frames.WorkerGone:
+                return 0
+            op = request.get("op")
+            handler = getattr(self, f"_op_{op}", None)
+            if handler is None:
+                _send(fd_out, {"error": f"unknown request {op!r}"})
+                continue
+            try:
+                handler(request, fd_out)
+            except frames.WorkerGone:
+                return 0
+            except BaseException as exc:  # AppError, or anything an app raised past its boundary
+                _send(fd_out, {"error": f"{exc}"[:2000] or type(exc).__name__})
+
+    # -- batch -----------------------------------------------------------------------------
+    def _op_target(self, request: dict[str, Any], fd_out: int) -> None:
+        from mysimbdp.runner import calls
+
+        target = calls.target_of(self.app, request["kind"], request["tenant"])
+        _send(fd_out, {"ok": calls.target_to_doc(target)})
+
+    def _op_columns(self, request: dict[str, Any], fd_out: int) -> None:
+        import pyarrow as pa
+
+        from mysimbdp.runner import calls
+
+        declared = calls.columns_of(self.app, _context(request["ctx"]))
+        schema = pa.schema(list(declared.items()))
+        _send(fd_out, {"ok": schema.serialize().to_pybytes()})
+
+    def _op_wrangle_table(self, request: dict[str, Any], fd_out: int) -> None:
+        from mysimbdp.runner import calls, ipc
+
+        batch = ipc.read_batch(request["batch"])
+        out = calls.wrangle_table(self.app, batch, _context(request["ctx"]))
+        _send(fd_out, {"ok": ipc.write_batch(out)})
+
+    def _op_wrangle_records(self, request: dict[str, Any], fd_out: int) -> None:
+        from mysimbdp.runner import calls
+
+        results = calls.wrangle_records(self.app, request["records"], _context(request["ctx"]))
+        _send(fd_out, {"ok": _encodable([_record_out(r) for r in results])})
+
+    def _op_check_documents(self, request: dict[str, Any], fd_out: int) -> None:
+        from mysimbdp.runner import calls
+
+        _send(fd_out, {"ok": calls.check_documents(self.app, request["docs"], _context(request["ctx"]))})
+
+    # -- stream ----------------------------------------------------------------------------
+    def _op_stream(self, request: dict[str, Any], fd_out: int) -> None:
+        from mysimbdp.runner import calls
+
+        for index, item in enumerate(request["items"]):
+            docs, rejects = calls.stream_message(self.app, item, request)
+            answer = _encodable([{"doc": d} for d in docs])
+            _send(fd_out, {"i": index, "docs": [a.get("doc") for a in answer if "doc" in a],
+                           "rejects": rejects + [a for a in answer if "doc" not in a]})
+        _send(fd_out, {"done": True})
+
+
+def _record_out(result: Any) -> dict[str, Any]:
+    if result.doc is not None:
+        return {"doc": result.doc}
+    if result.stage is not None:
+        return {"stage": result.stage, "reason": result.reason}
+    return {}
+
+
+def _encodable(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ``{"doc": ...}`` that BSON cannot hold becomes a reject naming the reason."""
+    from mysimbdp.runner import frames
+
+    out = []
+    for item in items:
+        if "doc" in item:
+            try:
+                frames.encode(item["doc"])
+            except Exception as exc:
+                item = {"stage": "wrangle", "reason": f"the document cannot be stored: {type(exc).__name__}: {exc}"[:2000]}
+        out.append(item)
+    return out
+
+
+def _context(doc: dict[str, Any]) -> Any:
+    from mysimbdp.apps import BatchContext
+
+    return BatchContext(str(doc["tenant"]), str(doc["app"]), str(doc["file"]), str(doc["sha256"]), str(doc["format"]))
+
+
+def _start(init: dict[str, Any]) -> _Server:
+    """Confine this process, then load the app named in ``init``."""
+    for entry in init.get("sys_path") or []:
+        if isinstance(entry, str) and entry not in sys.path:
+            sys.path.append(entry)
+    import pyarrow as pa  # the platform's own imports first, before the file system closes
+    import pyarrow.compute  # noqa: F401
+    import pyarrow.ipc  # noqa: F401
+
+    import mysimbdp.apps
+    import mysimbdp.plugins
+    import mysimbdp.runner.calls
+    import mysimbdp.runner.ipc
+    import mysimbdp.stream.records  # noqa: F401
+    from mysimbdp.runner.confine import confine
+
+    pa.cpu_count()
+    name, module = str(init["app"]), init.get("module")
+    top = _top_level(name, module)
+    applied = confine(dict(init["limits"]), ["mysimbdp", "pluggy", *([top] if top else [])])
+    if init.get("require_confinement", True) and not (applied["landlock_abi"] or applied["netns"]):
+        raise RuntimeError("the kernel offers neither Landlock nor a network namespace to confine the app; "
+                           "set MYSIMBDP_RUNNER__REQUIRE_CONFINEMENT=false to run it unconfined")
+    pm = mysimbdp.plugins.get_plugin_manager({name: module} if module else None, load_entry_points=False)
+    if not module:
+        pm.load_setuptools_entrypoints(mysimbdp.plugins.ENTRY_POINT_GROUP, name=name)
+    app = mysimbdp.apps.App(pm, name)
+    hello = {"app": name, "kinds": app.kinds, "hooks": sorted(app.hooks), "confinement": applied,
+             "started": datetime.now()}
+    return _Server(app, hello)
+
+
+def _top_level(name: str, module: str | None) -> str | None:
+    """The top-level package of the app's code, found without importing it."""
+    if module:
+        return module.split(".", 1)[0]
+    from importlib.metadata import entry_points
+
+    from mysimbdp.plugins import ENTRY_POINT_GROUP
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        return ep.value.split(":", 1)[0].split(".", 1)[0]
+    return None
+
+
+if __name__ == "__main__":
+    importlib.invalidate_caches()
+    sys.exit(main(sys.argv[1:]))
