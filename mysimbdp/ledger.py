@@ -3,6 +3,9 @@
 States: ``staged -> loading -> committed | rejected``. The ledger is how exactly-once
 loading survives a crash (a file left ``loading`` is resumed) and how duplicates are
 refused (a sha256 already committed for the tenant).
+
+Every timestamp (``staged_at``, ``loading_at``, ``committed_at``, ``rejected_at``) is a BSON
+date in UTC: ``staged_at`` from the daemon's clock, the others from the store's.
 """
 
 from __future__ import annotations
@@ -61,10 +64,14 @@ class Ledger:
         return entry_id
 
     async def transition(self, entry_id: str, state: FileState, **fields: Any) -> dict[str, Any] | None:
-        """Move an entry to ``state`` and set ``fields`` (e.g. counts, reason, timings)."""
-        fields[f"{state.value}_at"] = _now()
+        """Move an entry to ``state``, set ``fields`` (e.g. counts, reason, timings) and ``<state>_at``.
+
+        ``<state>_at`` is the store's current time as a BSON date (``$currentDate``): the
+        embedded store turns a date given in a top-level ``$set`` into a naive string.
+        """
         return await self.collection.find_one_and_update(
-            {"_id": entry_id}, {"$set": {"state": state.value, **fields}},
+            {"_id": entry_id},
+            {"$set": {"state": state.value, **fields}, "$currentDate": {f"{state.value}_at": {"$type": "date"}}},
             return_document=ReturnDocument.AFTER)
 
     async def get(self, entry_id: str, tenant: str | None = None) -> dict[str, Any] | None:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+from pymongo import AsyncMongoClient
 
+from mysimbdp.http import json_response
 from mysimbdp.ledger import FileState, Ledger
 from mysimbdp.store import Store
+from mysimbdp.upload import _view
 
 
 @pytest.fixture
@@ -44,3 +50,37 @@ async def test_lifecycle_and_lookups(ledger: Ledger, tenant_id: str) -> None:
     assert await ledger.find(tenant_id, name="a.csv", states=[FileState.STAGED, FileState.LOADING]) == []
     assert [e["_id"] for e in await ledger.list(tenant_id)] == [b, a]
     assert await ledger.committed_bytes(tenant_id) == 100
+
+
+async def test_every_timestamp_is_a_bson_date(ledger: Ledger, mongo_uri: str, tenant_id: str) -> None:
+    """``staged_at`` and each ``<state>_at`` are stored as BSON dates (read back as datetimes), not strings."""
+    before = datetime.now(UTC) - timedelta(seconds=60)
+    a = await ledger.stage(tenant_id, "a.csv", "aa" * 32, 1)
+    b = await ledger.stage(tenant_id, "b.csv", "bb" * 32, 1)
+    await ledger.transition(a, FileState.LOADING, app="x")
+    await ledger.transition(a, FileState.COMMITTED, records_written=1)
+    await ledger.transition(b, FileState.LOADING, app="x")
+    await ledger.transition(b, FileState.REJECTED, code="format", reason="bad")
+    after = datetime.now(UTC) + timedelta(seconds=60)
+
+    # the raw documents, through a client of its own (as any reader of the store sees them)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_uri, tz_aware=True)
+    try:
+        raw = {doc["_id"]: doc async for doc in client["mysimbdp"]["files"].find({"tenant": tenant_id})}
+    finally:
+        await client.close()
+    stamps = {(entry_id, key): value for entry_id, doc in raw.items() for key, value in doc.items()
+              if key.endswith("_at")}
+    assert set(stamps) == {(a, "staged_at"), (a, "loading_at"), (a, "committed_at"),
+                           (b, "staged_at"), (b, "loading_at"), (b, "rejected_at")}
+    for key, value in stamps.items():
+        assert isinstance(value, datetime), (key, value)
+        assert value.utcoffset() == timedelta(0) and before <= value <= after, (key, value)
+    assert stamps[(a, "loading_at")] <= stamps[(a, "committed_at")]  # (staged_at is the daemon's clock)
+
+    # what a tenant sees: GET /tenants/{id}/files/{id} renders every timestamp as ISO 8601 UTC
+    entry = await ledger.get(a)
+    assert entry is not None
+    rendered = orjson.loads(json_response(_view(entry)).body)  # type: ignore[arg-type]
+    for key in ("staged_at", "loading_at", "committed_at"):
+        assert datetime.fromisoformat(rendered[key]).utcoffset() == timedelta(0), rendered[key]
