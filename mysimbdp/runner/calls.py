@@ -202,5 +202,6 @@ def stream_message(app: App, item: dict[str, Any], options: dict[str, Any]) -> t
     fields["body"] = bytes(fields["body"] or b"")
     fields["headers"] = dict(fields["headers"] or {})
     incoming = Incoming(**fields)
-    outcome = process_message(incoming, route, float(options.get("min_quality", 0.0)))
+    outcome = process_message(incoming, route, float(options.get("min_quality", 0.0)),
+                              int(options.get("max_records", 10_000)))
     return outcome.documents.get(route.collection, []), outcome.rejects

@@ -50,7 +50,8 @@ class AppSession(Protocol):
     def wrangle_table(self, batch: pa.RecordBatch, ctx: BatchContext) -> pa.RecordBatch: ...
     def wrangle_records(self, records: Sequence[dict[str, Any]], ctx: BatchContext) -> list[RecordOut]: ...
     def check_documents(self, docs: Sequence[dict[str, Any]], ctx: BatchContext) -> list[str | None]: ...
-    def stream(self, items: Sequence[dict[str, Any]], min_quality: float, on_message: OnMessage) -> None: ...
+    def stream(self, items: Sequence[dict[str, Any]], min_quality: float, max_records: int,
+               on_message: OnMessage) -> None: ...
     def kill(self) -> None: ...
     def close(self) -> None: ...
     @property
@@ -195,10 +196,12 @@ class ProcessSession:
             raise AppError("the worker answered for another number of documents")
         return [None if a is None else str(a)[:2000] for a in answer]
 
-    def stream(self, items: Sequence[dict[str, Any]], min_quality: float, on_message: OnMessage) -> None:
+    def stream(self, items: Sequence[dict[str, Any]], min_quality: float, max_records: int,
+               on_message: OnMessage) -> None:
         """Each message through the app; ``on_message`` as each one's answer arrives."""
         try:
-            payload = frames.encode({"op": "stream", "items": list(items), "min_quality": min_quality})
+            payload = frames.encode({"op": "stream", "items": list(items), "min_quality": min_quality,
+                                     "max_records": max_records})
         except Exception as exc:
             raise AppError(f"the messages cannot be sent to the app: {exc}"[:500]) from None
         try:
@@ -335,11 +338,13 @@ class ThreadSession:
         """The app's check hook on each document."""
         return self._call(lambda: calls.check_documents(self.app, docs, ctx))  # type: ignore[no-any-return]
 
-    def stream(self, items: Sequence[dict[str, Any]], min_quality: float, on_message: OnMessage) -> None:
+    def stream(self, items: Sequence[dict[str, Any]], min_quality: float, max_records: int,
+               on_message: OnMessage) -> None:
         """Each message through the app, ``on_message`` after each."""
         def run() -> None:
+            options = {"min_quality": min_quality, "max_records": max_records}
             for index, item in enumerate(items):
-                docs, rejects = calls.stream_message(self.app, item, {"min_quality": min_quality})
+                docs, rejects = calls.stream_message(self.app, item, options)
                 if self._abandoned:
                     return
                 on_message(index, docs, rejects)

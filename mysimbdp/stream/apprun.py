@@ -1,0 +1,133 @@
+"""A consumer's batch of messages through the tenant's stream apps, wherever they run.
+
+Runs in the consumer's app thread. Consecutive messages for the same app go to that app's
+session in one request (:meth:`AppSession.stream`), and each message's outcome comes back
+as soon as it is known, so ``progress`` always says which message the app is on: the
+consumer uses it to find a message the app is stuck on (``app_timeout_s``), kills the
+session and returns that message to the queue.
+
+Everything a session answers is checked before it becomes an :class:`Outcome`: documents
+go only to the collection the platform resolved for the app's route, a message may not
+turn into more records than the tenant's ``max_records_per_message``, and a worker that
+dies on a message (it exited, or ran out of memory or CPU) rejects that message with the
+reason instead of failing the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from mysimbdp.apps import Index
+from mysimbdp.runner import AppSession, WorkerFailed
+from mysimbdp.stream.records import Incoming, Outcome, document_id, message_id_of, raw_fields
+
+__all__ = ["AppRoute", "AppRun", "failed_outcome", "incoming_doc"]
+
+
+@dataclass(frozen=True)
+class AppRoute:
+    """The app that handles one routing-key type, and where its documents go."""
+
+    app: str
+    collection: str
+    indexes: Sequence[Index] = ()
+
+
+def incoming_doc(incoming: Incoming) -> dict[str, Any]:
+    """A message as plain data for the app's session."""
+    return {f.name: getattr(incoming, f.name) for f in dataclasses.fields(incoming)}
+
+
+def failed_outcome(incoming: Incoming, app: str, kind: str, reason: str) -> Outcome:
+    """The outcome of a message the app could not handle at all: one reject with the raw message."""
+    msg_id = message_id_of(incoming)
+    reject = {"_id": f"stream:{msg_id}", "source": "stream", "kind": kind, "reason": reason[:2000],
+              "tenant": incoming.tenant, "app": app, "routing_key": incoming.routing_key, "message_id": msg_id,
+              "at": datetime.now(UTC), **raw_fields(incoming.body, incoming.body_bytes)}
+    return Outcome(rejects=[reject])
+
+
+class AppRun:
+    """The apps over a list of messages, in the consumer's app thread.
+
+    ``progress`` is ``(index, started)``: the message the app is on and since when
+    (``started`` is ``inf`` while a session is being leased: starting a worker is not the
+    app's time). ``results`` grows by one :class:`Outcome` per message, in order.
+    """
+
+    def __init__(self, items: list[tuple[Incoming, AppRoute]], min_quality: float, max_records: int,
+                 session_of: Callable[[str], AppSession]) -> None:
+        self.items = items
+        self.min_quality = min_quality
+        self.max_records = max_records
+        self._session_of = session_of
+        self.results: list[Outcome] = []
+        self.progress: tuple[int, float] = (0, math.inf)  # assigned at once: read atomically
+        self.current: AppSession | None = None
+        self.abandoned = False
+
+    def __call__(self) -> None:
+        start = 0
+        while start < len(self.items) and not self.abandoned:
+            route = self.items[start][1]
+            end = start
+            while end < len(self.items) and self.items[end][1] == route:
+                end += 1
+            self._group(start, end, route)
+            start = end
+
+    def _group(self, start: int, end: int, route: AppRoute) -> None:
+        """Messages ``start .. end - 1``, all for ``route``'s app."""
+        while start < end and not self.abandoned:
+            start = self._attempt(start, end, route)
+
+    def _attempt(self, start: int, end: int, route: AppRoute) -> int:
+        """Send messages from ``start`` to the app; returns where to go on from."""
+        incoming = self.items[start][0]
+        if incoming.too_large is not None:  # rejected here, unread: never sent to the app
+            self._done(failed_outcome(incoming, route.app, "too_large", incoming.too_large))
+            return start + 1
+        end = next((i for i in range(start, end) if self.items[i][0].too_large is not None), end)
+        self.progress = (start, math.inf)
+        session = self._session_of(route.app)
+        self.current = session
+        self.progress = (start, time.monotonic())
+
+        def on_message(offset: int, docs: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> None:
+            self._done(self._outcome(self.items[start + offset][0], route, docs, rejects))
+
+        try:
+            session.stream([incoming_doc(inc) for inc, _ in self.items[start:end]], self.min_quality,
+                           self.max_records, on_message)
+        except WorkerFailed as exc:
+            failed = len(self.results)
+            if self.abandoned or failed >= end:
+                return end
+            # the worker died on this message (exit, memory, CPU): reject it, go on with the others
+            self._done(failed_outcome(self.items[failed][0], route.app, "app_failed", f"the app failed: {exc}"))
+            return failed + 1
+        finally:
+            self.current = None
+        return end
+
+    def _done(self, outcome: Outcome) -> None:
+        self.results.append(outcome)
+        self.progress = (len(self.results), time.monotonic())
+
+    def _outcome(self, incoming: Incoming, route: AppRoute, docs: list[dict[str, Any]],
+                 rejects: list[dict[str, Any]]) -> Outcome:
+        """An answer as an outcome, within the platform's rules (the answer may come from a hostile worker)."""
+        if len(docs) + len(rejects) > self.max_records + 1:
+            return failed_outcome(incoming, route.app, "too_many_records",
+                                  f"the app made {len(docs) + len(rejects)} records of one message, over the "
+                                  f"tenant's max_records_per_message of {self.max_records}")
+        msg_id = message_id_of(incoming)
+        for doc in docs:
+            doc.setdefault("_id", document_id(msg_id, None))
+        return Outcome(documents={route.collection: docs} if docs else {}, rejects=rejects)
