@@ -9,6 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from mysimbdp.reports import (
+    MAX_MS,
+    MAX_WINDOW_S,
     REPORT_FIELDS,
     Report,
     ReportWindow,
@@ -90,3 +92,17 @@ def test_window_memory_is_bounded_under_a_flood() -> None:
     report = window.close(now=T0 + timedelta(seconds=1))
     assert report.messages == 20_000
     assert 900 <= report.p95_ingest_ms <= 999
+
+
+def test_window_survives_absurd_latencies() -> None:
+    """A publisher's clock decides the latencies: a future timestamp (negative), a far past one
+    (huge), or none usable (NaN, inf) must still give a valid report, never an exception."""
+    window = ReportWindow("acme", "sensors", "acme-1", now=T0)
+    window.add([-5_000.0, float("inf"), float("nan"), 1e20, 10.0], -3.0, documents=5)
+    report = window.close(now=T0 + timedelta(seconds=10))
+    assert report.messages == 5
+    assert 0 <= report.avg_ingest_ms <= MAX_MS and 0 <= report.p95_ingest_ms <= MAX_MS
+    assert report.avg_processing_ms == 0.0
+    # a window left open far too long keeps its last MAX_WINDOW_S seconds
+    late = window.close(now=T0 + timedelta(days=3))
+    assert late.seconds == MAX_WINDOW_S
