@@ -1,19 +1,25 @@
-"""Statistics for log analysts, computed from the JSON log (``mysimbdp stats``, ``GET /tenants/{id}/stats``).
+"""Ingestion statistics per tenant and for the platform (``mysimbdp stats``, ``GET /tenants/{id}/stats``).
 
-Reads ``<var>/log/mysimbdp.jsonl`` and its rotated files (``.1`` … ``.N``, oldest first),
-keeps the events of interest and aggregates them per tenant and for the whole platform:
-files committed and rejected (by reason), records, bytes, batch throughput and load time
-distributions, stream messages and latency, alerts and scaling decisions. Lines that are not
-JSON objects are counted, never fatal. See ``docs/monitoring.md``.
+Offline, for log analysts: :func:`compute_from_log` reads ``<var>/log/mysimbdp.jsonl`` and its
+rotated files (``.1`` … ``.N``, oldest first), keeps the events of interest and aggregates
+them: files committed and rejected (by reason), records, bytes, batch throughput and load
+time distributions, stream messages and latency, alerts and scaling decisions. Lines that are
+not JSON objects are counted, never fatal.
+
+In the daemon, :class:`LiveStats` aggregates the same events as they are logged (the feed the
+metrics read), in hourly buckets with bounded samples, so the HTTP endpoint never reads a
+file. See ``docs/monitoring.md``.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
+import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,7 @@ import orjson
 
 __all__ = [
     "log_files", "read_events", "parse_since", "compute", "compute_from_log", "empty_section",
-    "render_text", "PLATFORM", "MAX_DECISIONS",
+    "render_text", "PLATFORM", "MAX_DECISIONS", "LiveStats",
 ]
 
 PLATFORM = "*"
@@ -90,20 +96,85 @@ def _ts(event: Mapping[str, Any]) -> datetime | None:
 
 # ---- aggregation ---------------------------------------------------------------------------
 
+class _Samples:
+    """A distribution: exact count, sum, min and max; percentiles from the values kept.
+
+    With ``cap`` None every value is kept (the offline statistics: exact percentiles); with a
+    cap, a reservoir sample of ``cap`` values (the daemon's: bounded memory).
+    """
+
+    def __init__(self, cap: int | None = None) -> None:
+        self.cap = cap
+        self.count = 0
+        self.total = 0.0
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.values: list[float] = []
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        self.lo, self.hi = min(self.lo, value), max(self.hi, value)
+        if self.cap is None or len(self.values) < self.cap:
+            self.values.append(value)
+        else:
+            slot = random.randrange(self.count)
+            if slot < self.cap:
+                self.values[slot] = value
+
+    def merge(self, other: _Samples) -> None:
+        self.count += other.count
+        self.total += other.total
+        self.lo, self.hi = min(self.lo, other.lo), max(self.hi, other.hi)
+        self.values.extend(other.values)
+        if self.cap is not None and len(self.values) > self.cap:
+            self.values = random.sample(self.values, self.cap)
+
+    def summary(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """Nearest-rank percentiles; None for each key when there are no values (``count`` is 0)."""
+        ordered = sorted(self.values)
+        out: dict[str, Any] = {}
+        for key in keys:
+            if key == "count":
+                out[key] = self.count
+            elif not self.count:
+                out[key] = None
+            elif key == "mean":
+                out[key] = _r(self.total / self.count)
+            elif key == "min":
+                out[key] = _r(self.lo)
+            elif key == "max":
+                out[key] = _r(self.hi)
+            else:
+                out[key] = _r(_percentile(ordered, int(key[1:]) / 100))
+        return out
+
+
 class _Section:
     """Running totals of one tenant (or of the platform)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int | None = None) -> None:
         self.c: Counter[str] = Counter()
         self.file_reasons: Counter[str] = Counter()
         self.upload_reasons: Counter[str] = Counter()
         self.alert_rules: Counter[str] = Counter()
-        self.rates: list[float] = []
-        self.seconds: list[float] = []
-        self.report_avg: list[tuple[float, int]] = []  # (avg_ingest_ms, messages)
-        self.report_p95: list[float] = []
-        self.flush_latency: list[float] = []
+        self.rates = _Samples(cap)
+        self.seconds = _Samples(cap)
+        self.report_p95 = _Samples(cap)
+        self.flush_latency = _Samples(cap)
+        self.report_weighted_ms = 0.0  # sum of the reports' avg_ingest_ms x messages
         self.decisions: list[dict[str, Any]] = []
+
+    def merge(self, other: _Section) -> None:
+        """Add ``other``'s figures to these (the decisions kept are the most recent)."""
+        for mine, theirs in ((self.c, other.c), (self.file_reasons, other.file_reasons),
+                             (self.upload_reasons, other.upload_reasons), (self.alert_rules, other.alert_rules)):
+            mine.update(theirs)
+        for name in ("rates", "seconds", "report_p95", "flush_latency"):
+            getattr(self, name).merge(getattr(other, name))
+        self.report_weighted_ms += other.report_weighted_ms
+        self.decisions.extend(other.decisions)
+        del self.decisions[:-MAX_DECISIONS]
 
     def add(self, e: Mapping[str, Any]) -> None:
         getattr(self, "_" + str(e["event"]).replace(".", "_"))(e)
@@ -113,12 +184,12 @@ class _Section:
         self._records(e)
         self.c["bytes"] += _int(e, "bytes")
         seconds = _float(e, "seconds")
-        self.seconds.append(seconds)
+        self.seconds.add(seconds)
         rate = e.get("records_per_s")
-        if isinstance(rate, int | float) and not isinstance(rate, bool):
-            self.rates.append(float(rate))
+        if isinstance(rate, int | float) and not isinstance(rate, bool) and math.isfinite(rate):
+            self.rates.add(float(rate))
         elif seconds > 0:
-            self.rates.append(_int(e, "records_written") / seconds)
+            self.rates.add(_int(e, "records_written") / seconds)
 
     def _batch_file_rejected(self, e: Mapping[str, Any]) -> None:
         self.c["files_rejected"] += 1
@@ -139,15 +210,16 @@ class _Section:
             self.c["stream_" + key] += _int(e, key)
         for key in _LATENCY_MS:
             if isinstance(e.get(key), int | float):
-                self.flush_latency.append(_float(e, key))
+                self.flush_latency.add(_float(e, key))
                 break
 
     def _stream_report(self, e: Mapping[str, Any]) -> None:
         self.c["reports"] += 1
         messages = _int(e, "messages")
         if messages:
-            self.report_avg.append((_float(e, "avg_ingest_ms"), messages))
-            self.report_p95.append(_float(e, "p95_ingest_ms"))
+            self.c["report_messages"] += messages
+            self.report_weighted_ms += _float(e, "avg_ingest_ms") * messages
+            self.report_p95.add(_float(e, "p95_ingest_ms"))
 
     def _stream_consumers_changed(self, e: Mapping[str, Any]) -> None:
         before, after = _int(e, "from"), _int(e, "to")
@@ -161,9 +233,9 @@ class _Section:
 
     def result(self) -> dict[str, Any]:
         c = self.c
-        weighted = sum(m for _, m in self.report_avg)
-        mean_ms = sum(a * m for a, m in self.report_avg) / weighted if weighted else None
-        total_seconds = sum(self.seconds)
+        weighted = c["report_messages"]
+        mean_ms = self.report_weighted_ms / weighted if weighted else None
+        total_seconds = self.seconds.total
         return {
             "batch": {
                 "files_committed": c["files_committed"], "files_rejected": c["files_rejected"],
@@ -172,9 +244,9 @@ class _Section:
                 "records_rejected": c["records_rejected"], "duplicates": c["duplicates"],
                 "bytes": c["bytes"], "rejected_bytes": c["rejected_bytes"],
                 "throughput_records_per_s": {
-                    **_summary(self.rates, ("mean", "p50", "p95")),
+                    **self.rates.summary(("mean", "p50", "p95")),
                     "overall": _r(c["records_written"] / total_seconds) if total_seconds > 0 else None},
-                "file_seconds": _summary(self.seconds, ("count", "min", "mean", "p50", "p95", "max")),
+                "file_seconds": self.seconds.summary(("count", "min", "mean", "p50", "p95", "max")),
             },
             "uploads": {"rejected": c["uploads_rejected"],
                         "rejected_by_reason": dict(sorted(self.upload_reasons.items()))},
@@ -183,7 +255,7 @@ class _Section:
                 "rejected": c["stream_rejected"], "duplicates": c["stream_duplicates"],
                 "bytes": c["stream_bytes"], "reports": c["reports"],
                 "ingest_ms": {"mean": _r(mean_ms), **_p95s(self.report_p95)},
-                "flush_latency_ms": _summary(self.flush_latency, ("count", "p50", "p95", "max")),
+                "flush_latency_ms": self.flush_latency.summary(("count", "p50", "p95", "max")),
             },
             "scaling": {
                 "alerts": sum(self.alert_rules.values()), "alerts_by_rule": dict(sorted(self.alert_rules.items())),
@@ -211,29 +283,9 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
-def _summary(values: list[float], keys: tuple[str, ...]) -> dict[str, Any]:
-    """Nearest-rank percentiles; None for each key when there are no values (``count`` is 0)."""
-    ordered = sorted(values)
-    out: dict[str, Any] = {}
-    for key in keys:
-        if key == "count":
-            out[key] = len(ordered)
-        elif not ordered:
-            out[key] = None
-        elif key == "mean":
-            out[key] = _r(sum(ordered) / len(ordered))
-        elif key == "min":
-            out[key] = _r(ordered[0])
-        elif key == "max":
-            out[key] = _r(ordered[-1])
-        else:
-            out[key] = _r(_percentile(ordered, int(key[1:]) / 100))
-    return out
-
-
-def _p95s(values: list[float]) -> dict[str, float | None]:
+def _p95s(values: _Samples) -> dict[str, float | None]:
     """The reports' p95 values: the typical one (their median) and the worst."""
-    summary = _summary(values, ("p50", "max"))
+    summary = values.summary(("p50", "max"))
     return {"p95": summary["p50"], "max_p95": summary["max"]}
 
 
@@ -286,6 +338,93 @@ def compute_from_log(log_file: Path, tenant: str | None = None, since: datetime 
     result["source"].update(files=[str(f) for f in files], lines=counts["lines"],
                             unparsable_lines=counts["unparsable"])
     return result
+
+
+# ---- in the daemon -------------------------------------------------------------------------
+
+LIVE_SAMPLES = 256  # values kept per distribution and hour: percentiles are estimates past it
+LIVE_HOURS = 24  # hourly buckets kept apart (for ``since``); older ones are merged into one
+
+
+class LiveStats:
+    """The statistics of :func:`compute`, kept in memory from the log events as they happen.
+
+    Fed by :meth:`observe` (called inside logging calls, from any thread: it only counts,
+    under a lock). Only tenants for which ``known(tenant)`` is true are kept, so ids that no
+    profile declares (an upload to a made-up tenant) cost nothing. Figures are per hour for
+    the last :data:`LIVE_HOURS` hours, so :meth:`result` can answer ``since`` to the hour;
+    older hours are merged into one bucket that still counts in the totals.
+    """
+
+    def __init__(self, known: Callable[[str], bool], now: Callable[[], datetime] | None = None) -> None:
+        self._known = known
+        self._now = now or (lambda: datetime.now(UTC))
+        self.started = self._now()
+        self._lock = threading.Lock()
+        # tenant -> {hour start: section}; the key datetime.min holds the merged older hours
+        self._hours: dict[str, dict[datetime, _Section]] = {}
+        self._events: Counter[str] = Counter()
+        self._first: dict[str, str] = {}
+        self._last: dict[str, str] = {}
+
+    def observe(self, event: Mapping[str, Any]) -> None:
+        """Count one log event if it is an ingestion event of a configured tenant. Never raises."""
+        if event.get("event") not in _EVENTS:
+            return
+        tenant = event.get("tenant")
+        if not isinstance(tenant, str) or not self._known(tenant):
+            return
+        now = self._now()
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        with self._lock:
+            hours = self._hours.setdefault(tenant, {})
+            section = hours.get(hour)
+            if section is None:
+                section = hours[hour] = _Section(LIVE_SAMPLES)
+                self._age(hours, hour)
+            try:
+                section.add(event)
+            except (TypeError, ValueError):  # a malformed event: skipped, not fatal
+                return
+            self._events[tenant] += 1
+            ts = event.get("ts") if isinstance(event.get("ts"), str) else now.isoformat()
+            self._first.setdefault(tenant, str(ts))
+            self._last[tenant] = str(ts)
+
+    def _age(self, hours: dict[datetime, _Section], current: datetime) -> None:
+        oldest = current - timedelta(hours=LIVE_HOURS)
+        for start in [h for h in hours if datetime.min.replace(tzinfo=UTC) < h < oldest]:
+            older = hours.setdefault(datetime.min.replace(tzinfo=UTC), _Section(LIVE_SAMPLES))
+            older.merge(hours.pop(start))
+
+    def forget(self, tenant: str) -> None:
+        """Drop an offboarded tenant's figures."""
+        with self._lock:
+            for table in (self._hours, self._events, self._first, self._last):
+                table.pop(tenant, None)
+
+    def result(self, tenant: str, since: datetime | None = None) -> dict[str, Any]:
+        """``tenant``'s statistics (the shape of one tenant in :func:`compute`) and their ``source``.
+
+        ``since`` counts from the start of its hour; before the daemon started (or without
+        it) everything since the start counts.
+        """
+        floor = None if since is None else since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        total = _Section(LIVE_SAMPLES)
+        with self._lock:
+            for start, section in self._hours.get(tenant, {}).items():
+                if floor is None or start >= floor:
+                    total.merge(section)
+            first, last, events = self._first.get(tenant), self._last.get(tenant), self._events.get(tenant, 0)
+        covered = self.started if floor is None or floor < self.started else floor
+        return {"source": {"kind": "in-process", "since": _iso(covered), "daemon_started": _iso(self.started),
+                           "events": events if floor is None else None,
+                           "first": first if floor is None else None, "last": last},
+                **total.result()}
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # ---- plain-text rendering ------------------------------------------------------------------
