@@ -3,10 +3,18 @@
 Components add routes by having a ``routes()`` method returning aiohttp route
 definitions. Helpers here give every route the same error shape, ``{"code", "message"}``,
 and the same authentication: tenants' bearer tokens and the operators' admin token.
+
+``/health`` answers its status to anyone, and its details (components, tenants, files being
+loaded) only with the admin token. A :class:`ConnectionGuard` closes connections that are
+slow to send their headers or their body, and caps how many are open at once
+(``MYSIMBDP_HTTP__*``, see ``README.md``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +29,7 @@ if TYPE_CHECKING:
     from mysimbdp.daemon import Daemon
 
 __all__ = ["HttpServer", "json_response", "error_response", "HttpError", "require_admin",
-           "require_tenant", "DAEMON_KEY"]
+           "require_tenant", "is_admin", "ConnectionGuard", "DAEMON_KEY"]
 
 log = get_logger("http")
 DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
@@ -34,23 +42,35 @@ def json_response(data: Any, status: int = 200) -> web.Response:
                         status=status, content_type="application/json")
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   **extra: Any) -> web.Response:
     """The platform's error shape: ``{"code": ..., "message": ...}``."""
-    return json_response({"code": code, "message": message, **extra}, status=status)
+    response = json_response({"code": code, "message": message, **extra}, status=status)
+    response.headers.update(headers or {})
+    return response
 
 
 class HttpError(Exception):
-    """Raise in a handler to answer with :func:`error_response`."""
+    """Raise in a handler to answer with :func:`error_response` (``headers``, e.g. ``Retry-After``)."""
 
-    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
+        self.headers = headers
+
+
+def is_admin(request: web.Request) -> bool:
+    """Whether the request carries the operators' admin token (False when none is configured)."""
+    expected = request.app[DAEMON_KEY].settings.admin_token
+    token = bearer_token(request.headers.get("Authorization"))
+    if not expected or token is None:
+        return False
+    return hmac.compare_digest(token.encode(), expected.encode())
 
 
 def require_admin(request: web.Request) -> None:
     """Allow only the operators' admin token (``MYSIMBDP_ADMIN_TOKEN``)."""
-    import hmac
-
     expected = request.app[DAEMON_KEY].settings.admin_token
     token = bearer_token(request.headers.get("Authorization"))
     if not expected:
@@ -99,8 +119,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except HttpError as exc:
-        return error_response(exc.status, exc.code, exc.message, **exc.extra)
-    except web.HTTPException:
+        return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+    except (web.HTTPException, ConnectionError):  # a client gone (or closed by the guard) is not our error
         raise
     except Exception as exc:
         log.exception("http.error", path=request.path, method=request.method, error=str(exc))
@@ -108,13 +128,155 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _health(request: web.Request) -> web.Response:
+    """The status to anyone; the components' details (tenant ids, file names) to operators only."""
     daemon = request.app[DAEMON_KEY]
     report = daemon.health()
-    return json_response(report, status=200 if report["status"] == "ok" else 503)
+    status = 200 if report["status"] == "ok" else 503
+    if not is_admin(request):
+        report = {"status": report["status"]}
+    return json_response(report, status=status)
+
+
+CLOSE_REASONS = ("header_timeout", "body_timeout", "evicted", "refused")
+
+
+class _Conn:
+    """What the guard knows of one connection."""
+
+    __slots__ = ("transport", "idle_since", "last_data", "request")
+
+    def __init__(self, transport: asyncio.Transport, now: float) -> None:
+        self.transport = transport
+        self.idle_since = now  # since when it waits for a request's headers
+        self.last_data = now  # when the client last sent a byte
+        self.request: web.BaseRequest | None = None  # the request being handled
+
+    def idle(self) -> bool:
+        """Waiting for the client's next request, with nothing left to send it."""
+        return self.request is None and self.transport.get_write_buffer_size() == 0
+
+
+class _GuardedProtocol(asyncio.Protocol):
+    """aiohttp's protocol for one connection, seen by the guard (bytes in, open, lost)."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self._guard, self._inner = guard, inner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._inner.connection_made(transport)
+        self._guard.opened(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        self._guard.received(self._transport_of())
+        self._inner.data_received(data)
+
+    def _transport_of(self) -> Any:
+        return getattr(self._inner, "transport", None)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._guard.lost(self._transport_of())
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+
+class ConnectionGuard:
+    """Closes slow and surplus connections, which aiohttp alone would keep open.
+
+    * ``header_timeout_s``: a connection must send a request's line and headers within this
+      time of opening, or of its previous answer (keep-alive idleness counts the same);
+    * ``body_timeout_s``: while a handler waits for the request body, the client must send a
+      byte at least this often (a handler that is slow to read is not the client's fault:
+      aiohttp then stops reading the socket, and the guard waits);
+    * ``max_connections``: a connection beyond it closes the connection idle the longest,
+      or is itself closed at once when none is idle.
+    """
+
+    def __init__(self, header_timeout_s: float, body_timeout_s: float, max_connections: int) -> None:
+        self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
+        self.max_connections = max_connections
+        self.closed = dict.fromkeys(CLOSE_REASONS, 0)
+        self._conns: dict[Any, _Conn] = {}  # by transport
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def protocol_factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """A protocol factory for ``loop.create_server`` wrapping aiohttp's."""
+        self._loop = asyncio.get_running_loop()
+        return lambda: _GuardedProtocol(self, inner())
+
+    def _now(self) -> float:
+        assert self._loop is not None
+        return self._loop.time()
+
+    def opened(self, transport: asyncio.Transport) -> None:
+        if len(self._conns) >= self.max_connections:
+            idle = [c for c in self._conns.values() if c.idle()]
+            if not idle:
+                self._close(transport, "refused")
+                return
+            self._close(min(idle, key=lambda c: c.idle_since).transport, "evicted")
+        self._conns[transport] = _Conn(transport, self._now())
+
+    def received(self, transport: Any) -> None:
+        conn = self._conns.get(transport)
+        if conn is not None:
+            conn.last_data = self._now()
+
+    def lost(self, transport: Any) -> None:
+        self._conns.pop(transport, None)
+
+    def _close(self, transport: Any, reason: str) -> None:
+        self._conns.pop(transport, None)
+        self.closed[reason] += 1
+        with contextlib.suppress(Exception):
+            peer = transport.get_extra_info("peername")
+            log.debug("http.connection.closed", reason=reason, peer=str(peer[0]) if peer else None)
+        transport.abort()  # no lingering: a slow client gets no more of our time
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Mark the connection busy while its request is handled."""
+        conn = self._conns.get(request.transport)
+        if conn is None:
+            return await handler(request)
+        conn.request, conn.last_data = request, self._now()
+        try:
+            return await handler(request)
+        finally:
+            conn.request, conn.idle_since = None, self._now()
+
+    def sweep(self) -> None:
+        """Close the connections past a deadline (called every fraction of the shortest timeout)."""
+        now = self._now()
+        for conn in list(self._conns.values()):
+            request = conn.request
+            if request is None:
+                if conn.idle() and now - conn.idle_since > self.header_timeout_s:
+                    self._close(conn.transport, "header_timeout")
+            elif (not request.content.is_eof() and conn.transport.is_reading()
+                  and now - conn.last_data > self.body_timeout_s):
+                self._close(conn.transport, "body_timeout")
+
+    async def run(self) -> None:
+        """Sweep until cancelled."""
+        period = min(1.0, max(0.05, min(self.header_timeout_s, self.body_timeout_s) / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.sweep()
 
 
 class HttpServer:
-    """The aiohttp application and its listening site."""
+    """The aiohttp application and its listening socket."""
 
     name = "http"
 
@@ -122,11 +284,15 @@ class HttpServer:
         self.daemon = daemon
         self.host = host
         self.port = port
+        limits = daemon.settings.http
+        self.guard = ConnectionGuard(limits.header_timeout_s, limits.body_timeout_s, limits.max_connections)
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def build_app(self, extra_routes: Iterable[web.AbstractRouteDef]) -> web.Application:
         """The application with ``/health`` and every component's routes."""
-        app = web.Application(middlewares=[_errors], client_max_size=1024**2)
+        app = web.Application(middlewares=[self.guard.middleware, _errors], client_max_size=1024**2)
         app[DAEMON_KEY] = self.daemon
         app.router.add_get("/health", _health)
         app.router.add_routes(list(extra_routes))
@@ -138,21 +304,37 @@ class HttpServer:
         for component in self.daemon.components:
             if component is not self and hasattr(component, "routes"):
                 routes.extend(component.routes())
-        self._runner = web.AppRunner(self.build_app(routes), access_log=None, shutdown_timeout=2.0)
+        # aiohttp's own keep-alive timer closes idle connections too; the guard does the rest
+        self._runner = web.AppRunner(self.build_app(routes), access_log=None, shutdown_timeout=2.0,
+                                     keepalive_timeout=self.guard.header_timeout_s)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = site._server
-        if self.port == 0 and server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        assert self._runner.server is not None
+        loop = asyncio.get_running_loop()
+        # our own listening socket instead of a TCPSite, so every connection passes the guard
+        self._server = await loop.create_server(self.guard.protocol_factory(self._runner.server),
+                                                self.host, self.port, reuse_address=True)
+        if self.port == 0 and self._server.sockets:
+            self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = asyncio.create_task(self.guard.run(), name="http.guard")
         log.info("http.started", host=self.host, port=self.port)
 
     async def stop(self) -> None:
-        """Stop listening."""
+        """Stop listening, then close the connections (in-flight requests get ``shutdown_timeout``)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
+        if self._server is not None:
+            self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
 
     def health(self) -> dict[str, object]:
-        """Up while listening."""
-        return {"up": self._runner is not None, "port": self.port}
+        """Up while listening; connections open and those the guard closed, by reason."""
+        return {"up": self._runner is not None, "port": self.port, "connections": len(self.guard),
+                "closed": dict(self.guard.closed)}

@@ -14,12 +14,15 @@ from pymongo import AsyncMongoClient
 from mysimbdp.config import Settings
 from mysimbdp.store import free_port
 from tests.batch_support import drop, wait_outcome, write_profile
+from tests.conftest import ADMIN_TOKEN
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # /health's details are the operators'
 
 
 async def test_health_ok(start_daemon: Callable[..., Any], http: aiohttp.ClientSession) -> None:
     rd = await start_daemon()
     for _ in range(100):  # the broker connects in the background
-        async with http.get(rd.url + "/health") as resp:
+        async with http.get(rd.url + "/health", headers=ADMIN) as resp:
             body = await resp.json()
             if resp.status == 200:
                 break
@@ -39,7 +42,7 @@ async def test_health_degraded_when_broker_unreachable(
                                 extra_apps={"batch_plain": "tests.plugins.batch_apps"})
     write_profile(settings, tenant_id, "batch_plain")
     rd = await start_daemon(settings)
-    async with http.get(rd.url + "/health") as resp:
+    async with http.get(rd.url + "/health", headers=ADMIN) as resp:
         body = await resp.json()
     assert resp.status == 503
     assert body["status"] == "degraded"
@@ -58,7 +61,7 @@ async def test_health_degraded_when_store_unreachable(
     """A store that does not answer: the daemon starts anyway, serves /health 503 naming it."""
     closed = free_port()
     rd = await start_daemon(settings_factory(mongo_uri=f"mongodb://127.0.0.1:{closed}/"))
-    async with http.get(rd.url + "/health") as resp:
+    async with http.get(rd.url + "/health", headers=ADMIN) as resp:
         body = await resp.json()
     assert resp.status == 503
     assert body["status"] == "degraded"
