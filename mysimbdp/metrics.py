@@ -3,16 +3,18 @@
 Counters and histograms are derived from the log events (the same feed the monitor reads);
 gauges (consumers, queue depth, store and broker up) are read when Prometheus scrapes.
 Every daemon has its own :class:`~prometheus_client.CollectorRegistry`, so several daemons in
-one process (the tests) never share series. Label sets are bounded: tenant ids (validated
-profile ids), reason codes (at most :data:`MAX_CODES` distinct per metric, then ``other``),
-rule names and directions. No file names, no message ids. See ``docs/monitoring.md``.
+one process (the tests) never share series. Label sets are bounded: tenant ids of configured
+tenants only (any other id an event carries, e.g. from an upload to a made-up tenant, is
+counted under :data:`UNKNOWN_TENANT`), reason codes (at most :data:`MAX_CODES` distinct per
+metric, then ``other``), rule names and directions. No file names, no message ids. See
+``docs/monitoring.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -23,10 +25,10 @@ from mysimbdp.tenants import TENANT_ID_RE
 if TYPE_CHECKING:
     from mysimbdp.daemon import Daemon
 
-__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "MAX_CODES", "INVALID_TENANT"]
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST", "MAX_CODES", "UNKNOWN_TENANT"]
 
 MAX_CODES = 64
-INVALID_TENANT = "_invalid"
+UNKNOWN_TENANT = "_unknown"  # every tenant id that is not a configured tenant's
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FILE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -45,7 +47,9 @@ def _num(event: Mapping[str, Any], key: str) -> float:
 class Metrics:
     """The daemon's metrics registry, fed by :meth:`observe` and refreshed by :meth:`refresh`."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: Callable[[str], bool] | None = None) -> None:
+        """``known(tenant)`` says whether a tenant is configured; without it, any valid id is."""
+        self._known = known
         self.registry = CollectorRegistry(auto_describe=True)
         self._codes: dict[str, set[str]] = {}
         r, t = self.registry, ["tenant"]
@@ -77,6 +81,12 @@ class Metrics:
         self.component_up = Gauge("mysimbdp_component_up", "1 when the daemon component is up",
                                   ["component"], registry=r)
         self.feed_dropped = Counter("mysimbdp_monitor_feed_dropped", "Log events the monitor could not queue", registry=r)
+        self.reports_refused = Counter("mysimbdp_stream_reports_refused", "Reports refused (reason: rate, window)",
+                                       [*t, "reason"], registry=r)
+        self.http_closed = Gauge("mysimbdp_http_connections_closed",
+                                 "HTTP connections the daemon closed since it started (reason: header_timeout, "
+                                 "body_timeout, evicted, refused)", ["reason"], registry=r)
+        self.http_open = Gauge("mysimbdp_http_connections", "HTTP connections open", registry=r)
 
     # ---- the feed --------------------------------------------------------------------------
 
@@ -87,8 +97,13 @@ class Metrics:
             handler(self, event, self._tenant(event))
 
     def _tenant(self, event: Mapping[str, Any]) -> str:
-        tenant = event.get("tenant")
-        return tenant if isinstance(tenant, str) and TENANT_ID_RE.match(tenant) else INVALID_TENANT
+        return self.tenant_label(event.get("tenant"))
+
+    def tenant_label(self, tenant: object) -> str:
+        """``tenant`` when it is a configured tenant's id, else :data:`UNKNOWN_TENANT`."""
+        if not isinstance(tenant, str) or not TENANT_ID_RE.match(tenant):
+            return UNKNOWN_TENANT
+        return tenant if self._known is None or self._known(tenant) else UNKNOWN_TENANT
 
     def _code(self, metric: str, event: Mapping[str, Any]) -> str:
         code = event.get("code")
@@ -153,6 +168,10 @@ class Metrics:
         for name, state in components.items():
             self.component_up.labels(name).set(1 if state.get("up") else 0)
         self.store_up.set(1 if components.get("store", {}).get("up") else 0)
+        http = components.get("http", {})
+        for reason, count in (http.get("closed") or {}).items():
+            self.http_closed.labels(reason).set(count)
+        self.http_open.set(http.get("connections") or 0)
         self.broker_up.set(1 if components.get("broker", {}).get("up") else 0)
         tenants = [p.id for p in daemon.tenants.all() if p.stream is not None]
         self.tenants.set(len(daemon.tenants.all()))

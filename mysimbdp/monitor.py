@@ -8,13 +8,20 @@ evaluates each tenant with :func:`mysimbdp.rules.evaluate`: alerts become
 ``monitor.alert`` events, decisions become calls of the stream manager's ``scale()``, whose
 ``stream.consumers.changed`` event carries the monitor's reason. It also serves
 ``GET /metrics`` (see :mod:`mysimbdp.metrics`), ``GET /schemas/report.json`` and
-``GET /tenants/{id}/stats``. See ``docs/monitoring.md`` and ``docs/reports.md``.
+``GET /tenants/{id}/stats`` (from :class:`mysimbdp.stats.LiveStats`, fed like the metrics).
+
+What a tenant can make it hold is bounded: ``POST /reports`` is rate-limited per tenant (a
+token bucket; 429 past it), a report's window must be recent, and an instance no longer
+counts once it has been silent for a few periods, whatever its report said.
+See ``docs/monitoring.md`` and ``docs/reports.md``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import math
 import threading
 import time
 from collections import deque
@@ -27,15 +34,17 @@ from pydantic import ValidationError
 
 from mysimbdp import stats
 from mysimbdp.auth import bearer_token
-from mysimbdp.http import DAEMON_KEY, HttpError, json_response, require_tenant
+from mysimbdp.http import HttpError, json_response, require_tenant
 from mysimbdp.logs import get_logger, subscribe, unsubscribe
 from mysimbdp.metrics import CONTENT_TYPE_LATEST, Metrics
 from mysimbdp.reports import (
     REPORT_EVENT,
     Report,
+    TokenBuckets,
     report_from_event,
     report_schema,
     validation_problem,
+    window_problem,
 )
 from mysimbdp.rules import Decision, Limits, RuleState, Snapshot, evaluate
 from mysimbdp.tenants import TenantChange
@@ -43,7 +52,7 @@ from mysimbdp.tenants import TenantChange
 if TYPE_CHECKING:
     from mysimbdp.daemon import Daemon
 
-__all__ = ["Monitor", "REPORTS_COLLECTION", "STALE_AFTER_PERIODS"]
+__all__ = ["Monitor", "REPORTS_COLLECTION", "STALE_AFTER_PERIODS", "MAX_INSTANCES"]
 
 log = get_logger("monitor")
 REPORTS_COLLECTION = "reports"
@@ -52,6 +61,8 @@ FEED_EVENTS = frozenset({REPORT_EVENT, "stream.consumers.changed"})
 FEED_MAX = 10_000
 STORE_BATCH = 500
 REPORT_GRACE = 0.25  # evaluate this share of a period after the next report is due
+MAX_INSTANCES = 1000  # instances kept per tenant; past it the longest silent one is forgotten
+RATE_LOG_EVERY_S = 60.0  # a tenant over its report rate is logged at most this often
 
 
 class Monitor:
@@ -61,8 +72,13 @@ class Monitor:
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        self.metrics = Metrics()
+        self.metrics = Metrics(known=self._known)
+        self.live = stats.LiveStats(known=self._known)
+        http = daemon.settings.http
+        self._buckets = TokenBuckets(http.reports_per_s, http.reports_burst)
+        self._rate_logged: dict[str, tuple[float, int]] = {}  # tenant -> (when logged, refused since)
         self._latest: dict[str, dict[str, Report]] = {}
+        self._heard: dict[str, dict[str, float]] = {}  # tenant -> instance -> monotonic time
         self._states: dict[str, RuleState] = {}
         self._received: dict[str, float] = {}  # monotonic time of each tenant's last report
         self._loops: dict[str, asyncio.Task[None]] = {}
@@ -72,7 +88,11 @@ class Monitor:
         self._thread: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stored_wakeup = asyncio.Event()
-        self.counts = {"reports": 0, "invalid": 0, "dropped": 0, "stored": 0, "store_failed": 0}
+        self.counts = {"reports": 0, "invalid": 0, "rate_limited": 0, "dropped": 0, "stored": 0,
+                       "store_failed": 0}
+
+    def _known(self, tenant: str) -> bool:
+        return tenant in self.daemon.tenants
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -106,6 +126,7 @@ class Monitor:
     def _on_event(self, event: dict[str, Any]) -> None:
         """Called inside every logging call: count it, queue what the rules need, never log."""
         self.metrics.observe(event)
+        self.live.observe(event)
         if event.get("event") not in FEED_EVENTS or event.get("source") == "http":
             return
         if self._loop is None or self._loop.is_closed():
@@ -151,13 +172,26 @@ class Monitor:
             field, problem = validation_problem(exc)
             log.warning("monitor.report.invalid", tenant=tenant, field=field, reason=problem, source="log")
             return
+        stale = window_problem(report)
+        if stale is not None:
+            self.counts["invalid"] += 1
+            self.metrics.reports_refused.labels(tenant, "window").inc()
+            log.warning("monitor.report.invalid", tenant=tenant, field="window_end", reason=stale, source="log")
+            return
         self.accept(report, "log")
 
     def accept(self, report: Report, source: str) -> None:
         """Take one valid report: it becomes its instance's latest and is queued for storing."""
         self.counts["reports"] += 1
-        self._latest.setdefault(report.tenant, {})[report.instance] = report
-        self._received[report.tenant] = time.monotonic()
+        now = time.monotonic()
+        latest, heard = self._latest.setdefault(report.tenant, {}), self._heard.setdefault(report.tenant, {})
+        if report.instance not in latest and len(latest) >= MAX_INSTANCES:
+            silent = min(latest, key=lambda i: heard.get(i, 0.0))
+            latest.pop(silent, None)
+            heard.pop(silent, None)
+        latest[report.instance] = report
+        heard[report.instance] = now
+        self._received[report.tenant] = now
         doc = report.model_dump()
         doc.update(source=source, received_at=datetime.now(UTC))
         self._unstored.append(doc)
@@ -203,8 +237,11 @@ class Monitor:
         task = self._loops.pop(change.tenant, None)
         if task is not None:
             task.cancel()
+        if change.new is None:
+            self.live.forget(change.tenant)
         if change.new is None or change.new.stream is None:
             self._latest.pop(change.tenant, None)
+            self._heard.pop(change.tenant, None)
             self._states.pop(change.tenant, None)
             self._received.pop(change.tenant, None)
             return
@@ -239,11 +276,19 @@ class Monitor:
         return wait if wait >= interval_s / 2 else interval_s
 
     def snapshot_reports(self, tenant: str, interval_s: float) -> tuple[Report, ...]:
-        """The latest report of each instance heard from within the last few periods."""
+        """The latest report of each instance heard from within the last few periods.
+
+        An instance is stale when its window ended, or when the platform last heard from it,
+        more than :data:`STALE_AFTER_PERIODS` periods ago: the second holds whatever clock
+        the reporter has.
+        """
         horizon = datetime.now(UTC) - timedelta(seconds=interval_s * STALE_AFTER_PERIODS)
-        latest = self._latest.get(tenant, {})
-        for instance in [i for i, r in latest.items() if r.window_end < horizon]:
+        heard_horizon = time.monotonic() - interval_s * STALE_AFTER_PERIODS
+        latest, heard = self._latest.get(tenant, {}), self._heard.get(tenant, {})
+        for instance in [i for i, r in latest.items()
+                         if r.window_end < horizon or heard.get(i, -math.inf) < heard_horizon]:
             del latest[instance]
+            heard.pop(instance, None)
         return tuple(latest.values())
 
     async def evaluate_tenant(self, tenant: str) -> Decision | None:
@@ -333,6 +378,7 @@ class Monitor:
             raise HttpError(400, "invalid_report", "field 'tenant': the tenant id (a string) is required",
                             field="tenant")
         profile = require_tenant(request, tenant)
+        self._take_token(tenant)
         try:
             report = Report.model_validate(body)
         except ValidationError as exc:
@@ -340,18 +386,57 @@ class Monitor:
             self.counts["invalid"] += 1
             log.warning("monitor.report.invalid", tenant=tenant, field=field, reason=problem, source="http")
             raise HttpError(400, "invalid_report", f"field {field!r}: {problem}", field=field) from None
+        stale = window_problem(report)
+        if stale is not None:
+            self.counts["invalid"] += 1
+            self.metrics.reports_refused.labels(tenant, "window").inc()
+            log.warning("monitor.report.invalid", tenant=tenant, field="window_end", reason=stale, source="http")
+            raise HttpError(400, "invalid_report", f"field 'window_end': {stale}", field="window_end")
         if profile.stream is None:
             raise HttpError(409, "no_stream", f"tenant {tenant!r} has no [stream] section to report on")
         self.accept(report, "http")
         log.info(REPORT_EVENT, **report.to_event(), source="http")
         return json_response({"status": "accepted", "tenant": tenant, "instance": report.instance}, status=202)
 
+    def _take_token(self, tenant: str) -> None:
+        """Spend one of the tenant's report tokens, or answer 429 (counted, logged now and then)."""
+        wait = self._buckets.take(tenant, time.monotonic())
+        if not wait:
+            return
+        self.counts["rate_limited"] += 1
+        self.metrics.reports_refused.labels(tenant, "rate").inc()
+        now = time.monotonic()
+        logged_at, refused = self._rate_logged.get(tenant, (-math.inf, 0))
+        refused += 1
+        if now - logged_at >= RATE_LOG_EVERY_S:
+            http = self.daemon.settings.http
+            log.warning("monitor.report.rate_limited", tenant=tenant, refused=refused,
+                        reports_per_s=http.reports_per_s, burst=http.reports_burst)
+            logged_at, refused = now, 0
+        self._rate_logged[tenant] = (logged_at, refused)
+        raise HttpError(429, "rate_limited",
+                        f"tenant {tenant!r} sends reports faster than {self.daemon.settings.http.reports_per_s:g}/s; "
+                        "retry after the seconds in Retry-After", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
     async def _get_schema(self, request: web.Request) -> web.Response:
         return json_response(report_schema())
 
     async def _get_metrics(self, request: web.Request) -> web.Response:
+        self._require_metrics_token(request)
         await self.metrics.refresh(self.daemon)
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _require_metrics_token(self, request: web.Request) -> None:
+        """With ``MYSIMBDP_METRICS_TOKEN`` set, only it (or the admin token) may scrape."""
+        settings = self.daemon.settings
+        if not settings.metrics_token:
+            return
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
+            raise HttpError(401, "unauthorized", "send the metrics token as 'Authorization: Bearer <token>'")
+        allowed = [t for t in (settings.metrics_token, settings.admin_token) if t]
+        if not any(hmac.compare_digest(token.encode(), t.encode()) for t in allowed):
+            raise HttpError(403, "forbidden", "the metrics token is not valid")
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         tenant = request.match_info["id"]
@@ -361,10 +446,7 @@ class Monitor:
             since_dt = stats.parse_since(since) if since else None
         except ValueError as exc:
             raise HttpError(400, "invalid_since", str(exc)) from None
-        settings = request.app[DAEMON_KEY].settings
-        result = await asyncio.to_thread(stats.compute_from_log, settings.log_file, tenant, since_dt)
-        return json_response({"tenant": tenant, "source": result["source"],
-                              **result["tenants"].get(tenant, stats.empty_section())})
+        return json_response({"tenant": tenant, **self.live.result(tenant, since_dt)})
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

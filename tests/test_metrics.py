@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from mysimbdp.metrics import INVALID_TENANT, MAX_CODES, Metrics
+from mysimbdp.metrics import MAX_CODES, UNKNOWN_TENANT, Metrics
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -62,7 +62,7 @@ def test_labels_stay_bounded() -> None:
     reasons = {dict(k[1])["reason"] for k in s if k[0] == "mysimbdp_files_rejected_total"}
     assert len(reasons) == MAX_CODES + 1 and "other" in reasons
     assert s[("mysimbdp_files_rejected_total", (("reason", "other"), ("tenant", "acme")))] == 31
-    assert s[("mysimbdp_files_committed_total", (("tenant", INVALID_TENANT),))] == 1
+    assert s[("mysimbdp_files_committed_total", (("tenant", UNKNOWN_TENANT),))] == 1
 
 
 def test_each_instance_has_its_own_registry() -> None:
@@ -83,4 +83,6 @@ async def test_metrics_endpoint_parses_and_reports_platform_state(
     assert s[("mysimbdp_store_up", ())] == 1
     assert ("mysimbdp_broker_up", ()) in s
     assert s[("mysimbdp_component_up", (("component", "monitor"),))] == 1
-    assert s[("mysimbdp_files_committed_total", (("tenant", "acme"),))] == 1
+    # no profile declares "acme" in this daemon: its events count, under no label of its own
+    assert s[("mysimbdp_files_committed_total", (("tenant", UNKNOWN_TENANT),))] == 1
+    assert ("mysimbdp_files_committed_total", (("tenant", "acme"),)) not in s
