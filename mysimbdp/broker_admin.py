@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -62,18 +63,37 @@ class BrokerAdmin:
         """Delete ``vhost`` and everything in it (no-op if missing)."""
         await self.request("DELETE", f"/vhosts/{quote(vhost, safe='')}", ok_missing=True)
 
-    async def put_user(self, user: str, password: str, tags: str = "") -> None:
-        """Create or update a user."""
-        await self.request("PUT", f"/users/{quote(user, safe='')}", {"password": password, "tags": tags})
+    async def put_user(self, user: str, password: str, tags: Sequence[str] = ()) -> None:
+        """Create or update a user with ``password`` and exactly ``tags``."""
+        await self.request("PUT", f"/users/{quote(user, safe='')}", {"password": password, "tags": list(tags)})
 
     async def user(self, user: str) -> dict[str, Any] | None:
         """A user's record (name, tags, password hash), or None if there is no such user."""
         result = await self.request("GET", f"/users/{quote(user, safe='')}", ok_missing=True)
         return result if isinstance(result, dict) else None
 
-    async def put_user_without_password(self, user: str, tags: str = "") -> None:
+    async def put_user_without_password(self, user: str, tags: Sequence[str] = ()) -> None:
         """Create or update a user that cannot log in with a password (until one is set)."""
-        await self.request("PUT", f"/users/{quote(user, safe='')}", {"password_hash": "", "tags": tags})
+        await self.request("PUT", f"/users/{quote(user, safe='')}", {"password_hash": "", "tags": list(tags)})
+
+    async def put_user_tags(self, record: dict[str, Any], tags: Sequence[str]) -> None:
+        """Give the user of ``record`` (as :meth:`user` returns it) exactly ``tags``, keeping its password.
+
+        The API has no call for tags alone (a PUT without a password clears it), so the
+        user's own password hash goes back with the new tags.
+        """
+        body = {"password_hash": record.get("password_hash", ""), "tags": list(tags)}
+        if record.get("hashing_algorithm"):
+            body["hashing_algorithm"] = record["hashing_algorithm"]
+        await self.request("PUT", f"/users/{quote(str(record['name']), safe='')}", body)
+
+    @staticmethod
+    def tags_of(record: dict[str, Any]) -> list[str]:
+        """A user record's tags as a list (RabbitMQ 3.10 answers a list, older versions a comma-separated string)."""
+        tags = record.get("tags") or []
+        if isinstance(tags, str):
+            tags = tags.split(",")
+        return [str(tag).strip() for tag in tags if str(tag).strip()]
 
     async def delete_user(self, user: str) -> None:
         """Delete a user (no-op if missing)."""

@@ -48,6 +48,10 @@ class StreamSettings(BaseModel):
     )
     provision_users: bool = Field(
         True, description="create each stream tenant's broker user (no password) and its permissions on onboarding")
+    user_prefix: str = Field(
+        "mysimbdp-", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$",
+        description="broker users are named <user_prefix><tenant>; give each installation on a shared broker its "
+        "own (the default is the name users had before it could be set)")
 
 
 class HttpSettings(BaseModel):

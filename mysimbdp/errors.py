@@ -9,6 +9,7 @@ __all__ = [
     "PluginError",
     "StoreUnavailable",
     "BrokerUnavailable",
+    "BrokerUserConflict",
     "Reject",
     "FileRejected",
 ]
@@ -47,6 +48,14 @@ class StoreUnavailable(MysimbdpError):
 
 class BrokerUnavailable(MysimbdpError):
     """RabbitMQ cannot be reached; the operation can be retried once it is back."""
+
+
+class BrokerUserConflict(MysimbdpError):
+    """A broker user with a tenant's name exists and this installation did not create it.
+
+    The user was left as it was (password, tags and permissions); the message says how to
+    resolve the clash (another prefix, or adopting the user).
+    """
 
 
 class Reject(MysimbdpError):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 import pytest
@@ -13,11 +15,18 @@ from aiormq.exceptions import ChannelAccessRefused
 from mysimbdp.broker_admin import BrokerAdmin
 from mysimbdp.cli import main
 from mysimbdp.config import Settings
+from mysimbdp.errors import BrokerUserConflict
 from mysimbdp.publish import PublishRefused, publish_records
-from mysimbdp.stream.provision import broker_user, provision_user, tenant_amqp_url
+from mysimbdp.stream.provision import (
+    broker_user,
+    installation_tag,
+    provision_user,
+    tenant_amqp_url,
+    vhost_of,
+)
 from mysimbdp.stream.topology import dead_name, declare_tenant, queue_name
 from mysimbdp.tenants import StreamProfile
-from tests.conftest import MANAGEMENT_URL
+from tests.conftest import AMQP_BASE, MANAGEMENT_URL
 from tests.plugins.stream_support import write_profile
 
 EXCHANGE = "mysimbdp.ingest"
@@ -31,6 +40,48 @@ async def cleanup_users() -> AsyncIterator[list[str]]:
     async with BrokerAdmin(MANAGEMENT_URL) as admin:
         for tenant in tenants:
             await admin.delete_user(broker_user(tenant))
+
+
+class _OtherInstallation:
+    """Another installation on the same broker: its own vhost, users made without our tag."""
+
+    def __init__(self, vhost: str) -> None:
+        self.vhost = vhost
+        self.users: list[str] = []
+
+    async def create_user(self, user: str, password: str, tags: list[str] | None = None) -> dict[str, Any]:
+        """Create ``user`` as another installation would (permissions in its vhost); its state after."""
+        self.users.append(user)
+        async with BrokerAdmin(MANAGEMENT_URL) as admin:
+            await admin.put_user(user, password, tags or [])
+            await admin.set_permissions(self.vhost, user, configure="^$", write="^other\\.ingest$", read="^$")
+        return await _user_state(user)
+
+    def amqp_url(self, user: str, password: str) -> str:
+        """The AMQP URL of ``user`` in this installation's vhost."""
+        return tenant_amqp_url(f"{AMQP_BASE}/{quote(self.vhost, safe='')}", user, password)
+
+
+@pytest.fixture
+async def other_installation() -> AsyncIterator[_OtherInstallation]:
+    """Another installation in a vhost of its own; its users are deleted after the test."""
+    other = _OtherInstallation(f"mysimbdp-test-other-{uuid.uuid4().hex[:8]}")
+    async with BrokerAdmin(MANAGEMENT_URL) as admin:
+        await admin.create_vhost(other.vhost)
+    yield other
+    async with BrokerAdmin(MANAGEMENT_URL) as admin:
+        for user in other.users:
+            await admin.delete_user(user)
+        await admin.delete_vhost(other.vhost)
+
+
+async def _user_state(user: str) -> dict[str, Any]:
+    """Everything the broker knows about ``user``: record (password hash, tags), permissions, topic permissions."""
+    async with BrokerAdmin(MANAGEMENT_URL) as admin:
+        name = quote(user, safe="")
+        return {"user": await admin.user(user),
+                "permissions": await admin.request("GET", f"/users/{name}/permissions"),
+                "topic": await admin.request("GET", f"/users/{name}/topic-permissions")}
 
 
 async def _declare(amqp_url: str, *tenants: str) -> None:
@@ -114,10 +165,11 @@ async def test_daemon_creates_passwordless_users_and_provision_keeps_permissions
     async with BrokerAdmin(MANAGEMENT_URL) as admin:
         user = await admin.user(broker_user(tenant_id))
         assert user is not None and user["password_hash"] == ""
+        assert BrokerAdmin.tags_of(user) == [installation_tag(vhost_of(amqp_url))]
         topic = await admin.request("GET", f"/users/{broker_user(tenant_id)}/topic-permissions")
     assert topic and topic[0]["exchange"] == EXCHANGE and tenant_id in topic[0]["write"]
     again = await provision_user(MANAGEMENT_URL, amqp_url, EXCHANGE, tenant_id)
-    assert not again.created
+    assert not again.created and not again.adopted
 
 
 async def test_cli_provision_prints_a_working_amqp_url(
@@ -143,3 +195,77 @@ async def test_cli_provision_prints_a_working_amqp_url(
     assert url.startswith("amqp://") and broker_user(tenant_id) in url and "guest" not in url
     result = await publish_records(url, EXCHANGE, tenant_id, [{"ok": True}])
     assert result.confirmed == 1
+
+
+def _cli(settings: Settings, amqp_url: str, *args: str, **env: str) -> int:
+    """Run ``mysimbdp --config-dir ... ARGS`` with the test broker (and ``env``); its exit code."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MYSIMBDP_AMQP_URL", amqp_url)
+        mp.setenv("MYSIMBDP_STREAM__MANAGEMENT_URL", MANAGEMENT_URL)
+        for key, value in env.items():
+            mp.setenv(key, value)
+        with pytest.raises(SystemExit) as info:
+            main(["--config-dir", str(settings.config_dir), *args])
+        return int(info.value.code or 0)
+
+
+async def test_provision_leaves_a_user_of_another_installation_alone(
+        settings_factory: Callable[..., Settings], amqp_url: str, tenant_id: str,
+        other_installation: _OtherInstallation, capsys: pytest.CaptureFixture[str]) -> None:
+    """A same-named user that another installation made keeps its password, tags and permissions;
+    the command says why it refused and what to do; a prefix of our own then works beside it."""
+    settings = settings_factory()
+    write_profile(settings, tenant_id)
+    await _declare(amqp_url, tenant_id)
+    name = broker_user(tenant_id)
+    before = await other_installation.create_user(name, "theirs", tags=["theirs"])
+    capsys.readouterr()
+
+    for args in (["tenants", "provision", tenant_id], ["tenants", "provision", tenant_id, "--keep-password"]):
+        assert await asyncio.to_thread(_cli, settings, amqp_url, *args) == 1
+        err = capsys.readouterr().err
+        assert f"broker user {name!r} exists but this installation did not create it" in err
+        assert installation_tag(vhost_of(amqp_url)) in err and "left as they were" in err
+        assert "MYSIMBDP_STREAM__USER_PREFIX" in err and "--adopt" in err
+        assert await _user_state(name) == before
+    with pytest.raises(BrokerUserConflict):  # the daemon's onboarding (no password) refuses alike
+        await provision_user(MANAGEMENT_URL, amqp_url, EXCHANGE, tenant_id)
+    assert await _user_state(name) == before
+    connection = await aio_pika.connect(other_installation.amqp_url(name, "theirs"))  # its password still works
+    await connection.close()
+
+    ours = f"site2-{tenant_id}"
+    other_installation.users.append(ours)  # (deleted after the test with the other's users)
+    assert await asyncio.to_thread(_cli, settings, amqp_url, "tenants", "provision", tenant_id,
+                                   MYSIMBDP_STREAM__USER_PREFIX="site2-") == 0
+    url = capsys.readouterr().out.strip().splitlines()[-1]
+    assert quote(ours, safe="") in url
+    assert (await publish_records(url, EXCHANGE, tenant_id, [{"ok": True}])).confirmed == 1
+    assert await _user_state(name) == before
+
+
+async def test_adopt_tags_an_untagged_user_and_keeps_its_password(
+        amqp_url: str, tenant_id: str, other_installation: _OtherInstallation) -> None:
+    """A user made before users were tagged: ``--adopt`` tags it (keeping its tags and password) and
+    applies the permissions; a user with management rights is never adopted."""
+    name = broker_user(tenant_id)
+    before = await other_installation.create_user(name, "old-password", tags=["legacy"])
+    await _declare(amqp_url, tenant_id)
+
+    result = await provision_user(MANAGEMENT_URL, amqp_url, EXCHANGE, tenant_id, adopt=True)
+    assert result.adopted and not result.created and not result.password_set
+    after = await _user_state(name)
+    mark = installation_tag(vhost_of(amqp_url))
+    assert after["user"]["password_hash"] == before["user"]["password_hash"]
+    assert BrokerAdmin.tags_of(after["user"]) == ["legacy", mark]
+    assert any(p["vhost"] == vhost_of(amqp_url) for p in after["permissions"])
+    url = tenant_amqp_url(amqp_url, name, "old-password")
+    assert (await publish_records(url, EXCHANGE, tenant_id, [{"ok": True}])).confirmed == 1
+    again = await provision_user(MANAGEMENT_URL, amqp_url, EXCHANGE, tenant_id)  # now it is ours
+    assert not again.adopted and BrokerAdmin.tags_of((await _user_state(name))["user"]) == ["legacy", mark]
+
+    admin_user = broker_user(tenant_id + "x")
+    admin_before = await other_installation.create_user(admin_user, "root", tags=["administrator"])
+    with pytest.raises(BrokerUserConflict, match="management API"):
+        await provision_user(MANAGEMENT_URL, amqp_url, EXCHANGE, tenant_id + "x", password="new", adopt=True)
+    assert await _user_state(admin_user) == admin_before

@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import stat
+import sys
 import tomllib
 from pathlib import Path
 
@@ -29,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     provision.add_argument("tenant")
     provision.add_argument("--keep-password", action="store_true",
                            help="only (re)apply the user's permissions, keep its password")
+    provision.add_argument("--adopt", action="store_true",
+                           help="take over an existing user of the tenant's name that this installation did not tag "
+                           "as its own (one made before users were tagged); without it such a user is left alone")
     provision.set_defaults(func=provision_tenant)
 
 
@@ -126,7 +130,11 @@ def provision_tenant(args: argparse.Namespace) -> int:
         raise TenantProfileError(str(path), "stream", "the tenant has no [stream] section; add one first")
     password = None if args.keep_password else new_token()
     result = asyncio.run(provision_user(settings.stream.management_url, settings.amqp_url,
-                                        settings.stream.exchange, args.tenant, password))
+                                        settings.stream.exchange, args.tenant, password,
+                                        user_prefix=settings.stream.user_prefix, adopt=args.adopt))
+    if result.adopted:
+        print(f"broker user {result.user} adopted: tagged as this installation's (vhost {result.vhost!r})",
+              file=sys.stderr)
     if password is None:
         print(f"permissions of broker user {result.user} applied in vhost {result.vhost!r}")
     else:

@@ -355,7 +355,8 @@ class StreamManager:
     async def _provision(self, tenant: str) -> None:
         s = self.settings
         try:
-            result = await provision_user(s.stream.management_url, s.amqp_url, s.stream.exchange, tenant)
+            result = await provision_user(s.stream.management_url, s.amqp_url, s.stream.exchange, tenant,
+                                          user_prefix=s.stream.user_prefix)
         except MysimbdpError as exc:
             log.warning("stream.provision.failed", tenant=tenant, error=str(exc))
             return
