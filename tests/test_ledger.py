@@ -82,5 +82,5 @@ async def test_every_timestamp_is_a_bson_date(ledger: Ledger, mongo_uri: str, te
     entry = await ledger.get(a)
     assert entry is not None
     rendered = orjson.loads(json_response(_view(entry)).body)  # type: ignore[arg-type]
-    for key in ("staged_at", "loading_at", "committed_at"):
-        assert datetime.fromisoformat(rendered[key]).utcoffset() == timedelta(0), rendered[key]
+    for field in ("staged_at", "loading_at", "committed_at"):
+        assert datetime.fromisoformat(rendered[field]).utcoffset() == timedelta(0), rendered[field]
