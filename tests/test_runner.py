@@ -20,8 +20,7 @@ import pytest
 from mysimbdp.apps import BatchContext, Target
 from mysimbdp.config import RunnerSettings
 from mysimbdp.errors import PluginError
-from mysimbdp.runner import MAX_STUCK, AppError, Runners, WorkerFailed
-from mysimbdp.runner import calls, frames, ipc
+from mysimbdp.runner import MAX_STUCK, AppError, Runners, WorkerFailed, calls, frames, ipc
 from mysimbdp.runner.confine import landlock_abi
 
 HOSTILE = {"hostile": "tests.plugins.hostile", "batch_plain": "tests.plugins.batch_apps"}
