@@ -115,8 +115,11 @@ def mysimbdp_stream_wrangle(record: dict[str, Any], message: MessageContext) -> 
         yields one call per element).
     :param message: the tenant, routing key, ``message_id``, ``timestamp`` and the record's
         index in the message.
-    :returns: the document to store; raise :class:`mysimbdp.Reject` to send the record to
-        ``_rejects`` (the message is still acknowledged).
+    :returns: the document to store (its ``_id`` defaults to ``m:<message_id>``, or
+        ``m:<message_id>:<index>`` for an array body: never equal to a batch record's id), or
+        None to skip the record on purpose (no document, no reject); raise
+        :class:`mysimbdp.Reject` to send the record to ``_rejects``. The message is
+        acknowledged either way.
     """
 
 

@@ -137,7 +137,7 @@ async def test_publish_flights_in_batches_at_a_rate(
     async def all_in() -> bool:
         return await status.count_documents({}) == 240
     await wait_until(all_in, what="240 flight status events")
-    doc = await status.find_one({"_id": "flights-run-1-0:0"})
+    doc = await status.find_one({"_id": "m:flights-run-1-0:0"})
     assert doc is not None and doc["flight"] == "UA1545" and doc["status"] in {"on_time", "delayed"}
     # Publishing again with the same prefix and batch size writes nothing twice.
     again = await publish_records(amqp_url, "mysimbdp.ingest", tenant_id, records, batch=20, id_prefix="flights-run-1")

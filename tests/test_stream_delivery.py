@@ -64,7 +64,7 @@ async def test_consumer_killed_between_write_and_ack_leaves_no_duplicate(
                     >= killed[0])
         await wait_until(settled, what="all 100 documents, the redelivered ones counted as duplicates")
     ids = [d["_id"] async for d in mongo[f"tenant_{tenant_id}"]["events"].find({}, {"_id": 1})]
-    assert sorted(ids) == sorted(f"r{i}" for i in range(100))
+    assert sorted(ids) == sorted(f"m:r{i}" for i in range(100))
 
 
 async def _true(value: bool) -> bool:
@@ -179,10 +179,10 @@ async def test_a_record_clashing_on_an_apps_unique_index_goes_to_rejects_with_it
                     and await rd.daemon.stream.queue_depth(tenant_id) == 0)
         await wait_until(settled, what="one reject and one duplicate")
     reject = await db["_rejects"].find_one({})
-    assert reject is not None and reject["_id"] == "stream-write:u2" and reject["kind"] == "write_failed"
+    assert reject is not None and reject["_id"] == "stream-write:m:u2" and reject["kind"] == "write_failed"
     assert "unique index" in reject["reason"] and reject["message_id"] == "u2"
     assert reject["raw"] == '{"code":"A","n":2}' and reject["raw_bytes"] == len(reject["raw"])
-    assert [d async for d in db["codes"].find({})] == [{"_id": "u1", "code": "A", "n": 1}]
+    assert [d async for d in db["codes"].find({})] == [{"_id": "m:u1", "code": "A", "n": 1}]
     # a message whose records all clash: its body is stored once, the other reject points to it
     await publish_raw(amqp_url, tenant_id, [[{"code": "A", "n": 3}, {"code": "A", "n": 4}]], ["u3"])
 

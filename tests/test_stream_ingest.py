@@ -45,9 +45,9 @@ async def test_two_tenants_publish_at_once_each_to_its_own_database(
     await wait_until(done, what="both tenants' documents")
     assert await mongo[f"tenant_{a}"]["events"].count_documents({"who": "b"}) == 0
     assert await mongo[f"tenant_{b}"]["events"].count_documents({"who": "a"}) == 0
-    doc = await mongo[f"tenant_{b}"]["events"].find_one({"_id": "b7:1"})
+    doc = await mongo[f"tenant_{b}"]["events"].find_one({"_id": "m:b7:1"})
     assert doc is not None and doc["n"] == 1007 and doc["seen_by"] == "stream_echo"
-    assert (await mongo[f"tenant_{a}"]["events"].find_one({"_id": "a5"}) or {}).get("n") == 5
+    assert (await mongo[f"tenant_{a}"]["events"].find_one({"_id": "m:a5"}) or {}).get("n") == 5
 
     async def drained() -> bool:
         return await rd.daemon.stream.queue_depth(a) == 0 and rd.daemon.stream.consumer_count(a) == 1
@@ -96,7 +96,7 @@ async def test_malformed_rejected_and_low_quality_records_go_to_rejects_and_are_
     assert by_id["stream:x6:2"]["raw_in"] == "stream:x6:1" and "raw" not in by_id["stream:x6:2"]
     assert by_id["stream:x8"]["raw"] == "/3s=" and by_id["stream:x8"]["raw_encoding"] == "base64"
     assert all("raw_encoding" not in d for k, d in by_id.items() if k != "stream:x8")
-    good = await mongo[rejects]["events"].find_one({"_id": "x5"})
+    good = await mongo[rejects]["events"].find_one({"_id": "m:x5"})
     assert good is not None and good["_quality"] == 0.9
 
     async def acked() -> bool:
@@ -127,7 +127,7 @@ async def test_routing_key_type_selects_the_app_and_reports_are_emitted(
             return sum(e["messages"] for e in events
                        if e["event"] == "stream.report" and e.get("tenant") == tenant_id) == 3
         await wait_until(reported, what="a report counting the messages")
-    assert (await db["shouting"].find_one({"_id": "loud"}) or {}).get("v") == "B"
+    assert (await db["shouting"].find_one({"_id": "m:loud"}) or {}).get("v") == "B"
     reports = [e for e in events if e["event"] == "stream.report" and e.get("tenant") == tenant_id]
     expected = {"tenant", "app", "instance", "window_start", "window_end", "messages", "documents", "bytes",
                 "rejected", "avg_ingest_ms", "p95_ingest_ms", "avg_processing_ms", "queue_depth"}
