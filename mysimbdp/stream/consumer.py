@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -31,15 +32,18 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from mysimbdp.logs import get_logger
-from mysimbdp.reports import REPORT_EVENT, ReportWindow
+from mysimbdp.reports import REPORT_EVENT, ReportWindow, clamp_ms
 from mysimbdp.store import REJECTS, insert_idempotent
 from mysimbdp.stream.records import (
+    RAW_LIMIT,
     TIMESTAMP_MS_HEADER,
     Incoming,
     Outcome,
     Route,
+    plain_headers,
     process_message,
     raw_fields,
+    too_large_reason,
 )
 from mysimbdp.stream.stats import BatchStats, CommitSummary, RateMeter
 from mysimbdp.stream.topology import queue_name, type_of
@@ -90,12 +94,25 @@ class _AppRun:
 
 
 def _published_ms(message: AbstractIncomingMessage) -> float | None:
-    value = (message.headers or {}).get(TIMESTAMP_MS_HEADER)
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if message.timestamp is not None:
-        return message.timestamp.timestamp() * 1000.0
-    return None
+    """The publish time in epoch ms: the header ``timestamp_ms``, else the AMQP timestamp, else None.
+
+    Never raises: a value that is not a number of milliseconds between 1970 and the year
+    9999 (what a ``datetime`` holds) counts as absent, so one message's odd header cannot
+    fail the batch it is in.
+    """
+    try:
+        headers = message.headers
+        value = headers.get(TIMESTAMP_MS_HEADER) if isinstance(headers, Mapping) else None
+    except Exception:
+        value = None
+    ms = _epoch_ms(value)
+    if ms is None:
+        try:
+            stamp = message.timestamp
+            ms = _epoch_ms(stamp.timestamp() * 1000.0) if isinstance(stamp, datetime) else None
+        except Exception:
+            ms = None
+    return ms
 
 
 class Consumer:
@@ -258,7 +275,8 @@ class Consumer:
         now_ms = time.time() * 1000.0
         poisoned = {id(batch[i]) for i in poison}
         # Without a publish time, the time since delivery is the best (lower) bound we have.
-        stats.ingest_ms = [now_ms - (d.published_ms if d.published_ms is not None else d.received_ms)
+        # Clamped: a publish time in the future (a wrong clock, a hostile header) counts 0.
+        stats.ingest_ms = [_latency_ms(now_ms, d.published_ms if d.published_ms is not None else d.received_ms)
                            for d in batch if id(d) not in poisoned]
         self._window.add(stats.ingest_ms, stats.seconds * 1000.0, documents=stats.documents,
                          bytes=stats.bytes, rejected=stats.rejected)
@@ -304,12 +322,26 @@ class Consumer:
         return outcomes, poison
 
     def _incoming(self, message: AbstractIncomingMessage) -> Incoming:
-        published = _published_ms(message)
+        """The plain data of one message for its app: the error boundary of its properties.
+
+        Never raises: the headers become plain, bounded values (:func:`plain_headers`), a
+        publish time out of range counts as absent, and a body over the tenant's
+        ``max_message_bytes`` is checked here, before anything decodes it: it goes on cut to
+        its first ``RAW_LIMIT`` bytes and marked ``too_large``, to be rejected unread.
+        """
+        body = message.body
+        too_large, body_bytes = None, None
+        if len(body) > self.profile.max_message_bytes:
+            too_large, body_bytes = too_large_reason(len(body), self.profile.max_message_bytes), len(body)
+            body = body[:RAW_LIMIT]
+        try:
+            headers = plain_headers(message.headers)
+        except Exception:
+            headers = {}
         return Incoming(
-            tenant=self.tenant, routing_key=message.routing_key or self.tenant, body=message.body,
-            message_id=message.message_id,
-            timestamp=datetime.fromtimestamp(published / 1000.0, UTC) if published is not None else None,
-            headers=dict(message.headers or {}))
+            tenant=self.tenant, routing_key=message.routing_key or self.tenant, body=body,
+            message_id=message.message_id, timestamp=_utc(_published_ms(message)), headers=headers,
+            too_large=too_large, body_bytes=body_bytes)
 
     # ----------------------------------------------------------------- writing
 
@@ -426,12 +458,18 @@ class Consumer:
             await asyncio.sleep(max(0.0, min(next_summary, next_report) - time.monotonic()))
             now = time.monotonic()
             if now >= next_summary:
-                self._emit_summary()
                 next_summary = now + tick
+                try:
+                    self._emit_summary()
+                except Exception as exc:  # one bad tick must not end the consumer's summaries
+                    _tick_failed(self._log, "summary", exc)
             if now >= next_report:
                 # after a stall, start the schedule again rather than report in a burst
                 next_report = next_report + interval if now - next_report < interval else now + interval
-                await self._report()
+                try:
+                    await self._report()
+                except Exception as exc:  # nor its reports
+                    _tick_failed(self._log, "report", exc)
 
     def _emit_summary(self) -> None:
         fields = self._summary.take()
@@ -443,7 +481,14 @@ class Consumer:
             depth = await asyncio.wait_for(self._depth(), 2.0)
         except Exception:
             depth = None
-        log.info(REPORT_EVENT, **self._window.close(queue_depth=depth).to_event())
+        try:
+            report = self._window.close(queue_depth=depth)
+        except Exception as exc:
+            # the window cannot make a valid report: start a fresh one, or every later report fails too
+            self._window = ReportWindow(self.tenant, self.profile.app, self.instance)
+            _tick_failed(self._log, "report", exc)
+            return
+        log.info(REPORT_EVENT, **report.to_event())
 
 
 class _Fields:
@@ -477,3 +522,39 @@ def _write_reject(tenant: str, doc: dict[str, Any], reason: str) -> dict[str, An
     return {"_id": f"stream-write:{doc.get('_id')}", "source": "stream", "kind": "write_failed",
             "reason": f"the store refused the document: {reason}"[:2000], "tenant": tenant,
             "document_id": str(doc.get("_id")), "at": datetime.now(UTC)}
+
+
+_MAX_EPOCH_MS = 253_402_300_799_999.0  # 9999-12-31T23:59:59.999Z, the last instant a datetime holds
+
+
+def _epoch_ms(value: Any) -> float | None:
+    """``value`` as epoch milliseconds a ``datetime`` can hold, or None (not a number, out of range)."""
+    if type(value) is not int and type(value) is not float:
+        return None
+    try:
+        ms = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    return ms if math.isfinite(ms) and 0.0 <= ms <= _MAX_EPOCH_MS else None
+
+
+def _utc(ms: float | None) -> datetime | None:
+    """Epoch milliseconds as an aware UTC datetime (None stays None, as does anything out of range)."""
+    if ms is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000.0, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _latency_ms(now_ms: float, since_ms: float) -> float:
+    """Milliseconds from ``since_ms`` to ``now_ms``, clamped as in reports (0 to a day): one odd
+    publish time can neither make a negative latency nor swamp the summaries and reports."""
+    return clamp_ms(now_ms - since_ms)
+
+
+def _tick_failed(fields: _Fields, step: str, exc: Exception) -> None:
+    """Log a failed summary or report; the tick loop goes on (even if logging fails)."""
+    with contextlib.suppress(Exception):
+        fields.exception("stream.tick.failed", step=step, error=f"{type(exc).__name__}: {exc}"[:300])

@@ -291,8 +291,16 @@ class StreamManager:
         return Routes(default=route(profile.app), by_type={k: route(v) for k, v in profile.apps.items()})
 
     async def _on_tenant_change(self, change: TenantChange) -> None:
+        """Onboard, reconfigure or offboard a tenant's stream.
+
+        A changed ``[stream]`` section restarts the tenant's consumers with the new settings:
+        a running stream keeps running (with its consumer count, within the new bounds), a
+        stopped one stays stopped; ``autostart`` applies to onboarding only.
+        """
         previous = self._tenants.get(change.tenant)
         stream = change.new.stream if change.new is not None else None
+        # read before the stop below, which marks the stream stopped
+        was_running = previous.running if previous is not None else stream.autostart if stream else False
         if previous is not None and (stream is None or stream != previous.profile):
             await self._stop_all(previous, self.settings.drain_timeout_s,
                                  "tenant offboarded" if stream is None else "profile changed")
@@ -302,7 +310,7 @@ class StreamManager:
         if stream is None or (previous is not None and stream == previous.profile):
             return
         t = _Tenant(change.tenant, stream)
-        t.running = previous.running if previous is not None else stream.autostart
+        t.running = was_running
         t.desired = max(stream.min_consumers, min(previous.desired if previous else _start_count(stream),
                                                    stream.max_consumers))
         try:
@@ -314,7 +322,7 @@ class StreamManager:
         if self.settings.stream.provision_users:
             self._spawn(self._provision(change.tenant), f"stream.provision.{change.tenant}")
         if self._connection is not None and not self._connection.is_closed:
-            await self._activate(t)
+            await self._activate(t, "tenant onboarded" if previous is None else "profile changed")
 
     async def _on_connected(self, connection: AbstractRobustConnection) -> None:
         self._connection = connection
@@ -322,7 +330,7 @@ class StreamManager:
         for t in list(self._tenants.values()):
             await self._activate(t)
 
-    async def _activate(self, t: _Tenant) -> None:
+    async def _activate(self, t: _Tenant, reason: str = "tenant onboarded") -> None:
         """Declare the tenant's topology and start its consumers if it should run."""
         if self._draining or self._connection is None:
             return
@@ -330,7 +338,7 @@ class StreamManager:
             await declare_tenant(self._connection, self.settings.stream.exchange, t.id, t.profile)
             await self._ensure_indexes(t)
             if t.running and t.routes is not None and t.desired > len(t.consumers):
-                await self._set_count(t, t.desired, "tenant onboarded")
+                await self._set_count(t, t.desired, reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
