@@ -231,11 +231,16 @@ def daemon_env(settings: Settings, port: int) -> dict[str, str]:
         "MYSIMBDP_LOG_LEVEL": settings.log_level,
         "MYSIMBDP_BATCH": settings.batch.model_dump_json(),
         "MYSIMBDP_STREAM": settings.stream.model_dump_json(),
+        "MYSIMBDP_RUNNER": settings.runner.model_dump_json(),
+        "MYSIMBDP_HTTP": settings.http.model_dump_json(),
+        "MYSIMBDP_RETRY_MAX_S": str(settings.retry_max_s),
         "MYSIMBDP_EXTRA_APPS": __import__("json").dumps(settings.extra_apps),
         "PYTHONPATH": str(REPO),
     })
     if settings.mongo_uri:
         env["MYSIMBDP_MONGO_URI"] = settings.mongo_uri
+    if settings.metrics_token:
+        env["MYSIMBDP_METRICS_TOKEN"] = settings.metrics_token
     return env
 
 
