@@ -1,8 +1,11 @@
 """``mysimbdpd`` run as its own process for a benchmark, and what can be read of it.
 
-The daemon's CPU time (user+sys) and peak RSS come from ``/proc/<pid>``: only the
-daemon's own pid is read, so the store (a separate process) is never counted. Its JSON log
-file is followed to learn when files and batches are committed.
+The platform's CPU time (user+sys) is the daemon's own and its app workers' (the
+``python -m mysimbdp.runner.worker`` processes it starts for tenant apps that run with
+``runner = "process"``), read from ``/proc``: see :meth:`BenchDaemon.cpu`. The store is a
+separate process, started by the benchmark and not by the daemon, and is never counted. Peak
+RSS is the daemon's own. Its JSON log file is followed to learn when files and batches are
+committed.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ from bench.env import BenchEnv
 from mysimbdp.store import free_port
 from mysimbdp.tenants import write_profile
 
-__all__ = ["BenchDaemon", "LogTail", "ProcStats", "DaemonFailed", "ADMIN_TOKEN"]
+__all__ = ["BenchDaemon", "LogTail", "ProcStats", "CpuSample", "platform_cpu", "DaemonFailed", "ADMIN_TOKEN"]
 
 REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "bench-admin-token"
@@ -39,6 +43,13 @@ class DaemonFailed(RuntimeError):
     """The daemon exited or did not do what the benchmark waited for; the message says where to look."""
 
 
+def _stat(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name: ``[0]`` is the state, ``[1]``
+    the parent's pid, ``[11:15]`` utime, stime, cutime and cstime in clock ticks."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].decode().split()
+
+
 class ProcStats:
     """CPU seconds and memory of one process, read from ``/proc/<pid>``."""
 
@@ -47,8 +58,7 @@ class ProcStats:
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the process itself (children not included)."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[1].split()
+        fields = _stat(self.pid)
         return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
     def _status_kb(self, key: str) -> int:
@@ -73,6 +83,64 @@ class ProcStats:
         larger pieces): the anonymous part is what the process itself allocated.
         """
         return self._status_kb("RssAnon") / 1024
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    """CPU seconds (user+sys) used so far by the daemon itself and by its child processes.
+
+    ``workers`` is every child the daemon started (its app workers, the only children of a
+    daemon given a store URI): the live ones' own CPU (and their reaped children's), plus the
+    ``cutime``/``cstime`` of the daemon, where the CPU of the children that exited moves once
+    the daemon reaps them. ``live_workers`` is how many children were running at the sample.
+    Subtract two samples for an interval.
+    """
+
+    daemon: float
+    workers: float
+    live_workers: int = 0
+
+    @property
+    def total(self) -> float:
+        """The platform's CPU: the daemon's and its workers'."""
+        return self.daemon + self.workers
+
+    def __sub__(self, other: CpuSample) -> CpuSample:
+        return CpuSample(self.daemon - other.daemon, self.workers - other.workers, self.live_workers)
+
+
+def _children_ticks(pid: int) -> tuple[int, int]:
+    """CPU ticks of the live (or exited, not yet reaped) children of ``pid``, and their number."""
+    ticks = count = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat(entry.name)
+        except (OSError, IndexError):  # gone meanwhile: its CPU is in the parent's cutime now
+            continue
+        if fields[1] == str(pid):
+            ticks += sum(int(f) for f in fields[11:15])
+            count += 1
+    return ticks, count
+
+
+def platform_cpu(pid: int) -> CpuSample:
+    """The daemon's and its workers' CPU so far (see :class:`CpuSample`).
+
+    A worker that is reaped while the children are read would be counted twice (in the
+    parent's ``cutime`` and in its own line) or not at all: the read is repeated until the
+    daemon's ``cutime``/``cstime`` are the same before and after it.
+    """
+    for _ in range(20):
+        before = _stat(pid)
+        children, live = _children_ticks(pid)
+        after = _stat(pid)
+        if before[13:15] == after[13:15]:
+            break
+    own = int(after[11]) + int(after[12])
+    reaped = int(after[13]) + int(after[14])
+    return CpuSample(own / _CLK_TCK, (reaped + children) / _CLK_TCK, live)
 
 
 class LogTail:
@@ -258,24 +326,25 @@ class BenchDaemon:
     def drop_file(self, tenant: str, source: Path, name: str | None = None) -> float:
         """Put ``source`` into the tenant's staging folder at once; returns the wall-clock time.
 
-        The file is hard-linked (or copied, across file systems) under a hidden name, which
-        the watcher ignores, then renamed: the platform sees a complete file appear.
+        The file is copied under a hidden name, which the watcher ignores, then renamed: the
+        platform sees a complete file appear. A copy, not a hard link: the platform rejects a
+        staged file with more than one name (``hard_link``), as it may be another tenant's.
         """
         folder = self.staging(tenant)
         name = name or source.name
         hidden = folder / f".{name}.bench"
-        try:
-            os.link(source, hidden)
-        except OSError:
-            shutil.copyfile(source, hidden)
+        shutil.copyfile(source, hidden)
         t = time.time()
         os.rename(hidden, folder / name)
         return t
 
+    def cpu(self) -> CpuSample:
+        """The daemon's and its app workers' CPU seconds so far, apart."""
+        return platform_cpu(self.pid)
+
     def cpu_seconds(self) -> float:
-        """The daemon's CPU seconds so far."""
-        assert self.stats is not None
-        return self.stats.cpu_seconds()
+        """The platform's CPU seconds so far: the daemon's and its app workers' (see :meth:`cpu`)."""
+        return self.cpu().total
 
     def peak_rss_mb(self) -> float:
         """The daemon's peak RSS so far, in MiB."""

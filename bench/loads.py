@@ -14,7 +14,7 @@ from bench.daemon import BenchDaemon, ProcStats
 from bench.data import DataFile
 from bench.session import BenchError
 
-__all__ = ["batch_profile", "BATCH_SETTINGS", "FLIGHTS_APP", "FLIGHTS_COLLECTION", "LoadRun", "load_file",
+__all__ = ["batch_profile", "BATCH_SETTINGS", "FLIGHTS_APP", "FLIGHTS_COLLECTION", "RUNNERS", "LoadRun", "load_file",
            "event_time", "PeakSampler", "AnonPeak"]
 
 FLIGHTS_APP = "flights"
@@ -25,13 +25,20 @@ FLIGHTS_COLLECTION = "flights"
 #: constant second to every drop-to-committed time).
 BATCH_SETTINGS: dict[str, Any] = {"stable_after_s": 0.2, "rescan_interval_s": 1.0}
 
+#: Where a tenant's apps run (the profile's ``runner``): the platform's default first.
+RUNNERS: tuple[str, ...] = ("process", "thread")
 
-def batch_profile(tenant: str, app: str = FLIGHTS_APP, **overrides: Any) -> dict[str, Any]:
-    """A tenant profile whose limits let 1 GB files through."""
+
+def batch_profile(tenant: str, app: str = FLIGHTS_APP, runner: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """A tenant profile whose limits let 1 GB files through; ``runner`` None keeps the
+    platform's default (a worker process)."""
     batch = {"app": app, "formats": ["csv", "csv.gz", "jsonl"], "max_file_bytes": 4 * 1024**3,
              "max_staged_files": 100, "max_concurrent_files": 2, "storage_quota_bytes": 1024**4,
              "timeout_s": 7200.0, **overrides}
-    return {"id": tenant, "name": f"benchmark tenant {tenant}", "batch": batch}
+    profile: dict[str, Any] = {"id": tenant, "name": f"benchmark tenant {tenant}", "batch": batch}
+    if runner is not None:
+        profile["runner"] = runner
+    return profile
 
 
 def event_time(event: dict[str, Any]) -> float:
@@ -49,10 +56,12 @@ class LoadRun:
     bytes: int
     seconds: float  # drop (rename into staging) -> batch.file.committed
     platform_seconds: float  # the platform's own timing: loading start -> committed
-    cpu_seconds: float  # the daemon's CPU over the same interval
+    cpu_seconds: float  # the platform's CPU over the same interval: the daemon's and its app workers'
     peak_rss_mb: float  # the daemon's VmHWM after the load
     store_cpu_seconds: float | None = None  # the embedded store's CPU over the interval, if known
     peak_anon_mb: float | None = None  # the highest RssAnon sampled during the load
+    worker_cpu_seconds: float = 0.0  # the app workers' part of cpu_seconds
+    runner: str = "process"  # where the tenant's app ran (the profile's runner)
 
     @property
     def rate(self) -> float:
@@ -61,15 +70,29 @@ class LoadRun:
 
     @property
     def cpu_us_per_record(self) -> float:
-        """Daemon CPU microseconds per record."""
+        """Platform CPU (daemon + app workers) microseconds per record."""
         return self.cpu_seconds / self.records * 1e6 if self.records else 0.0
+
+    @property
+    def daemon_cpu_seconds(self) -> float:
+        """The daemon's own part of :attr:`cpu_seconds`."""
+        return self.cpu_seconds - self.worker_cpu_seconds
+
+    def us_per_record(self, seconds: float) -> float:
+        """``seconds`` of CPU in microseconds per record of this load."""
+        return seconds / self.records * 1e6 if self.records else 0.0
 
     def to_json(self) -> dict[str, Any]:
         """The raw repetition as written to the results file."""
-        return {"tenant": self.tenant, "file": self.file, "records": self.records, "bytes": self.bytes,
-                "seconds": round(self.seconds, 3), "platform_seconds": round(self.platform_seconds, 3),
+        return {"tenant": self.tenant, "runner": self.runner, "file": self.file, "records": self.records,
+                "bytes": self.bytes, "seconds": round(self.seconds, 3), "platform_seconds": round(self.platform_seconds, 3),
                 "records_per_s": round(self.rate, 1), "cpu_seconds": round(self.cpu_seconds, 3),
-                "cpu_us_per_record": round(self.cpu_us_per_record, 3), "peak_rss_mb": round(self.peak_rss_mb, 1),
+                "daemon_cpu_seconds": round(self.daemon_cpu_seconds, 3),
+                "worker_cpu_seconds": round(self.worker_cpu_seconds, 3),
+                "cpu_us_per_record": round(self.cpu_us_per_record, 3),
+                "daemon_cpu_us_per_record": round(self.us_per_record(self.daemon_cpu_seconds), 3),
+                "worker_cpu_us_per_record": round(self.us_per_record(self.worker_cpu_seconds), 3),
+                "peak_rss_mb": round(self.peak_rss_mb, 1),
                 "peak_anon_mb": round(self.peak_anon_mb, 1) if self.peak_anon_mb is not None else None,
                 "daemon_cpu_share": round(self.cpu_seconds / self.seconds, 3) if self.seconds > 0 else None,
                 "store_cpu_share": (round(self.store_cpu_seconds / self.seconds, 3)
@@ -85,22 +108,24 @@ def outcome(tenant: str, name: str) -> Any:
 
 
 async def load_file(daemon: BenchDaemon, tenant: str, data: DataFile, timeout: float,
-                    name: str | None = None, collection: str | None = FLIGHTS_COLLECTION) -> LoadRun:
+                    name: str | None = None, collection: str | None = FLIGHTS_COLLECTION,
+                    runner: str = "process") -> LoadRun:
     """Drop ``data`` into the tenant's staging folder and wait until it is committed.
 
-    ``collection`` (the app's target) is counted afterwards as a cross-check of the event.
+    ``collection`` (the app's target) is counted afterwards as a cross-check of the event;
+    ``runner`` (the tenant profile's) is only recorded.
 
     Raises :class:`BenchError` if the file is rejected, if fewer records than the file holds
     were written, or if nothing happens within ``timeout``.
     """
     name = name or f"{data.path.stem}-{uuid.uuid4().hex[:6]}{''.join(data.path.suffixes)}"
     daemon.log.poll()
-    cpu0, store0 = daemon.cpu_seconds(), daemon.env.store_cpu()
+    cpu0, store0 = daemon.cpu(), daemon.env.store_cpu()
     dropped = daemon.drop_file(tenant, data.path, name)
     async with AnonPeak(daemon.stats) as anon:
         event = await daemon.log.wait_for(outcome(tenant, name), timeout, what=f"outcome of {name}",
                                           alive=daemon.alive)
-    cpu1, store1 = daemon.cpu_seconds(), daemon.env.store_cpu()
+    cpu1, store1 = daemon.cpu(), daemon.env.store_cpu()
     if event["event"] != "batch.file.committed":
         raise BenchError(f"{name} was rejected: {event.get('code')}: {event.get('reason')}")
     written = int(event.get("records_written", 0)) + int(event.get("duplicates", 0))
@@ -112,9 +137,10 @@ async def load_file(daemon: BenchDaemon, tenant: str, data: DataFile, timeout: f
         if count < written:
             raise BenchError(f"{name}: the event says {written} records but the collection holds {count}")
     store_cpu = store1 - store0 if store0 is not None and store1 is not None else None
+    cpu = cpu1 - cpu0
     return LoadRun(tenant, name, data.rows, data.bytes, event_time(event) - dropped,
-                   float(event.get("seconds", 0.0)), cpu1 - cpu0, daemon.peak_rss_mb(), store_cpu,
-                   anon.peak)
+                   float(event.get("seconds", 0.0)), cpu.total, daemon.peak_rss_mb(), store_cpu,
+                   anon.peak, cpu.workers, runner)
 
 
 class PeakSampler:

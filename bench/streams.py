@@ -4,8 +4,9 @@ waiting for committed documents, and a latency probe.
 Latency is measured from outside the daemon: the publish tool stamps each message with its
 publish time (header ``timestamp_ms``), the weather stream app stores it in each reading as
 ``received_at``, and a probe polls the store every ``interval`` seconds for a sample of the
-messages by ``_id`` (``<id-prefix>-<n>``). A message's latency is the end of the poll that
-first finds its document minus ``received_at``: an upper bound, late by at most one poll.
+messages by ``_id`` (the platform's id of message ``<id-prefix>-<n>``). A message's latency
+is the end of the poll that first finds its document minus ``received_at``: an upper bound,
+late by at most one poll.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import aio_pika
 from bench.daemon import BenchDaemon
 from bench.env import BenchEnv
 from bench.session import BenchError
+from mysimbdp.stream.records import document_id
 
 __all__ = ["stream_profile", "STREAM_APP", "STREAM_COLLECTION", "EXCHANGE", "wait_stream_ready",
            "Publisher", "wait_documents", "LatencyProbe", "platform_reports", "declare_ceiling_queue",
@@ -35,11 +37,14 @@ EXCHANGE = "mysimbdp.ingest"
 
 
 def stream_profile(tenant: str, app: str = STREAM_APP, stream: dict[str, Any] | None = None,
-                   monitor: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A stream tenant: the example weather tenant's ``[stream]`` values unless overridden."""
+                   monitor: dict[str, Any] | None = None, runner: str | None = None) -> dict[str, Any]:
+    """A stream tenant: the example weather tenant's ``[stream]`` values unless overridden;
+    ``runner`` None keeps the platform's default (the app in a worker process)."""
     section = {"app": app, "min_consumers": 1, "max_consumers": 8, "prefetch": 500,
                "batch_max_messages": 1000, "batch_max_wait_ms": 200, **(stream or {})}
     profile: dict[str, Any] = {"id": tenant, "name": f"benchmark tenant {tenant}", "stream": section}
+    if runner is not None:
+        profile["runner"] = runner
     if monitor:
         profile["monitor"] = monitor
     return profile
@@ -139,12 +144,16 @@ class LatencyProbe:
         self.batch = batch
         self.poll_seconds: list[float] = []
 
+    def doc_id(self, n: int) -> str:
+        """The ``_id`` of the reading of message ``n`` (the publisher's ``message_id`` is ``<prefix>-<n>``)."""
+        return document_id(f"{self.prefix}-{n}", None)
+
     async def run(self, started: float, timeout: float) -> None:
         """Poll until every sampled message is found (or ``timeout`` after ``started``)."""
         deadline = started + timeout
         while self.pending and time.time() < deadline:
             published = (time.time() - started) * self.rate + self.rate  # a generous upper bound
-            ids = [f"{self.prefix}-{n}" for n in self.pending[: self.batch] if n <= published]
+            ids = [self.doc_id(n) for n in self.pending[: self.batch] if n <= published]
             if ids:
                 t0 = time.time()
                 found = {d["_id"]: d.get("received_at")
@@ -155,7 +164,7 @@ class LatencyProbe:
                     for received in found.values():
                         self.latencies_ms.append((seen - _epoch(received)) * 1000.0)
                     keep = set(ids) - set(found)
-                    head = [n for n in self.pending[: self.batch] if f"{self.prefix}-{n}" in keep or n > published]
+                    head = [n for n in self.pending[: self.batch] if self.doc_id(n) in keep or n > published]
                     self.pending = head + self.pending[self.batch:]
             await asyncio.sleep(self.interval)
         if self.pending:

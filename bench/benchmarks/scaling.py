@@ -32,6 +32,7 @@ from bench.streams import (
     wait_documents,
     wait_stream_ready,
 )
+from mysimbdp.stream.records import document_id
 
 __all__ = ["NAME", "TITLE", "run", "profiles"]
 
@@ -69,7 +70,7 @@ async def _repetition(session: Session, daemon: BenchDaemon, i: int) -> dict[str
     await publisher.wait(scale.scaling_load_seconds * 3 + 60)
     load_end = time.time()
     drained = await wait_documents(readings, data.rows, scale.timeout_s, alive=daemon.alive)
-    first = await readings.find_one({"_id": f"step{i}-0"}, {"received_at": 1})
+    first = await readings.find_one({"_id": document_id(f"step{i}-0", None)}, {"received_at": 1})
     if first is None:
         raise BenchError(f"the first message (step{i}-0) is not in {tenant}'s readings")
     load_start = first["received_at"].timestamp()
