@@ -30,7 +30,11 @@ take. Each benchmark therefore measures the platform **and the ceiling of the sa
 the same run** (the store's own `insert_many`, a bare RabbitMQ consumer), and reports the
 ratio. The machine is shared, so every figure is the **median of several repetitions**
 (min–max beside it), and the daemon runs as its own `mysimbdpd` process so that its CPU
-(user+sys of its own pid, the store excluded) and peak RSS (`VmHWM`) can be read from `/proc`.
+and peak RSS (`VmHWM`) can be read from `/proc`. CPU is user+sys of the daemon **and of its
+app workers** (the processes that run tenant apps, `runner = "process"`, the default), each
+shown apart where it matters; the store is excluded. Benchmarks 1, 2 and 4 measure both
+runners in the same run, one tenant each, loads interleaved: the app in a worker process,
+and the app in the daemon's threads (`runner = "thread"`).
 Memory is in MiB (2^20 bytes), file sizes and transfer rates in MB (10^6 bytes): a target
 of 150 MB of memory is compared as 143 MiB.
 
@@ -188,6 +192,9 @@ def _method(name: str) -> str:
 def _profile(profile: dict[str, Any]) -> list[str]:
     lines = [f"Profile ({profile.get('tool')}; {profile.get('workload')}; {profile.get('samples')} samples, "
              f"{profile.get('waiting_samples', 0)} more of threads waiting left out):", ""]
+    if profile.get("processes"):
+        shares = ", ".join(f"{p['process']} {p['pct']:.1f} %" for p in profile["processes"])
+        lines += [f"Samples by process: {shares}.", ""]
     own = [[f"`{p['function']}`", f"{p['pct']:.1f} %"] for p in profile.get("self", [])]
     total = [[f"`{p['function']}`", f"{p['pct']:.1f} %"] for p in profile.get("total", [])]
     if own:
@@ -258,7 +265,45 @@ def _scaling_runs(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-RUN_TABLES = {"memory": _memory_runs, "scaling": _scaling_runs, "upload": _upload_runs}
+def _runner_label(runner: str | None) -> str:
+    return "worker process" if runner == "process" else f"`runner = \"{runner}\"`" if runner else "?"
+
+
+def _batch_runner_runs(runs: list[dict[str, Any]]) -> list[str]:
+    """Each repetition's two loads, side by side: the app in a worker process and in threads."""
+    rows = []
+    for k, run in enumerate(runs, 1):
+        for runner in ("process", "thread"):
+            pair = run.get(runner)
+            if not isinstance(pair, dict) or "load" not in pair:
+                return []  # a results file from before both runners were measured
+            load, first = pair["load"], pair["first_file"]
+            rows.append([str(k), _runner_label(runner), _fmt(first.get("seconds"), "s"), _fmt(first.get("cpu_seconds"), "s"),
+                         _fmt(load.get("records_per_s")), _fmt(load.get("daemon_cpu_us_per_record"), "µs"),
+                         _fmt(load.get("worker_cpu_us_per_record"), "µs"), _fmt(load.get("cpu_us_per_record"), "µs")])
+    return ["Each load (CPU is user+sys of the daemon and of its app worker):", "",
+            *_table(["repetition", "app runs in", "first file: drop to committed", "first file: CPU",
+                     "records/s", "daemon CPU/record", "worker CPU/record", "CPU/record"], rows), ""]
+
+
+def _stream_runs(runs: list[dict[str, Any]]) -> list[str]:
+    """Each repetition's throughput runs of both runners."""
+    rows = []
+    for k, run in enumerate(runs, 1):
+        for key in ("platform", "platform_thread"):
+            p = run.get(key)
+            if not isinstance(p, dict) or "cpu_us_per_message" not in p:
+                return []  # a results file from before both runners were measured
+            rows.append([str(k), _runner_label(p.get("runner")), _fmt(p.get("rate"), "msg/s"),
+                         _fmt(p.get("daemon_cpu_us_per_message"), "µs"), _fmt(p.get("worker_cpu_us_per_message"), "µs"),
+                         _fmt(p.get("cpu_us_per_message"), "µs")])
+    return ["Each throughput run (CPU is user+sys of the daemon and of its app workers):", "",
+            *_table(["repetition", "app runs in", "publish to committed", "daemon CPU/message",
+                     "worker CPU/message", "CPU/message"], rows), ""]
+
+
+RUN_TABLES = {"batch": _batch_runner_runs, "cpu": _batch_runner_runs, "memory": _memory_runs,
+              "scaling": _scaling_runs, "stream": _stream_runs, "upload": _upload_runs}
 
 
 def _section(index: int, name: str, r: dict[str, Any]) -> list[str]:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import pytest
 from bench.benchmarks import BENCHMARKS
 from bench.benchmarks.memory import Progress
 from bench.cli import run_benchmarks
+from bench.daemon import platform_cpu
 from bench.env import BenchEnv
 from bench.profile import summarise
 from bench.report import render
@@ -88,7 +92,48 @@ def _check_upload(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> N
     assert metrics["rss_growth_mb"]["target"] == {"op": "<=", "value": 16.0}
 
 
-CHECKS = {"memory": _check_memory, "upload": _check_upload}
+def _check_batch_runners(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
+    """Both runners loaded in every repetition; only the worker runner has worker CPU."""
+    for run in data["runs"]:
+        assert run["process"]["load"]["runner"] == "process" and run["thread"]["load"]["runner"] == "thread"
+        # the first file starts the tenant's worker: that costs the worker CPU, the thread runner none
+        assert run["process"]["first_file"]["worker_cpu_seconds"] > 0
+        assert run["thread"]["first_file"]["worker_cpu_seconds"] <= 0.05
+        assert run["thread"]["load"]["worker_cpu_seconds"] <= 0.05
+        for pair in (run["process"], run["thread"]):
+            load = pair["load"]
+            assert load["cpu_seconds"] == pytest.approx(load["daemon_cpu_seconds"] + load["worker_cpu_seconds"],
+                                                        abs=0.002)
+
+
+def _check_batch(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
+    assert metrics["runner_ratio"]["target"] == {"op": ">=", "value": 0.9}
+    assert metrics["thread_records_per_s"]["value"] > 0
+    _check_batch_runners(data, metrics)
+
+
+def _check_cpu(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
+    assert metrics["cpu_us_per_record"]["target"] == {"op": "<=", "value": 10.0}
+    for key in ("daemon_cpu_us_per_record", "worker_cpu_us_per_record", "thread_cpu_us_per_record",
+                "worker_cost_us_per_record", "thread_records_per_s"):
+        assert metrics[key]["value"] is not None
+    _check_batch_runners(data, metrics)
+
+
+def _check_stream(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
+    """CPU per message of both runners, against the figure before workers."""
+    assert metrics["before_workers_cpu_us_per_message"]["value"] == 105.8
+    for key in ("cpu_us_per_message", "daemon_cpu_us_per_message", "worker_cpu_us_per_message",
+                "thread_cpu_us_per_message", "thread_msgs_per_s", "cpu_vs_before_workers"):
+        assert metrics[key]["value"] is not None and metrics[key]["value"] > 0, key
+    for run in data["runs"]:
+        assert run["platform"]["runner"] == "process" and run["platform_thread"]["runner"] == "thread"
+        assert run["platform"]["worker_cpu_us_per_message"] > 0
+        assert run["platform_thread"]["worker_cpu_us_per_message"] * run["platform_thread"]["messages"] <= 0.05e6
+
+
+CHECKS = {"batch": _check_batch, "cpu": _check_cpu, "memory": _check_memory, "stream": _check_stream,
+          "upload": _check_upload}
 
 
 def test_report_renders_every_results_file(bench_dirs: dict[str, Path]) -> None:
@@ -113,6 +158,35 @@ def test_profile_summary_leaves_waiting_threads_out(tmp_path: Path) -> None:
     own = {row["function"]: row["pct"] for row in summary["self"]}
     assert own == {"work (mysimbdp/batch/loader.py)": 75.0, "dumps (json.py)": 25.0}
     assert summary["total"][0] == {"function": "work (mysimbdp/batch/loader.py)", "pct": 100.0}
+
+
+def test_profile_summary_counts_samples_by_process(tmp_path: Path) -> None:
+    raw = tmp_path / "p.txt"
+    daemon = 'process 10:"python mysimbdpd"'
+    worker = 'process 11:"python -I -m mysimbdp.runner.worker 5 8"'
+    raw.write_text(f"{daemon};main (a.py:1);work (mysimbdp/batch/loader.py:5) 30\n"
+                   f"{daemon};{worker};serve (mysimbdp/runner/worker.py:1);wrangle (mysimbdp_flights/batch.py:2) 10\n"
+                   f"{daemon};{worker};serve (mysimbdp/runner/worker.py:1);_read_exact (mysimbdp/runner/frames.py:9) 50\n")
+    summary = summarise(raw)
+    assert summary["samples"] == 40 and summary["waiting_samples"] == 50
+    assert summary["processes"] == [{"process": "daemon", "pct": 75.0}, {"process": "app worker", "pct": 25.0}]
+    assert {row["function"] for row in summary["self"]} == {"work (mysimbdp/batch/loader.py)",
+                                                          "wrangle (mysimbdp_flights/batch.py)"}
+
+
+def test_platform_cpu_counts_a_child_once_alive_exited_and_reaped() -> None:
+    before = platform_cpu(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                              "while time.process_time() - t < 0.3: pass"])
+    try:
+        while child.poll() is None:  # poll reaps it at the end: alive, then exited, then reaped
+            alive = platform_cpu(os.getpid())
+            assert alive.live_workers >= 1
+    finally:
+        child.wait()
+    after = platform_cpu(os.getpid()) - before
+    assert 0.25 <= after.workers <= 0.6
+    assert after.total == pytest.approx(after.daemon + after.workers)
 
 
 def test_percentile_is_nearest_rank() -> None:

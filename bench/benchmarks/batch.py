@@ -10,10 +10,21 @@ is the writes alone, one batch at a time, into a collection with the same indexe
 platform's (the app declares two). The platform's time runs from the file's appearance in
 staging (a rename) to its ``batch.file.committed`` event, so it includes the watcher's
 stability wait, parsing, wrangling, encoding, hashing, the ledger and the archive move.
+
+Both runners load in every repetition, one tenant each, in the same daemon, one after the
+other (the order alternates between repetitions): a tenant with the default runner, whose
+app runs in a confined worker process (Arrow record batches to the worker and back over
+pipes), and a tenant with ``runner = "thread"``, whose app runs in the daemon's threads.
+Each tenant first loads a small file of ``first_file_rows`` rows, which starts its worker
+(or, for the thread runner, finds the app already imported): the measured load reuses that
+idle worker, as every file of a tenant after its first does. The small file's own time and
+CPU, worker start included, are reported apart. The ceiling runs after each pair of loads,
+with the default runner's documents.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from bson.raw_bson import RawBSONDocument
@@ -21,17 +32,29 @@ from bson.raw_bson import RawBSONDocument
 from bench.ceilings import copy_indexes, insert_many_rate, read_documents
 from bench.daemon import BenchDaemon
 from bench.data import FLIGHTS_ROWS, DataFile, flights_csv, flights_slice
-from bench.loads import BATCH_SETTINGS, FLIGHTS_COLLECTION, LoadRun, batch_profile, load_file
+from bench.loads import (
+    BATCH_SETTINGS,
+    FLIGHTS_COLLECTION,
+    RUNNERS,
+    LoadRun,
+    batch_profile,
+    load_file,
+)
 from bench.results import Result, Target, metric_from_runs
 from bench.session import Session
 from mysimbdp.config import BatchSettings
 
-__all__ = ["NAME", "TITLE", "run", "flights_data", "WRITE_BATCH_SIZE"]
+__all__ = ["NAME", "TITLE", "run", "flights_data", "flights_loads", "FlightsLoads", "WRITE_BATCH_SIZE",
+           "FIRST_FILE_ROWS", "first_file"]
 
 NAME = "batch"
 TITLE = "Batch throughput against insert_many"
 WRITE_BATCH_SIZE = BatchSettings().write_batch_size  # the platform's default, which the daemons use
 TARGET = Target(">=", 0.85)
+#: The worker runner's records/s against the thread runner's (issue 14: within 10 %).
+RUNNER_TARGET = Target(">=", 0.90)
+#: Rows of the small first file each tenant loads before the measured one (its worker starts).
+FIRST_FILE_ROWS = 1000
 
 
 def flights_data(session: Session) -> DataFile:
@@ -41,23 +64,52 @@ def flights_data(session: Session) -> DataFile:
     return flights_csv(data_dir) if rows >= FLIGHTS_ROWS else flights_slice(rows, data_dir=data_dir)
 
 
-async def flights_loads(session: Session, data: DataFile, repeat: int,
-                        between: Any = None) -> tuple[list[LoadRun], BenchDaemon | None]:
-    """``repeat`` loads of ``data``, each by a new tenant of one daemon; ``between(i, run)``
-    runs after each load (the daemon idle)."""
-    tenants = [session.env.new_tenant("fl") for _ in range(repeat)]
-    runs: list[LoadRun] = []
-    daemon = BenchDaemon(session.env, "batch", tenants=[batch_profile(t) for t in tenants],
-                         batch=BATCH_SETTINGS)
+@dataclass
+class FlightsLoads:
+    """The loads of :func:`flights_loads`, by runner, one per repetition."""
+
+    loads: dict[str, list[LoadRun]] = field(default_factory=lambda: {r: [] for r in RUNNERS})
+    first_files: dict[str, list[LoadRun]] = field(default_factory=lambda: {r: [] for r in RUNNERS})
+
+    def runs(self) -> list[dict[str, Any]]:
+        """One raw repetition per round: each runner's first file and load."""
+        return [{runner: {"first_file": self.first_files[runner][i].to_json(), "load": self.loads[runner][i].to_json()}
+                 for runner in RUNNERS} for i in range(len(self.loads[RUNNERS[0]]))]
+
+
+def first_file(session: Session) -> DataFile:
+    """A small slice from the end of flights.csv (rows the measured load of the smaller scales lacks)."""
+    return flights_slice(FIRST_FILE_ROWS, offset=FLIGHTS_ROWS - FIRST_FILE_ROWS, data_dir=session.env.data_dir)
+
+
+async def flights_loads(session: Session, data: DataFile, repeat: int, between: Any = None) -> FlightsLoads:
+    """``repeat`` rounds in one daemon; in each, one new tenant per runner (the order alternates
+    between rounds) loads a small first file, then ``data``. ``between(i, {runner: run})`` runs
+    after each round (the daemon idle)."""
+    tenants = [{runner: session.env.new_tenant("fl" + runner[0]) for runner in RUNNERS} for _ in range(repeat)]
+    first = first_file(session)
+    out = FlightsLoads()
+    profiles = [batch_profile(t, runner=runner) for round_ in tenants for runner, t in round_.items()]
+    daemon = BenchDaemon(session.env, "batch", tenants=profiles, batch=BATCH_SETTINGS)
     async with daemon:
-        for i, tenant in enumerate(tenants):
-            session.say(f"{NAME}: platform load {i + 1}/{repeat} of {data.rows} rows")
-            run = await load_file(daemon, tenant, data, session.scale.timeout_s)
-            runs.append(run)
-            session.say(f"{NAME}:   {run.rate:,.0f} records/s, {run.cpu_us_per_record:.1f} us CPU/record")
+        for i, round_ in enumerate(tenants):
+            order = RUNNERS if i % 2 == 0 else tuple(reversed(RUNNERS))
+            done: dict[str, LoadRun] = {}
+            for runner in order:
+                tenant = round_[runner]
+                session.say(f"{NAME}: {i + 1}/{repeat}: runner {runner}: first file ({first.rows} rows), "
+                            f"then {data.rows} rows")
+                warm = await load_file(daemon, tenant, first, session.scale.timeout_s, runner=runner)
+                run = await load_file(daemon, tenant, data, session.scale.timeout_s, runner=runner)
+                out.first_files[runner].append(warm)
+                out.loads[runner].append(run)
+                done[runner] = run
+                session.say(f"{NAME}:   {run.rate:,.0f} records/s, {run.cpu_us_per_record:.1f} us CPU/record "
+                            f"(daemon {run.us_per_record(run.daemon_cpu_seconds):.1f}, "
+                            f"worker {run.us_per_record(run.worker_cpu_seconds):.1f})")
             if between is not None:
-                await between(i, run)
-    return runs, daemon
+                await between(i, done)
+    return out
 
 
 async def run(session: Session, result: Result) -> None:
@@ -69,43 +121,70 @@ async def run(session: Session, result: Result) -> None:
     ceilings: list[dict[str, Any]] = []
     indexes: list[str] = []
 
-    async def ceiling(i: int, load: LoadRun) -> None:
+    async def ceiling(i: int, done: dict[str, LoadRun]) -> None:
+        load = done[RUNNERS[0]]
         platform = env.db(f"tenant_{load.tenant}")[FLIGHTS_COLLECTION]
         if not documents:
             documents.extend(await read_documents(platform))
         indexes[:] = await copy_indexes(platform, ceiling_db[f"ceiling{i}"])
-        await env.drop(f"tenant_{load.tenant}")
+        for other in done.values():
+            await env.drop(f"tenant_{other.tenant}")
         session.say(f"{NAME}: ceiling {i + 1}/{session.repeat}: insert_many of {len(documents)} encoded documents")
         timing = await insert_many_rate(ceiling_db[f"ceiling{i}"], documents, WRITE_BATCH_SIZE, env.store_cpu)
         await ceiling_db.drop_collection(f"ceiling{i}")
         ceilings.append(timing.to_json())
         session.say(f"{NAME}:   {timing.rate:,.0f} records/s")
 
-    loads, _ = await flights_loads(session, data, session.repeat, between=ceiling)
-    session.memo["flights_loads"] = loads
+    both = await flights_loads(session, data, session.repeat, between=ceiling)
+    session.memo["flights_loads"] = both
     await env.drop(ceiling_db.name)
+    loads, threads = both.loads["process"], both.loads["thread"]
 
     ratios = [load.rate / c["rate"] for load, c in zip(loads, ceilings, strict=True) if c["rate"]]
+    thread_ratios = [load.rate / c["rate"] for load, c in zip(threads, ceilings, strict=True) if c["rate"]]
+    runner_ratios = [p.rate / t.rate for p, t in zip(loads, threads, strict=True) if t.rate]
     result.settings = {"file": data.path.name, "rows": data.rows, "bytes": data.bytes,
                        "write_batch_size": WRITE_BATCH_SIZE, "daemon_batch_settings": BATCH_SETTINGS,
+                       "runners": list(RUNNERS), "first_file_rows": FIRST_FILE_ROWS,
                        "ceiling_indexes": indexes,
                        "ceiling_documents": "RawBSONDocument read back from the platform's collection, "
                                             "batched before the clock starts; one insert_many at a time"}
-    result.add(metric_from_runs("platform_records_per_s", "platform, drop to committed",
+    result.add(metric_from_runs("platform_records_per_s", "platform, drop to committed (app in a worker process)",
                                 [r.rate for r in loads], "records/s"))
+    result.add(metric_from_runs("thread_records_per_s", "platform, drop to committed, runner = \"thread\"",
+                                [r.rate for r in threads], "records/s"))
     result.add(metric_from_runs("ceiling_records_per_s", "ceiling, insert_many(ordered=False) of BSON documents",
                                 [c["rate"] for c in ceilings], "records/s"))
     result.add(metric_from_runs("ratio", "platform / ceiling", ratios, "", TARGET,
-                                note="median of the per-repetition ratios"))
+                                note="median of the per-repetition ratios, app in a worker process (the default)"))
+    result.add(metric_from_runs("thread_ratio", "platform / ceiling, runner = \"thread\"", thread_ratios, ""))
+    result.add(metric_from_runs("runner_ratio", "worker process / thread runner, records/s", runner_ratios, "",
+                                RUNNER_TARGET, note="median of the per-repetition ratios of the two loads of a "
+                                "repetition; ≥ 0.90 is within 10 % of the thread runner"))
+    _first_files(result, both)
     platform_runs = [load.to_json() for load in loads]
     _shares(result, platform_runs, ceilings)
-    result.runs = [{"platform": p, "ceiling": c} for p, c in zip(platform_runs, ceilings, strict=True)]
+    result.runs = [{**r, "ceiling": c} for r, c in zip(both.runs(), ceilings, strict=True)]
     explain(result, session.machine.get("cores"))
+
+
+def _first_files(result: Result, both: FlightsLoads) -> None:
+    """What a tenant's first file costs on each runner: for a worker, mostly starting it."""
+    for runner in RUNNERS:
+        firsts = both.first_files[runner]
+        where = "app in a worker process" if runner == "process" else "runner = \"thread\""
+        result.add(metric_from_runs(f"first_file_seconds_{runner}",
+                                    f"a tenant's first file ({FIRST_FILE_ROWS:,} rows), drop to committed, {where}",
+                                    [r.seconds for r in firsts], "s"))
+        result.add(metric_from_runs(f"first_file_cpu_seconds_{runner}",
+                                    f"CPU of that first file (daemon + worker), {where}",
+                                    [r.cpu_seconds for r in firsts], "s"))
 
 
 def _shares(result: Result, platform: list[dict[str, Any]], ceilings: list[dict[str, Any]]) -> None:
     """How busy the daemon and the store were: where the time of each load went."""
-    pairs = [("daemon_cpu_pct", "daemon CPU during the platform load", [r["daemon_cpu_share"] for r in platform]),
+    pairs = [("daemon_cpu_pct", "daemon + worker CPU during the platform load",
+              [r["daemon_cpu_share"] for r in platform]),
              ("store_cpu_platform_pct", "store CPU during the platform load", [r["store_cpu_share"] for r in platform]),
              ("store_cpu_ceiling_pct", "store CPU during the ceiling", [c["store_cpu_share"] for c in ceilings])]
     for key, label, shares in pairs:
@@ -117,6 +196,7 @@ def _shares(result: Result, platform: list[dict[str, Any]], ceilings: list[dict[
 def explain(result: Result, cores: int | None) -> None:
     """Say why the ratio target is missed, from the figures themselves."""
     figures = {m.key: m.value for m in result.metrics}
+    explain_runners(result, figures)
     ratio = figures.get("ratio")
     if ratio is None or TARGET.met(ratio):
         return
@@ -131,3 +211,13 @@ def explain(result: Result, cores: int | None) -> None:
         f"while the daemon uses {daemon:.0f} % of a core for parsing, wrangling and encoding on this "
         f"{cores}-core machine: the store waits for the daemon or shares the cores with it. "
         "Benchmark 2's profile shows where the daemon's CPU goes.")
+
+
+def explain_runners(result: Result, figures: dict[str, float | None]) -> None:
+    """When the worker process is more than 10 % slower than the thread runner, say by how much."""
+    ratio = figures.get("runner_ratio")
+    if ratio is None or RUNNER_TARGET.met(ratio):
+        return
+    result.notes.append(
+        f"target missed: with the app in a worker process the load runs at {ratio:.2f} of the thread runner's "
+        "records/s; benchmark 2 shows the CPU each side of the pipe spends per record")

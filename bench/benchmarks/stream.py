@@ -21,6 +21,15 @@ message's latency is the end of the look-up that first finds its reading minus
 ``received_at``: publish -> readable in the store, an upper bound late by at most one poll.
 The platform's own view (``avg_ingest_ms``/``p95_ingest_ms`` of its ``stream.report`` events)
 is kept beside it in the results file.
+
+Both runners: every repetition's throughput run is made twice in the same daemon, one after
+the other (the order alternates between repetitions), by a tenant whose app runs in a
+worker process (the default: batches of messages to the worker and back as BSON) and by a
+tenant with ``runner = "thread"``. CPU per message is user+sys of the daemon and of its app
+workers over the throughput run (see benchmark 2), set beside the 106 µs of daemon CPU per
+message measured before tenant apps ran in worker processes (commit 68d2e65, the same
+benchmark with the app in the daemon's threads). The ceilings use the default runner's
+readings; the latency runs use the default runner.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from typing import Any
 from bench.ceilings import BareConsumer, copy_indexes, insert_many_rate, read_documents
 from bench.daemon import BenchDaemon
 from bench.data import weather_repeated
+from bench.loads import RUNNERS
 from bench.profile import profiled
 from bench.results import Metric, Result, Target, metric_from_runs
 from bench.session import BenchError, Session
@@ -48,6 +58,7 @@ from bench.streams import (
     wait_documents,
     wait_stream_ready,
 )
+from mysimbdp.stream.records import document_id
 
 __all__ = ["NAME", "TITLE", "run"]
 
@@ -62,6 +73,10 @@ P99_TARGET = Target("<=", 250.0)
 TENANT_STREAM: dict[str, Any] = {"prefetch": 2000, "batch_max_messages": 1000, "batch_max_wait_ms": 50}
 PREFETCH = TENANT_STREAM["prefetch"]
 BATCH = TENANT_STREAM["batch_max_messages"]
+#: Daemon CPU per message of the throughput run before tenant apps ran in worker processes
+#: (bench/results/stream.json at commit 16804d2, measured on 68d2e65): what issue 14 compares with.
+BEFORE_WORKERS_US = 105.8
+THREAD = 'runner = "thread"'
 
 
 def _published_rate(summary: str) -> float | None:
@@ -70,9 +85,9 @@ def _published_rate(summary: str) -> float | None:
     return float(found[1].replace(",", "")) if found else None
 
 
-async def _new_tenant(session: Session, daemon: BenchDaemon, prefix: str) -> str:
+async def _new_tenant(session: Session, daemon: BenchDaemon, prefix: str, runner: str | None = None) -> str:
     tenant = session.env.new_tenant(prefix)
-    daemon.write_tenant(stream_profile(tenant, stream=TENANT_STREAM))
+    daemon.write_tenant(stream_profile(tenant, stream=TENANT_STREAM, runner=runner))
     await wait_stream_ready(daemon, tenant)
     return tenant
 
@@ -82,25 +97,30 @@ async def _offboard(session: Session, daemon: BenchDaemon, tenant: str) -> None:
     await session.env.drop(f"tenant_{tenant}")
 
 
-async def _platform(session: Session, daemon: BenchDaemon, i: int,
-                    messages: int | None = None) -> tuple[dict[str, Any], str]:
+async def _platform(session: Session, daemon: BenchDaemon, i: int, messages: int | None = None,
+                    runner: str = "process") -> tuple[dict[str, Any], str]:
     data = weather_repeated(messages or session.scale.stream_messages, session.env.data_dir)
-    tenant = await _new_tenant(session, daemon, "st")
+    tenant = await _new_tenant(session, daemon, "st" + runner[0], runner)
     readings = session.env.db(f"tenant_{tenant}")[STREAM_COLLECTION]
-    publisher = Publisher(session.env, tenant, data.path, f"thr{i}")
-    cpu0, store0 = daemon.cpu_seconds(), session.env.store_cpu()
+    prefix = f"thr{runner[0]}{i}"
+    publisher = Publisher(session.env, tenant, data.path, prefix)
+    cpu0, store0 = daemon.cpu(), session.env.store_cpu()
     await publisher.start()
     done = await wait_documents(readings, data.rows, session.scale.timeout_s, alive=daemon.alive)
-    cpu1, store1 = daemon.cpu_seconds(), session.env.store_cpu()
+    cpu1, store1 = daemon.cpu(), session.env.store_cpu()
     summary = await publisher.wait(60)
-    first = await readings.find_one({"_id": f"thr{i}-0"}, {"received_at": 1})
+    first = await readings.find_one({"_id": document_id(f"{prefix}-0", None)}, {"received_at": 1})
     if first is None:
-        raise BenchError(f"the first message (thr{i}-0) is not in {tenant}'s readings")
+        raise BenchError(f"the first message ({prefix}-0) is not in {tenant}'s readings")
     seconds = done - first["received_at"].timestamp()
     busy = time.time() - publisher.started
-    return {"messages": data.rows, "seconds": round(seconds, 3), "rate": round(data.rows / seconds, 1),
-            "daemon_cpu_us_per_message": round((cpu1 - cpu0) / data.rows * 1e6, 2),
-            "daemon_cpu_share": round((cpu1 - cpu0) / busy, 3),
+    cpu = cpu1 - cpu0
+    return {"runner": runner, "messages": data.rows, "seconds": round(seconds, 3), "rate": round(data.rows / seconds, 1),
+            "cpu_us_per_message": round(cpu.total / data.rows * 1e6, 2),
+            "daemon_cpu_us_per_message": round(cpu.daemon / data.rows * 1e6, 2),
+            "worker_cpu_us_per_message": round(cpu.workers / data.rows * 1e6, 2),
+            "workers_alive_at_end": cpu1.live_workers,
+            "daemon_cpu_share": round(cpu.total / busy, 3),
             "store_cpu_share": round((store1 - store0) / busy, 3) if store0 is not None and store1 is not None else None,
             "publisher": summary, "platform_reports": platform_reports(daemon, tenant)}, tenant
 
@@ -151,7 +171,8 @@ async def _profile(session: Session, daemon: BenchDaemon, result: Result) -> Non
     messages = max(1000, session.scale.stream_messages // 4)
     work = _platform(session, daemon, session.repeat, messages)
     (_, tenant), profile = await profiled(daemon.pid, daemon.base, work,
-                                            f"{messages} weather messages, publish to committed")
+                                          f"{messages} weather messages, publish to committed, app in a worker process",
+                                          subprocesses=True)
     await _offboard(session, daemon, tenant)
     if isinstance(profile, str):
         result.notes.append(profile)
@@ -170,22 +191,31 @@ async def run(session: Session, result: Result) -> None:
     daemon = BenchDaemon(env, "stream")
     async with daemon:
         for i in range(session.repeat):
-            session.say(f"{NAME}: {i + 1}/{session.repeat}: platform, {scale.stream_messages} messages")
-            platform, tenant = await _platform(session, daemon, i)
+            both: dict[str, tuple[dict[str, Any], str]] = {}
+            for runner in RUNNERS if i % 2 == 0 else tuple(reversed(RUNNERS)):
+                session.say(f"{NAME}: {i + 1}/{session.repeat}: platform, runner {runner}, "
+                            f"{scale.stream_messages} messages")
+                both[runner] = await _platform(session, daemon, i, runner=runner)
+                run_ = both[runner][0]
+                session.say(f"{NAME}:   {run_['rate']:,.0f} msg/s, {run_['cpu_us_per_message']:.0f} us CPU/message "
+                            f"(daemon {run_['daemon_cpu_us_per_message']:.0f}, "
+                            f"worker {run_['worker_cpu_us_per_message']:.0f})")
+            platform, tenant = both["process"]
             readings = env.db(f"tenant_{tenant}")[STREAM_COLLECTION]
             if not documents:
                 documents = await read_documents(readings)
             indexes = await copy_indexes(readings, ceiling_db[f"c{i}"])
-            await _offboard(session, daemon, tenant)
-            session.say(f"{NAME}:   {platform['rate']:,.0f} msg/s; broker ceiling (bare consumer)")
+            for _, each in both.values():
+                await _offboard(session, daemon, each)
+            session.say(f"{NAME}: broker ceiling (bare consumer)")
             broker = await _broker_ceiling(session, i)
             session.say(f"{NAME}:   {broker['rate']:,.0f} msg/s; store ceiling (insert_many)")
             store = (await insert_many_rate(ceiling_db[f"c{i}"], documents, BATCH, env.store_cpu)).to_json()
             await ceiling_db.drop_collection(f"c{i}")
             session.say(f"{NAME}:   {store['rate']:,.0f} docs/s")
             lower = min(broker["rate"], store["rate"])
-            runs.append({"platform": platform, "broker_ceiling": broker, "store_ceiling": store,
-                         "ratio": round(platform["rate"] / lower, 4) if lower else None})
+            runs.append({"platform": platform, "platform_thread": both["thread"][0], "broker_ceiling": broker,
+                         "store_ceiling": store, "ratio": round(platform["rate"] / lower, 4) if lower else None})
             for rate in scale.latency_rates:
                 session.say(f"{NAME}: {i + 1}/{session.repeat}: latency at {rate:,} msg/s "
                             f"for {scale.latency_seconds:g}s")
@@ -199,14 +229,15 @@ async def run(session: Session, result: Result) -> None:
                        "publisher": "mysimbdp publish (one record per message, confirms, window 2000)",
                        "ceiling_prefetch": PREFETCH, "ceiling_insert_batch": BATCH,
                        "ceiling_indexes": indexes if runs else []}
-    result.add(metric_from_runs("platform_msgs_per_s", "platform, publish to committed",
+    result.add(metric_from_runs("platform_msgs_per_s", "platform, publish to committed (app in a worker process)",
                                 [r["platform"]["rate"] for r in runs], "msg/s"))
+    result.add(metric_from_runs("thread_msgs_per_s", f"platform, publish to committed, {THREAD}",
+                                [r["platform_thread"]["rate"] for r in runs], "msg/s"))
     result.add(metric_from_runs("broker_ceiling_msgs_per_s", "ceiling: bare aio-pika consumer, ack only",
                                 [r["broker_ceiling"]["rate"] for r in runs], "msg/s"))
     result.add(metric_from_runs("store_ceiling_docs_per_s", "ceiling: insert_many of the same readings",
                                 [r["store_ceiling"]["rate"] for r in runs], "docs/s"))
-    result.add(metric_from_runs("daemon_cpu_us_per_message", "daemon CPU per message (throughput run)",
-                                [r["platform"]["daemon_cpu_us_per_message"] for r in runs], "µs"))
+    _cpu_figures(result, runs)
     result.add(metric_from_runs("ratio", "platform / the lower ceiling", [r["ratio"] for r in runs if r["ratio"]],
                                 "", RATIO_TARGET, note="median of the per-repetition ratios"))
     for rate, lats in latency.items():
@@ -243,3 +274,24 @@ async def run(session: Session, result: Result) -> None:
     if 1000 not in latency:
         result.add(Metric("latency_p99_ms_at_1000", "latency p99 at 1,000 msg/s", None, "ms", P99_TARGET,
                           note="not measured at this scale"))
+
+
+def _cpu_figures(result: Result, runs: list[dict[str, Any]]) -> None:
+    """CPU per message of the throughput runs, both runners, against the figure before workers."""
+    process = [r["platform"] for r in runs]
+    thread = [r["platform_thread"] for r in runs]
+    total = [p["cpu_us_per_message"] for p in process]
+    result.add(metric_from_runs("cpu_us_per_message", "daemon + worker CPU per message, app in a worker process",
+                                total, "µs", note="user+sys of the daemon and of its app workers over the "
+                                "throughput run, per message"))
+    result.add(metric_from_runs("daemon_cpu_us_per_message", "of which the daemon",
+                                [p["daemon_cpu_us_per_message"] for p in process], "µs"))
+    result.add(metric_from_runs("worker_cpu_us_per_message", "of which the workers",
+                                [p["worker_cpu_us_per_message"] for p in process], "µs"))
+    result.add(metric_from_runs("thread_cpu_us_per_message", f"daemon CPU per message, {THREAD}",
+                                [t["cpu_us_per_message"] for t in thread], "µs"))
+    result.add(Metric("before_workers_cpu_us_per_message", "daemon CPU per message before apps ran in workers",
+                      BEFORE_WORKERS_US, "µs", note="commit 68d2e65, app in the daemon's threads "
+                      "(bench/results/stream.json of commit 16804d2)"))
+    result.add(metric_from_runs("cpu_vs_before_workers", "daemon + worker CPU per message / the figure before workers",
+                                [v / BEFORE_WORKERS_US for v in total], "×"))
