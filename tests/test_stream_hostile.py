@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -18,6 +19,8 @@ import aio_pika
 import bson
 import orjson
 import pytest
+from pamqp import common as amqp_common
+from pamqp import encode
 from pymongo import AsyncMongoClient
 from structlog.testing import capture_logs
 
@@ -126,6 +129,49 @@ def test_plain_headers_are_bounded_and_always_bson() -> None:
     out = plain_headers(deep)
     assert isinstance(out["d"]["d"]["d"]["d"], str) and len(bson.encode(out)) < 8192
     assert plain_headers(None) == {} and plain_headers(["not", "a", "table"]) == {}
+
+
+async def test_properties_no_python_type_holds_do_not_stall_the_shared_connection(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        mongo: Db, amqp_url: str, tenant_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside attack 10, one level down: an AMQP timestamp past the year 9999, or a
+    ``message_id`` or header name that is not UTF-8, made pamqp raise while the daemon's
+    connection read the frame: the connection every tenant shares closed, and the message
+    came back after each reconnection, for ever. Now such values decode (None, U+FFFD) and
+    the message is ingested like any other; another tenant is served meanwhile."""
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    other = tenant_id + "o"
+    write_profile(settings, tenant_id)
+    write_profile(settings, other)
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    await wait_consumers(rd.daemon, other, 1)
+
+    def short(value: str) -> bytes:  # a message_id "bad-utf8" leaves as bytes that are not UTF-8
+        data = b"\xff\xfe-id" if value == "bad-utf8" else value.encode()
+        return struct.pack("B", len(data)) + data
+
+    # what any AMQP client may send, which pamqp itself would not encode
+    with monkeypatch.context() as m:
+        m.setitem(encode.METHODS, "timestamp", lambda value: amqp_common.Struct.timestamp.pack(2**62))
+        m.setitem(encode.METHODS, "shortstr", short)
+        m.setattr(encode, "timestamp", lambda value: amqp_common.Struct.timestamp.pack(2**62))
+        await _publish(amqp_url, tenant_id, [
+            _msg({"n": 1, "headers": True}, "far", timestamp=datetime.now(UTC),
+                 headers={"when": datetime.now(UTC)}),
+            _msg({"n": 2}, "bad-utf8")])
+    with capture_logs() as events:
+        await publish_raw(amqp_url, other, [{"n": 3}], ["other"])
+
+        async def written() -> bool:
+            return (await mongo[f"tenant_{tenant_id}"]["events"].count_documents({}) == 2
+                    and await mongo[f"tenant_{other}"]["events"].count_documents({}) == 1)
+        await wait_until(written, timeout=20, what="both tenants' messages written")
+        await wait_until(lambda: _settled(rd, tenant_id), what="every message acknowledged")
+    assert not _events(events, "broker.disconnected")
+    far = await mongo[f"tenant_{tenant_id}"]["events"].find_one({"_id": "m:far"})
+    assert far is not None and far["message_timestamp"] is None and far["message_headers"] == {"when": None}
+    assert await mongo[f"tenant_{tenant_id}"]["events"].find_one({"_id": "m:\ufffd\ufffd-id"}) is not None
 
 
 # ----------------------------------------------------------------------------- attack 11

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pamqp import common as amqp_common
+from pamqp import decode as amqp_decode
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
@@ -558,3 +561,68 @@ def _tick_failed(fields: _Fields, step: str, exc: Exception) -> None:
     """Log a failed summary or report; the tick loop goes on (even if logging fails)."""
     with contextlib.suppress(Exception):
         fields.exception("stream.tick.failed", step=step, error=f"{type(exc).__name__}: {exc}"[:300])
+
+
+# ----------------------------------------------------------------------------- AMQP decoding
+#
+# The broker passes a publisher's message properties on unchecked, and pamqp (under aio-pika)
+# raises on two kinds of them: a timestamp (the property, or a header of type T) outside what
+# a ``datetime`` holds, and a short string (``message_id``, a header's name, ...) that is not
+# UTF-8. Raised while the daemon's connection reads the frame, that closes the connection every
+# tenant's consumers share, and the message comes back after the reconnection, for ever: one
+# publisher stalls every tenant. The decoders below are total instead: such a timestamp
+# decodes as None, such a string with U+FFFD for its bad bytes; the message then goes through
+# its own error boundary (``_incoming``) like any other.
+
+_AMQP_TIMESTAMP = amqp_decode.timestamp
+_AMQP_SHORT_STR = amqp_decode.short_str
+
+
+def _amqp_timestamp(value: bytes) -> tuple[int, datetime | None]:
+    """pamqp's timestamp decoder, with None for a time a ``datetime`` cannot hold."""
+    if len(value) < 8:
+        return _AMQP_TIMESTAMP(value)  # truncated: pamqp's own error
+    try:
+        return _AMQP_TIMESTAMP(value)
+    except (ValueError, OverflowError, OSError):
+        return 8, None
+
+
+def _amqp_short_str(value: bytes) -> tuple[int, str]:
+    """pamqp's short-string decoder, replacing bytes that are not UTF-8."""
+    try:
+        return _AMQP_SHORT_STR(value)
+    except UnicodeDecodeError:
+        length = value[0]
+        return length + 1, value[1 : length + 1].decode("utf-8", "replace")
+
+
+def _amqp_field_table(value: bytes) -> tuple[int, dict[str, Any]]:
+    """pamqp's field-table decoder, replacing bytes of a key that are not UTF-8."""
+    try:
+        length = amqp_common.Struct.integer.unpack(value[0:4])[0]
+    except struct.error as err:
+        raise ValueError("Could not unpack table value") from err
+    offset, end, table = 4, 4 + length, {}
+    if end > len(value):
+        raise ValueError("Field table length exceeds available data")
+    while offset < end:
+        key_length = value[offset]
+        offset += 1
+        if offset + key_length > end:
+            raise ValueError("Field table key length exceeds data")
+        key = value[offset : offset + key_length].decode("utf-8", "replace")
+        offset += key_length
+        consumed, table[key] = amqp_decode.embedded_value(value[offset:])
+        offset += consumed
+    return end, table
+
+
+def _total_amqp_decoding() -> None:
+    """Install the total decoders where pamqp looks them up (idempotent)."""
+    amqp_decode.METHODS["timestamp"] = amqp_decode.TABLE_MAPPING[b"T"] = _amqp_timestamp
+    amqp_decode.METHODS["shortstr"] = _amqp_short_str
+    amqp_decode.METHODS["table"] = amqp_decode.TABLE_MAPPING[b"F"] = _amqp_field_table
+
+
+_total_amqp_decoding()
