@@ -23,7 +23,7 @@ from mysimbdp.http import HttpServer
 from mysimbdp.ledger import Ledger
 from mysimbdp.logs import get_logger
 from mysimbdp.monitor import Monitor
-from mysimbdp.plugins import get_plugin_manager
+from mysimbdp.runner import Runners
 from mysimbdp.store import Store
 from mysimbdp.stream.manager import StreamManager
 from mysimbdp.tenants import TenantRegistry
@@ -52,7 +52,9 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.draining = False
         self.started_at = time.time()
-        self.pm = pm if pm is not None else get_plugin_manager(dict(settings.extra_apps))
+        # tenant apps are never imported here: the runner finds them by name and runs them in
+        # confined workers (or, for tenants marked trusted, imports them on first use)
+        self.runners = Runners(settings.runner, dict(settings.extra_apps), pm)
         self.store = Store(settings.mongo_uri, settings.var_dir)
         self.broker = Broker(settings.amqp_url, settings.retry_max_s)
         self.ledger = Ledger(self.store)
@@ -68,7 +70,7 @@ class Daemon:
 
     def _ingestion_components(self) -> list[Any]:
         """The batch manager, the stream manager and the monitor, in start order."""
-        components: list[Any] = []
+        components: list[Any] = [self.runners]  # first: it stops after those that lease its workers
         self.batch = BatchManager(self)
         components.append(self.batch)
         self.upload = UploadService(self)

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import math
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,15 +37,15 @@ from pymongo.errors import PyMongoError
 
 from mysimbdp.logs import get_logger
 from mysimbdp.reports import REPORT_EVENT, ReportWindow, clamp_ms
+from mysimbdp.runner import AppSession, Mode, Runners
 from mysimbdp.store import REJECTS, insert_idempotent
+from mysimbdp.stream.apprun import AppRoute, AppRun
 from mysimbdp.stream.records import (
     RAW_LIMIT,
     TIMESTAMP_MS_HEADER,
     Incoming,
     Outcome,
-    Route,
     plain_headers,
-    process_message,
     raw_fields,
     too_large_reason,
 )
@@ -62,10 +63,10 @@ DepthProbe = Callable[[], Awaitable[int | None]]
 class Routes:
     """The tenant's apps: the default one and one per routing-key type (``stream.apps``)."""
 
-    default: Route
-    by_type: Mapping[str, Route]
+    default: AppRoute
+    by_type: Mapping[str, AppRoute]
 
-    def for_key(self, tenant: str, key: str) -> Route:
+    def for_key(self, tenant: str, key: str) -> AppRoute:
         """The route of routing key ``<tenant>`` or ``<tenant>.<type>`` (unknown types: default)."""
         type_ = type_of(tenant, key)
         return self.by_type.get(type_, self.default) if type_ else self.default
@@ -76,24 +77,6 @@ class _Delivery:
     message: AbstractIncomingMessage
     published_ms: float | None
     received_ms: float
-
-
-class _AppRun:
-    """The app over a list of messages, in a worker thread; ``progress`` tells where it is."""
-
-    def __init__(self, items: list[tuple[Incoming, Route]], min_quality: float) -> None:
-        self.items = items
-        self.min_quality = min_quality
-        self.results: list[Outcome] = []
-        self.progress = (0, time.monotonic())  # (index, started) assigned at once: read atomically
-        self.abandoned = False
-
-    def __call__(self) -> None:
-        for index, (incoming, route) in enumerate(self.items):
-            if self.abandoned:
-                return
-            self.progress = (index, time.monotonic())
-            self.results.append(process_message(incoming, route, self.min_quality))
 
 
 def _published_ms(message: AbstractIncomingMessage) -> float | None:
@@ -123,7 +106,7 @@ class Consumer:
 
     def __init__(self, *, tenant: str, instance: str, profile: StreamProfile, routes: Routes,
                  connection: AbstractConnection, database: AsyncDatabase[dict[str, Any]],
-                 depth: DepthProbe, retry_max_s: float = 30.0) -> None:
+                 depth: DepthProbe, runners: Runners, runner: Mode = "process", retry_max_s: float = 30.0) -> None:
         self.tenant = tenant
         self.instance = instance
         self.profile = profile
@@ -132,6 +115,8 @@ class Consumer:
         self._db = database
         self._depth = depth
         self._retry_max_s = retry_max_s
+        self._runners, self._runner = runners, runner
+        self._sessions: dict[str, AppSession] = {}  # app name -> session, used only from the app thread
         self._channel: AbstractChannel | None = None
         self._tag: str | None = None
         self._queue: Any = None
@@ -194,6 +179,7 @@ class Consumer:
             # bounded: a broker that does not answer must not stall a scale-down or a shutdown
             await self._bounded("channel close", self._channel.close(), timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._release_sessions(kill=left > 0)
         self._log.info("stream.consumer.stopped", unacked=left)
         return left
 
@@ -287,29 +273,29 @@ class Consumer:
         self.committed.add(stats.messages)
 
     async def _run_app(self, batch: list[_Delivery]) -> tuple[list[Outcome | None], list[int]]:
-        """Run the app over the batch in the worker thread; returns outcomes and stuck indexes."""
-        items = [(self._incoming(d.message), d.message.routing_key or self.tenant) for d in batch]
-        work = [(inc, self.routes.for_key(self.tenant, key)) for inc, key in items]
+        """Run the apps over the batch from the app thread; returns outcomes and stuck indexes."""
+        work = [(self._incoming(d.message), self.routes.for_key(self.tenant, d.message.routing_key or self.tenant))
+                for d in batch]
         outcomes: list[Outcome | None] = [None] * len(batch)
         poison: list[int] = []
         start = 0
         loop = asyncio.get_running_loop()
         limit = self.profile.app_timeout_s
         while start < len(work):
-            run = _AppRun(work[start:], self.profile.min_quality)
+            run = AppRun(work[start:], self.profile.min_quality, self.profile.max_records_per_message, self._session)
             future = loop.run_in_executor(self._executor, run)
             stuck: int | None = None
             while True:
-                index, started = run.progress
-                done, _ = await asyncio.wait({future}, timeout=max(started + limit - time.monotonic(), 0.005))
+                _, started = run.progress
+                wait = 0.5 if started == math.inf else max(started + limit - time.monotonic(), 0.005)
+                done, _ = await asyncio.wait({future}, timeout=wait)
                 if done:
                     future.result()
                     break
                 index, started = run.progress
                 if time.monotonic() - started >= limit and len(run.results) <= index:
                     stuck, run.abandoned = index, True
-                    self._executor.shutdown(wait=False)  # the stuck thread ends when the app returns
-                    self._executor = self._new_executor()
+                    self._abandon(run)
                     break
             taken = run.results[: stuck if stuck is not None else len(run.results)]
             for offset, outcome in enumerate(taken):
@@ -323,6 +309,36 @@ class Consumer:
                             redelivered=bool(message.redelivered))
             start += stuck + 1
         return outcomes, poison
+
+    def _session(self, app: str) -> AppSession:
+        """The consumer's session of ``app`` (in the app thread: a worker may have to start)."""
+        session = self._sessions.get(app)
+        if session is None or not session.alive:
+            if session is not None:
+                self._runners.release(session)
+            session = self._runners.lease(self.tenant, app, self._runner, "stream")
+            self._sessions[app] = session
+        return session
+
+    def _abandon(self, run: AppRun) -> None:
+        """The app is stuck: kill its session (a worker dies at once, a thread is left behind)."""
+        session = run.current
+        if session is not None:
+            session.kill()
+        self._executor.shutdown(wait=False)  # a stuck thread ends when the app returns
+        self._executor = self._new_executor()
+        self._sessions = {name: s for name, s in self._sessions.items() if s is not session}
+        if session is not None:
+            threading.Thread(target=self._runners.release, args=(session,), daemon=True).start()
+
+    def _release_sessions(self, kill: bool) -> None:
+        """Give the sessions back; ``kill``: the app thread may still be in a call (abandoned flush)."""
+        sessions, self._sessions = list(self._sessions.values()), {}
+        if kill:
+            for session in sessions:
+                session.kill()
+        if sessions:
+            threading.Thread(target=_release_all, args=(self._runners, sessions), daemon=True).start()
 
     def _incoming(self, message: AbstractIncomingMessage) -> Incoming:
         """The plain data of one message for its app: the error boundary of its properties.
@@ -561,6 +577,11 @@ def _tick_failed(fields: _Fields, step: str, exc: Exception) -> None:
     """Log a failed summary or report; the tick loop goes on (even if logging fails)."""
     with contextlib.suppress(Exception):
         fields.exception("stream.tick.failed", step=step, error=f"{type(exc).__name__}: {exc}"[:300])
+
+
+def _release_all(runners: Runners, sessions: list[AppSession]) -> None:
+    for session in sessions:
+        runners.release(session)
 
 
 # ----------------------------------------------------------------------------- AMQP decoding

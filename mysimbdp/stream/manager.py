@@ -20,13 +20,15 @@ from typing import TYPE_CHECKING, Any
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiohttp import web
 
-from mysimbdp.apps import App
+from mysimbdp.apps import Target
 from mysimbdp.broker_admin import BrokerAdmin
-from mysimbdp.errors import BrokerUnavailable, MysimbdpError
+from mysimbdp.errors import BrokerUnavailable, MysimbdpError, PluginError
 from mysimbdp.logs import get_logger
+from mysimbdp.runner import AppError, Mode
+from mysimbdp.runner.calls import collection_problem
+from mysimbdp.stream.apprun import AppRoute
 from mysimbdp.stream.consumer import Consumer, Routes
 from mysimbdp.stream.provision import provision_user, vhost_of
-from mysimbdp.stream.records import Route
 from mysimbdp.stream.topology import (
     dead_name,
     declare_exchange,
@@ -75,6 +77,7 @@ class _Tenant:
     id: str
     profile: StreamProfile
     routes: Routes | None = None
+    runner: Mode = "process"
     error: str | None = None
     running: bool = False
     desired: int = 0
@@ -258,7 +261,8 @@ class StreamManager:
         assert t.routes is not None
         consumer = Consumer(tenant=t.id, instance=f"{t.id}-c{slot}", profile=t.profile, routes=t.routes,
                             connection=connection, database=self.daemon.store.tenant_db(t.id),
-                            depth=lambda: self.queue_depth(t.id), retry_max_s=self.settings.retry_max_s)
+                            depth=lambda: self.queue_depth(t.id), runners=self.daemon.runners,
+                            runner=t.runner, retry_max_s=self.settings.retry_max_s)
         await consumer.start()
         t.consumers[slot] = consumer
 
@@ -279,16 +283,36 @@ class StreamManager:
                                     "consumers start once it is back")
         return self._connection
 
-    def _build_routes(self, tenant: str, profile: StreamProfile) -> Routes:
-        def route(name: str) -> Route:
-            app = App(self.daemon.pm, name).require("stream")
-            target = app.call("mysimbdp_stream_target", tenant=tenant)
-            wrangle = app.hook("mysimbdp_stream_wrangle")
-            assert wrangle is not None
-            return Route(app=name, collection=getattr(target, "collection", None) or "records",
-                         wrangle=wrangle, quality=app.hook("mysimbdp_stream_quality"),
-                         indexes=tuple(getattr(target, "indexes", ()) or ()))
+    async def _build_routes(self, tenant: str, profile: StreamProfile, runner: Mode) -> Routes:
+        """Each stream app's target, asked of the app where it runs (never on the event loop),
+        within the tenant's ``app_timeout_s``; raises :class:`MysimbdpError` naming what failed."""
+        names = sorted({profile.app, *profile.apps.values()})
+        found = await asyncio.gather(*(self._target(tenant, name, runner, profile.app_timeout_s) for name in names))
+        targets = dict(zip(names, found, strict=True))
+
+        def route(name: str) -> AppRoute:
+            return AppRoute(app=name, collection=targets[name].collection, indexes=tuple(targets[name].indexes))
         return Routes(default=route(profile.app), by_type={k: route(v) for k, v in profile.apps.items()})
+
+    async def _target(self, tenant: str, name: str, runner: Mode, timeout: float) -> Target:
+        runners = self.daemon.runners
+        try:
+            session = await asyncio.to_thread(runners.lease, tenant, name, runner, "stream")
+        except AppError as exc:
+            raise PluginError(f"app {name!r} cannot start: {exc}") from None
+        try:
+            target = await asyncio.wait_for(asyncio.to_thread(session.target, "stream"), timeout)
+        except TimeoutError:
+            session.kill()
+            raise PluginError(f"app {name!r}: mysimbdp_stream_target did not answer within {timeout:g} s") from None
+        except AppError as exc:
+            raise PluginError(f"app {name!r}: {exc}") from None
+        finally:
+            self._spawn(asyncio.to_thread(runners.release, session), f"stream.release.{tenant}")
+        problem = collection_problem(target.collection)
+        if problem is not None:
+            raise PluginError(f"app {name!r} declares an invalid target collection {target.collection!r}: {problem}")
+        return target
 
     async def _on_tenant_change(self, change: TenantChange) -> None:
         """Onboard, reconfigure or offboard a tenant's stream.
@@ -309,12 +333,12 @@ class StreamManager:
                 log.info("stream.tenant.removed", tenant=change.tenant, queue=queue_name(change.tenant))
         if stream is None or (previous is not None and stream == previous.profile):
             return
-        t = _Tenant(change.tenant, stream)
+        t = _Tenant(change.tenant, stream, runner=change.new.runner if change.new is not None else "process")
         t.running = was_running
         t.desired = max(stream.min_consumers, min(previous.desired if previous else _start_count(stream),
                                                    stream.max_consumers))
         try:
-            t.routes = self._build_routes(change.tenant, stream)
+            t.routes = await self._build_routes(change.tenant, stream, change.new.runner if change.new else "process")
         except MysimbdpError as exc:
             t.error, t.running = str(exc), False
             log.error("stream.tenant.failed", tenant=change.tenant, app=stream.app, error=str(exc))

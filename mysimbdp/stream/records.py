@@ -337,7 +337,7 @@ def _wrangle(outcome: Outcome, incoming: Incoming, msg_id: str, route: Route,
         outcome.rejects.append(_reject(incoming, msg_id, route.app, "rejected",
                                        str(exc) or "rejected by the app", where, record))
         return None
-    except Exception as exc:  # an app bug on one record must not stop the stream
+    except BaseException as exc:  # an app bug on one record (even SystemExit) must not stop the stream
         outcome.rejects.append(_reject(incoming, msg_id, route.app, "app_error",
                                        f"the app failed: {type(exc).__name__}: {exc}", where, record))
         return None
