@@ -99,8 +99,13 @@ class Ledger:
         return [doc async for doc in cursor]
 
     async def committed_bytes(self, tenant: str) -> int:
-        """Bytes of the tenant's committed files: the usage counted against its storage quota."""
+        """Bytes of the tenant's committed files: the usage counted against its storage quota.
+
+        A file counts its content's size, ``content_bytes`` (decompressed for ``.gz``: the
+        batch manager records it at commit), or ``bytes`` for entries that lack it.
+        """
         total = 0
-        async for doc in self.collection.find({"tenant": tenant, "state": FileState.COMMITTED.value}, {"bytes": 1}):
-            total += int(doc.get("bytes") or 0)
+        query = {"tenant": tenant, "state": FileState.COMMITTED.value}
+        async for doc in self.collection.find(query, {"bytes": 1, "content_bytes": 1}):
+            total += int(doc.get("content_bytes") or doc.get("bytes") or 0)
         return total

@@ -25,7 +25,9 @@ REASON_CODES = {
     "error_rate": "too many records were malformed or rejected",
     "app_failed": "the tenant's app failed on the file as a whole",
     "timeout": "loading took longer than the tenant's timeout_s",
-    "not_regular": "not a regular file (e.g. a symbolic link); not followed",
+    "not_regular": "not a regular file (e.g. a symbolic link, a FIFO); not followed or read",
+    "hard_link": "the file has more than one name (a hard link): it may be a file the tenant must not read",
+    "changed": "the file was written to while it loaded (its size or modification time changed)",
     "no_app": "the app the tenant's profile names is not installed or is not a batch app",
     "internal": "the platform failed on the file (a bug: the reason names it)",
 }
@@ -82,6 +84,8 @@ def check_file(profile: BatchProfile, name: str, size: int, usage: Usage) -> str
     if usage.staged_files >= profile.max_staged_files:
         raise FileRejected("staging_full", f"{usage.staged_files} files are already waiting (limit {profile.max_staged_files}); "
                            "wait for them to load", staged=usage.staged_files, limit=profile.max_staged_files)
+    # a .gz file is admitted on its compressed size; its load is cut (over_quota) where its
+    # decompressed content passes what the quota leaves
     if usage.used_bytes + size > profile.storage_quota_bytes:
         raise FileRejected("over_quota", f"{usage.used_bytes} bytes used + {size} would exceed the quota of "
                            f"{profile.storage_quota_bytes} bytes", used=usage.used_bytes, limit=profile.storage_quota_bytes)

@@ -38,6 +38,7 @@ from mysimbdp.batch.readers import (
     iter_records,
     open_stream,
 )
+from mysimbdp.batch.staged import StagedFile
 from mysimbdp.errors import FileRejected, Reject
 from mysimbdp.logs import get_logger
 from mysimbdp.store import REJECTS, Store, insert_idempotent
@@ -80,6 +81,10 @@ class FileJob:
     max_file_bytes: int
     max_error_rate: float
     route: str | None = None
+    #: the descriptor opened at admission: every read of the file goes through it (never the path)
+    staged: StagedFile | None = None
+    #: decompressed bytes the tenant's storage quota leaves for this file (None: no limit)
+    quota_bytes: int | None = None
 
 
 @dataclass
@@ -134,7 +139,7 @@ class _Producer:
         self.prefix = id_prefix(job.sha256)
         self._prefix_scalar = pa.scalar(self.prefix, pa.string())
         self.now = datetime.now(UTC)
-        self.stream = open_stream(job.path, job.fmt, job.max_file_bytes)
+        self.stream = open_stream(job.staged or job.path, job.fmt, job.max_file_bytes, job.quota_bytes)
 
     def close(self) -> None:
         self.stream.close()
@@ -192,7 +197,7 @@ class _Producer:
     # -- columnar path ---------------------------------------------------------------------
     def _columnar(self) -> Iterator[Prepared]:
         job = self.job
-        schema = infer_csv_schema(job.path, job.fmt, job.max_file_bytes, ARROW_BLOCK_BYTES)
+        schema = infer_csv_schema(job.staged or job.path, job.fmt, job.max_file_bytes, ARROW_BLOCK_BYTES)
         try:
             declared = job.app.call("mysimbdp_batch_columns", context=self.ctx) or {}
             schema = pa.schema([pa.field(f.name, declared.get(f.name, f.type)) for f in schema])
@@ -204,7 +209,7 @@ class _Producer:
 
         def reopen() -> IO[bytes]:
             self.stream.close()  # the columnar reader gave up on it: read the file again
-            self.stream = open_stream(job.path, job.fmt, job.max_file_bytes)
+            self.stream = open_stream(job.staged or job.path, job.fmt, job.max_file_bytes, job.quota_bytes)
             return self.stream
 
         for ab in iter_arrow_batches(self.stream, schema, ARROW_BLOCK_BYTES, ARROW_BATCH_BYTES, reopen):

@@ -5,6 +5,11 @@ parsing), record it in the ledger, wait for a fair slot, load it with the tenant
 then archive it (``<var>/archive/<tenant>/done/`` or ``rejected/`` with a reason file) and
 log ``batch.file.committed`` or ``batch.file.rejected``. Nothing is deleted.
 
+The file is opened once, at admission (:class:`~mysimbdp.batch.staged.StagedFile`): the
+hash, the sniff, the load and the archive all use that descriptor, never the name, which
+the tenant may have replaced meanwhile. A file whose content changed while it loaded is
+rejected (``changed``); a file put in its place stays in staging as a new file.
+
 A file left ``loading`` by a crash is still in the staging folder: at the next start the
 watcher hands it over again, the manager finds its ``loading`` ledger entry (same tenant,
 name and sha256) and resumes it; deterministic ``_id``s make the second pass write only
@@ -15,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import os
-import shutil
 import stat
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +40,8 @@ from mysimbdp.batch.constraints import Usage, check_file, check_name
 from mysimbdp.batch.loader import Counts, FileJob, FileLoader
 from mysimbdp.batch.readers import sniff, use_lean_memory_pool
 from mysimbdp.batch.scheduler import FairScheduler
-from mysimbdp.batch.watcher import StagingWatcher, is_ignored
+from mysimbdp.batch.staged import StagedFile, rename_noreplace, take_name
+from mysimbdp.batch.watcher import StagingWatcher
 from mysimbdp.errors import FileRejected, PluginError
 from mysimbdp.ledger import FileState
 from mysimbdp.logs import get_logger
@@ -56,8 +63,8 @@ def route_for(profile: BatchProfile, name: str) -> BatchRoute | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
+def _sha256(staged: StagedFile) -> str:
+    with staged.open_reader() as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -124,13 +131,10 @@ class BatchManager:
                 "waiting": self.scheduler.waiting}
 
     async def usage(self, tenant: str) -> Usage:
-        """Files waiting in the tenant's staging folder (not hidden or ``.part``) and committed bytes."""
-        folder = self.staging_dir / tenant
-        try:
-            waiting = sum(1 for e in os.scandir(folder) if not is_ignored(e.name) and not e.is_dir(follow_symlinks=False))
-        except FileNotFoundError:
-            waiting = 0
-        return Usage(staged_files=waiting, used_bytes=await self.daemon.ledger.committed_bytes(tenant))
+        """Files waiting in the tenant's staging folder (not hidden or ``.part``, as of the
+        watcher's last scan: the folder is never walked here) and committed bytes."""
+        return Usage(staged_files=self.watcher.waiting(tenant),
+                     used_bytes=await self.daemon.ledger.committed_bytes(tenant))
 
     async def _on_tenant(self, change: TenantChange) -> None:
         if change.new is not None and change.new.batch is not None:
@@ -171,45 +175,68 @@ class BatchManager:
         refused for another reason (its app is gone, say), its partial documents are removed.
         """
         ledger, name, size = self.daemon.ledger, path.name, st.st_size
+        loop = asyncio.get_running_loop()
         entry_id: str | None = None
         sha: str | None = None
         resumed = False
+        staged: StagedFile | None = None
         try:
             candidates = await ledger.find(tenant, name=name, states=[FileState.STAGED, FileState.LOADING])
             entry = next((c for c in candidates if c.get("bytes") == size), None)
             entry_id = entry["_id"] if entry else None
             if not stat.S_ISREG(st.st_mode):
-                raise FileRejected("not_regular", "not a regular file (symbolic links and devices are not followed); "
-                                   "copy the file itself into the staging folder")
+                raise FileRejected("not_regular", "not a regular file (symbolic links, FIFOs and devices are not "
+                                   "followed or read); copy the file itself into the staging folder")
             check_name(name)
+            # opened once, off the event loop, never following a link, never blocking on a FIFO
+            try:
+                staged = await loop.run_in_executor(self._executor, StagedFile.open, path, st)
+            except FileRejected as exc:
+                if exc.code == "not_regular":
+                    return None  # replaced since the watcher looked: the next scan judges what is there
+                raise
+            if staged is None:
+                return None  # gone or changed since the watcher looked: the next scan sees it again
             inflight = self._inflight.setdefault(tenant, {})
             resumable = _resumable_format(entry)
             # constraints first: a file too big is refused without being read
             fmt = resumable or await self._check_constraints(tenant, profile, name, size)
-            sha = await asyncio.get_running_loop().run_in_executor(self._executor, _sha256, path)
+            sha = await loop.run_in_executor(self._executor, _sha256, staged)
             if entry is not None and entry.get("sha256") not in (None, sha):
                 if resumable is not None:  # not the file that was loading: a new one
                     fmt = await self._check_constraints(tenant, profile, name, size)
                 entry, entry_id, resumable = None, None, None  # same name, other content: not that entry
             resumed = resumable is not None
-            await self._refuse_duplicate(tenant, name, path, sha)
-            await asyncio.get_running_loop().run_in_executor(self._executor, sniff, path, fmt)
+            await self._refuse_duplicate(tenant, name, path, staged, sha)
+            await loop.run_in_executor(self._executor, sniff, staged, fmt)
             route = route_for(profile, name)
             app = App(self.daemon.pm, route.app if route else profile.app).require("batch")
         except PluginError as exc:
-            await self._reject(tenant, path, size, sha, entry_id, FileRejected("no_app", str(exc)), purge=resumed)
+            await self._reject(tenant, path, size, sha, entry_id, FileRejected("no_app", str(exc)), purge=resumed,
+                               staged=staged, seen=st)
+            _close(staged)
             return None
         except FileRejected as exc:
-            if exc.code == "archived":
+            if exc.code == "hard_link" and await self._archived_late(tenant, path, st):
                 return None
-            # a duplicate's documents are those of the copy loading or committed: never remove them
-            await self._reject(tenant, path, size, sha, entry_id, exc, purge=resumed and exc.code != "duplicate")
+            if exc.code != "archived":
+                # a duplicate's documents are those of the copy loading or committed: never remove them
+                await self._reject(tenant, path, size, sha, entry_id, exc, purge=resumed and exc.code != "duplicate",
+                                   staged=staged, seen=st)
+            _close(staged)
             return None
-        if entry_id is None:
-            entry_id = await ledger.stage(tenant, name, sha, size, source="staging")
+        except BaseException:
+            _close(staged)
+            raise
+        try:
+            if entry_id is None:
+                entry_id = await ledger.stage(tenant, name, sha, size, source="staging")
+        except BaseException:
+            _close(staged)
+            raise
         inflight[name] = (size, sha)
         return FileJob(tenant, name, path, entry_id, sha, size, fmt, app, profile.max_file_bytes,
-                       profile.max_error_rate, route.pattern if route else None), route
+                       profile.max_error_rate, route.pattern if route else None, staged=staged), route
 
     async def _check_constraints(self, tenant: str, profile: BatchProfile, name: str, size: int) -> str:
         """The profile's admission constraints (:func:`check_file`) against what the tenant has now."""
@@ -217,18 +244,40 @@ class BatchManager:
         used = await self.daemon.ledger.committed_bytes(tenant) + sum(b for b, _ in inflight.values())
         return check_file(profile, name, size, Usage(staged_files=len(inflight), used_bytes=used))
 
-    async def _refuse_duplicate(self, tenant: str, name: str, path: Path, sha: str) -> None:
+    async def _refuse_duplicate(self, tenant: str, name: str, path: Path, staged: StagedFile, sha: str) -> None:
         if any(s == sha for _, s in self._inflight.get(tenant, {}).values()):
             raise FileRejected("duplicate", "a file with the same content is loading right now", sha256=sha)
         for done in await self.daemon.ledger.find(tenant, sha256=sha, states=[FileState.COMMITTED]):
             archived = done.get("archive_path")
-            if done.get("name") == name and archived and not await asyncio.to_thread(os.path.exists, archived):
-                # committed, then the daemon died before moving the file: finish the move
-                await asyncio.to_thread(_move, path, Path(archived))
+            if done.get("name") == name and archived and not await asyncio.to_thread(os.path.lexists, archived):
+                # committed, then the daemon died before archiving the file: finish the archiving
+                await asyncio.to_thread(_archive_staged, staged, path, Path(archived))
                 log.info("batch.file.archived_late", tenant=tenant, file=name, ledger_id=done["_id"])
                 raise FileRejected("archived", "already committed")
             raise FileRejected("duplicate", f"the same content (sha256 {sha[:12]}…) was already committed as "
                                f"{done.get('name')!r}; it is not loaded twice", sha256=sha, ledger_id=done["_id"])
+
+    async def _archived_late(self, tenant: str, path: Path, st: os.stat_result) -> bool:
+        """A second name of a file that is this tenant's archived ``path.name`` (the daemon died
+        between linking it into the archive and removing its staging name): remove the name."""
+        for done in await self.daemon.ledger.find(tenant, name=path.name,
+                                                  states=[FileState.COMMITTED, FileState.REJECTED]):
+            archived = done.get("archive_path")
+            try:
+                ast = await asyncio.to_thread(os.lstat, archived) if archived else None
+            except OSError:
+                continue
+            if ast is not None and (ast.st_dev, ast.st_ino) == (st.st_dev, st.st_ino):
+                await asyncio.to_thread(take_name, path, (st.st_dev, st.st_ino), unlink=True)
+                log.info("batch.file.archived_late", tenant=tenant, file=path.name, ledger_id=done["_id"])
+                return True
+        return False
+
+    async def _quota_left(self, tenant: str, profile: BatchProfile, name: str) -> int:
+        """Decompressed bytes the storage quota leaves for ``name``: the quota less the committed
+        bytes and the (compressed) sizes of the tenant's other files in flight."""
+        others = sum(b for n, (b, _) in self._inflight.get(tenant, {}).items() if n != name)
+        return max(0, profile.storage_quota_bytes - await self.daemon.ledger.committed_bytes(tenant) - others)
 
     # -- loading ---------------------------------------------------------------------------
     async def _run(self, job: FileJob, profile: BatchProfile, route: BatchRoute | None) -> None:
@@ -246,8 +295,9 @@ class BatchManager:
                 with contextlib.suppress(Exception):
                     await self._reject(job.tenant, job.path, job.size, job.sha256, job.ledger_id,
                                        FileRejected("internal", f"the platform failed on the file: {exc}"[:500]),
-                                       purge=True)
+                                       purge=True, staged=job.staged)
             finally:
+                _close(job.staged)
                 self._inflight.get(job.tenant, {}).pop(job.name, None)
                 self._loading.pop(job.ledger_id, None)
                 self.watcher.release(job.tenant, job.name)
@@ -264,6 +314,8 @@ class BatchManager:
             await self.daemon.ledger.transition(job.ledger_id, FileState.LOADING, app=job.app.name, route=job.route,
                                                 format=job.fmt, attempts=int((previous or {}).get("attempts", 0)) + 1)
             self._loading[job.ledger_id] = f"{job.tenant}/{job.name}"
+            # a resumed file was admitted under the quota of its time (see _admit): not cut by today's
+            job.quota_bytes = None if resumed else await self._quota_left(job.tenant, profile, job.name)
             log.info("batch.file.resumed" if resumed else "batch.file.loading", tenant=job.tenant, file=job.name,
                      sha256=job.sha256, bytes=job.size, app=job.app.name, route=job.route)
             started = time.monotonic()
@@ -274,28 +326,42 @@ class BatchManager:
                 await self._loader.rollback(job)
                 await self._reject(job.tenant, job.path, job.size, job.sha256, job.ledger_id, FileRejected(
                     "timeout", f"loading took longer than the limit of {timeout:g} s; split the file or ask for a "
-                    "larger timeout_s"), started=started)
+                    "larger timeout_s"), started=started, staged=job.staged)
                 return
             except FileRejected as exc:
-                await self._reject(job.tenant, job.path, job.size, job.sha256, job.ledger_id, exc, started=started)
+                await self._reject(job.tenant, job.path, job.size, job.sha256, job.ledger_id, exc, started=started,
+                                   staged=job.staged)
+                return
+            if job.staged is not None and await asyncio.to_thread(job.staged.changed):
+                await self._loader.rollback(job)  # what was loaded is not what the ledger's sha256 names
+                await self._reject(job.tenant, job.path, job.size, job.sha256, job.ledger_id, FileRejected(
+                    "changed", "the file was written to while it loaded; write under a hidden name and rename "
+                    "it into place when complete", **counts.as_dict()), started=started, staged=job.staged)
                 return
             await self._commit(job, counts, started)
 
     async def _commit(self, job: FileJob, counts: Counts, started: float) -> None:
         seconds = time.monotonic() - started
-        dest = _free_path(self.archive_dir / job.tenant / "done", job.name, job.ledger_id)
+        dest = await asyncio.to_thread(_free_path, self.archive_dir / job.tenant / "done", job.name, job.ledger_id)
+        # the quota counts content: decompressed bytes of a .gz file (its reader counted them all)
+        content = job.staged.content_bytes if job.staged is not None and job.fmt.endswith(".gz") else job.size
         await self.daemon.ledger.transition(job.ledger_id, FileState.COMMITTED, archive_path=str(dest),
-                                            seconds=round(seconds, 3), **counts.as_dict())
-        await asyncio.to_thread(_move, job.path, dest)
+                                            content_bytes=content, seconds=round(seconds, 3), **counts.as_dict())
+        placed = await asyncio.to_thread(_archive, job.staged, job.path, None, dest, job.ledger_id)
+        if placed != dest:
+            await self.daemon.ledger.collection.update_one({"_id": job.ledger_id}, {"$set": {"archive_path": str(placed)}})
         log.info("batch.file.committed", **_outcome(job.tenant, job.name, job.sha256, job.size, counts, seconds),
                  app=job.app.name, ledger_id=job.ledger_id)
 
     async def _reject(self, tenant: str, path: Path, size: int, sha: str | None, entry_id: str | None,
-                      exc: FileRejected, started: float | None = None, purge: bool = False) -> None:
-        """Record the rejection, move the file to ``rejected/`` with ``<name>.reason.json``, log it.
+                      exc: FileRejected, started: float | None = None, purge: bool = False,
+                      staged: StagedFile | None = None, seen: os.stat_result | None = None) -> None:
+        """Record the rejection, archive the file in ``rejected/`` with ``<name>.reason.json``, log it.
 
         ``purge``: documents of the file may be in the tenant's database (a load began):
-        remove them first, so that a rejected file leaves none behind.
+        remove them first, so that a rejected file leaves none behind. ``staged``: the
+        admitted descriptor (its inode is archived); without it, the staging entry itself is
+        moved, if it is still the one the watcher saw (``seen``), never followed or read.
         """
         ledger = self.daemon.ledger
         if purge and sha is not None:
@@ -308,13 +374,16 @@ class BatchManager:
         counts = Counts(**{k: v for k, v in exc.details.items() if k in Counts.__dataclass_fields__ and isinstance(v, int)})
         if entry_id is None:
             entry_id = await ledger.stage(tenant, path.name, sha, size, source="staging")
-        dest = _free_path(self.archive_dir / tenant / "rejected", path.name, entry_id)
+        dest = await asyncio.to_thread(_free_path, self.archive_dir / tenant / "rejected", path.name, entry_id)
         await ledger.transition(entry_id, FileState.REJECTED, code=exc.code, reason=exc.message,
                                 archive_path=str(dest), seconds=round(seconds, 3), **counts.as_dict())
         details = {k: v for k, v in exc.details.items() if k not in Counts.__dataclass_fields__}
         reason = {"code": exc.code, "message": exc.message, "tenant": tenant, "file": path.name, "sha256": sha,
                   "bytes": size, "ledger_id": entry_id, **counts.as_dict(), "details": details}
-        await asyncio.to_thread(_archive_rejected, path, dest, reason)
+        identity = (seen.st_dev, seen.st_ino) if seen is not None else None
+        placed = await asyncio.to_thread(_archive, staged, path, identity, dest, entry_id, reason)
+        if placed != dest:
+            await ledger.collection.update_one({"_id": entry_id}, {"$set": {"archive_path": str(placed)}})
         log.warning("batch.file.rejected", **_outcome(tenant, path.name, sha, size, counts, seconds),
                     code=exc.code, reason=exc.message, ledger_id=entry_id)
 
@@ -334,24 +403,83 @@ def _outcome(tenant: str, name: str, sha: str | None, size: int, counts: Counts,
             "mb_per_s": round(size / 1e6 / seconds, 3) if seconds > 0 else 0.0}
 
 
+def _close(staged: StagedFile | None) -> None:
+    if staged is not None:
+        staged.close()
+
+
+REASON_SUFFIX = ".reason.json"
+# Choosing an archive name and creating it is one step for the whole daemon: two files
+# archived at once never take the same name, nor a name that pairs with the other's.
+_ARCHIVE_LOCK = threading.Lock()
+
+
+def _taken(folder: Path, name: str) -> bool:
+    """Whether ``folder/name`` cannot be used: it, its reason file, or (for a name ending in
+    ``.reason.json``) the file it would look like the reason of, exists."""
+    names = [name, name + REASON_SUFFIX]
+    if name.endswith(REASON_SUFFIX):
+        names.append(name.removesuffix(REASON_SUFFIX))
+    return any(os.path.lexists(folder / n) for n in names)
+
+
 def _free_path(folder: Path, name: str, entry_id: str) -> Path:
-    """``folder/name``, or ``folder/<id8>-name`` when a file of that name was archived before."""
-    path = folder / name
-    return folder / f"{entry_id[:8]}-{name}" if path.exists() or path.is_symlink() else path
+    """``folder/name``, or ``folder/<id8>-name`` (then ``<id>-name``) when that name is taken.
+
+    A name is taken when it exists, when its ``<name>.reason.json`` exists, or when it is a
+    tenant's file named ``X.reason.json`` and ``X`` exists: so in the archive, ``X.reason.json``
+    beside ``X`` is always the platform's reason file of ``X``, never a tenant's file.
+    """
+    for candidate in (name, f"{entry_id[:8]}-{name}", f"{entry_id}-{name}"):
+        if not _taken(folder, candidate):
+            return folder / candidate
+    return folder / f"{entry_id}-{name}"
 
 
-def _move(src: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_symlink():  # move the link itself, never what it points to
-        if src.parent.stat().st_dev == dest.parent.stat().st_dev:
-            os.replace(src, dest)
-        else:
-            os.symlink(os.readlink(src), dest)
-            src.unlink()
+def _archive(staged: StagedFile | None, path: Path, identity: tuple[int, int] | None, dest: Path,
+             entry_id: str, reason: dict[str, Any] | None = None) -> Path:
+    """Archive the file at ``dest`` (or, if that name was taken meanwhile, a free one); returns where.
+
+    With ``staged``, its inode is placed in the archive and the staging name removed if it
+    still names that inode; else the staging entry itself is moved if it is still
+    ``identity``. ``reason``: written beside it as ``<dest>.reason.json``, never over a file.
+    """
+    folder = dest.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    with _ARCHIVE_LOCK:
+        if _taken(folder, dest.name):
+            dest = _free_path(folder, path.name, entry_id)
+        if staged is not None:
+            _archive_staged(staged, path, dest)
+        elif identity is not None:
+            _move_entry(path, identity, dest)
+        if reason is not None:
+            fd = os.open(dest.with_name(dest.name + REASON_SUFFIX),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+            with os.fdopen(fd, "wb") as f:
+                f.write(orjson.dumps(reason, option=orjson.OPT_INDENT_2, default=str))
+    return dest
+
+
+def _archive_staged(staged: StagedFile, path: Path, dest: Path) -> None:
+    """Our inode into the archive, then the staging name away if it is still ours."""
+    staged.place(dest, path)
+    if not staged.remove_name(path):
+        log.info("batch.file.replaced", file=path.name,
+                 reason="another file took the name while this one loaded; it stays in staging as a new file")
+
+
+def _move_entry(path: Path, identity: tuple[int, int], dest: Path) -> None:
+    """Move the staging entry (a link, a FIFO, a file: never followed or read) to ``dest``,
+    if it is still ``identity``."""
+    private = take_name(path, identity)
+    if private is None:
         return
-    shutil.move(str(src), str(dest))
-
-
-def _archive_rejected(src: Path, dest: Path, reason: dict[str, Any]) -> None:
-    _move(src, dest)
-    dest.with_name(dest.name + ".reason.json").write_bytes(orjson.dumps(reason, option=orjson.OPT_INDENT_2, default=str))
+    try:
+        rename_noreplace(private, dest)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        if private.is_symlink():  # another file system: the link itself, never what it points to
+            os.symlink(os.readlink(private), dest)
+        os.unlink(private)  # other entries are not copied: their bytes are never read

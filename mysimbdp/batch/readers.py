@@ -5,8 +5,12 @@ Every reader works in bounded memory whatever the file size: it yields chunks of
 bytes (columnar CSV path). A malformed record never stops a file: it comes out as a
 :class:`Malformed` item and the loader sends it to the tenant's ``_rejects`` collection.
 
-Decompressed bytes count against the tenant's ``max_file_bytes``: :class:`LimitedReader`
-stops a gzip bomb at the limit with :class:`~mysimbdp.errors.FileRejected` (``too_big``).
+Decompressed bytes count against the tenant's ``max_file_bytes`` and its storage quota:
+:class:`LimitedReader` stops a gzip bomb at the limit with
+:class:`~mysimbdp.errors.FileRejected` (``too_big``, or ``over_quota`` when the quota leaves
+less). The daemon reads staged files only through their :class:`StagedFile` (the descriptor
+opened at admission), never by path; a :class:`~pathlib.Path` is accepted for local files
+(tests, the client's checks).
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from mysimbdp.batch.staged import StagedFile
 from mysimbdp.errors import FileRejected
 
 __all__ = [
     "Record", "Malformed", "LimitedReader", "open_stream", "sniff", "iter_records",
     "ArrowBatch", "iter_arrow_batches", "infer_csv_schema", "NULL_VALUES", "RAW_LIMIT",
-    "use_lean_memory_pool",
+    "use_lean_memory_pool", "Source",
 ]
+
+#: What the readers read: a staged file's descriptor (the daemon) or a local path.
+Source = StagedFile | Path
 
 GZIP_MAGIC = b"\x1f\x8b"
 SNIFF_BYTES = 64 * 1024
@@ -62,11 +70,18 @@ class Malformed:
 
 
 class LimitedReader(io.RawIOBase):
-    """A binary stream that refuses to yield more than ``limit`` bytes (``too_big``)."""
+    """A binary stream that refuses to yield more than ``limit`` bytes (``too_big``), or more
+    than ``quota`` bytes (``over_quota``: what the tenant's storage quota leaves).
 
-    def __init__(self, inner: IO[bytes], limit: int) -> None:
+    ``staged``: the file read, whose :attr:`StagedFile.content_bytes` follows the count.
+    """
+
+    def __init__(self, inner: IO[bytes], limit: int, quota: int | None = None,
+                 staged: StagedFile | None = None) -> None:
         self._inner = inner
         self._limit = limit
+        self._quota = quota if quota is not None and quota < limit else None
+        self._staged = staged
         self.consumed = 0
 
     def readable(self) -> bool:
@@ -77,6 +92,12 @@ class LimitedReader(io.RawIOBase):
         data = self._inner.read(len(view))
         n = len(data)
         self.consumed += n
+        if self._staged is not None and self.consumed > self._staged.content_bytes:
+            self._staged.content_bytes = self.consumed
+        if self._quota is not None and self.consumed > self._quota:
+            raise FileRejected("over_quota", f"the content is over the {self._quota} bytes left of the tenant's "
+                               "storage quota once decompressed; the quota counts decompressed bytes",
+                               left=self._quota)
         if self.consumed > self._limit:
             raise FileRejected("too_big", f"the content is over the limit of {self._limit} bytes once "
                                "decompressed; split the file or ask for a larger max_file_bytes",
@@ -89,26 +110,36 @@ class LimitedReader(io.RawIOBase):
         super().close()
 
 
-def open_stream(path: Path, fmt: str, max_bytes: int) -> io.BufferedReader:
+def _open_raw(source: Source) -> IO[bytes]:
+    """A new binary reader of the source's bytes, at offset 0."""
+    if isinstance(source, StagedFile):
+        return source.open_reader()
+    return open(source, "rb")  # noqa: SIM115 - the caller closes it
+
+
+def open_stream(source: Source, fmt: str, max_bytes: int, quota_bytes: int | None = None) -> io.BufferedReader:
     """The file's content as a buffered binary stream, decompressed for ``.gz`` formats.
 
-    Reading past ``max_bytes`` of (decompressed) content raises ``FileRejected("too_big")``.
+    Reading past ``max_bytes`` of (decompressed) content raises ``FileRejected("too_big")``,
+    past ``quota_bytes`` (when lower) ``FileRejected("over_quota")``. Each call is a new
+    reader from the start of the content.
     """
-    raw: Any = open(path, "rb")  # noqa: SIM115 - closed by the returned stream
+    raw: Any = _open_raw(source)
     if fmt.endswith(".gz"):
         raw = gzip.GzipFile(fileobj=raw, mode="rb")
-    return io.BufferedReader(LimitedReader(raw, max_bytes), buffer_size=1024 * 1024)
+    staged = source if isinstance(source, StagedFile) else None
+    return io.BufferedReader(LimitedReader(raw, max_bytes, quota_bytes, staged), buffer_size=1024 * 1024)
 
 
-def sniff(path: Path, fmt: str) -> None:
+def sniff(source: Source, fmt: str) -> None:
     """Check that the content looks like ``fmt`` before parsing; ``FileRejected("content")`` if not."""
-    with open(path, "rb") as f:
+    with _open_raw(source) as f:
         head = f.read(SNIFF_BYTES)
     if fmt.endswith(".gz"):
         if not head.startswith(GZIP_MAGIC):
             raise FileRejected("content", "the name ends in .gz but the content is not gzip-compressed")
         try:
-            with gzip.open(path, "rb") as g:
+            with _open_raw(source) as f, gzip.GzipFile(fileobj=f, mode="rb") as g:
                 head = g.read(SNIFF_BYTES)
         except (OSError, EOFError, zlib.error) as exc:  # zlib.error: corrupt deflate data
             raise FileRejected("content", f"the gzip stream is corrupt: {exc}") from None
@@ -309,13 +340,13 @@ def use_lean_memory_pool() -> str:
     return str(pa.default_memory_pool().backend_name)
 
 
-def infer_csv_schema(path: Path, fmt: str, max_bytes: int, block_size: int) -> pa.Schema:
+def infer_csv_schema(source: Source, fmt: str, max_bytes: int, block_size: int) -> pa.Schema:
     """Column types inferred from the first block; all-null and not-UTF-8 columns are strings.
 
     When Arrow cannot read the first block (a row over the block size, say), every column is
     a string, named by the header row as the per-record path reads it.
     """
-    with open_stream(path, fmt, max_bytes) as stream:
+    with open_stream(source, fmt, max_bytes) as stream:
         try:
             reader = pacsv.open_csv(stream, read_options=_read_options(block_size),
                                     parse_options=_parse_options(lambda row: "skip"))
@@ -323,7 +354,7 @@ def infer_csv_schema(path: Path, fmt: str, max_bytes: int, block_size: int) -> p
         except pa.ArrowInvalid:
             schema = None
     if schema is None:
-        with open_stream(path, fmt, max_bytes) as stream:
+        with open_stream(source, fmt, max_bytes) as stream:
             header = _csv_header(stream)
         return pa.schema([pa.field(name, pa.string()) for name in header])
     return pa.schema([pa.field(f.name, pa.string() if pa.types.is_null(f.type) or pa.types.is_binary(f.type)

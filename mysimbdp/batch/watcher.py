@@ -6,6 +6,12 @@ file systems, a full inotify table) and files already there at start-up. A file 
 complete when its size and modification time have not changed for ``stable_after_s``.
 Names starting with ``.`` or ending with ``.part`` are ignored: tenants upload under such a
 name and rename when done. Sub-folders are ignored.
+
+A scan lists a folder in a worker thread, never on the event loop, and reads at most
+``max_entries`` entries of one folder (hidden ones included): a tenant who fills its folder
+with junk slows only its own scans, and files past the limit wait until the folder shrinks
+(``batch.scan.truncated`` says so, once). The count of waiting files each scan finds is what
+the platform reports as the tenant's staged files (:meth:`StagingWatcher.waiting`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ __all__ = ["StagingWatcher", "is_ignored", "OnFile"]
 
 log = get_logger("batch")
 
+#: Entries of one tenant's folder one scan reads at most.
+MAX_SCAN_ENTRIES = 10_000
+
 #: ``await on_file(tenant, path, stat_result)`` for each complete file (or symlink, FIFO…).
 OnFile = Callable[[str, Path, os.stat_result], Awaitable[None]]
 
@@ -38,8 +47,9 @@ class StagingWatcher:
     """Watches the staging folders of the tenants it is told about."""
 
     def __init__(self, staging_dir: Path, stable_after_s: float, rescan_interval_s: float,
-                 stop_event: asyncio.Event, on_file: OnFile) -> None:
+                 stop_event: asyncio.Event, on_file: OnFile, max_entries: int = MAX_SCAN_ENTRIES) -> None:
         self.staging_dir = staging_dir
+        self.max_entries = max_entries
         self.stable_after_s = stable_after_s
         self.rescan_interval_s = rescan_interval_s
         self._stop = stop_event
@@ -47,6 +57,8 @@ class StagingWatcher:
         self._tenants: set[str] = set()
         self._claimed: dict[str, set[str]] = {}
         self._seen: dict[tuple[str, str], tuple[tuple[int, int], float]] = {}
+        self._waiting: dict[str, int] = {}
+        self._truncated: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -64,6 +76,8 @@ class StagingWatcher:
     def unwatch(self, tenant: str) -> None:
         """Stop watching ``tenant``'s folder; files already handed over finish loading."""
         self._tenants.discard(tenant)
+        self._waiting.pop(tenant, None)
+        self._truncated.discard(tenant)
         for key in [k for k in self._seen if k[0] == tenant]:
             del self._seen[key]
 
@@ -71,6 +85,10 @@ class StagingWatcher:
     def tenants(self) -> set[str]:
         """The tenants being watched."""
         return set(self._tenants)
+
+    def waiting(self, tenant: str) -> int:
+        """Files waiting in the tenant's folder (not hidden, not ``.part``, not folders) at the last scan."""
+        return self._waiting.get(tenant, 0)
 
     def claimed(self, tenant: str) -> set[str]:
         """Names handed over and not yet released."""
@@ -129,11 +147,19 @@ class StagingWatcher:
         """Hand over the tenant's complete files, oldest first; True if some are still growing."""
         folder = self.folder(tenant)
         try:
-            entries = [(e.name, e.stat(follow_symlinks=False)) for e in os.scandir(folder)
-                       if not is_ignored(e.name)]
+            entries, truncated = await asyncio.to_thread(_list, folder, self.max_entries)
         except FileNotFoundError:
             folder.mkdir(parents=True, exist_ok=True)
+            self._waiting[tenant] = 0
             return False
+        if truncated and tenant not in self._truncated:
+            self._truncated.add(tenant)
+            log.warning("batch.scan.truncated", tenant=tenant, folder=str(folder), limit=self.max_entries,
+                        reason="the staging folder holds more entries than one scan reads; files past the "
+                        "limit wait until it holds fewer (remove hidden leftovers)")
+        elif not truncated:
+            self._truncated.discard(tenant)
+        self._waiting[tenant] = sum(1 for _, st in entries if not stat.S_ISDIR(st.st_mode))
         now = time.monotonic()
         claimed = self._claimed.setdefault(tenant, set())
         present = {name for name, _ in entries}
@@ -162,3 +188,22 @@ class StagingWatcher:
             self._seen[(tenant, name)] = (signature, now)
             return self.stable_after_s <= 0
         return now - seen[1] >= self.stable_after_s
+
+
+def _list(folder: Path, limit: int) -> tuple[list[tuple[str, os.stat_result]], bool]:
+    """``(name, lstat)`` of the entries that are not ignored, reading at most ``limit`` entries;
+    and whether the folder held more (blocking I/O: run in a thread)."""
+    entries: list[tuple[str, os.stat_result]] = []
+    read = 0
+    with os.scandir(folder) as it:
+        for e in it:
+            read += 1
+            if read > limit:
+                return entries, True
+            if is_ignored(e.name):
+                continue
+            try:
+                entries.append((e.name, e.stat(follow_symlinks=False)))
+            except FileNotFoundError:  # gone since it was listed
+                continue
+    return entries, False
