@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
 
-from mysimbdp.apps import App, BatchContext, Target
+from mysimbdp.apps import BatchContext, Target
 from mysimbdp.batch.arrow_bson import encode_rows
 from mysimbdp.batch.readers import (
     RAW_LIMIT,
@@ -39,8 +39,10 @@ from mysimbdp.batch.readers import (
     open_stream,
 )
 from mysimbdp.batch.staged import StagedFile
-from mysimbdp.errors import FileRejected, Reject
+from mysimbdp.errors import FileRejected, PluginError, Reject
 from mysimbdp.logs import get_logger
+from mysimbdp.runner import AppError, AppRef, AppSession, Runners
+from mysimbdp.runner.calls import collection_problem
 from mysimbdp.store import REJECTS, Store, insert_idempotent
 
 __all__ = ["FileJob", "Counts", "FileLoader", "record_id", "id_prefix", "ARROW_BLOCK_BYTES"]
@@ -77,7 +79,7 @@ class FileJob:
     sha256: str
     size: int
     fmt: str
-    app: App
+    app: AppRef
     max_file_bytes: int
     max_error_rate: float
     route: str | None = None
@@ -134,8 +136,8 @@ def _cut(raw: Any) -> Any:
 class _Producer:
     """Runs in the worker thread: reads, wrangles and yields :class:`Prepared` batches."""
 
-    def __init__(self, job: FileJob, ctx: BatchContext, chunk_size: int) -> None:
-        self.job, self.ctx, self.chunk_size = job, ctx, chunk_size
+    def __init__(self, job: FileJob, ctx: BatchContext, chunk_size: int, session: AppSession) -> None:
+        self.job, self.ctx, self.chunk_size, self.session = job, ctx, chunk_size, session
         self.prefix = id_prefix(job.sha256)
         self._prefix_scalar = pa.scalar(self.prefix, pa.string())
         self.now = datetime.now(UTC)
@@ -152,60 +154,54 @@ class _Producer:
 
     def batches(self) -> Iterator[Prepared]:
         """Columnar for CSV when the app has the table hook, else record by record."""
-        app = self.job.app
-        if self.job.fmt.startswith("csv") and app.has("mysimbdp_batch_wrangle_table"):
+        session = self.session
+        if self.job.fmt.startswith("csv") and session.has("mysimbdp_batch_wrangle_table"):
             return self._columnar()
-        if not app.has("mysimbdp_batch_wrangle"):
-            raise AppFailed(f"app {app.name!r} implements only mysimbdp_batch_wrangle_table, which "
+        if not session.has("mysimbdp_batch_wrangle"):
+            raise AppFailed(f"app {session.name!r} implements only mysimbdp_batch_wrangle_table, which "
                             f"handles CSV; it cannot load {self.job.fmt} files")
         return self._per_record()
 
     # -- per-record path -------------------------------------------------------------------
     def _per_record(self) -> Iterator[Prepared]:
-        wrangle = self.job.app.hook("mysimbdp_batch_wrangle")
-        check = self.job.app.hook("mysimbdp_batch_check")
-        assert wrangle is not None
         ctx, prefix = self.ctx, self.prefix
         for chunk in iter_records(self.stream, self.job.fmt, self.chunk_size):
             out = Prepared([], [], records_in=len(chunk))
             docs, raws, rejects = out.docs, out.raws, out.rejects
+            records = [item for item in chunk if type(item) is Record]
+            results = self._app(self.session.wrangle_records, [item.value for item in records], ctx) if records else []
+            fates = dict(zip((id(item) for item in records), results, strict=True))
             for item in chunk:
                 if type(item) is Malformed:
                     rejects.append(self.reject(item.number, "parse", item.reason, item.raw))
                     continue
                 assert isinstance(item, Record)
-                try:
-                    doc = wrangle(record=item.value, context=ctx)
-                    if doc is None:
-                        out.skipped += 1
-                        continue
-                    if not isinstance(doc, dict):
-                        raise Reject(f"the app returned a {type(doc).__name__}, not a dict")
-                    if check is not None:
-                        problem = check(document=doc, context=ctx)
-                        if problem is not None:
-                            rejects.append(self.reject(item.number, "check", str(problem), item.value))
-                            continue
-                except Exception as exc:
-                    rejects.append(self.reject(item.number, "wrangle", _reason(exc), item.value))
-                    continue
-                doc["_id"] = f"{prefix}{item.number}"
-                docs.append(doc)
-                raws.append(item.value)
+                fate = fates[id(item)]
+                if fate.doc is not None:
+                    fate.doc["_id"] = f"{prefix}{item.number}"
+                    docs.append(fate.doc)
+                    raws.append(item.value)
+                elif fate.stage is not None:
+                    rejects.append(self.reject(item.number, fate.stage, fate.reason or "", item.value))
+                else:
+                    out.skipped += 1
             yield out
+
+    @staticmethod
+    def _app(fn: Any, *args: Any) -> Any:
+        """A call of the app (wherever it runs); its failure fails the file."""
+        try:
+            return fn(*args)
+        except AppError as exc:
+            raise AppFailed(str(exc)) from None
 
     # -- columnar path ---------------------------------------------------------------------
     def _columnar(self) -> Iterator[Prepared]:
         job = self.job
         schema = infer_csv_schema(job.staged or job.path, job.fmt, job.max_file_bytes, ARROW_BLOCK_BYTES)
-        try:
-            declared = job.app.call("mysimbdp_batch_columns", context=self.ctx) or {}
-            schema = pa.schema([pa.field(f.name, declared.get(f.name, f.type)) for f in schema])
-        except Exception as exc:
-            raise AppFailed(f"mysimbdp_batch_columns: {_reason(exc)}") from exc
-        wrangle = job.app.hook("mysimbdp_batch_wrangle_table")
-        check = job.app.hook("mysimbdp_batch_check")
-        assert wrangle is not None
+        declared = self._app(self.session.columns, self.ctx) if self.session.has("mysimbdp_batch_columns") else {}
+        schema = pa.schema([pa.field(f.name, declared.get(f.name, f.type)) for f in schema])
+        check = self.session.has("mysimbdp_batch_check")
 
         def reopen() -> IO[bytes]:
             self.stream.close()  # the columnar reader gave up on it: read the file again
@@ -213,17 +209,13 @@ class _Producer:
             return self.stream
 
         for ab in iter_arrow_batches(self.stream, schema, ARROW_BLOCK_BYTES, ARROW_BATCH_BYTES, reopen):
-            try:
-                out = wrangle(table=ab.batch, context=self.ctx)
-            except Exception as exc:
-                raise AppFailed(f"mysimbdp_batch_wrangle_table raised {_reason(exc)}") from exc
-            out = _as_batch(out, ab.batch.num_rows)
+            out = self._app(self.session.wrangle_table, ab.batch, self.ctx)
             refused = self._refused(ab, out)
             if "_reject" in out.schema.names:
                 out = out.drop_columns(["_reject"])
             # BSON for the whole block at once (per-call costs of the kernels amortised), unless
             # the app checks each document (it needs dicts) or a column type is not handled
-            encoded = None if check is not None else encode_rows(out, self._id_array(ab, 0, out.num_rows))
+            encoded = None if check else encode_rows(out, self._id_array(ab, 0, out.num_rows))
             if encoded is None:
                 out = _naive_utc(out)
             # slices of write_batch_size rows: bounded memory and one write in flight per slice
@@ -247,7 +239,7 @@ class _Producer:
         return refused
 
     def _documents(self, ab: ArrowBatch, out: pa.RecordBatch, lo: int, refused: dict[int, tuple[str, str]],
-                   check: Any, encoded: Sequence[Mapping[str, Any]] | None) -> Prepared:
+                   check: bool, encoded: Sequence[Mapping[str, Any]] | None) -> Prepared:
         """Documents of rows ``lo .. lo + out.num_rows`` of the block (``out`` is that slice).
 
         ``encoded`` holds the slice's rows already encoded as BSON (None: build dicts here).
@@ -255,23 +247,19 @@ class _Producer:
         n = out.num_rows
         prep = Prepared([], [], records_in=n)
         mine = {i - lo: r for i, r in refused.items() if lo <= i < lo + n}
-        if encoded is not None and check is None:
+        if encoded is not None and not check:
             prep.docs = [doc for i, doc in enumerate(encoded) if i not in mine] if mine else list(encoded)
         else:
             keys = ["_id", *out.schema.names]
-            for i, row in enumerate(_rows(self._id_array(ab, lo, n).to_pylist(), out)):
-                if i in mine:
-                    continue
-                doc = dict(zip(keys, row, strict=True))
-                if check is not None:
-                    try:
-                        problem = check(document=doc, context=self.ctx)
-                    except Exception as exc:
-                        problem = _reason(exc)
-                    if problem is not None:
-                        mine[i] = ("check", str(problem))
-                        continue
-                prep.docs.append(doc)
+            rows = [(i, dict(zip(keys, row, strict=True)))
+                    for i, row in enumerate(_rows(self._id_array(ab, lo, n).to_pylist(), out)) if i not in mine]
+            problems = self._app(self.session.check_documents, [doc for _, doc in rows], self.ctx) if check and rows \
+                else [None] * len(rows)
+            for (i, doc), problem in zip(rows, problems, strict=True):
+                if problem is not None:
+                    mine[i] = ("check", problem)
+                else:
+                    prep.docs.append(doc)
         prep.raws = [None] * len(prep.docs)
         if mine:
             as_read = {i: raw for i, _, raw in ab.bad}  # the text of values that did not parse
@@ -293,17 +281,6 @@ def _rows(ids: list[str], out: pa.RecordBatch) -> Iterator[tuple[Any, ...]]:
     yield from zip(ids, *columns, strict=True)
 
 
-def _as_batch(out: Any, rows: int) -> pa.RecordBatch:
-    """The app's result as one RecordBatch of ``rows`` rows, or :class:`AppFailed`."""
-    if isinstance(out, pa.Table):
-        out = out.combine_chunks()
-        out = out.to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist([], schema=out.schema)
-    if not isinstance(out, pa.RecordBatch) or out.num_rows != rows:
-        got = out.num_rows if isinstance(out, pa.RecordBatch) else type(out).__name__
-        raise AppFailed(f"mysimbdp_batch_wrangle_table must return {rows} rows, got {got}")
-    return out
-
-
 def _naive_utc(out: pa.RecordBatch) -> pa.RecordBatch:
     """Time-zone-aware timestamp columns as naive UTC: same instants, 3x cheaper to convert to Python."""
     if not any(pa.types.is_timestamp(f.type) and f.type.tz for f in out.schema):
@@ -321,8 +298,9 @@ def _naive_utc(out: pa.RecordBatch) -> pa.RecordBatch:
 class FileLoader:
     """Loads files into the tenants' databases; one instance per daemon."""
 
-    def __init__(self, store: Store, write_batch_size: int, progress_interval_s: float) -> None:
+    def __init__(self, store: Store, runners: Runners, write_batch_size: int, progress_interval_s: float) -> None:
         self.store = store
+        self.runners = runners
         self.write_batch_size = write_batch_size
         self.progress_interval_s = progress_interval_s
         self._indexed: set[tuple[str, str]] = set()
@@ -336,28 +314,57 @@ class FileLoader:
         """
         counts = Counts()
         ctx = BatchContext(job.tenant, job.app.name, job.name, job.sha256, job.fmt)
-        collection = await self._target(job)
+        loop = asyncio.get_running_loop()
+        # One thread per file: an app stuck in a loop holds only its own thread, never one
+        # another file (or tenant) needs; every call of the app is made from this thread.
+        executor = ThreadPoolExecutor(1, thread_name_prefix=f"batch-{job.tenant}")
+        session: AppSession | None = None
+        healthy = False
         try:
-            await self._pipeline(job, ctx, collection, counts)
-            rate = counts.records_rejected / counts.records_in if counts.records_in else 0.0
-            if rate > job.max_error_rate:
-                raise FileRejected("error_rate", f"{counts.records_rejected} of {counts.records_in} records "
-                                   f"({rate:.1%}) were malformed or rejected, over the tenant's max_error_rate "
-                                   f"of {job.max_error_rate:.1%}; see the tenant's _rejects collection",
-                                   **counts.as_dict())
-        except AppFailed as exc:
-            await self._rollback(job, collection)
-            raise FileRejected("app_failed", f"app {job.app.name!r} failed on the file: {exc}",
-                               **counts.as_dict()) from exc
-        except FileRejected as exc:
-            await self._rollback(job, collection)
-            exc.details.update(counts.as_dict())
-            raise
+            session = await loop.run_in_executor(executor, self._lease, job)
+            target = await loop.run_in_executor(executor, _target_of, job, session)
+            collection = await self._collection(job, target)
+            try:
+                await self._pipeline(job, ctx, collection, counts, session, executor)
+                rate = counts.records_rejected / counts.records_in if counts.records_in else 0.0
+                healthy = True
+                if rate > job.max_error_rate:
+                    raise FileRejected("error_rate", f"{counts.records_rejected} of {counts.records_in} records "
+                                       f"({rate:.1%}) were malformed or rejected, over the tenant's max_error_rate "
+                                       f"of {job.max_error_rate:.1%}; see the tenant's _rejects collection",
+                                       **counts.as_dict())
+            except AppFailed as exc:
+                await self._rollback(job, collection)
+                raise FileRejected("app_failed", f"app {job.app.name!r} failed on the file: {exc}",
+                                   **counts.as_dict()) from exc
+            except FileRejected as exc:
+                await self._rollback(job, collection)
+                exc.details.update(counts.as_dict())
+                raise
+        finally:
+            if session is not None:
+                self._give_back(session, healthy)
+            executor.shutdown(wait=False)
         return counts
 
+    def _lease(self, job: FileJob) -> AppSession:
+        """The app's session for this file (in the file's thread: a worker may have to start)."""
+        try:
+            return self.runners.lease(job.tenant, job.app.name, job.app.mode, "batch")
+        except PluginError as exc:
+            raise FileRejected("no_app", str(exc)) from None
+        except AppError as exc:
+            raise FileRejected("app_failed", f"app {job.app.name!r} cannot start: {exc}") from None
+
+    def _give_back(self, session: AppSession, healthy: bool) -> None:
+        """Return the session; one interrupted mid-call (time limit, failure) is killed first."""
+        if not healthy:
+            session.kill()
+        asyncio.get_running_loop().run_in_executor(None, self.runners.release, session)
+
     async def rollback(self, job: FileJob) -> None:
-        """Remove the documents written for ``job`` (after a timeout, say)."""
-        await self._rollback(job, await self._target(job))
+        """Remove the documents written for ``job`` (after a timeout, say), without asking the app."""
+        await self.purge(job.tenant, job.sha256, job.name)
 
     async def purge(self, tenant: str, sha256: str, name: str) -> None:
         """Remove the documents of the file with this sha256 from every collection of the tenant.
@@ -376,15 +383,13 @@ class FileLoader:
             if not collection.startswith(("_", "system.")):
                 await self._delete_file(tenant, name, sha256, db[collection])
 
-    async def _target(self, job: FileJob) -> Any:
-        try:
-            target = job.app.call("mysimbdp_batch_target", tenant=job.tenant) or Target()
-        except Exception as exc:
-            raise FileRejected("app_failed", f"app {job.app.name!r}: mysimbdp_batch_target raised {_reason(exc)}") from exc
+    async def _collection(self, job: FileJob, target: Target) -> Any:
+        """The target collection, checked against the platform's rules, with the app's indexes."""
         name = target.collection
-        if not isinstance(name, str) or not name or name.startswith(("_", "system")) or any(c in name for c in ".$\0"):
+        problem = collection_problem(name)
+        if problem is not None:
             raise FileRejected("app_failed", f"app {job.app.name!r} declares an invalid target collection {name!r}: "
-                               "use letters, digits, '-' or '_' (not first), without '.' or '$'")
+                               f"{problem}")
         collection = self.store.tenant_db(job.tenant)[name]
         if (job.tenant, name) not in self._indexed:
             for index in target.indexes:
@@ -395,16 +400,14 @@ class FileLoader:
             self._indexed.add((job.tenant, name))
         return collection
 
-    async def _pipeline(self, job: FileJob, ctx: BatchContext, collection: Any, counts: Counts) -> None:
+    async def _pipeline(self, job: FileJob, ctx: BatchContext, collection: Any, counts: Counts,
+                        session: AppSession, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
-        producer = _Producer(job, ctx, self.write_batch_size)
+        producer = _Producer(job, ctx, self.write_batch_size, session)
         rejects = self.store.tenant_db(job.tenant)[REJECTS]
         pending: asyncio.Task[None] | None = None
         future: Future[Prepared | None] | None = None
         progress = _Progress(job, counts, self.progress_interval_s)
-        # One thread per file: an app stuck in a loop holds only its own thread, never one
-        # another file (or tenant) needs.
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"batch-{job.tenant}")
         try:
             iterator = await loop.run_in_executor(executor, _guarded, producer.batches)
             while True:
@@ -423,9 +426,10 @@ class FileLoader:
                 await asyncio.wait({pending}, timeout=_SETTLE_S)
                 pending.cancel()
                 await asyncio.gather(pending, return_exceptions=True)
+            if future is not None and not future.done():
+                session.kill()  # interrupted (time limit): a worker's call ends at once, a thread's is abandoned
             if await self._thread_finished(job, future):
                 producer.close()  # never while the thread still reads: a generator is not shareable
-            executor.shutdown(wait=False)
 
     async def _thread_finished(self, job: FileJob, future: Future[Prepared | None] | None) -> bool:
         """Wait (bounded) for the batch the worker thread is preparing; False if the app is stuck."""
@@ -500,12 +504,22 @@ class _Progress:
                  seconds=round(now - self.started, 3), **self.counts.as_dict())
 
 
+def _target_of(job: FileJob, session: AppSession) -> Target:
+    """The app's target (in the file's thread, never on the event loop)."""
+    try:
+        return session.target("batch")
+    except AppError as exc:
+        raise FileRejected("app_failed", f"app {job.app.name!r}: {exc}") from None
+
+
 def _guarded(fn: Any, *args: Any) -> Any:
     """Run app code in the worker thread; even ``SystemExit`` from an app only fails the file."""
     try:
         return fn(*args)
     except (FileRejected, AppFailed):
         raise
+    except AppError as exc:
+        raise AppFailed(str(exc)) from None
     except Exception as exc:  # the app's own errors are wrapped already: this is the reader
         raise FileRejected("content", f"the file cannot be read: {_reason(exc)}"[:1000]) from exc
     except BaseException as exc:  # e.g. sys.exit() in an app: never let it stop the daemon

@@ -35,7 +35,6 @@ import orjson
 import structlog
 from pymongo.errors import PyMongoError
 
-from mysimbdp.apps import App
 from mysimbdp.batch.constraints import Usage, check_file, check_name
 from mysimbdp.batch.loader import Counts, FileJob, FileLoader
 from mysimbdp.batch.readers import sniff, use_lean_memory_pool
@@ -45,6 +44,7 @@ from mysimbdp.batch.watcher import StagingWatcher
 from mysimbdp.errors import FileRejected, PluginError
 from mysimbdp.ledger import FileState
 from mysimbdp.logs import get_logger
+from mysimbdp.runner import AppRef
 from mysimbdp.tenants import FORMATS, BatchProfile, BatchRoute, TenantChange
 
 if TYPE_CHECKING:
@@ -96,7 +96,8 @@ class BatchManager:
         self.arrow_memory_pool = use_lean_memory_pool()
         self._executor = ThreadPoolExecutor(max_workers=slots + 1, thread_name_prefix="batch")
         batch = self.daemon.settings.batch
-        self._loader = FileLoader(self.daemon.store, batch.write_batch_size, batch.progress_interval_s)
+        self._loader = FileLoader(self.daemon.store, self.daemon.runners, batch.write_batch_size,
+                                  batch.progress_interval_s)
         self._accepting = True
         with contextlib.suppress(PyMongoError):  # the store may come up later; indexes are an optimisation
             await self.daemon.ledger.ensure_indexes()
@@ -144,6 +145,12 @@ class BatchManager:
         elif change.tenant in self.watcher.tenants:
             self.watcher.unwatch(change.tenant)
             log.info("batch.tenant.unwatched", tenant=change.tenant)
+
+    def _app_ref(self, tenant: str, name: str) -> AppRef:
+        """The app by name (checked to be installed, not imported) and the tenant's runner."""
+        self.daemon.runners.check(name)
+        tenant_profile = self.daemon.tenants.get(tenant)
+        return AppRef(name, tenant_profile.runner if tenant_profile is not None else "process")
 
     def _profile(self, tenant: str) -> BatchProfile | None:
         profile = self.daemon.tenants.get(tenant)
@@ -210,7 +217,7 @@ class BatchManager:
             await self._refuse_duplicate(tenant, name, path, staged, sha)
             await loop.run_in_executor(self._executor, sniff, staged, fmt)
             route = route_for(profile, name)
-            app = App(self.daemon.pm, route.app if route else profile.app).require("batch")
+            app = self._app_ref(tenant, route.app if route else profile.app)
         except PluginError as exc:
             await self._reject(tenant, path, size, sha, entry_id, FileRejected("no_app", str(exc)), purge=resumed,
                                staged=staged, seen=st)
