@@ -25,7 +25,7 @@ from mysimbdp.apps import App, BatchContext, Index, Target
 from mysimbdp.errors import Reject
 
 __all__ = ["AppError", "RecordOut", "reason_of", "target_of", "target_to_doc", "collection_problem", "target_from_doc", "columns_of",
-           "wrangle_table", "wrangle_records", "check_documents", "as_batch", "TARGET_HOOKS"]
+           "wrangle_table", "wrangle_records", "check_documents", "as_batch", "TARGET_HOOKS", "StreamCalls"]
 
 TARGET_HOOKS = {"batch": "mysimbdp_batch_target", "stream": "mysimbdp_stream_target"}
 
@@ -189,19 +189,28 @@ def iter_guarded(items: Sequence[Any], fn: Callable[[Any], Any]) -> Iterator[tup
             yield index, exc
 
 
-def stream_message(app: App, item: dict[str, Any], options: dict[str, Any]) -> tuple[list[dict[str, Any]],
-                                                                                    list[dict[str, Any]]]:
-    """One message (as plain data) through the app: ``(documents, reject documents)``."""
-    from mysimbdp.stream.records import Incoming, Route, process_message
+class StreamCalls:
+    """The stream hooks of one app over the messages of one request (set up once per request)."""
 
-    wrangle = app.hook("mysimbdp_stream_wrangle")
-    if wrangle is None:
-        raise AppError("the app does not implement mysimbdp_stream_wrangle")
-    route = Route(app=app.name, collection="records", wrangle=wrangle, quality=app.hook("mysimbdp_stream_quality"))
-    fields: dict[str, Any] = {f.name: item.get(f.name) for f in dataclasses.fields(Incoming)}
-    fields["body"] = bytes(fields["body"] or b"")
-    fields["headers"] = dict(fields["headers"] or {})
-    incoming = Incoming(**fields)
-    outcome = process_message(incoming, route, float(options.get("min_quality", 0.0)),
-                              int(options.get("max_records", 10_000)))
-    return outcome.documents.get(route.collection, []), outcome.rejects
+    def __init__(self, app: App, options: dict[str, Any]) -> None:
+        from mysimbdp.stream.records import Incoming, Route
+
+        wrangle = app.hook("mysimbdp_stream_wrangle")
+        if wrangle is None:
+            raise AppError("the app does not implement mysimbdp_stream_wrangle")
+        self.route = Route(app=app.name, collection="records", wrangle=wrangle,
+                           quality=app.hook("mysimbdp_stream_quality"))
+        self.min_quality = float(options.get("min_quality", 0.0))
+        self.max_records = int(options.get("max_records", 10_000))
+        self._fields = [f.name for f in dataclasses.fields(Incoming)]
+        self._incoming = Incoming
+
+    def message(self, item: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """One message (as plain data) through the app: ``(documents, reject documents)``."""
+        from mysimbdp.stream.records import process_message
+
+        fields: dict[str, Any] = {name: item.get(name) for name in self._fields}
+        fields["body"] = bytes(fields["body"] or b"")
+        fields["headers"] = dict(fields["headers"] or {})
+        outcome = process_message(self._incoming(**fields), self.route, self.min_quality, self.max_records)
+        return outcome.documents.get(self.route.collection, []), outcome.rejects

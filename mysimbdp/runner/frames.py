@@ -17,7 +17,7 @@ from typing import Any
 import bson
 from bson.codec_options import CodecOptions, UuidRepresentation
 
-__all__ = ["CODEC", "FrameError", "WorkerGone", "write_frame", "read_frame", "encode", "decode"]
+__all__ = ["CODEC", "FrameError", "WorkerGone", "write_frame", "read_frame", "read_frame_buffered", "encode", "decode"]
 
 CODEC: CodecOptions[dict[str, Any]] = CodecOptions(uuid_representation=UuidRepresentation.STANDARD)
 _LEN = struct.Struct(">I")
@@ -62,6 +62,23 @@ def read_frame(fd: int, max_bytes: int, deadline: float | None = None) -> dict[s
     if length > max_bytes:
         raise FrameError(f"a message of {length} bytes is over the limit of {max_bytes} bytes")
     return decode(_read_exact(fd, length, deadline))
+
+
+def read_frame_buffered(reader: Any, max_bytes: int) -> dict[str, Any]:
+    """:func:`read_frame` through a buffered reader of the pipe (one read may bring many frames).
+
+    The reader must be the session's own: bytes it has buffered belong to that pipe only.
+    """
+    head = reader.read(_LEN.size)
+    if len(head) < _LEN.size:
+        raise WorkerGone("the pipe closed")
+    (length,) = _LEN.unpack(head)
+    if length > max_bytes:
+        raise FrameError(f"a message of {length} bytes is over the limit of {max_bytes} bytes")
+    body = reader.read(length)
+    if len(body) < length:
+        raise WorkerGone("the pipe closed")
+    return decode(body)
 
 
 def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:

@@ -11,6 +11,7 @@ hostile).
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -29,8 +30,9 @@ from mysimbdp.runner.calls import AppError, RecordOut
 
 __all__ = ["AppSession", "ProcessSession", "ThreadSession", "WorkerFailed", "OnMessage", "worker_env"]
 
-#: ``on_message(index, documents, rejects)``: one message's outcome, as soon as it is known.
-OnMessage = Callable[[int, list[dict[str, Any]], list[dict[str, Any]]], None]
+#: ``on_message(index, documents, rejects, error)``: one message's outcome, as soon as it is
+#: known; ``error`` (else None) says why the message could not be handled at all.
+OnMessage = Callable[[int, list[dict[str, Any]], list[dict[str, Any]], str | None], None]
 
 
 class WorkerFailed(AppError):
@@ -51,7 +53,7 @@ class AppSession(Protocol):
     def wrangle_records(self, records: Sequence[dict[str, Any]], ctx: BatchContext) -> list[RecordOut]: ...
     def check_documents(self, docs: Sequence[dict[str, Any]], ctx: BatchContext) -> list[str | None]: ...
     def stream(self, items: Sequence[dict[str, Any]], min_quality: float, max_records: int,
-               on_message: OnMessage) -> None: ...
+               on_message: OnMessage, per_frame: int = 1) -> None: ...
     def kill(self) -> None: ...
     def close(self) -> None: ...
     @property
@@ -101,6 +103,8 @@ class ProcessSession:
         if not isinstance(hello, dict):
             self.close()
             raise WorkerFailed("the worker's greeting is not a document")
+        # from here on, answers are read through a buffer of this session's own pipe
+        self._reader = io.open(self._in, "rb", buffering=256 * 1024, closefd=False)  # noqa: UP020
         self.kinds = [k for k in hello.get("kinds") or [] if k in ("batch", "stream")]
         self.hooks = {h for h in hello.get("hooks") or [] if isinstance(h, str)}
         self.confinement = hello.get("confinement") or {}
@@ -128,6 +132,9 @@ class ProcessSession:
 
     def _frame(self, deadline: float | None = None) -> dict[str, Any]:
         try:
+            reader = getattr(self, "_reader", None)
+            if reader is not None:
+                return frames.read_frame_buffered(reader, self.max_frame)
             return frames.read_frame(self._in, self.max_frame, deadline)
         except frames.WorkerGone:
             raise self._gone() from None
@@ -197,11 +204,16 @@ class ProcessSession:
         return [None if a is None else str(a)[:2000] for a in answer]
 
     def stream(self, items: Sequence[dict[str, Any]], min_quality: float, max_records: int,
-               on_message: OnMessage) -> None:
-        """Each message through the app; ``on_message`` as each one's answer arrives."""
+               on_message: OnMessage, per_frame: int = 1) -> None:
+        """Each message through the app; ``on_message`` as each one's answer arrives.
+
+        The worker answers for up to ``per_frame`` messages at a time (or every 20 ms): with
+        more than 1, a worker that dies leaves several messages unanswered, and only
+        ``per_frame = 1`` tells which one it died on.
+        """
         try:
             payload = frames.encode({"op": "stream", "items": list(items), "min_quality": min_quality,
-                                     "max_records": max_records})
+                                     "max_records": max_records, "per_frame": per_frame})
         except Exception as exc:
             raise AppError(f"the messages cannot be sent to the app: {exc}"[:500]) from None
         try:
@@ -217,13 +229,19 @@ class ProcessSession:
                 return
             if "error" in doc:
                 raise AppError(str(doc["error"])[:2000])
-            docs, rejects = doc.get("docs"), doc.get("rejects")
-            if doc.get("i") != expected or not _dicts(docs) or not _dicts(rejects):
+            outcomes = doc.get("outcomes")
+            if doc.get("i") != expected or not isinstance(outcomes, list) or not _dicts(outcomes) \
+                    or expected + len(outcomes) > len(items):
                 self.kill()
                 raise WorkerFailed("the worker broke the protocol (a stream answer out of order or malformed)")
-            assert isinstance(docs, list) and isinstance(rejects, list)
-            on_message(expected, docs, rejects)
-            expected += 1
+            assert isinstance(outcomes, list)
+            for outcome in outcomes:
+                docs, rejects, error = outcome.get("docs"), outcome.get("rejects"), outcome.get("error")
+                if not _dicts(docs) or not _dicts(rejects):
+                    self.kill()
+                    raise WorkerFailed("the worker broke the protocol (a malformed stream answer)")
+                on_message(expected, docs, rejects, None if error is None else str(error)[:2000])
+                expected += 1
 
     # -- life ------------------------------------------------------------------------------
     @property
@@ -250,6 +268,9 @@ class ProcessSession:
 
     def close(self) -> None:
         """End the worker: close its input, give it a moment to exit, then kill it; reap it."""
+        reader = getattr(self, "_reader", None)
+        if reader is not None:
+            reader.close()
         for fd in (self._out, self._in):
             try:
                 os.close(fd)
@@ -339,15 +360,15 @@ class ThreadSession:
         return self._call(lambda: calls.check_documents(self.app, docs, ctx))  # type: ignore[no-any-return]
 
     def stream(self, items: Sequence[dict[str, Any]], min_quality: float, max_records: int,
-               on_message: OnMessage) -> None:
+               on_message: OnMessage, per_frame: int = 1) -> None:
         """Each message through the app, ``on_message`` after each."""
         def run() -> None:
-            options = {"min_quality": min_quality, "max_records": max_records}
+            stream = calls.StreamCalls(self.app, {"min_quality": min_quality, "max_records": max_records})
             for index, item in enumerate(items):
-                docs, rejects = calls.stream_message(self.app, item, options)
+                docs, rejects = stream.message(item)
                 if self._abandoned:
                     return
-                on_message(index, docs, rejects)
+                on_message(index, docs, rejects, None)
         self._call(run)
 
     @property

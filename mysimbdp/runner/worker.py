@@ -111,14 +111,45 @@ class _Server:
 
     # -- stream ----------------------------------------------------------------------------
     def _op_stream(self, request: dict[str, Any], fd_out: int) -> None:
+        """Each message through the app; answers ``{"i": first, "outcomes": [...]}`` for up to
+        ``per_frame`` messages at a time (or every 20 ms), then ``{"done": true}``."""
+        import time
+
         from mysimbdp.runner import calls
 
+        stream = calls.StreamCalls(self.app, request)
+        per_frame = max(1, int(request.get("per_frame", 1)))
+        pending: list[dict[str, Any]] = []
+        first, since = 0, time.monotonic()
         for index, item in enumerate(request["items"]):
-            docs, rejects = calls.stream_message(self.app, item, request)
-            answer = _encodable([{"doc": d} for d in docs])
-            _send(fd_out, {"i": index, "docs": [a.get("doc") for a in answer if "doc" in a],
-                           "rejects": rejects + [a for a in answer if "doc" not in a]})
+            if not pending:
+                first, since = index, time.monotonic()
+            docs, rejects = stream.message(item)
+            pending.append({"docs": docs, "rejects": rejects})
+            if len(pending) >= per_frame or time.monotonic() - since > 0.02:
+                _send_outcomes(fd_out, first, pending)
+                pending = []
+        if pending:
+            _send_outcomes(fd_out, first, pending)
         _send(fd_out, {"done": True})
+
+
+def _send_outcomes(fd: int, first: int, outcomes: list[dict[str, Any]]) -> None:
+    """One frame of outcomes; an outcome BSON cannot hold (an app's odd value) becomes an error."""
+    from mysimbdp.runner import frames
+
+    try:
+        payload = frames.encode({"i": first, "outcomes": outcomes})
+    except Exception:
+        for outcome in outcomes:
+            try:
+                frames.encode(outcome)
+            except Exception as exc:
+                outcome.clear()
+                outcome.update(docs=[], rejects=[], error=f"the app's document cannot be stored: "
+                               f"{type(exc).__name__}: {exc}"[:2000])
+        payload = frames.encode({"i": first, "outcomes": outcomes})
+    frames.write_frame(fd, payload)
 
 
 def _record_out(result: Any) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from mysimbdp.logs import get_logger
 from mysimbdp.reports import REPORT_EVENT, ReportWindow, clamp_ms
 from mysimbdp.runner import AppSession, Mode, Runners
 from mysimbdp.store import REJECTS, insert_idempotent
-from mysimbdp.stream.apprun import AppRoute, AppRun
+from mysimbdp.stream.apprun import PER_FRAME, AppRoute, AppRun
 from mysimbdp.stream.records import (
     RAW_LIMIT,
     TIMESTAMP_MS_HEADER,
@@ -281,8 +281,10 @@ class Consumer:
         start = 0
         loop = asyncio.get_running_loop()
         limit = self.profile.app_timeout_s
+        per_frame = PER_FRAME
         while start < len(work):
-            run = AppRun(work[start:], self.profile.min_quality, self.profile.max_records_per_message, self._session)
+            run = AppRun(work[start:], self.profile.min_quality, self.profile.max_records_per_message, self._session,
+                         per_frame)
             future = loop.run_in_executor(self._executor, run)
             stuck: int | None = None
             while True:
@@ -302,6 +304,12 @@ class Consumer:
                 outcomes[start + offset] = outcome
             if stuck is None:
                 break
+            if not run.exact:
+                # the app's answers came several at a time: the message it is stuck on may be any
+                # of those unanswered; go on one answer per message to find it
+                per_frame = 1
+                start += len(taken)
+                continue
             poison.append(start + stuck)
             message = batch[start + stuck].message
             self._log.error("stream.app.timeout", app=work[start + stuck][1].app,
