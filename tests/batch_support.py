@@ -80,6 +80,8 @@ async def wait_until(predicate: Any, timeout: float = 30.0, what: str = "conditi
 
 def _archived(entry: dict[str, Any]) -> bool:
     path = Path(entry.get("archive_path") or "/nonexistent")
+    if entry.get("code") == "hard_link":  # the name is dropped, not archived: only the reason file
+        return path.with_name(path.name + ".reason.json").exists()
     if not (path.exists() or path.is_symlink()):
         return False
     return entry["state"] != "rejected" or path.with_name(path.name + ".reason.json").exists()

@@ -165,6 +165,8 @@ async def test_hard_link_to_another_tenants_archive_is_refused(
     assert (entry["state"], entry["code"]) == ("rejected", "hard_link"), entry
     assert await mongo[f"tenant_{tenant_id}"]["items"].count_documents({}) == 0
     assert archived.read_text().count(str(SECRET)) == 30, "the victim's archive is untouched"
+    assert archived.stat().st_nlink == 1, "no name of the victim's file is left in the attacker's archive"
+    assert not (settings.staging_dir / tenant_id / "x.csv").exists()
 
 
 async def test_file_renamed_over_a_loading_file_is_loaded_later_as_a_new_file(

@@ -458,6 +458,8 @@ def _archive(staged: StagedFile | None, path: Path, identity: tuple[int, int] | 
             dest = _free_path(folder, path.name, entry_id)
         if staged is not None:
             _archive_staged(staged, path, dest)
+        elif identity is not None and reason is not None and reason.get("code") == "hard_link":
+            _drop_entry(path, identity)  # another name of a file that is not the tenant's to give
         elif identity is not None:
             _move_entry(path, identity, dest)
         if reason is not None:
@@ -474,6 +476,15 @@ def _archive_staged(staged: StagedFile, path: Path, dest: Path) -> None:
     if not staged.remove_name(path):
         log.info("batch.file.replaced", file=path.name,
                  reason="another file took the name while this one loaded; it stays in staging as a new file")
+
+
+def _drop_entry(path: Path, identity: tuple[int, int]) -> None:
+    """Remove the staging name of a hard link (if it is still ``identity``): archiving it would
+    keep one more name of a file that is someone else's, in this tenant's archive. Nothing is
+    lost: the file's content stays under its other names."""
+    private = take_name(path, identity)
+    if private is not None:
+        private.unlink()
 
 
 def _move_entry(path: Path, identity: tuple[int, int], dest: Path) -> None:

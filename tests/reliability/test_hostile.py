@@ -302,8 +302,9 @@ def test_3_hard_link_to_another_tenants_archive(site: Site, db: Db) -> None:
     os.link(site.seed_archive, link)
     entry = _outcome(db, site.evil, "h3.csv")
     leaked = _loot(db, site).count_documents({"key": {"$in": site.seed_keys}})
-    # the rejected link is archived in the hostile tenant's rejected/ (platform-private), unread
-    intact = site.seed_archive.is_file() and _sha(site.seed_archive.read_bytes()) == before
+    # the rejected name is removed, not archived: the good tenant's file keeps its one name
+    intact = site.seed_archive.is_file() and _sha(site.seed_archive.read_bytes()) == before \
+        and site.seed_archive.stat().st_nlink == 1 and not link.exists()
     _row(site, "a hard link to another tenant's archived file", "test_3_hard_link_to_another_tenants_archive",
          _good_file(site, db, "g-attack3", keys), got=leaked + (not intact),
          refused=(entry["state"], entry.get("code")) == ("rejected", "hard_link"),
