@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from pymongo import AsyncMongoClient
 
 from mysimbdp.config import Settings
@@ -107,12 +109,14 @@ def test_sigterm_exits_0_within_deadline(spawn_daemon: Callable[..., Any], setti
     assert '"event":"broker.closed"' in log and '"event":"broker.disconnected"' not in log
 
 
+@pytest.mark.parametrize("runner", ["process", "thread"])
 def test_sigterm_with_an_app_stuck_in_a_loop(spawn_daemon: Callable[..., Any],
-                                             settings_factory: Callable[..., Settings]) -> None:
+                                             settings_factory: Callable[..., Settings], runner: str) -> None:
     settings = settings_factory(drain_timeout_s=1.0, extra_apps={"stuck": "tests.plugins.daemon_stuck"})
-    (settings.tenants_dir / "stuck.toml").write_text('id = "stuck"\n[batch]\napp = "stuck"\n')
+    tenant = f"stuck-{runner}"  # the session's store keeps the other run's file `loading`
+    (settings.tenants_dir / f"{tenant}.toml").write_text(f'id = "{tenant}"\nrunner = "{runner}"\n[batch]\napp = "stuck"\n')
     dp = spawn_daemon(settings)
-    folder = settings.staging_dir / "stuck"
+    folder = settings.staging_dir / tenant
     for _ in range(100):
         if folder.is_dir():
             break
@@ -130,4 +134,20 @@ def test_sigterm_with_an_app_stuck_in_a_loop(spawn_daemon: Callable[..., Any],
     code = dp.proc.wait(30)
     assert code == 0, dp.log_path.read_text()[-2000:]
     assert time.monotonic() - t0 < 15
-    assert '"daemon.threads_abandoned"' in log.read_text()
+    if runner == "thread":  # a thread cannot be stopped: the daemon exits without it
+        assert '"daemon.threads_abandoned"' in log.read_text()
+    else:  # a worker is killed with the load it serves: nothing is left behind
+        assert '"daemon.threads_abandoned"' not in log.read_text()
+        pids = [e["pid"] for e in map(json.loads, log.read_text().splitlines())
+                if e["event"] == "runner.worker.started"]
+        assert pids, "the app ran in a worker"
+        time.sleep(0.5)
+        assert not [pid for pid in pids if _running(pid)], "no worker outlives the daemon"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

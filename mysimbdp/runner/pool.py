@@ -17,11 +17,13 @@ metadata (``mysimbdp`` group) or in ``extra_apps`` (module names).
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
 import pluggy
 
@@ -57,6 +59,10 @@ class Runners:
         self._stuck: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
         self._closed = False
+        # Workers are started from this one long-lived thread: a worker asks the kernel to kill
+        # it when the thread that started it ends (PR_SET_PDEATHSIG), so that no worker outlives
+        # the daemon, even a daemon killed with SIGKILL while the app spins.
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="runner-spawn")
 
     # -- component -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -133,6 +139,7 @@ class Runners:
             self._idle.clear()
         for session in idle:
             session.close()
+        self._spawner.shutdown(wait=False)  # its thread's end kills any worker still running
 
     def _process_session(self, tenant: str, name: str) -> ProcessSession:
         key = (tenant, name)
@@ -147,7 +154,7 @@ class Runners:
                 session.close()
             self._busy[tenant] += 1
         try:
-            session = ProcessSession(tenant, name, self.module_of(name), self.settings)
+            session = ProcessSession(tenant, name, self.module_of(name), self.settings, self._spawn)
         except BaseException:
             with self._lock:
                 self._busy[tenant] -= 1
@@ -155,6 +162,9 @@ class Runners:
         log.info("runner.worker.started", tenant=tenant, app=name, pid=session.proc.pid,
                  landlock_abi=session.confinement.get("landlock_abi", 0), netns=session.confinement.get("netns", False))
         return session
+
+    def _spawn(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        return self._spawner.submit(subprocess.Popen, *args, **kwargs).result()
 
     def _in_process_only(self, name: str) -> bool:
         """An app registered as an object by the caller (not a module) can only run in a thread."""

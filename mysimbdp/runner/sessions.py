@@ -72,7 +72,8 @@ def worker_env() -> dict[str, str]:
 class ProcessSession:
     """A tenant app in its own confined worker process (:mod:`mysimbdp.runner.worker`)."""
 
-    def __init__(self, tenant: str, name: str, module: str | None, settings: RunnerSettings) -> None:
+    def __init__(self, tenant: str, name: str, module: str | None, settings: RunnerSettings,
+                 spawn: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
         self.tenant, self.name = tenant, name
         self.max_frame = settings.max_frame_mb * 1024 * 1024
         self.cpu_budget_s = settings.cpu_s / 2
@@ -80,7 +81,7 @@ class ProcessSession:
         to_worker_r, self._out = os.pipe()
         self._in, from_worker_w = os.pipe()
         try:
-            self.proc = subprocess.Popen(
+            self.proc = spawn(
                 [sys.executable, "-I", "-m", "mysimbdp.runner.worker", str(to_worker_r), str(from_worker_w)],
                 pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, env=worker_env(), cwd="/", start_new_session=True)
@@ -91,7 +92,7 @@ class ProcessSession:
         finally:
             os.close(to_worker_r)
             os.close(from_worker_w)
-        init = {"op": "init", "app": name, "module": module, "sys_path": [os.path.abspath(p or ".") for p in sys.path],
+        init = {"op": "init", "app": name, "module": module, "parent": os.getpid(), "sys_path": [os.path.abspath(p or ".") for p in sys.path],
                 "limits": {"memory_mb": settings.memory_mb, "cpu_s": settings.cpu_s, "open_files": settings.open_files},
                 "require_confinement": settings.require_confinement, "max_frame_bytes": self.max_frame}
         try:

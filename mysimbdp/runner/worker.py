@@ -31,6 +31,8 @@ def main(argv: list[str]) -> int:
         init = frames.read_frame(fd_in, 16 * 1024 * 1024)
     except (frames.WorkerGone, frames.FrameError):
         return 2
+    if not _die_with_parent(init.get("parent")):
+        return 2
     try:
         server = _start(init)
     except BaseException as exc:  # the app cannot load: say why, then exit
@@ -38,6 +40,18 @@ def main(argv: list[str]) -> int:
         return 3
     _send(fd_out, {"ok": server.hello})
     return server.serve(fd_in, fd_out, int(init.get("max_frame_bytes", 256 * 1024 * 1024)))
+
+
+def _die_with_parent(parent: Any) -> bool:
+    """Ask the kernel to kill this worker when the daemon's thread that started it ends; False
+    if the daemon is already gone."""
+    import ctypes
+    import os
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    return not isinstance(parent, int) or os.getppid() == parent
 
 
 def _send(fd: int, doc: dict[str, Any]) -> None:
