@@ -164,7 +164,9 @@ class Runners:
         return session
 
     def _spawn(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
-        return self._spawner.submit(subprocess.Popen, *args, **kwargs).result()
+        def start() -> subprocess.Popen[bytes]:
+            return subprocess.Popen(*args, **kwargs)
+        return self._spawner.submit(start).result()
 
     def _in_process_only(self, name: str) -> bool:
         """An app registered as an object by the caller (not a module) can only run in a thread."""
