@@ -129,10 +129,11 @@ async def test_tenant_stats_come_from_memory_not_the_log(
     assert "nobody" not in rd.daemon.monitor.live._hours
 
 
-async def _closed(reader: asyncio.StreamReader) -> bool:
-    """True once the daemon closed the connection (what it sent before, if anything, is read)."""
+async def closed(reader: asyncio.StreamReader, within_s: float = CLOSED_WITHIN_S) -> bool:
+    """True once the daemon closed the connection (what it sent before, if anything, is read);
+    False if it sends nothing more and keeps it open for ``within_s``."""
     try:
-        while await asyncio.wait_for(reader.read(65536), CLOSED_WITHIN_S):
+        while await asyncio.wait_for(reader.read(65536), within_s):
             pass
     except TimeoutError:
         return False
@@ -149,21 +150,21 @@ async def test_slow_headers_and_slow_bodies_are_cut_off(
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
     await writer.drain()
-    assert await _closed(reader)
+    assert await closed(reader)
     writer.close()
     # a connection that sends nothing at all
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    assert await _closed(reader)
+    assert await closed(reader)
     writer.close()
     # a body promised and never sent
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /reports HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\n"
                  b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"tenant\":")
     await writer.drain()
-    assert await _closed(reader)
+    assert await closed(reader)
     writer.close()
-    closed = rd.daemon.http.health()["closed"]
-    assert closed["header_timeout"] >= 2 and closed["body_timeout"] >= 1, closed
+    counted = rd.daemon.http.health()["closed"]
+    assert counted["header_timeout"] >= 2 and counted["body_timeout"] >= 1, counted
     # a client that keeps its promises is served as before
     async with aiohttp.ClientSession() as http, http.get(rd.url + "/health") as resp:
         assert resp.status in (200, 503)
@@ -193,7 +194,7 @@ async def test_connections_are_capped(
     await wait_for(lambda: sum(c.request is not None for c in rd.daemon.http.guard._conns.values()) == cap)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert await _closed(reader)
+    assert await closed(reader)
     assert rd.daemon.http.guard.closed["refused"] >= 1
     assert len(rd.daemon.http.guard) <= cap
     for _, w in [*busy, (reader, writer)]:

@@ -41,6 +41,7 @@ from tests.reliability.daemon_proc import DaemonRunner, suite_settings
 from tests.reliability.harness import APPS, get_health, wait_until, write_tenant
 from tests.reliability.publisher import Publisher
 from tests.reliability.results import record
+from tests.test_http_hostile import closed
 from tests.test_monitor import report_body
 
 GUARANTEE = "6. a hostile tenant"
@@ -644,18 +645,6 @@ def test_15_anonymous_clients_learn_nothing_and_add_no_series(site: Site, db: Db
          refused=list(json.loads(health)) == ["status"], note=f"/health told {told}, {len(series)} new series")
 
 
-async def _closed(reader: asyncio.StreamReader) -> bool:
-    """True once the daemon closed the connection (whatever it sent before is read)."""
-    try:
-        while await asyncio.wait_for(reader.read(65536), 0.5):
-            pass
-    except TimeoutError:
-        return False
-    except ConnectionError:
-        pass
-    return True
-
-
 def test_16_stats_hidden_files_and_slow_clients_hold_back_nobody(site: Site, db: Db) -> None:
     """Attack 16: 12 concurrent stats requests during another tenant's upload, 20,000 hidden
     files in staging, 20 clients that never finish their headers."""
@@ -684,7 +673,7 @@ def test_16_stats_hidden_files_and_slow_clients_hold_back_nobody(site: Site, db:
         await asyncio.sleep(3.0)  # header_timeout_s is 1 s here
         still_open = 0
         for reader, writer in slow:
-            still_open += not await _closed(reader)
+            still_open += not await closed(reader, 0.5)
             writer.close()
         return status, upload_ms, health_ms, still_open
     try:
