@@ -80,7 +80,7 @@ class RunnerSettings(BaseModel):
     memory_mb: int = Field(2048, ge=64, le=1024 * 1024, description="address space of one worker (RLIMIT_AS)")
     cpu_s: int = Field(3600, ge=10, description="CPU seconds one worker may use before it is replaced (RLIMIT_CPU)")
     open_files: int = Field(64, ge=16, le=65536, description="open files of one worker (RLIMIT_NOFILE)")
-    max_frame_mb: int = Field(256, ge=1, le=4096, description="largest answer a worker may send in one message")
+    max_frame_mb: int = Field(64, ge=1, le=4096, description="largest answer a worker may send in one message")
     start_timeout_s: float = Field(60.0, gt=0, le=3600, description="a worker that is not ready by then is killed")
     idle_workers: int = Field(2, ge=0, le=64, description="idle workers kept per tenant app for the next job")
     require_confinement: bool = Field(
