@@ -116,11 +116,12 @@ async def _depth_is(daemon: Any, tenant: str, n: int) -> bool:
     return bool(status["queue_depth"] == n and status["buffered"] == 0)
 
 
+@pytest.mark.parametrize("runner", ["process", "thread"])
 async def test_poison_message_goes_to_the_dead_letter_queue_after_the_delivery_limit(
         start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
-        mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str, tenant_id: str) -> None:
+        mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str, tenant_id: str, runner: str) -> None:
     settings = settings_factory(extra_apps=ECHO_APPS)
-    write_profile(settings, tenant_id, delivery_limit=1, app_timeout_s=0.3)
+    write_profile(settings, tenant_id, runner=runner, delivery_limit=1, app_timeout_s=0.3)
     rd = await start_daemon(settings)
     await wait_consumers(rd.daemon, tenant_id, 1)
     with capture_logs() as events:

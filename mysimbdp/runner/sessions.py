@@ -45,6 +45,8 @@ class AppSession(Protocol):
     tenant: str
     name: str
     kinds: list[str]
+    #: whether :meth:`stream` always answers one message at a time (whatever ``per_frame``)
+    answers_each_message: bool
 
     def has(self, hook: str) -> bool: ...
     def target(self, kind: str) -> Target: ...
@@ -71,6 +73,8 @@ def worker_env() -> dict[str, str]:
 
 class ProcessSession:
     """A tenant app in its own confined worker process (:mod:`mysimbdp.runner.worker`)."""
+
+    answers_each_message = False
 
     def __init__(self, tenant: str, name: str, module: str | None, settings: RunnerSettings,
                  spawn: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen) -> None:
@@ -309,6 +313,8 @@ class ThreadSession:
     thread ends when the app returns. ``on_stuck`` counts such threads (the pool refuses new
     sessions to a tenant with too many).
     """
+
+    answers_each_message = True
 
     def __init__(self, tenant: str, app: App, on_stuck: Callable[[str, int], None]) -> None:
         self.tenant, self.name, self.app = tenant, app.name, app

@@ -75,11 +75,12 @@ class AppRun:
         self.current: AppSession | None = None
         self.abandoned = False
         self._per_frame = per_frame
+        self._exact = per_frame == 1
 
     @property
     def exact(self) -> bool:
         """Whether answers come one per message (``progress`` then names the message the app is on)."""
-        return self._per_frame == 1
+        return self._exact
 
     def __call__(self) -> None:
         start = 0
@@ -106,6 +107,7 @@ class AppRun:
         self.progress = (start, math.inf)
         session = self._session_of(route.app)
         self.current = session
+        self._exact = self._per_frame == 1 or session.answers_each_message
         self.progress = (start, time.monotonic())
 
         def on_message(offset: int, docs: list[dict[str, Any]], rejects: list[dict[str, Any]],

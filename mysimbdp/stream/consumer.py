@@ -139,6 +139,7 @@ class Consumer:
 
     async def start(self) -> None:
         """Open the channel, set the prefetch, begin consuming and flushing."""
+        await self._warm_up()
         self._channel = await self._connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=self.profile.prefetch)
         # ensure=True: a robust channel restores only the queues (and their consumers) it looked up
@@ -152,6 +153,16 @@ class Consumer:
             await self.stop(0)
             raise
         self._log.info("stream.consumer.started", prefetch=self.profile.prefetch)
+
+    async def _warm_up(self, timeout: float = 10.0) -> None:
+        """Start the default app's session before taking messages: the first batch then does not
+        wait for a worker to start. Best effort: on failure the first batch tries again."""
+        work = asyncio.get_running_loop().run_in_executor(self._executor, self._session, self.routes.default.app)
+        try:
+            await asyncio.wait_for(asyncio.shield(work), timeout)
+        except Exception as exc:
+            self._log.warning("stream.consumer.warm_up_failed", app=self.routes.default.app,
+                              error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def stop(self, timeout: float) -> int:
         """Cancel the consumer tag, flush what is buffered within ``timeout``, close the channel.

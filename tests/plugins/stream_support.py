@@ -17,12 +17,13 @@ from mysimbdp.config import Settings
 ECHO_APPS = {"stream_echo": "tests.plugins.stream_echo"}
 
 
-def write_profile(settings: Settings, tenant: str, app: str = "stream_echo", **stream: Any) -> Path:
+def write_profile(settings: Settings, tenant: str, app: str = "stream_echo", runner: str = "process",
+                  **stream: Any) -> Path:
     """Write ``<tenants>/<tenant>.toml`` with a ``[stream]`` section (small, fast batches by default)."""
     values: dict[str, Any] = {"app": app, "min_consumers": 1, "max_consumers": 4, "prefetch": 100,
                               "batch_max_messages": 50, "batch_max_wait_ms": 50, "report_interval_s": 1.0}
     values.update(stream)
-    return tenants.write_profile(settings.tenants_dir, {"id": tenant, "stream": values})
+    return tenants.write_profile(settings.tenants_dir, {"id": tenant, "runner": runner, "stream": values})
 
 
 async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
