@@ -15,7 +15,7 @@ what it returns and raises the same way:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,15 +178,6 @@ def check_documents(app: App, docs: Sequence[dict[str, Any]], ctx: BatchContext)
             problem = reason_of(exc)
         problems.append(None if problem is None else str(problem)[:2000])
     return problems
-
-
-def iter_guarded(items: Sequence[Any], fn: Callable[[Any], Any]) -> Iterator[tuple[int, Any]]:
-    """``(index, fn(item))`` for each item; what ``fn`` raises is returned in place of its result."""
-    for index, item in enumerate(items):
-        try:
-            yield index, fn(item)
-        except BaseException as exc:
-            yield index, exc
 
 
 class StreamCalls:

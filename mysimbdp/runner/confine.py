@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Limits", "confine", "landlock_abi", "read_only_paths"]
+__all__ = ["confine", "landlock_abi", "read_only_paths"]
 
 # Landlock's system calls have the same numbers on every architecture (they are newer than 424)
 _SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
@@ -50,10 +50,6 @@ _FILE_RIGHTS = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | 1 << 14 | 1 << 15 
 #: System paths a Python process may need to read (shared libraries, time zones, locales).
 SYSTEM_READ = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/share/zoneinfo", "/usr/share/locale",
                "/etc/ld.so.cache", "/etc/localtime", "/dev/null", "/dev/urandom", "/dev/zero")
-
-
-class Limits(dict[str, int]):
-    """``memory_mb``, ``cpu_s``, ``open_files`` (what the daemon asks for)."""
 
 
 def _libc() -> ctypes.CDLL:

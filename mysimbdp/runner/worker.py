@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from datetime import datetime
 from typing import Any
 
 __all__ = ["main"]
@@ -116,7 +115,8 @@ class _Server:
         from mysimbdp.runner import calls
 
         results = calls.wrangle_records(self.app, request["records"], _context(request["ctx"]))
-        _send(fd_out, {"ok": _encodable([_record_out(r) for r in results])})
+        _send_items(fd_out, {}, "ok", [_record_out(r) for r in results], lambda reason: {
+            "stage": "wrangle", "reason": f"the document cannot be stored: {reason}"[:2000]})
 
     def _op_check_documents(self, request: dict[str, Any], fd_out: int) -> None:
         from mysimbdp.runner import calls
@@ -141,29 +141,34 @@ class _Server:
             docs, rejects = stream.message(item)
             pending.append({"docs": docs, "rejects": rejects})
             if len(pending) >= per_frame or time.monotonic() - since > 0.02:
-                _send_outcomes(fd_out, first, pending)
+                _send_items(fd_out, {"i": first}, "outcomes", pending, _unstorable)
                 pending = []
         if pending:
-            _send_outcomes(fd_out, first, pending)
+            _send_items(fd_out, {"i": first}, "outcomes", pending, _unstorable)
         _send(fd_out, {"done": True})
 
 
-def _send_outcomes(fd: int, first: int, outcomes: list[dict[str, Any]]) -> None:
-    """One frame of outcomes; an outcome BSON cannot hold (an app's odd value) becomes an error."""
+def _send_items(fd: int, head: dict[str, Any], key: str, items: list[dict[str, Any]],
+                broken: Any) -> None:
+    """One frame: ``head`` and ``items`` under ``key``, encoded once. Only if that fails is each
+    item tried alone, and one BSON cannot hold (an app's odd value) is replaced by ``broken(reason)``."""
     from mysimbdp.runner import frames
 
     try:
-        payload = frames.encode({"i": first, "outcomes": outcomes})
+        payload = frames.encode({**head, key: items})
     except Exception:
-        for outcome in outcomes:
+        for k, item in enumerate(items):
             try:
-                frames.encode(outcome)
+                frames.encode(item)
             except Exception as exc:
-                outcome.clear()
-                outcome.update(docs=[], rejects=[], error=f"the app's document cannot be stored: "
-                               f"{type(exc).__name__}: {exc}"[:2000])
-        payload = frames.encode({"i": first, "outcomes": outcomes})
+                items[k] = broken(f"{type(exc).__name__}: {exc}")
+        payload = frames.encode({**head, key: items})
     frames.write_frame(fd, payload)
+
+
+def _unstorable(reason: str) -> dict[str, Any]:
+    """A message's outcome whose documents BSON cannot hold."""
+    return {"docs": [], "rejects": [], "error": f"the app's document cannot be stored: {reason}"[:2000]}
 
 
 def _record_out(result: Any) -> dict[str, Any]:
@@ -172,21 +177,6 @@ def _record_out(result: Any) -> dict[str, Any]:
     if result.stage is not None:
         return {"stage": result.stage, "reason": result.reason}
     return {}
-
-
-def _encodable(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each ``{"doc": ...}`` that BSON cannot hold becomes a reject naming the reason."""
-    from mysimbdp.runner import frames
-
-    out = []
-    for item in items:
-        if "doc" in item:
-            try:
-                frames.encode(item["doc"])
-            except Exception as exc:
-                item = {"stage": "wrangle", "reason": f"the document cannot be stored: {type(exc).__name__}: {exc}"[:2000]}
-        out.append(item)
-    return out
 
 
 def _context(doc: dict[str, Any]) -> Any:
@@ -222,8 +212,7 @@ def _start(init: dict[str, Any]) -> _Server:
     if not module:
         pm.load_setuptools_entrypoints(mysimbdp.plugins.ENTRY_POINT_GROUP, name=name)
     app = mysimbdp.apps.App(pm, name)
-    hello = {"app": name, "kinds": app.kinds, "hooks": sorted(app.hooks), "confinement": applied,
-             "started": datetime.now()}
+    hello = {"app": name, "kinds": app.kinds, "hooks": sorted(app.hooks), "confinement": applied}
     return _Server(app, hello)
 
 
