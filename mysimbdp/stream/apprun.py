@@ -42,9 +42,12 @@ class AppRoute:
     indexes: Sequence[Index] = ()
 
 
+_INCOMING_FIELDS = tuple(f.name for f in dataclasses.fields(Incoming))
+
+
 def incoming_doc(incoming: Incoming) -> dict[str, Any]:
     """A message as plain data for the app's session."""
-    return {f.name: getattr(incoming, f.name) for f in dataclasses.fields(incoming)}
+    return {name: getattr(incoming, name) for name in _INCOMING_FIELDS}
 
 
 def failed_outcome(incoming: Incoming, app: str, kind: str, reason: str) -> Outcome:
