@@ -1,7 +1,7 @@
 """``mysimbdpd`` run as its own process for a benchmark, and what can be read of it.
 
 The platform's CPU time (user+sys) is the daemon's own and its app workers' (the
-``python -m mysimbdp.runner.worker`` processes it starts for tenant apps that run with
+``python -m mysimbdp.apps.runner.worker`` processes it starts for tenant apps that run with
 ``runner = "process"``), read from ``/proc``: see :meth:`BenchDaemon.cpu`. The store is a
 separate process, started by the benchmark and not by the daemon, and is never counted. Peak
 RSS is the daemon's own. Its JSON log file is followed to learn when files and batches are
@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 
 from bench.env import BenchEnv
-from mysimbdp.store import free_port
+from mysimbdp.store.client import free_port
 from mysimbdp.tenants import write_profile
 
 __all__ = ["BenchDaemon", "LogTail", "ProcStats", "CpuSample", "platform_cpu", "DaemonFailed", "ADMIN_TOKEN"]

@@ -20,9 +20,9 @@ from urllib.parse import quote
 
 from pymongo import AsyncMongoClient
 
-from mysimbdp.broker_admin import BrokerAdmin
 from mysimbdp.errors import BrokerUnavailable
-from mysimbdp.store import EmbeddedMongo
+from mysimbdp.store.client import EmbeddedMongo
+from mysimbdp.stream.broker_admin import BrokerAdmin
 
 __all__ = ["BenchEnv", "DATA_DIR"]
 

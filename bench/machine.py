@@ -12,9 +12,9 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
-from mysimbdp.broker_admin import BrokerAdmin
 from mysimbdp.errors import BrokerUnavailable
-from mysimbdp.store_server import DEFAULT_CACHE_MIB
+from mysimbdp.store.embedded import DEFAULT_CACHE_MIB
+from mysimbdp.stream.broker_admin import BrokerAdmin
 
 __all__ = ["describe_machine", "load_average"]
 

@@ -78,12 +78,12 @@ WAITING = frozenset({
     # blocking os.read/os.write on the pipes to an app worker: the daemon waiting for the
     # worker's answer or for it to take a request, an idle worker waiting for the next one
     # (the copies themselves cost ~0.3 ms of CPU per 640 KB round trip in a probe)
-    "_read_exact (mysimbdp/runner/frames.py)",
-    "write_frame (mysimbdp/runner/frames.py)",
+    "_read_exact (mysimbdp/apps/runner/frames.py)",
+    "write_frame (mysimbdp/apps/runner/frames.py)",
 })
 #: ``--subprocesses`` roots each stack in ``process <pid>:"<command line>"`` frames.
 _PROCESS = "process "
-WORKER_COMMAND = "mysimbdp.runner.worker"
+WORKER_COMMAND = "mysimbdp.apps.runner.worker"
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 

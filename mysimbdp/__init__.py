@@ -1,7 +1,7 @@
 """mysimbdp: a multi-tenant big-data ingestion platform.
 
 Tenant apps import :data:`hookimpl` to implement the hooks declared in
-:mod:`mysimbdp.hookspecs`, and :class:`Reject` to turn down a single record.
+:mod:`mysimbdp.apps.hookspecs`, and :class:`Reject` to turn down a single record.
 """
 
 from __future__ import annotations

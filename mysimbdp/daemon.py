@@ -16,18 +16,18 @@ from typing import Any, Protocol
 import pluggy
 
 from mysimbdp import __version__
+from mysimbdp.apps.runner import Runners
+from mysimbdp.batch.intake import UploadService
+from mysimbdp.batch.ledger import Ledger
 from mysimbdp.batch.manager import BatchManager
-from mysimbdp.broker import Broker
 from mysimbdp.config import Settings
-from mysimbdp.http import HttpServer
-from mysimbdp.ledger import Ledger
+from mysimbdp.http.server import HttpServer
 from mysimbdp.logs import get_logger
-from mysimbdp.monitor import Monitor
-from mysimbdp.runner import Runners
-from mysimbdp.store import Store
+from mysimbdp.monitor.scaling import Monitor
+from mysimbdp.store.client import Store
+from mysimbdp.stream.broker import Broker
 from mysimbdp.stream.manager import StreamManager
 from mysimbdp.tenants import TenantRegistry
-from mysimbdp.upload import UploadService
 
 __all__ = ["Daemon", "Component"]
 

@@ -22,11 +22,11 @@ import pytest
 from pymongo import AsyncMongoClient, MongoClient
 from pymongo.errors import PyMongoError
 
-from mysimbdp.broker_admin import BrokerAdmin
 from mysimbdp.config import Settings, load_settings
 from mysimbdp.daemon import Daemon
 from mysimbdp.logs import configure_logging
-from mysimbdp.store import EmbeddedMongo, free_port
+from mysimbdp.store.client import EmbeddedMongo, free_port
+from mysimbdp.stream.broker_admin import BrokerAdmin
 from tests.reliability.results import note_report
 
 MANAGEMENT_URL = os.environ.get("MYSIMBDP_TEST_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")

@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from mysimbdp.auth import bearer_token, hash_token, new_token, token_matches
+from mysimbdp.apps.plugins import get_plugin_manager
 from mysimbdp.cli import main
 from mysimbdp.config import Settings
-from mysimbdp.plugins import get_plugin_manager
+from mysimbdp.http.tokens import bearer_token, hash_token, new_token, token_matches
 from mysimbdp.tenants import load_profile
 from tests.conftest import ADMIN_TOKEN
 from tests.test_upload import APP_MODULE, CSV, leftovers, write_tenant

@@ -163,10 +163,10 @@ def test_profile_summary_leaves_waiting_threads_out(tmp_path: Path) -> None:
 def test_profile_summary_counts_samples_by_process(tmp_path: Path) -> None:
     raw = tmp_path / "p.txt"
     daemon = 'process 10:"python mysimbdpd"'
-    worker = 'process 11:"python -I -m mysimbdp.runner.worker 5 8"'
+    worker = 'process 11:"python -I -m mysimbdp.apps.runner.worker 5 8"'
     raw.write_text(f"{daemon};main (a.py:1);work (mysimbdp/batch/loader.py:5) 30\n"
-                   f"{daemon};{worker};serve (mysimbdp/runner/worker.py:1);wrangle (mysimbdp_flights/batch.py:2) 10\n"
-                   f"{daemon};{worker};serve (mysimbdp/runner/worker.py:1);_read_exact (mysimbdp/runner/frames.py:9) 50\n")
+                   f"{daemon};{worker};serve (mysimbdp/apps/runner/worker.py:1);wrangle (mysimbdp_flights/batch.py:2) 10\n"
+                   f"{daemon};{worker};serve (mysimbdp/apps/runner/worker.py:1);_read_exact (mysimbdp/apps/runner/frames.py:9) 50\n")
     summary = summarise(raw)
     assert summary["samples"] == 40 and summary["waiting_samples"] == 50
     assert summary["processes"] == [{"process": "daemon", "pct": 75.0}, {"process": "app worker", "pct": 25.0}]

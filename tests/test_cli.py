@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mysimbdp.auth import hash_token
 from mysimbdp.cli import main
+from mysimbdp.http.tokens import hash_token
 from mysimbdp.tenants import load_profile
 
 

@@ -14,7 +14,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from mysimbdp.config import Settings
-from mysimbdp.store import free_port
+from mysimbdp.store.client import free_port
 from tests.batch_support import drop, wait_outcome, write_profile
 from tests.conftest import ADMIN_TOKEN
 

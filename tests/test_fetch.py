@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from mysimbdp import fetch
+from mysimbdp.client import uploader as fetch
+from mysimbdp.client.uploader import FetchError, Outcome, collect, plan, read_token
 from mysimbdp.config import Settings
-from mysimbdp.fetch import FetchError, Outcome, collect, plan, read_token
 from tests.test_upload import CSV, Env, leftovers, start_env
 
 CONSTRAINTS = {"formats": ["csv", "jsonl"], "max_file_bytes": 100, "max_staged_files": 3,
@@ -229,7 +229,7 @@ async def test_cli_flights_done_when(start_daemon: Callable[..., Any], settings_
     """`mysimbdp upload --wait <dir with flights.csv and a forbidden file>`: skips, uploads, loads."""
     import importlib
 
-    from mysimbdp.plugins import get_plugin_manager
+    from mysimbdp.apps.plugins import get_plugin_manager
     from tests.test_upload import APP_MODULE, write_tenant
 
     try:

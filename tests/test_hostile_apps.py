@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 from pymongo import AsyncMongoClient
 
+from mysimbdp.apps.runner.confine import landlock_abi
 from mysimbdp.config import Settings
-from mysimbdp.runner.confine import landlock_abi
 from tests.batch_support import drop, wait_outcome, write_profile
 from tests.conftest import ADMIN_TOKEN
 from tests.plugins.stream_support import publish_raw, wait_consumers, wait_until

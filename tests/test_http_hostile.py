@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mysimbdp.config import Settings, load_settings
 from mysimbdp.errors import ConfigError, TenantProfileError
 from mysimbdp.logs import get_logger
-from mysimbdp.metrics import UNKNOWN_TENANT
+from mysimbdp.monitor.metrics import UNKNOWN_TENANT
 from mysimbdp.tenants import load_profile
 from tests.conftest import ADMIN_TOKEN
 from tests.test_monitor import TOKEN, auth, report_body, wait_for, write_profile

@@ -12,10 +12,10 @@ import orjson
 import pytest
 from pymongo import AsyncMongoClient
 
-from mysimbdp.http import json_response
-from mysimbdp.ledger import FileState, Ledger
-from mysimbdp.store import Store
-from mysimbdp.upload import _view
+from mysimbdp.batch.intake import _view
+from mysimbdp.batch.ledger import FileState, Ledger
+from mysimbdp.http.server import json_response
+from mysimbdp.store.client import Store
 
 
 @pytest.fixture

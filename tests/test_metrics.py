@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from mysimbdp.metrics import MAX_CODES, UNKNOWN_TENANT, Metrics
+from mysimbdp.monitor.metrics import MAX_CODES, UNKNOWN_TENANT, Metrics
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

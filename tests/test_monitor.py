@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mysimbdp.auth import hash_token
 from mysimbdp.config import Settings
+from mysimbdp.http.tokens import hash_token
 from mysimbdp.logs import get_logger, subscribe, unsubscribe
 
 TOKEN = "monitor-tenant-token"

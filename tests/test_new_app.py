@@ -12,8 +12,8 @@ import pytest
 
 from mysimbdp import Reject
 from mysimbdp.apps import App
+from mysimbdp.apps.plugins import get_plugin_manager
 from mysimbdp.cli import main
-from mysimbdp.plugins import get_plugin_manager
 
 
 def test_new_app_scaffolds_a_working_batch_app(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from mysimbdp import hookimpl, hookspecs
-from mysimbdp.apps import App
+from mysimbdp import hookimpl
+from mysimbdp.apps import App, hookspecs
+from mysimbdp.apps.plugins import get_plugin_manager, list_apps
 from mysimbdp.errors import PluginError
-from mysimbdp.plugins import get_plugin_manager, list_apps
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("mysimbdp_"))

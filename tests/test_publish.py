@@ -18,10 +18,10 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from mysimbdp.cli import main
-from mysimbdp.commands.publish import ProgressBar
+from mysimbdp.cli.publish import ProgressBar
+from mysimbdp.client.publisher import group, publish_records, read_records
 from mysimbdp.config import Settings
 from mysimbdp.errors import MysimbdpError
-from mysimbdp.publish import group, publish_records, read_records
 from mysimbdp.stream.topology import declare_exchange
 from tests.batch_support import DATA
 from tests.plugins.stream_support import wait_consumers, wait_until, write_profile

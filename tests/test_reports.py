@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from mysimbdp.reports import (
+from mysimbdp.monitor.reports import (
     MAX_MS,
     MAX_WINDOW_S,
     REPORT_FIELDS,

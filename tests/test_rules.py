@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
-from mysimbdp.reports import Report
-from mysimbdp.rules import Limits, RuleState, Snapshot, evaluate
+from mysimbdp.monitor.reports import Report
+from mysimbdp.monitor.rules import Limits, RuleState, Snapshot, evaluate
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 LIMITS = Limits(max_avg_ingest_ms=1000, max_queue_depth=100, breaches_before_alert=2, cooldown_s=30,

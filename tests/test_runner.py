@@ -1,6 +1,6 @@
 """The app runner: confined worker processes, the thread runner, the wire between them.
 
-These tests start real workers (``python -m mysimbdp.runner.worker``) with the hostile test
+These tests start real workers (``python -m mysimbdp.apps.runner.worker``) with the hostile test
 app (``tests/plugins/hostile.py``) and read back what each attack got.
 """
 
@@ -18,10 +18,10 @@ import pyarrow as pa
 import pytest
 
 from mysimbdp.apps import BatchContext, Target
+from mysimbdp.apps.runner import MAX_STUCK, AppError, Runners, WorkerFailed, calls, frames, ipc
+from mysimbdp.apps.runner.confine import landlock_abi
 from mysimbdp.config import RunnerSettings
 from mysimbdp.errors import PluginError
-from mysimbdp.runner import MAX_STUCK, AppError, Runners, WorkerFailed, calls, frames, ipc
-from mysimbdp.runner.confine import landlock_abi
 
 HOSTILE = {"hostile": "tests.plugins.hostile", "batch_plain": "tests.plugins.batch_apps"}
 CTX = BatchContext("t1", "hostile", "f.csv", "ab" * 32, "csv")

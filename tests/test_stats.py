@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from mysimbdp import stats
 from mysimbdp.cli import main
 from mysimbdp.logs import configure_logging, get_logger
+from mysimbdp.monitor import stats
 
 
 def record_log(log_file: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from mysimbdp.store import EmbeddedMongo, Store, _clash_on_id, insert_idempotent
+from mysimbdp.store.client import EmbeddedMongo, Store, _clash_on_id, insert_idempotent
 
 
 async def test_embedded_persists_across_restart(tmp_path: Path) -> None:
@@ -57,7 +57,7 @@ def test_embedded_dies_with_its_parent(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from mysimbdp.store import EmbeddedMongo\n"
+        "from mysimbdp.store.client import EmbeddedMongo\n"
         "async def main():\n"
         f"    m = EmbeddedMongo(Path({str(tmp_path)!r}) / 'store', Path({str(tmp_path)!r}) / 'log')\n"
         "    await m.start()\n"
@@ -211,7 +211,7 @@ async def test_insert_idempotent_splits_large_batches_into_several_commands(
         mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the bytes or documents one command may carry, the documents go in several
     commands; each command's write errors keep their position in the whole batch."""
-    from mysimbdp import store
+    from mysimbdp.store import client as store
 
     coll = mongo[f"tenant_{tenant_id}"]["records"]
     await coll.create_index([("code", 1)], unique=True)
@@ -242,7 +242,7 @@ async def test_insert_idempotent_splits_large_batches_into_several_commands(
 
 
 def test_command_slices_put_a_document_over_the_bytes_bound_alone() -> None:
-    from mysimbdp import store
+    from mysimbdp.store import client as store
 
     small, big = 20, store.COMMAND_MAX_BYTES + 1
     assert list(store._command_slices([small, big, small])) == [(0, 1), (1, 2), (2, 3)]
@@ -254,7 +254,7 @@ def test_the_embedded_stores_connections_get_the_page_cache(tmp_path: Path, monk
     """Every database NX-27017 opens gets the configured page cache, not SQLite's 2 MiB."""
     from neosqlite import Connection
 
-    from mysimbdp.store_server import configure_page_cache
+    from mysimbdp.store.embedded import configure_page_cache
 
     monkeypatch.setattr(Connection, "_configure_connection", Connection._configure_connection)
     before = Connection(str(tmp_path / "before.db"))
@@ -271,10 +271,10 @@ def test_the_embedded_stores_connections_get_the_page_cache(tmp_path: Path, monk
 
 async def test_the_embedded_store_runs_with_its_page_cache(tmp_path: Path) -> None:
     store = EmbeddedMongo(tmp_path / "store", tmp_path / "store.log", cache_mib=8)
-    assert store.command()[1:5] == ["-m", "mysimbdp.store_server", "--cache-mib", "8"]
+    assert store.command()[1:5] == ["-m", "mysimbdp.store.embedded", "--cache-mib", "8"]
     await store.start()
     try:
         cmdline = Path(f"/proc/{store.pid}/cmdline").read_bytes().split(b"\0")
-        assert b"mysimbdp.store_server" in cmdline and b"--data-dir" in cmdline
+        assert b"mysimbdp.store.embedded" in cmdline and b"--data-dir" in cmdline
     finally:
         await store.stop()

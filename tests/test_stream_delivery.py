@@ -13,7 +13,7 @@ from pymongo import AsyncMongoClient
 from structlog.testing import capture_logs
 
 from mysimbdp.config import Settings
-from mysimbdp.store import EmbeddedMongo
+from mysimbdp.store.client import EmbeddedMongo
 from mysimbdp.stream.consumer import Consumer
 from mysimbdp.stream.topology import dead_name
 from tests.plugins.stream_support import (

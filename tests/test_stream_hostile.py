@@ -25,7 +25,7 @@ from pymongo import AsyncMongoClient
 from structlog.testing import capture_logs
 
 from mysimbdp.config import Settings
-from mysimbdp.reports import MAX_MS, ReportWindow
+from mysimbdp.monitor.reports import MAX_MS, ReportWindow
 from mysimbdp.stream.records import RAW_LIMIT, Incoming, Route, plain_headers, process_message
 from tests.plugins.stream_support import (
     ECHO_APPS,

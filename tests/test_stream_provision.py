@@ -12,11 +12,11 @@ import aio_pika
 import pytest
 from aiormq.exceptions import ChannelAccessRefused
 
-from mysimbdp.broker_admin import BrokerAdmin
 from mysimbdp.cli import main
+from mysimbdp.client.publisher import PublishRefused, publish_records
 from mysimbdp.config import Settings
 from mysimbdp.errors import BrokerUserConflict
-from mysimbdp.publish import PublishRefused, publish_records
+from mysimbdp.stream.broker_admin import BrokerAdmin
 from mysimbdp.stream.provision import (
     broker_user,
     installation_tag,

@@ -17,11 +17,11 @@ import pytest
 from structlog.testing import capture_logs
 from yarl import URL
 
-from mysimbdp.auth import hash_token
+from mysimbdp.apps.plugins import get_plugin_manager
+from mysimbdp.batch.intake import remove_stale_parts, upload_name_of
+from mysimbdp.batch.ledger import FileState
 from mysimbdp.config import Settings
-from mysimbdp.ledger import FileState
-from mysimbdp.plugins import get_plugin_manager
-from mysimbdp.upload import remove_stale_parts, upload_name_of
+from mysimbdp.http.tokens import hash_token
 
 CSV = b"id,name\n1,alpha\n2,beta\n3,gamma\n"
 APP_MODULE = "tests.plugins.upload_rows"

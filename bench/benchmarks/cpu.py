@@ -1,7 +1,7 @@
 """(2) Platform cost per record: CPU seconds per flights record, daemon and app worker, and a profile.
 
 CPU is user+sys read from ``/proc`` between the drop and the ``batch.file.committed``
-event: the daemon's own pid, and its app workers (the ``python -m mysimbdp.runner.worker``
+event: the daemon's own pid, and its app workers (the ``python -m mysimbdp.apps.runner.worker``
 children it starts for a tenant's app: their own CPU while they run, and the daemon's
 ``cutime``/``cstime`` for those it reaped). The store is another process and is not
 counted. The loads are the batch benchmark's when both run in one invocation, else loads

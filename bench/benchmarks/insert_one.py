@@ -18,7 +18,7 @@ from bench.loads import BATCH_SETTINGS, FLIGHTS_APP, batch_profile, load_file
 from bench.results import Result, metric_from_runs
 from bench.session import BenchSkipped, Session
 from mysimbdp.apps import App, BatchContext
-from mysimbdp.plugins import get_plugin_manager
+from mysimbdp.apps.plugins import get_plugin_manager
 
 __all__ = ["NAME", "TITLE", "run", "insert_one_script"]
 

@@ -37,7 +37,7 @@ from bench.data import DataFile, flights_sized
 from bench.loads import BATCH_SETTINGS, PeakSampler, batch_profile
 from bench.results import Result, Target, metric_from_runs
 from bench.session import BenchError, Session
-from mysimbdp.auth import hash_token
+from mysimbdp.http.tokens import hash_token
 
 __all__ = ["NAME", "TITLE", "run", "GROWTH_TARGET", "CHUNK_BYTES"]
 

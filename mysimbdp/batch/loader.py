@@ -26,7 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
 
-from mysimbdp.apps import BatchContext, Target
+from mysimbdp.apps.contract import BatchContext, Target
+from mysimbdp.apps.runner import AppError, AppRef, AppSession, Runners
+from mysimbdp.apps.runner.calls import collection_problem
 from mysimbdp.batch.arrow_bson import encode_rows
 from mysimbdp.batch.readers import (
     RAW_LIMIT,
@@ -41,9 +43,7 @@ from mysimbdp.batch.readers import (
 from mysimbdp.batch.staged import StagedFile
 from mysimbdp.errors import FileRejected, PluginError, Reject
 from mysimbdp.logs import get_logger
-from mysimbdp.runner import AppError, AppRef, AppSession, Runners
-from mysimbdp.runner.calls import collection_problem
-from mysimbdp.store import REJECTS, Store, insert_idempotent
+from mysimbdp.store.client import REJECTS, Store, insert_idempotent
 
 __all__ = ["FileJob", "Counts", "FileLoader", "record_id", "id_prefix", "ARROW_BLOCK_BYTES"]
 

@@ -35,16 +35,16 @@ import orjson
 import structlog
 from pymongo.errors import PyMongoError
 
+from mysimbdp.apps.runner import AppRef
 from mysimbdp.batch.constraints import Usage, check_file, check_name
+from mysimbdp.batch.ledger import FileState
 from mysimbdp.batch.loader import Counts, FileJob, FileLoader
 from mysimbdp.batch.readers import sniff, use_lean_memory_pool
 from mysimbdp.batch.scheduler import FairScheduler
 from mysimbdp.batch.staged import StagedFile, rename_noreplace, take_name
 from mysimbdp.batch.watcher import StagingWatcher
 from mysimbdp.errors import FileRejected, PluginError
-from mysimbdp.ledger import FileState
 from mysimbdp.logs import get_logger
-from mysimbdp.runner import AppRef
 from mysimbdp.tenants import FORMATS, BatchProfile, BatchRoute, TenantChange
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from mysimbdp.apps import Index
-from mysimbdp.runner import AppSession, WorkerFailed
+from mysimbdp.apps.contract import Index
+from mysimbdp.apps.runner import AppSession, WorkerFailed
 from mysimbdp.stream.records import Incoming, Outcome, document_id, message_id_of, raw_fields
 
 __all__ = ["AppRoute", "AppRun", "failed_outcome", "incoming_doc", "PER_FRAME"]

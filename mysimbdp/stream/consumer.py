@@ -5,7 +5,7 @@ A consumer buffers delivered messages and flushes when ``batch_max_messages`` ar
 the oldest has waited ``batch_max_wait_ms``. A flush runs the tenant's app on the batch in
 the consumer's own worker thread (so a slow app never blocks the event loop, other
 consumers or other tenants), writes the documents and rejects with
-:func:`mysimbdp.store.insert_idempotent`, and only then acknowledges (``multiple``).
+:func:`mysimbdp.store.client.insert_idempotent`, and only then acknowledges (``multiple``).
 
 * Store down: the batch is kept (not acknowledged) and the write retried with exponential
   backoff until the store is back; nothing is lost and nothing is redelivered meanwhile.
@@ -35,11 +35,12 @@ from pamqp import decode as amqp_decode
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from mysimbdp.apps.runner import AppSession, Mode, Runners
 from mysimbdp.logs import get_logger
-from mysimbdp.reports import REPORT_EVENT, ReportWindow, clamp_ms
-from mysimbdp.runner import AppSession, Mode, Runners
-from mysimbdp.store import REJECTS, insert_idempotent
+from mysimbdp.monitor.reports import REPORT_EVENT, ReportWindow, clamp_ms
+from mysimbdp.store.client import REJECTS, insert_idempotent
 from mysimbdp.stream.apprun import PER_FRAME, AppRoute, AppRun
+from mysimbdp.stream.counters import BatchStats, CommitSummary, RateMeter
 from mysimbdp.stream.records import (
     RAW_LIMIT,
     TIMESTAMP_MS_HEADER,
@@ -49,7 +50,6 @@ from mysimbdp.stream.records import (
     raw_fields,
     too_large_reason,
 )
-from mysimbdp.stream.stats import BatchStats, CommitSummary, RateMeter
 from mysimbdp.stream.topology import queue_name, type_of
 from mysimbdp.tenants import StreamProfile
 

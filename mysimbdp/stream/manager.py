@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiohttp import web
 
-from mysimbdp.apps import Target
-from mysimbdp.broker_admin import BrokerAdmin
+from mysimbdp.apps.contract import Target
+from mysimbdp.apps.runner import AppError, Mode
+from mysimbdp.apps.runner.calls import collection_problem
 from mysimbdp.errors import BrokerUnavailable, MysimbdpError, PluginError
 from mysimbdp.logs import get_logger
-from mysimbdp.runner import AppError, Mode
-from mysimbdp.runner.calls import collection_problem
 from mysimbdp.stream.apprun import AppRoute
+from mysimbdp.stream.broker_admin import BrokerAdmin
 from mysimbdp.stream.consumer import Consumer, Routes
 from mysimbdp.stream.provision import provision_user, vhost_of
 from mysimbdp.stream.topology import (
@@ -136,7 +136,7 @@ class StreamManager:
 
     def routes(self) -> list[web.AbstractRouteDef]:
         """The operator endpoints (``/tenants/{id}/stream...``)."""
-        from mysimbdp.stream.http import stream_routes
+        from mysimbdp.stream.control import stream_routes
 
         return stream_routes()
 

@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from mysimbdp.broker_admin import BrokerAdmin
 from mysimbdp.errors import BrokerUserConflict
+from mysimbdp.stream.broker_admin import BrokerAdmin
 from mysimbdp.stream.topology import routing_key_regex
 
 __all__ = ["DEFAULT_USER_PREFIX", "broker_user", "installation_tag", "vhost_of", "tenant_amqp_url", "Provisioned",

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from mysimbdp.apps import Index, MessageContext
+from mysimbdp.apps.contract import Index, MessageContext
 from mysimbdp.errors import Reject
 
 __all__ = [

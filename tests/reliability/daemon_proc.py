@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mysimbdp.config import Settings, load_settings
-from mysimbdp.store import free_port
+from mysimbdp.store.client import free_port
 from tests.conftest import ADMIN_TOKEN, MANAGEMENT_URL, daemon_env, wait_health
 
 __all__ = ["DaemonRunner", "suite_settings"]

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mysimbdp import tenants
-from mysimbdp.auth import hash_token
 from mysimbdp.config import Settings
+from mysimbdp.http.tokens import hash_token
 
 __all__ = [
     "APPS", "write_tenant", "wait_until", "await_until", "get_health", "write_csv",

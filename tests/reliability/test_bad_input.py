@@ -296,7 +296,7 @@ async def _publish_raw(url: str, exchange: str, routing_key: str,
 
 async def _queue(runner: DaemonRunner, name: str) -> dict[str, Any]:
     """A queue's management statistics in the daemon's vhost ({} if it is missing)."""
-    from mysimbdp.broker_admin import BrokerAdmin
+    from mysimbdp.stream.broker_admin import BrokerAdmin
 
     vhost = urllib.parse.unquote(urllib.parse.urlsplit(runner.settings.amqp_url).path.lstrip("/")) or "/"
     async with BrokerAdmin(MANAGEMENT_URL) as admin:

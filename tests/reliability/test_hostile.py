@@ -32,7 +32,7 @@ import orjson
 import pytest
 from pymongo import MongoClient
 
-from mysimbdp.broker_admin import BrokerAdmin
+from mysimbdp.stream.broker_admin import BrokerAdmin
 from mysimbdp.stream.topology import dead_name
 from tests.conftest import ADMIN_TOKEN, MANAGEMENT_URL
 from tests.reliability.checker import Tally, tally

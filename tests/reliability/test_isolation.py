@@ -24,8 +24,8 @@ import pytest
 from aio_pika.abc import DeliveryMode
 from pymongo import MongoClient
 
-from mysimbdp.broker_admin import BrokerAdmin
 from mysimbdp.config import Settings
+from mysimbdp.stream.broker_admin import BrokerAdmin
 from mysimbdp.stream.provision import provision_user, tenant_amqp_url
 from tests.conftest import MANAGEMENT_URL
 from tests.reliability.checker import tally

@@ -4,7 +4,7 @@ A session is used by one thread at a time (a file's loading thread, a consumer's
 and its calls block; :meth:`kill` may be called from anywhere (the event loop, at a timeout)
 and makes the call in progress end with :class:`WorkerFailed`.
 
-Both kinds of session call the app through :mod:`mysimbdp.runner.calls`, so they share one
+Both kinds of session call the app through :mod:`mysimbdp.apps.runner.calls`, so they share one
 error policy; everything a worker answers is checked here (it is only data, and may be
 hostile).
 """
@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from mysimbdp.apps import App, BatchContext, Target
+from mysimbdp.apps.contract import App, BatchContext, Target
+from mysimbdp.apps.runner import calls, frames, ipc
+from mysimbdp.apps.runner.calls import AppError, RecordOut
 from mysimbdp.config import RunnerSettings
-from mysimbdp.runner import calls, frames, ipc
-from mysimbdp.runner.calls import AppError, RecordOut
 
 __all__ = ["AppSession", "ProcessSession", "ThreadSession", "WorkerFailed", "OnMessage", "worker_env"]
 
@@ -72,7 +72,7 @@ def worker_env() -> dict[str, str]:
 
 
 class ProcessSession:
-    """A tenant app in its own confined worker process (:mod:`mysimbdp.runner.worker`)."""
+    """A tenant app in its own confined worker process (:mod:`mysimbdp.apps.runner.worker`)."""
 
     answers_each_message = False
 
@@ -86,7 +86,7 @@ class ProcessSession:
         self._in, from_worker_w = os.pipe()
         try:
             self.proc = spawn(
-                [sys.executable, "-I", "-m", "mysimbdp.runner.worker", str(to_worker_r), str(from_worker_w)],
+                [sys.executable, "-I", "-m", "mysimbdp.apps.runner.worker", str(to_worker_r), str(from_worker_w)],
                 pass_fds=(to_worker_r, from_worker_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL, env=worker_env(), cwd="/", start_new_session=True)
         except BaseException:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from mysimbdp.auth import bearer_token, token_matches
+from mysimbdp.http.tokens import bearer_token, token_matches
 from mysimbdp.logs import get_logger
 from mysimbdp.tenants import TenantProfile
 
@@ -106,7 +106,7 @@ def require_tenant(request: web.Request, tenant_id: str, allow_admin: bool = Tru
 
 
 def _sha(value: str) -> str:
-    from mysimbdp.auth import hash_token
+    from mysimbdp.http.tokens import hash_token
 
     return hash_token(value)
 

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mysimbdp import stats
+from mysimbdp.monitor import stats
 
 __all__ = ["register", "run"]
 

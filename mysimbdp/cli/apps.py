@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mysimbdp.plugins import get_plugin_manager, list_apps
+from mysimbdp.apps.plugins import get_plugin_manager, list_apps
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

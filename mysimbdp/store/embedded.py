@@ -11,7 +11,7 @@ the counterpart of a real MongoDB's WiredTiger cache, keeps an index's working s
 memory. SQLite allocates the cache as pages are used, so a small database costs no more
 than before.
 
-Run as ``python -m mysimbdp.store_server [--cache-mib N] <NX-27017 arguments>``.
+Run as ``python -m mysimbdp.store.embedded [--cache-mib N] <NX-27017 arguments>``.
 """
 
 from __future__ import annotations

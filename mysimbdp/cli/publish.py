@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from mysimbdp.client.publisher import publish_records, read_records
 from mysimbdp.errors import MysimbdpError
-from mysimbdp.publish import publish_records, read_records
 from mysimbdp.stream.topology import routing_key
 from mysimbdp.tenants import TENANT_ID_RE
 

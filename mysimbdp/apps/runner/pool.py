@@ -27,13 +27,13 @@ from typing import Any, Literal
 
 import pluggy
 
-from mysimbdp.apps import App
+from mysimbdp.apps.contract import App
+from mysimbdp.apps.plugins import ENTRY_POINT_GROUP, get_plugin_manager
+from mysimbdp.apps.runner.calls import AppError
+from mysimbdp.apps.runner.sessions import AppSession, ProcessSession, ThreadSession
 from mysimbdp.config import RunnerSettings
 from mysimbdp.errors import PluginError
 from mysimbdp.logs import get_logger
-from mysimbdp.plugins import ENTRY_POINT_GROUP, get_plugin_manager
-from mysimbdp.runner.calls import AppError
-from mysimbdp.runner.sessions import AppSession, ProcessSession, ThreadSession
 
 __all__ = ["Runners", "Mode", "MAX_STUCK"]
 

@@ -2,7 +2,7 @@
 
 Nothing here does I/O or looks at the clock: :func:`evaluate` is given everything it needs
 (the latest report of each instance, the consumer count, the queue depth, ``now``) and the
-tenant's :class:`RuleState`, which it updates. :class:`mysimbdp.monitor.Monitor` gathers
+tenant's :class:`RuleState`, which it updates. :class:`mysimbdp.monitor.scaling.Monitor` gathers
 the inputs, runs it once per report period and carries out the decision. The rules are
 documented in ``docs/monitoring.md``.
 
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from mysimbdp.reports import Report
+from mysimbdp.monitor.reports import Report
 from mysimbdp.tenants import TenantProfile
 
 __all__ = ["Limits", "Snapshot", "Alert", "Decision", "RuleState", "evaluate", "Verdict"]

@@ -19,7 +19,7 @@ import pluggy
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from mysimbdp.apps import BatchContext, MessageContext, Target
+    from mysimbdp.apps.contract import BatchContext, MessageContext, Target
 
 __all__ = ["hookspec"]
 
@@ -35,7 +35,7 @@ def mysimbdp_batch_target(tenant: str) -> Target | None:
     """Where the app's documents go and which indexes to create there.
 
     :param tenant: the tenant id the app runs for.
-    :returns: a :class:`mysimbdp.apps.Target`; the first non-None result wins. Without it
+    :returns: a :class:`mysimbdp.apps.contract.Target`; the first non-None result wins. Without it
         documents go to collection ``records`` with no extra index.
     """
 

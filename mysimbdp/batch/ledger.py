@@ -17,7 +17,7 @@ from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
 
-from mysimbdp.store import Store
+from mysimbdp.store.client import Store
 
 __all__ = ["FileState", "Ledger"]
 

@@ -2,13 +2,13 @@
 
 Stream apps report every ``report_interval_s``: in-process consumers as ``stream.report``
 log events (the logs are the feed), apps elsewhere with ``POST /reports``. The monitor keeps
-the latest report of each instance, stores every report in ``mysimbdp.reports``, and once
+the latest report of each instance, stores every report in ``mysimbdp.monitor.reports``, and once
 per report period (just after the reports are due, see :meth:`Monitor.next_evaluation_in`)
-evaluates each tenant with :func:`mysimbdp.rules.evaluate`: alerts become
+evaluates each tenant with :func:`mysimbdp.monitor.rules.evaluate`: alerts become
 ``monitor.alert`` events, decisions become calls of the stream manager's ``scale()``, whose
 ``stream.consumers.changed`` event carries the monitor's reason. It also serves
-``GET /metrics`` (see :mod:`mysimbdp.metrics`), ``GET /schemas/report.json`` and
-``GET /tenants/{id}/stats`` (from :class:`mysimbdp.stats.LiveStats`, fed like the metrics).
+``GET /metrics`` (see :mod:`mysimbdp.monitor.metrics`), ``GET /schemas/report.json`` and
+``GET /tenants/{id}/stats`` (from :class:`mysimbdp.monitor.stats.LiveStats`, fed like the metrics).
 
 What a tenant can make it hold is bounded: ``POST /reports`` is rate-limited per tenant (a
 token bucket; 429 past it), a report's window must be recent, and an instance no longer
@@ -32,12 +32,12 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from mysimbdp import stats
-from mysimbdp.auth import bearer_token
-from mysimbdp.http import HttpError, json_response, require_tenant
+from mysimbdp.http.server import HttpError, json_response, require_tenant
+from mysimbdp.http.tokens import bearer_token
 from mysimbdp.logs import get_logger, subscribe, unsubscribe
-from mysimbdp.metrics import CONTENT_TYPE_LATEST, Metrics
-from mysimbdp.reports import (
+from mysimbdp.monitor import stats
+from mysimbdp.monitor.metrics import CONTENT_TYPE_LATEST, Metrics
+from mysimbdp.monitor.reports import (
     REPORT_EVENT,
     Report,
     TokenBuckets,
@@ -46,7 +46,7 @@ from mysimbdp.reports import (
     validation_problem,
     window_problem,
 )
-from mysimbdp.rules import Decision, Limits, RuleState, Snapshot, evaluate
+from mysimbdp.monitor.rules import Decision, Limits, RuleState, Snapshot, evaluate
 from mysimbdp.tenants import TenantChange
 
 if TYPE_CHECKING:

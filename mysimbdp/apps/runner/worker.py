@@ -1,8 +1,8 @@
 """The app worker: one process per tenant app, started by the daemon, confined before the app loads.
 
-Run as ``python -I -m mysimbdp.runner.worker <in fd> <out fd>``: it reads one ``init`` frame
+Run as ``python -I -m mysimbdp.apps.runner.worker <in fd> <out fd>``: it reads one ``init`` frame
 (the app to load, the limits, where to find code), confines itself
-(:mod:`mysimbdp.runner.confine`), imports the app, answers ``hello`` with the hooks it
+(:mod:`mysimbdp.apps.runner.confine`), imports the app, answers ``hello`` with the hooks it
 implements, then serves one request at a time until its input closes. Standard input,
 output and error are ``/dev/null``: nothing an app prints reaches the protocol or the daemon.
 
@@ -23,7 +23,7 @@ __all__ = ["main"]
 
 def main(argv: list[str]) -> int:
     """Serve the daemon over the two descriptors named in ``argv``."""
-    from mysimbdp.runner import frames
+    from mysimbdp.apps.runner import frames
 
     fd_in, fd_out = int(argv[0]), int(argv[1])
     try:
@@ -54,7 +54,7 @@ def _die_with_parent(parent: Any) -> bool:
 
 
 def _send(fd: int, doc: dict[str, Any]) -> None:
-    from mysimbdp.runner import frames
+    from mysimbdp.apps.runner import frames
 
     try:
         payload = frames.encode(doc)
@@ -69,7 +69,7 @@ class _Server:
         self.hello = hello
 
     def serve(self, fd_in: int, fd_out: int, max_frame: int) -> int:
-        from mysimbdp.runner import frames
+        from mysimbdp.apps.runner import frames
 
         while True:
             try:
@@ -90,7 +90,7 @@ class _Server:
 
     # -- batch -----------------------------------------------------------------------------
     def _op_target(self, request: dict[str, Any], fd_out: int) -> None:
-        from mysimbdp.runner import calls
+        from mysimbdp.apps.runner import calls
 
         target = calls.target_of(self.app, request["kind"], request["tenant"])
         _send(fd_out, {"ok": calls.target_to_doc(target)})
@@ -98,28 +98,28 @@ class _Server:
     def _op_columns(self, request: dict[str, Any], fd_out: int) -> None:
         import pyarrow as pa
 
-        from mysimbdp.runner import calls
+        from mysimbdp.apps.runner import calls
 
         declared = calls.columns_of(self.app, _context(request["ctx"]))
         schema = pa.schema(list(declared.items()))
         _send(fd_out, {"ok": schema.serialize().to_pybytes()})
 
     def _op_wrangle_table(self, request: dict[str, Any], fd_out: int) -> None:
-        from mysimbdp.runner import calls, ipc
+        from mysimbdp.apps.runner import calls, ipc
 
         batch = ipc.read_batch(request["batch"])
         out = calls.wrangle_table(self.app, batch, _context(request["ctx"]))
         _send(fd_out, {"ok": ipc.write_batch(out)})
 
     def _op_wrangle_records(self, request: dict[str, Any], fd_out: int) -> None:
-        from mysimbdp.runner import calls
+        from mysimbdp.apps.runner import calls
 
         results = calls.wrangle_records(self.app, request["records"], _context(request["ctx"]))
         _send_items(fd_out, {}, "ok", [_record_out(r) for r in results], lambda reason: {
             "stage": "wrangle", "reason": f"the document cannot be stored: {reason}"[:2000]})
 
     def _op_check_documents(self, request: dict[str, Any], fd_out: int) -> None:
-        from mysimbdp.runner import calls
+        from mysimbdp.apps.runner import calls
 
         _send(fd_out, {"ok": calls.check_documents(self.app, request["docs"], _context(request["ctx"]))})
 
@@ -129,7 +129,7 @@ class _Server:
         ``per_frame`` messages at a time (or every 20 ms), then ``{"done": true}``."""
         import time
 
-        from mysimbdp.runner import calls
+        from mysimbdp.apps.runner import calls
 
         stream = calls.StreamCalls(self.app, request)
         per_frame = max(1, int(request.get("per_frame", 1)))
@@ -152,7 +152,7 @@ def _send_items(fd: int, head: dict[str, Any], key: str, items: list[dict[str, A
                 broken: Any) -> None:
     """One frame: ``head`` and ``items`` under ``key``, encoded once. Only if that fails is each
     item tried alone, and one BSON cannot hold (an app's odd value) is replaced by ``broken(reason)``."""
-    from mysimbdp.runner import frames
+    from mysimbdp.apps.runner import frames
 
     try:
         payload = frames.encode({**head, key: items})
@@ -180,7 +180,7 @@ def _record_out(result: Any) -> dict[str, Any]:
 
 
 def _context(doc: dict[str, Any]) -> Any:
-    from mysimbdp.apps import BatchContext
+    from mysimbdp.apps.contract import BatchContext
 
     return BatchContext(str(doc["tenant"]), str(doc["app"]), str(doc["file"]), str(doc["sha256"]), str(doc["format"]))
 
@@ -194,12 +194,12 @@ def _start(init: dict[str, Any]) -> _Server:
     import pyarrow.compute  # noqa: F401
     import pyarrow.ipc  # noqa: F401
 
-    import mysimbdp.apps
-    import mysimbdp.plugins
-    import mysimbdp.runner.calls
-    import mysimbdp.runner.ipc
+    import mysimbdp.apps.contract
+    import mysimbdp.apps.plugins
+    import mysimbdp.apps.runner.calls
+    import mysimbdp.apps.runner.ipc
     import mysimbdp.stream.records  # noqa: F401
-    from mysimbdp.runner.confine import confine
+    from mysimbdp.apps.runner.confine import confine
 
     pa.cpu_count()
     name, module = str(init["app"]), init.get("module")
@@ -208,10 +208,10 @@ def _start(init: dict[str, Any]) -> _Server:
     if init.get("require_confinement", True) and not (applied["landlock_abi"] or applied["netns"]):
         raise RuntimeError("the kernel offers neither Landlock nor a network namespace to confine the app; "
                            "set MYSIMBDP_RUNNER__REQUIRE_CONFINEMENT=false to run it unconfined")
-    pm = mysimbdp.plugins.get_plugin_manager({name: module} if module else None, load_entry_points=False)
+    pm = mysimbdp.apps.plugins.get_plugin_manager({name: module} if module else None, load_entry_points=False)
     if not module:
-        pm.load_setuptools_entrypoints(mysimbdp.plugins.ENTRY_POINT_GROUP, name=name)
-    app = mysimbdp.apps.App(pm, name)
+        pm.load_setuptools_entrypoints(mysimbdp.apps.plugins.ENTRY_POINT_GROUP, name=name)
+    app = mysimbdp.apps.contract.App(pm, name)
     hello = {"app": name, "kinds": app.kinds, "hooks": sorted(app.hooks), "confinement": applied}
     return _Server(app, hello)
 
@@ -222,7 +222,7 @@ def _top_level(name: str, module: str | None) -> str | None:
         return module.split(".", 1)[0]
     from importlib.metadata import entry_points
 
-    from mysimbdp.plugins import ENTRY_POINT_GROUP
+    from mysimbdp.apps.plugins import ENTRY_POINT_GROUP
 
     for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
         return ep.value.split(":", 1)[0].split(".", 1)[0]

@@ -29,7 +29,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from mysimbdp.logs import get_logger
-from mysimbdp.store_server import DEFAULT_CACHE_MIB
+from mysimbdp.store.embedded import DEFAULT_CACHE_MIB
 
 __all__ = [
     "PLATFORM_DB", "REJECTS", "EmbeddedMongo", "Store", "insert_idempotent", "InsertResult",
@@ -86,8 +86,8 @@ class EmbeddedMongo:
 
     def command(self) -> list[str]:
         """The command line of the server process (NX-27017 with its page cache set, see
-        :mod:`mysimbdp.store_server`)."""
-        return [sys.executable, "-m", "mysimbdp.store_server", "--cache-mib", str(self.cache_mib),
+        :mod:`mysimbdp.store.embedded`)."""
+        return [sys.executable, "-m", "mysimbdp.store.embedded", "--cache-mib", str(self.cache_mib),
                 "--data-dir", str(self.data_dir), "--pid-file", str(self.pid_file),
                 "--log-file", str(self.log_file), "--host", self.host, "--port", str(self.port)]
 
@@ -143,7 +143,7 @@ class EmbeddedMongo:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             cmdline = b""
-        if (b"mysimbdp.store_server" in cmdline or b"nx_27017" in cmdline) and str(self.data_dir).encode() in cmdline:
+        if (b"mysimbdp.store.embedded" in cmdline or b"nx_27017" in cmdline) and str(self.data_dir).encode() in cmdline:
             log.warning("store.embedded.stale", pid=pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mysimbdp.apps import App, BatchContext, Index, Target
+from mysimbdp.apps.contract import App, BatchContext, Index, Target
 from mysimbdp.errors import Reject
 
 __all__ = ["AppError", "RecordOut", "reason_of", "target_of", "target_to_doc", "collection_problem", "target_from_doc", "columns_of",
@@ -55,7 +55,7 @@ def target_of(app: App, kind: str, tenant: str) -> Target | None:
     except BaseException as exc:
         raise AppError(f"{TARGET_HOOKS[kind]} raised {reason_of(exc)}") from None
     if target is not None and not isinstance(target, Target):
-        raise AppError(f"{TARGET_HOOKS[kind]} returned a {type(target).__name__}, not a mysimbdp.apps.Target")
+        raise AppError(f"{TARGET_HOOKS[kind]} returned a {type(target).__name__}, not a mysimbdp.apps.contract.Target")
     return target
 
 

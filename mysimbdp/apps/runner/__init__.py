@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mysimbdp.runner.calls import AppError, RecordOut
-from mysimbdp.runner.pool import MAX_STUCK, Mode, Runners
-from mysimbdp.runner.sessions import AppSession, ProcessSession, ThreadSession, WorkerFailed
+from mysimbdp.apps.runner.calls import AppError, RecordOut
+from mysimbdp.apps.runner.pool import MAX_STUCK, Mode, Runners
+from mysimbdp.apps.runner.sessions import AppSession, ProcessSession, ThreadSession, WorkerFailed
 
 __all__ = ["AppRef", "AppError", "AppSession", "MAX_STUCK", "Mode", "ProcessSession", "RecordOut", "Runners",
            "ThreadSession", "WorkerFailed"]

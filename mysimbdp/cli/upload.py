@@ -7,7 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from mysimbdp import fetch
+from mysimbdp.client import uploader as fetch
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -1,6 +1,6 @@
 """Command-line entry points: ``mysimbdpd`` (the daemon) and ``mysimbdp`` (tenants' and operators' tool).
 
-``mysimbdp`` subcommands live in :mod:`mysimbdp.commands`, one module each, every module
+``mysimbdp`` subcommands live in :mod:`mysimbdp.cli`, one module each, every module
 having ``register(subparsers)``. Configuration and input errors print one line and exit
 non-zero, never a traceback.
 """
@@ -14,7 +14,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from mysimbdp import __version__, commands
+from mysimbdp import __version__
 from mysimbdp.config import Settings, load_settings
 from mysimbdp.errors import ConfigError, MysimbdpError
 
@@ -110,8 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-dir", help="platform config and tenant profiles (default: $MYSIMBDP_CONFIG_DIR or ./config)")
     parser.add_argument("--version", action="version", version=f"mysimbdp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{commands.__name__}.{info.name}")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
         module.register(sub)
     return parser
 

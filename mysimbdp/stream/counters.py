@@ -1,6 +1,6 @@
 """Counters of one consumer: batch figures, the per-second commit summary, rates.
 
-The ``stream.report`` window is :class:`mysimbdp.reports.ReportWindow`.
+The ``stream.report`` window is :class:`mysimbdp.monitor.reports.ReportWindow`.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from mysimbdp.auth import hash_token, new_token
 from mysimbdp.errors import TenantProfileError
+from mysimbdp.http.tokens import hash_token, new_token
 from mysimbdp.tenants import load_profile, load_profiles
 
 

@@ -8,8 +8,8 @@ from types import ModuleType
 
 import pluggy
 
-from mysimbdp import hookspecs
-from mysimbdp.apps import App
+from mysimbdp.apps import hookspecs
+from mysimbdp.apps.contract import App
 from mysimbdp.errors import PluginError
 
 __all__ = ["ENTRY_POINT_GROUP", "get_plugin_manager", "AppInfo", "list_apps"]

@@ -26,9 +26,9 @@ from aiohttp import web
 from pymongo.errors import PyMongoError
 
 from mysimbdp.batch.constraints import Usage, check_file, check_name, detect_format
+from mysimbdp.batch.ledger import FileState
 from mysimbdp.errors import FileRejected
-from mysimbdp.http import HttpError, error_response, json_response, require_tenant
-from mysimbdp.ledger import FileState
+from mysimbdp.http.server import HttpError, error_response, json_response, require_tenant
 from mysimbdp.logs import get_logger
 from mysimbdp.tenants import BatchProfile, TenantProfile
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from mysimbdp.errors import BrokerUnavailable
-from mysimbdp.http import DAEMON_KEY, HttpError, json_response, require_admin
+from mysimbdp.http.server import DAEMON_KEY, HttpError, json_response, require_admin
 
 if TYPE_CHECKING:
     from mysimbdp.stream.manager import StreamManager

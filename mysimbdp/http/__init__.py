@@ -1,0 +1,1 @@
+"""The HTTP endpoint: the server, its routes and the tokens that guard them."""
