@@ -2,7 +2,7 @@
 
 Stream apps report every ``report_interval_s``: in-process consumers as ``stream.report``
 log events (the logs are the feed), apps elsewhere with ``POST /reports``. The monitor keeps
-the latest report of each instance, stores every report in ``mysimbdp.monitor.reports``, and once
+the latest report of each instance, stores every report in ``mysimbdp.reports``, and once
 per report period (just after the reports are due, see :meth:`Monitor.next_evaluation_in`)
 evaluates each tenant with :func:`mysimbdp.monitor.rules.evaluate`: alerts become
 ``monitor.alert`` events, decisions become calls of the stream manager's ``scale()``, whose
