@@ -1,4 +1,9 @@
-"""The plugin manager: discovers tenant apps through the ``mysimbdp`` entry-point group."""
+"""Discovery: the installed tenant apps, found through the ``mysimbdp`` entry-point group.
+
+The plugin manager made here holds every app found (for ``mysimbdp apps`` and to refuse a
+misspelt hook early); each app is then called through a plugin manager of its own
+(:class:`mysimbdp.apps.app.App`), never through this one.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,13 @@ from types import ModuleType
 import pluggy
 
 from mysimbdp.apps import hookspecs
-from mysimbdp.apps.contract import App
+from mysimbdp.apps.app import App
 from mysimbdp.errors import PluginError
 
 __all__ = ["ENTRY_POINT_GROUP", "get_plugin_manager", "AppInfo", "list_apps"]
 
-ENTRY_POINT_GROUP = "mysimbdp"
+#: The entry-point group tenant apps register under (pluggy's project name).
+ENTRY_POINT_GROUP = hookspecs.PROJECT
 
 
 def get_plugin_manager(extra: dict[str, object | ModuleType | str] | None = None,

@@ -10,6 +10,11 @@ what it returns and raises the same way:
 * ``None`` from a wrangle hook skips the record on purpose (no document, no reject);
 * a batch-level hook (target, columns, ``mysimbdp_batch_wrangle_table``) that raises fails
   the whole call with :class:`AppError` (the file is rejected ``app_failed``).
+
+Hooks are called through the app's own plugin manager (:class:`mysimbdp.apps.app.App`), so
+the platform's defaults answer the target and columns hooks when the app does not; per-record
+hooks are resolved once per call of these functions (a batch of records or messages), not
+per record.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from mysimbdp.apps.contract import App, BatchContext, Index, Target
+from mysimbdp.apps.app import App
+from mysimbdp.apps.contract import BatchContext, Index, Target
 from mysimbdp.errors import Reject
 
 __all__ = ["AppError", "RecordOut", "reason_of", "target_of", "target_to_doc", "collection_problem", "target_from_doc", "columns_of",
@@ -49,13 +55,14 @@ def reason_of(exc: BaseException) -> str:
 
 
 def target_of(app: App, kind: str, tenant: str) -> Target | None:
-    """The app's target for ``kind`` (``batch`` or ``stream``), or None for the default."""
+    """The app's target for ``kind`` (``batch`` or ``stream``): its own or the platform's default
+    (None only if a hookwrapper of the app forced it; it then means the default too)."""
     try:
         target = app.call(TARGET_HOOKS[kind], tenant=tenant)
     except BaseException as exc:
         raise AppError(f"{TARGET_HOOKS[kind]} raised {reason_of(exc)}") from None
     if target is not None and not isinstance(target, Target):
-        raise AppError(f"{TARGET_HOOKS[kind]} returned a {type(target).__name__}, not a mysimbdp.apps.contract.Target")
+        raise AppError(f"{TARGET_HOOKS[kind]} returned a {type(target).__name__}, not a mysimbdp.Target")
     return target
 
 
@@ -104,9 +111,10 @@ def collection_problem(name: Any) -> str | None:
 
 
 def columns_of(app: App, ctx: BatchContext) -> dict[str, pa.DataType]:
-    """``mysimbdp_batch_columns``: declared column types (empty when the app declares none)."""
+    """``mysimbdp_batch_columns``: declared column types (the default plugin's ``{}`` when the app
+    declares none)."""
     try:
-        declared = app.call("mysimbdp_batch_columns", context=ctx) or {}
+        declared = app.call("mysimbdp_batch_columns", context=ctx)
     except BaseException as exc:
         raise AppError(f"mysimbdp_batch_columns raised {reason_of(exc)}") from None
     if not isinstance(declared, dict) or not all(isinstance(k, str) and isinstance(v, pa.DataType)
@@ -117,7 +125,7 @@ def columns_of(app: App, ctx: BatchContext) -> dict[str, pa.DataType]:
 
 def wrangle_table(app: App, batch: pa.RecordBatch, ctx: BatchContext) -> pa.RecordBatch:
     """``mysimbdp_batch_wrangle_table`` on one batch; its result as one RecordBatch of as many rows."""
-    wrangle = app.hook("mysimbdp_batch_wrangle_table")
+    wrangle = app.caller("mysimbdp_batch_wrangle_table")
     if wrangle is None:
         raise AppError("the app does not implement mysimbdp_batch_wrangle_table")
     try:
@@ -139,12 +147,13 @@ def as_batch(out: Any, rows: int) -> pa.RecordBatch:
 
 
 def wrangle_records(app: App, records: Sequence[dict[str, Any]], ctx: BatchContext) -> list[RecordOut]:
-    """``mysimbdp_batch_wrangle`` (then ``mysimbdp_batch_check``) on each record."""
-    wrangle = app.hook("mysimbdp_batch_wrangle")
+    """``mysimbdp_batch_wrangle`` (then ``mysimbdp_batch_check``) on each record; both hooks are
+    resolved once for all the records."""
+    wrangle = app.caller("mysimbdp_batch_wrangle")
     if wrangle is None:
         raise AppError("the app implements only mysimbdp_batch_wrangle_table, which handles CSV; "
                        f"it cannot load {ctx.format} files")
-    check = app.hook("mysimbdp_batch_check")
+    check = app.caller("mysimbdp_batch_check")
     return [_one_record(wrangle, check, record, ctx) for record in records]
 
 
@@ -167,7 +176,7 @@ def _one_record(wrangle: Callable[..., Any], check: Callable[..., Any] | None, r
 
 def check_documents(app: App, docs: Sequence[dict[str, Any]], ctx: BatchContext) -> list[str | None]:
     """``mysimbdp_batch_check`` on each document: None where valid, else the reason."""
-    check = app.hook("mysimbdp_batch_check")
+    check = app.caller("mysimbdp_batch_check")
     if check is None:
         return [None] * len(docs)
     problems: list[str | None] = []
@@ -186,11 +195,11 @@ class StreamCalls:
     def __init__(self, app: App, options: dict[str, Any]) -> None:
         from mysimbdp.stream.records import Incoming, Route
 
-        wrangle = app.hook("mysimbdp_stream_wrangle")
+        wrangle = app.caller("mysimbdp_stream_wrangle")
         if wrangle is None:
             raise AppError("the app does not implement mysimbdp_stream_wrangle")
         self.route = Route(app=app.name, collection="records", wrangle=wrangle,
-                           quality=app.hook("mysimbdp_stream_quality"))
+                           quality=app.caller("mysimbdp_stream_quality"))
         self.min_quality = float(options.get("min_quality", 0.0))
         self.max_records = int(options.get("max_records", 10_000))
         self._fields = [f.name for f in dataclasses.fields(Incoming)]

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import pluggy
 
-from mysimbdp.apps.contract import App
+from mysimbdp.apps.app import App
 from mysimbdp.apps.plugins import ENTRY_POINT_GROUP, get_plugin_manager
 from mysimbdp.apps.runner.calls import AppError
 from mysimbdp.apps.runner.sessions import AppSession, ProcessSession, ThreadSession

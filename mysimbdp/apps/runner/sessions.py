@@ -23,7 +23,8 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from mysimbdp.apps.contract import App, BatchContext, Target
+from mysimbdp.apps.app import App
+from mysimbdp.apps.contract import BatchContext, Target
 from mysimbdp.apps.runner import calls, frames, ipc
 from mysimbdp.apps.runner.calls import AppError, RecordOut
 from mysimbdp.config import RunnerSettings

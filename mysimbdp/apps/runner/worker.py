@@ -194,7 +194,9 @@ def _start(init: dict[str, Any]) -> _Server:
     import pyarrow.compute  # noqa: F401
     import pyarrow.ipc  # noqa: F401
 
+    import mysimbdp.apps.app
     import mysimbdp.apps.contract
+    import mysimbdp.apps.defaults
     import mysimbdp.apps.plugins
     import mysimbdp.apps.runner.calls
     import mysimbdp.apps.runner.ipc
@@ -211,7 +213,7 @@ def _start(init: dict[str, Any]) -> _Server:
     pm = mysimbdp.apps.plugins.get_plugin_manager({name: module} if module else None, load_entry_points=False)
     if not module:
         pm.load_setuptools_entrypoints(mysimbdp.apps.plugins.ENTRY_POINT_GROUP, name=name)
-    app = mysimbdp.apps.contract.App(pm, name)
+    app = mysimbdp.apps.app.App(pm, name)  # the app's own plugin manager, the defaults in it
     hello = {"app": name, "kinds": app.kinds, "hooks": sorted(app.hooks), "confinement": applied}
     return _Server(app, hello)
 
