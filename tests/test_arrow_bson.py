@@ -104,9 +104,9 @@ def test_documents_skip_the_per_document_check_with_this_pymongo() -> None:
     """The unchecked documents work with the installed pymongo (else a slower fallback is used)."""
     from bson.raw_bson import RawBSONDocument
 
-    from mysimbdp.batch import arrow_bson
+    from mysimbdp import compat
 
-    assert arrow_bson._fast_documents_work()
+    assert compat.RAW_DOCUMENTS_UNCHECKED
     docs = encode_rows(pa.RecordBatch.from_pydict({"n": pa.array([1, None], pa.int64())}), ["a", "b"])
     assert docs is not None and all(isinstance(d, RawBSONDocument) for d in docs)
     assert [dict(d) for d in docs] == [{"_id": "a", "n": 1}, {"_id": "b", "n": None}]

@@ -110,13 +110,13 @@ async def test_malformed_records_go_to_rejects_and_the_file_loads(
     [jl] = await wait_outcome(mongo, tenant_id, "mixed.jsonl")
     assert jl["state"] == "committed"
     assert (jl["records_in"], jl["records_rejected"], jl["records_skipped"], jl["records_written"]) == (32, 3, 1, 28)
-    rejects = {(r["file"], r["record"]): r async for r in mongo[f"tenant_{tenant_id}"]["_rejects"].find({})}
+    rejects = {(r["file"], r["record_number"]): r async for r in mongo[f"tenant_{tenant_id}"]["_rejects"].find({})}
     assert rejects[("mixed.csv", 5)]["reason"] == "expected 2 fields, found 3"
-    assert rejects[("mixed.csv", 5)]["raw"] == "5,too,many" and rejects[("mixed.csv", 5)]["stage"] == "parse"
+    assert rejects[("mixed.csv", 5)]["raw"] == "5,too,many" and rejects[("mixed.csv", 5)]["kind"] == "parse"
     assert rejects[("mixed.csv", 9)]["raw"] == {"n": "bad-n", "name": "row9"}
     assert "ValueError" in rejects[("mixed.csv", 9)]["reason"]
     assert rejects[("mixed.csv", 11)]["reason"] == "n must not be negative"
-    assert rejects[("mixed.csv", 11)]["stage"] == "check"
+    assert rejects[("mixed.csv", 11)]["kind"] == "check"
     assert "not valid JSON" in rejects[("mixed.jsonl", 4)]["reason"]
     assert "expected a JSON object" in rejects[("mixed.jsonl", 5)]["reason"]
     assert rejects[("mixed.jsonl", 7)]["reason"] == "bad is yes"

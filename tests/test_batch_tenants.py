@@ -66,8 +66,8 @@ async def test_weather_csv_and_jsonl_end_to_end(start_daemon: Callable[..., Any]
     doc = await db.observations.find_one({"origin": "EWR", "time": datetime(2013, 1, 1, 6, tzinfo=UTC)})
     assert doc is not None and doc["temp_c"] == 3.9 and doc["wind_speed_ms"] == 4.63
     [reject] = [r async for r in db["_rejects"].find({})]
-    assert reject["stage"] == "check" and "wind_speed_ms" in reject["reason"]
-    assert reject["raw"]["origin"] and reject["file"] == "weather.csv" and reject["record"] > 0
+    assert reject["kind"] == "check" and "wind_speed_ms" in reject["reason"]
+    assert reject["raw"]["origin"] and reject["file"] == "weather.csv" and reject["record_number"] > 0
 
     lines = [json.dumps({"origin": "JFK", "time_hour": f"2014-02-0{d}T12:00:00Z", "temp": 50, "wind_speed": 10})
              for d in range(1, 4)]
@@ -92,7 +92,7 @@ async def test_flights_columnar_path_rejects_bad_rows_only(
     [entry] = await wait_outcome(mongo, tenant_id, "bad.csv")
     assert entry["state"] == "committed", entry
     assert (entry["records_in"], entry["records_rejected"], entry["records_written"]) == (200, 3, 197)
-    rejects = {r["stage"] + ":" + str(r["record"]): r async for r in mongo[f"tenant_{tenant_id}"]["_rejects"].find({})}
+    rejects = {r["kind"] + ":" + str(r["record_number"]): r async for r in mongo[f"tenant_{tenant_id}"]["_rejects"].find({})}
     assert "out of range" in rejects["wrangle:3"]["reason"] and rejects["wrangle:3"]["raw"]["month"] == 13
     assert "dep_time" in rejects["parse:5"]["reason"] and "not a valid int64" in rejects["parse:5"]["reason"]
     # numbered as on the per-record path: the row with the wrong number of fields is record 7
@@ -121,7 +121,7 @@ async def test_flights_columnar_path_rejects_a_line_of_invalid_utf8_only(
     assert (entry["records_in"], entry["records_rejected"], entry["records_written"]) == (200, 1, 199)
     db = mongo[f"tenant_{tenant_id}"]
     [reject] = [r async for r in db["_rejects"].find({})]
-    assert (reject["stage"], reject["record"]) == ("parse", 150) and "not valid UTF-8" in reject["reason"]
+    assert (reject["kind"], reject["record_number"]) == ("parse", 150) and "not valid UTF-8" in reject["reason"]
     assert reject["raw"]["carrier"] == "D\ufffd\ufffd"
     assert await db.flights.find_one({"_id": entry["sha256"][:20] + ":150"}) is None
     assert await db.flights.count_documents({}) == 199
@@ -147,8 +147,8 @@ async def test_flights_columnar_path_goes_on_past_rows_arrow_cannot_parse(
     assert entry["state"] == "committed", entry
     assert (entry["records_in"], entry["records_rejected"], entry["records_written"]) == (300, 2, 298)
     db = mongo[f"tenant_{tenant_id}"]
-    rejects = {r["record"]: r async for r in db["_rejects"].find({})}
-    assert sorted(rejects) == [100, 250] and {r["stage"] for r in rejects.values()} == {"parse"}
+    rejects = {r["record_number"]: r async for r in db["_rejects"].find({})}
+    assert sorted(rejects) == [100, 250] and {r["kind"] for r in rejects.values()} == {"parse"}
     assert "field larger than field limit" in rejects[100]["reason"]
     ids = {d["_id"].rsplit(":", 1)[1] async for d in db.flights.find({}, {"_id": 1})}
     assert ids == {str(n) for n in range(1, 301)} - {"100", "250"}

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from mysimbdp.store.client import EmbeddedMongo, Store, _clash_on_id, insert_idempotent
+from mysimbdp.store.client import EmbeddedMongo, Store
+from mysimbdp.store.writes import _clash_on_id, insert_idempotent
 
 
 async def test_embedded_persists_across_restart(tmp_path: Path) -> None:
@@ -211,7 +212,7 @@ async def test_insert_idempotent_splits_large_batches_into_several_commands(
         mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the bytes or documents one command may carry, the documents go in several
     commands; each command's write errors keep their position in the whole batch."""
-    from mysimbdp.store import client as store
+    from mysimbdp.store import writes as store
 
     coll = mongo[f"tenant_{tenant_id}"]["records"]
     await coll.create_index([("code", 1)], unique=True)
@@ -242,7 +243,7 @@ async def test_insert_idempotent_splits_large_batches_into_several_commands(
 
 
 def test_command_slices_put_a_document_over_the_bytes_bound_alone() -> None:
-    from mysimbdp.store import client as store
+    from mysimbdp.store import writes as store
 
     small, big = 20, store.COMMAND_MAX_BYTES + 1
     assert list(store._command_slices([small, big, small])) == [(0, 1), (1, 2), (2, 3)]

@@ -8,8 +8,9 @@ together, and each row becomes one ``RawBSONDocument`` that the driver sends as 
 Costs kept low, measured on flights batches: number columns become binary arrays over their
 own buffers (no copy, no cast); a column without nulls adds its type byte and key to the one
 join as a constant, not by a join of its own; the documents, whose bytes are built here and
-correct by construction, skip ``RawBSONDocument``'s per-document size check (checked once,
-at import, to give the same documents as the checked constructor).
+correct by construction, skip ``RawBSONDocument``'s per-document size check
+(:func:`mysimbdp.compat.raw_document`, checked at import to give the same documents as the
+checked constructor).
 
 The output is byte-for-byte what pymongo writes for the equivalent dict (integers as int32
 when they fit, else int64; timestamps as UTC milliseconds, truncated like pymongo; nulls as
@@ -23,10 +24,11 @@ import sys
 from collections.abc import Sequence
 from typing import TypeAlias
 
-import bson
 import pyarrow as pa
 import pyarrow.compute as pc
-from bson.raw_bson import DEFAULT_RAW_BSON_OPTIONS, RawBSONDocument
+from bson.raw_bson import RawBSONDocument
+
+from mysimbdp.compat import raw_document
 
 __all__ = ["encode_rows"]
 
@@ -66,7 +68,7 @@ def encode_rows(batch: pa.RecordBatch, ids: Sequence[str] | pa.Array) -> list[Ra
     body = pc.binary_join_element_wise(*parts, _NOTHING)
     sizes = pc.cast(pc.add(pc.binary_length(body), _FIVE), pa.int32())
     docs = pc.binary_join_element_wise(_fixed(sizes), body, _TERMINATOR, _NOTHING)
-    return [_document(raw) for raw in docs.to_pylist()]
+    return [raw_document(raw) for raw in docs.to_pylist()]
 
 
 Part: TypeAlias = "pa.Array | pa.Scalar"  # a part of a BSON element: per row, or the same for all rows
@@ -160,29 +162,3 @@ def _prefixed(prefix: bytes, values: pa.Array) -> pa.Array:
 
 def _nulls(key: bytes, n: int) -> pa.Array:
     return pa.repeat(_binary(b"\x0a" + key), n)
-
-
-class _Encoded(RawBSONDocument):
-    """A ``RawBSONDocument`` of bytes built by :func:`encode_rows`: the checked constructor's
-    size check, a Python function run per document, is what the encoding guarantees."""
-
-    __slots__ = ()
-
-    def __init__(self, raw: bytes) -> None:
-        self._RawBSONDocument__raw = raw
-        self._RawBSONDocument__inflated_doc = None
-        self._RawBSONDocument__codec_options = DEFAULT_RAW_BSON_OPTIONS
-
-
-def _fast_documents_work() -> bool:
-    """Whether :class:`_Encoded` gives what ``RawBSONDocument`` gives (its private slots are
-    those of the installed pymongo); if not, every document takes the checked constructor."""
-    raw = bson.encode({"n": 1, "s": ""})
-    try:
-        fast = _Encoded(raw)
-        return fast.raw is raw and dict(fast) == dict(RawBSONDocument(raw)) == {"n": 1, "s": ""}
-    except Exception:
-        return False
-
-
-_document = _Encoded if _fast_documents_work() else RawBSONDocument

@@ -24,11 +24,10 @@ from typing import IO, Any
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from mysimbdp.apps.contract import BatchContext, Target
 from mysimbdp.apps.runner import AppError, AppRef, AppSession, Runners
-from mysimbdp.apps.runner.calls import collection_problem
 from mysimbdp.batch.arrow_bson import encode_rows
 from mysimbdp.batch.readers import (
     RAW_LIMIT,
@@ -43,9 +42,17 @@ from mysimbdp.batch.readers import (
 from mysimbdp.batch.staged import StagedFile
 from mysimbdp.errors import FileRejected, PluginError, Reject
 from mysimbdp.logs import get_logger
-from mysimbdp.store.client import REJECTS, Store, insert_idempotent
+from mysimbdp.store.client import Store
+from mysimbdp.store.rejects import reject_document, write_rejects
+from mysimbdp.store.writes import (
+    DEFAULT_DEADLINE_S,
+    RetryPolicy,
+    TargetRefused,
+    ensure_target,
+    write,
+)
 
-__all__ = ["FileJob", "Counts", "FileLoader", "record_id", "id_prefix", "ARROW_BLOCK_BYTES"]
+__all__ = ["FileJob", "Counts", "FileLoader", "id_prefix", "ARROW_BLOCK_BYTES"]
 
 log = get_logger("batch")
 # CSV is parsed in blocks of ARROW_BLOCK_BYTES (Arrow's reader needs memory many times its
@@ -53,6 +60,7 @@ log = get_logger("batch")
 # (each batch costs some hundred compute calls, whatever its rows).
 ARROW_BLOCK_BYTES = 128 * 1024
 ARROW_BATCH_BYTES = 512 * 1024
+#: Longest wait between two attempts of a write while the store is unreachable.
 _RETRY_MAX_S = 5.0
 _EMPTY = pa.scalar("", pa.string())
 _SETTLE_S = 5.0
@@ -61,11 +69,6 @@ _SETTLE_S = 5.0
 def id_prefix(sha256: str) -> str:
     """The ``_id`` prefix of every document of the file with this sha256."""
     return sha256[:20] + ":"
-
-
-def record_id(sha256: str, number: int) -> str:
-    """The deterministic ``_id`` of record ``number`` (1-based) of a file."""
-    return f"{id_prefix(sha256)}{number}"
 
 
 @dataclass
@@ -146,11 +149,14 @@ class _Producer:
     def close(self) -> None:
         self.stream.close()
 
-    def reject(self, number: int | None, stage: str, reason: str, raw: Any, key: str | None = None) -> dict[str, Any]:
+    def reject(self, number: int | None, stage: str, reason: str, raw: Any, key: str | None = None,
+               document_id: str | None = None) -> dict[str, Any]:
         """A document for ``_rejects`` (deterministic ``_id``: a re-load does not repeat it)."""
-        return {"_id": f"{self.prefix}{key or number}", "file": self.job.name, "ledger_id": self.job.ledger_id,
-                "sha256": self.job.sha256, "record": number, "stage": stage, "reason": reason[:2000],
-                "raw": _cut(raw), "app": self.job.app.name, "at": self.now}
+        job = self.job
+        return reject_document(id=f"{self.prefix}{key or number}", source="file", kind=stage, reason=reason,
+                               tenant=job.tenant, app=job.app.name, at=self.now, file=job.name,
+                               ledger_id=job.ledger_id, sha256=job.sha256, record_number=number, raw=_cut(raw),
+                               document_id=document_id)
 
     def batches(self) -> Iterator[Prepared]:
         """Columnar for CSV when the app has the table hook, else record by record."""
@@ -269,8 +275,8 @@ class _Producer:
         return prep
 
     def _id_array(self, ab: ArrowBatch, lo: int, n: int) -> pa.Array:
-        """The deterministic ``_id``s (:func:`record_id`) of rows ``lo .. lo + n - 1`` of the
-        batch, as an Arrow string array built by Arrow."""
+        """The deterministic ``_id``s (``<prefix><record number>``) of rows ``lo .. lo + n - 1``
+        of the batch, as an Arrow string array built by Arrow."""
         numbers = pa.array(ab.numbers_of(lo, n), pa.int64())
         return pc.binary_join_element_wise(self._prefix_scalar, pc.cast(numbers, pa.string()), _EMPTY)
 
@@ -298,12 +304,14 @@ def _naive_utc(out: pa.RecordBatch) -> pa.RecordBatch:
 class FileLoader:
     """Loads files into the tenants' databases; one instance per daemon."""
 
-    def __init__(self, store: Store, runners: Runners, write_batch_size: int, progress_interval_s: float) -> None:
+    def __init__(self, store: Store, runners: Runners, write_batch_size: int, progress_interval_s: float, *,
+                 retry_deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self.store = store
         self.runners = runners
         self.write_batch_size = write_batch_size
         self.progress_interval_s = progress_interval_s
-        self._indexed: set[tuple[str, str]] = set()
+        # past the deadline the store's error propagates: the file is deferred and resumes later
+        self._policy = RetryPolicy(max_delay_s=_RETRY_MAX_S, deadline_s=retry_deadline_s)
 
     async def load(self, job: FileJob) -> Counts:
         """Load ``job``; raises :class:`FileRejected` when the file fails as a whole.
@@ -385,26 +393,18 @@ class FileLoader:
 
     async def _collection(self, job: FileJob, target: Target) -> Any:
         """The target collection, checked against the platform's rules, with the app's indexes."""
-        name = target.collection
-        problem = collection_problem(name)
-        if problem is not None:
-            raise FileRejected("app_failed", f"app {job.app.name!r} declares an invalid target collection {name!r}: "
-                               f"{problem}")
-        collection = self.store.tenant_db(job.tenant)[name]
-        if (job.tenant, name) not in self._indexed:
-            for index in target.indexes:
-                kwargs: dict[str, Any] = {"unique": index.unique}
-                if index.name:
-                    kwargs["name"] = index.name
-                await collection.create_index(list(index.keys), **kwargs)
-            self._indexed.add((job.tenant, name))
-        return collection
+        try:
+            return await ensure_target(self.store.tenant_db(job.tenant), target.collection, target.indexes,
+                                       policy=self._policy, on_retry=_log_retry)
+        except TargetRefused as exc:
+            glue = " declares an " if exc.index is None else ": "
+            raise FileRejected("app_failed", f"app {job.app.name!r}{glue}{exc}") from None
 
     async def _pipeline(self, job: FileJob, ctx: BatchContext, collection: Any, counts: Counts,
                         session: AppSession, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
         producer = _Producer(job, ctx, self.write_batch_size, session)
-        rejects = self.store.tenant_db(job.tenant)[REJECTS]
+        db = self.store.tenant_db(job.tenant)
         pending: asyncio.Task[None] | None = None
         future: Future[Prepared | None] | None = None
         progress = _Progress(job, counts, self.progress_interval_s)
@@ -418,7 +418,7 @@ class FileLoader:
                     progress.maybe_log()
                 if prepared is None:
                     break
-                pending = asyncio.create_task(self._write(job, producer, collection, rejects, prepared, counts))
+                pending = asyncio.create_task(self._write(producer, collection, db, prepared, counts))
             pending = None
         finally:
             if pending is not None:
@@ -442,33 +442,22 @@ class FileLoader:
         log.warning("batch.app.stuck", tenant=job.tenant, file=job.name, waited_s=_SETTLE_S)
         return False
 
-    async def _write(self, job: FileJob, producer: _Producer, collection: Any, rejects: Any,
-                     prepared: Prepared, counts: Counts) -> None:
-        result = await self._insert(collection, prepared.docs)
+    async def _write(self, producer: _Producer, collection: Any, db: Any, prepared: Prepared, counts: Counts) -> None:
+        result = await write(collection, prepared.docs, self._policy, _log_retry)
         for index, reason in result.failed:
             raw = prepared.raws[index] if 0 <= index < len(prepared.raws) else None
             doc = prepared.docs[index] if 0 <= index < len(prepared.docs) else {}
             number = str(doc.get("_id", "")).rsplit(":", 1)[-1]
             prepared.rejects.append(producer.reject(int(number) if number.isdigit() else None, "write", reason,
-                                                    raw if raw is not None else {k: str(v)[:200] for k, v in doc.items()}))
+                                                    raw if raw is not None else {k: str(v)[:200] for k, v in doc.items()},
+                                                    document_id=str(doc.get("_id"))))
         if prepared.rejects:
-            await self._insert(rejects, prepared.rejects)
+            await write_rejects(db, prepared.rejects, self._policy, _log_retry)
         counts.records_in += prepared.records_in
         counts.records_written += result.written
         counts.duplicates += result.duplicates
         counts.records_skipped += prepared.skipped
         counts.records_rejected += len(prepared.rejects)
-
-    async def _insert(self, collection: Any, docs: Sequence[Mapping[str, Any]]) -> Any:
-        """``insert_idempotent`` that waits out store outages (refused documents come back in ``failed``)."""
-        delay = 0.2
-        while True:
-            try:
-                return await insert_idempotent(collection, docs)
-            except (AutoReconnect, ConnectionFailure) as exc:
-                log.warning("batch.store_retry", error=str(exc)[:300], retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX_S)
 
     async def _rollback(self, job: FileJob, collection: Any) -> None:
         await self._delete_file(job.tenant, job.name, job.sha256, collection)
@@ -502,6 +491,11 @@ class _Progress:
         self.last = now
         log.info("batch.file.progress", tenant=self.job.tenant, file=self.job.name, ledger_id=self.job.ledger_id,
                  seconds=round(now - self.started, 3), **self.counts.as_dict())
+
+
+def _log_retry(attempt: int, delay: float, exc: BaseException) -> None:
+    """A write waits for the store (see :mod:`mysimbdp.store.writes`)."""
+    log.warning("batch.store_retry", error=str(exc)[:300], retry_in_s=delay)
 
 
 def _target_of(job: FileJob, session: AppSession) -> Target:

@@ -3,6 +3,8 @@
 Tenant data lives in database ``tenant_<id>``, platform data (file ledger, reports) in
 ``mysimbdp``. Without ``MYSIMBDP_MONGO_URI`` the daemon runs the embedded
 MongoDB-wire-compatible server NX-27017 as a child process, data under ``<var>/store/``.
+Writing documents (one write path and retry policy for batch and stream) is
+:mod:`mysimbdp.store.writes`; the ``_rejects`` schema is :mod:`mysimbdp.store.rejects`.
 """
 
 from __future__ import annotations
@@ -15,37 +17,19 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import bson
-from bson.errors import BSONError
-from bson.raw_bson import RawBSONDocument
-from bson.son import SON
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from mysimbdp.logs import get_logger
 from mysimbdp.store.embedded import DEFAULT_CACHE_MIB
 
-__all__ = [
-    "PLATFORM_DB", "REJECTS", "EmbeddedMongo", "Store", "insert_idempotent", "InsertResult",
-    "free_port", "MAX_DOCUMENT_BYTES",
-]
+__all__ = ["PLATFORM_DB", "EmbeddedMongo", "Store", "free_port"]
 
 PLATFORM_DB = "mysimbdp"
-REJECTS = "_rejects"
-DUPLICATE_KEY = 11000
-#: MongoDB's limit on one document; enforced here so the embedded store behaves like a real one.
-MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-#: Documents per ``insert`` command at most: MongoDB's ``maxWriteBatchSize``.
-COMMAND_MAX_DOCUMENTS = 100_000
-#: Bytes of documents per ``insert`` command at most (one larger document goes alone): a
-#: third of MongoDB's 48 MB message limit, so the command's own fields always fit beside them.
-COMMAND_MAX_BYTES = 16 * 1024 * 1024
 #: Longest wait between attempts to start an embedded store that keeps failing.
 RESTART_MAX_S = 30.0
 log = get_logger("store")
@@ -296,156 +280,6 @@ class Store:
     def health(self) -> dict[str, object]:
         """``{"up": bool, "reason": ..., "embedded": bool}``."""
         return {"up": self.up, "reason": self.reason, "embedded": self.embedded is not None}
-
-
-class InsertResult:
-    """How many documents a write added, how many were already present, and which failed.
-
-    ``failed`` lists ``(index, reason)`` of documents the server refused for good (e.g. over
-    the 16 MB document limit); the caller sends them to ``_rejects``.
-    """
-
-    __slots__ = ("written", "duplicates", "failed")
-
-    def __init__(self, written: int = 0, duplicates: int = 0,
-                 failed: list[tuple[int, str]] | None = None) -> None:
-        self.written = written
-        self.duplicates = duplicates
-        self.failed = failed or []
-
-    def __repr__(self) -> str:
-        return f"InsertResult(written={self.written}, duplicates={self.duplicates}, failed={len(self.failed)})"
-
-
-async def insert_idempotent(collection: AsyncCollection[Any], documents: Sequence[Mapping[str, Any]]) -> InsertResult:
-    """Insert documents with deterministic ``_id``s; ones already present count as duplicates.
-
-    This is what makes loading exactly-once: a retried batch re-inserts the same ``_id``s and
-    MongoDB refuses them with duplicate-key errors, which are expected. Only a clash on
-    ``_id`` is a duplicate: a document refused by another unique index (an app's
-    ``Index(unique=True)``) whose ``_id`` is not in the collection is in ``failed``, so it
-    is rejected with its reason, not acknowledged and lost. Each document is encoded here,
-    once: one that BSON cannot represent or that is over MongoDB's 16 MiB limit is reported
-    in ``failed`` (the same on every server, embedded or real) and the others are written.
-    Documents the server refuses are in ``failed`` too; connection errors propagate (retry
-    the batch).
-
-    The documents go as MongoDB's own ``insert`` command (unordered), the encoded documents
-    as the message's document sequence, in as few commands as the size limits allow: what
-    ``insert_many`` sends, without its per-document Python work (validation, operation
-    records, batching), which cost more CPU per document than the encoding itself.
-    """
-    raws, sizes, positions, failed = _encoded(documents, collection.codec_options)
-    if not raws:
-        return InsertResult(0, 0, failed)
-    written = 0
-    errors: list[dict[str, Any]] = []
-    for lo, hi in _command_slices(sizes):
-        inserted, refused = await _insert_command(collection, raws[lo:hi])
-        written += inserted
-        errors.extend({**e, "index": int(e.get("index", -1)) + lo} for e in refused)
-    if not errors:
-        return InsertResult(written, 0, failed)
-    other = [e for e in errors if e.get("code") == DUPLICATE_KEY and not _clash_on_id(e)]
-    present = await _ids_present(collection, [raws[i]["_id"] for i in _indexes(other, len(raws))])
-    dups = 0
-    for e in errors:
-        if e.get("code") == DUPLICATE_KEY and (_clash_on_id(e) or _id_key(_op_id(e, raws)) in present):
-            dups += 1
-            continue
-        reason = str(e.get("errmsg", "write refused"))
-        if e.get("code") == DUPLICATE_KEY:
-            reason = f"another document has the same value of a unique index: {reason}"
-        i = int(e.get("index", -1))
-        failed.append((positions[i] if 0 <= i < len(positions) else -1, reason[:500]))
-    return InsertResult(written, dups, sorted(failed))
-
-
-def _encoded(documents: Sequence[Mapping[str, Any]], options: Any
-             ) -> tuple[list[RawBSONDocument], list[int], list[int], list[tuple[int, str]]]:
-    """The documents as BSON, their sizes, their positions in ``documents``, and those that cannot be stored."""
-    raws: list[RawBSONDocument] = []
-    sizes: list[int] = []
-    positions: list[int] = []
-    failed: list[tuple[int, str]] = []
-    for index, doc in enumerate(documents):
-        if isinstance(doc, RawBSONDocument):  # encoded already (the columnar path)
-            encoded = doc
-        else:
-            try:
-                encoded = RawBSONDocument(bson.encode(doc, codec_options=options))
-            except (BSONError, OverflowError, TypeError, ValueError) as exc:
-                failed.append((index, f"the document cannot be stored: {exc}"[:500]))
-                continue
-        size = len(encoded.raw)
-        if size > MAX_DOCUMENT_BYTES:
-            failed.append((index, f"the document is {size} bytes, over MongoDB's limit of {MAX_DOCUMENT_BYTES} bytes"))
-            continue
-        raws.append(encoded)
-        sizes.append(size)
-        positions.append(index)
-    return raws, sizes, positions, failed
-
-
-def _command_slices(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
-    """``(lo, hi)`` bounds of the documents (of these sizes) each ``insert`` command carries:
-    at most :data:`COMMAND_MAX_DOCUMENTS` and :data:`COMMAND_MAX_BYTES` of documents (or one
-    larger document), so every command is within MongoDB's message and batch limits."""
-    if sum(sizes) <= COMMAND_MAX_BYTES and len(sizes) <= COMMAND_MAX_DOCUMENTS:
-        yield 0, len(sizes)  # the usual case: one command
-        return
-    lo, size = 0, 0
-    for i, n in enumerate(sizes):
-        if i > lo and (size + n > COMMAND_MAX_BYTES or i - lo >= COMMAND_MAX_DOCUMENTS):
-            yield lo, i
-            lo, size = i, 0
-        size += n
-    yield lo, len(sizes)
-
-
-async def _insert_command(collection: AsyncCollection[Any], raws: Sequence[RawBSONDocument]
-                          ) -> tuple[int, list[dict[str, Any]]]:
-    """One unordered ``insert`` command: how many documents it wrote and its write errors."""
-    reply = await collection.database.command(SON([
-        ("insert", collection.name), ("documents", raws), ("ordered", False), ("bypassDocumentValidation", True)]))
-    return int(reply.get("n", 0)), list(reply.get("writeErrors", []))
-
-
-def _clash_on_id(error: Mapping[str, Any]) -> bool:
-    """Whether a duplicate-key error names the ``_id`` index.
-
-    MongoDB sets ``keyPattern`` (``{"_id": 1}``) and an errmsg ``"... index: _id_ dup key ..."``;
-    NX-27017 only an errmsg, ``"UNIQUE constraint failed: <collection>._id"``. NX-27017 may
-    name a secondary unique index for a document whose ``_id`` is present too: the caller
-    looks those ``_id``s up before calling them anything but duplicates.
-    """
-    pattern = error.get("keyPattern")
-    if isinstance(pattern, Mapping) and pattern:
-        return list(pattern) == ["_id"]
-    message = str(error.get("errmsg", ""))
-    return " index: _id_ " in message or message.endswith("._id")
-
-
-def _indexes(errors: Sequence[Mapping[str, Any]], count: int) -> list[int]:
-    return [i for i in (int(e.get("index", -1)) for e in errors) if 0 <= i < count]
-
-
-def _op_id(error: Mapping[str, Any], raws: Sequence[RawBSONDocument]) -> Any:
-    i = int(error.get("index", -1))
-    return raws[i]["_id"] if 0 <= i < len(raws) else None
-
-
-def _id_key(value: Any) -> bytes:
-    """A hashable key of an ``_id`` of any BSON type (documents included)."""
-    return bson.encode({"": value})
-
-
-async def _ids_present(collection: AsyncCollection[Any], ids: list[Any]) -> set[bytes]:
-    """Which of ``ids`` the collection holds (keys of :func:`_id_key`); asked only after a clash."""
-    if not ids:
-        return set()
-    cursor = collection.find({"_id": {"$in": ids}}, {"_id": 1})
-    return {_id_key(doc["_id"]) async for doc in cursor}
 
 
 def _redact(uri: str) -> str:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from mysimbdp.compat import extend_neosqlite_connection_setup
+
 __all__ = ["DEFAULT_CACHE_MIB", "configure_page_cache", "main"]
 
 #: SQLite page cache of each of the store's databases, in MiB.
@@ -28,24 +30,14 @@ DEFAULT_CACHE_MIB = 64
 def configure_page_cache(mib: int) -> bool:
     """Make every database connection NX-27017 opens use a page cache of ``mib`` MiB.
 
-    NX-27017 has no option for it: its connections' set-up is extended instead. Returns
-    False (and changes nothing) if the installed version sets up connections otherwise.
+    NX-27017 has no option for it: its connections' set-up is extended instead (the first
+    size asked for stays). Returns False (and changes nothing) if the installed version sets
+    up connections otherwise.
     """
-    from neosqlite.connection import Connection
+    def cache(connection: Any) -> None:
+        connection.db.execute(f"PRAGMA cache_size = -{int(mib) * 1024}")  # negative: KiB, not pages
 
-    configure = getattr(Connection, "_configure_connection", None)
-    if configure is None:
-        return False
-    if getattr(configure, "__mysimbdp_cache__", None) is not None:
-        return True  # set already: the first size stays
-
-    def configured(self: Any) -> None:
-        configure(self)
-        self.db.execute(f"PRAGMA cache_size = -{int(mib) * 1024}")  # negative: KiB, not pages
-
-    configured.__mysimbdp_cache__ = mib  # type: ignore[attr-defined]
-    Connection._configure_connection = configured  # type: ignore[method-assign]
-    return True
+    return extend_neosqlite_connection_setup(cache, "__mysimbdp_cache__")
 
 
 def main(argv: list[str] | None = None) -> None:

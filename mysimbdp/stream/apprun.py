@@ -20,12 +20,18 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from mysimbdp.apps.contract import Index
 from mysimbdp.apps.runner import AppSession, WorkerFailed
-from mysimbdp.stream.records import Incoming, Outcome, document_id, message_id_of, raw_fields
+from mysimbdp.stream.records import (
+    Incoming,
+    Outcome,
+    document_id,
+    message_id_of,
+    raw_fields,
+    stream_reject,
+)
 
 __all__ = ["AppRoute", "AppRun", "failed_outcome", "incoming_doc", "PER_FRAME"]
 
@@ -52,10 +58,8 @@ def incoming_doc(incoming: Incoming) -> dict[str, Any]:
 
 def failed_outcome(incoming: Incoming, app: str, kind: str, reason: str) -> Outcome:
     """The outcome of a message the app could not handle at all: one reject with the raw message."""
-    msg_id = message_id_of(incoming)
-    reject = {"_id": f"stream:{msg_id}", "source": "stream", "kind": kind, "reason": reason[:2000],
-              "tenant": incoming.tenant, "app": app, "routing_key": incoming.routing_key, "message_id": msg_id,
-              "at": datetime.now(UTC), **raw_fields(incoming.body, incoming.body_bytes)}
+    reject = stream_reject(incoming, message_id_of(incoming), app, kind, reason)
+    reject.update(raw_fields(incoming.body, incoming.body_bytes))
     return Outcome(rejects=[reject])
 
 

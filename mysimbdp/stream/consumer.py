@@ -5,10 +5,15 @@ A consumer buffers delivered messages and flushes when ``batch_max_messages`` ar
 the oldest has waited ``batch_max_wait_ms``. A flush runs the tenant's app on the batch in
 the consumer's own worker thread (so a slow app never blocks the event loop, other
 consumers or other tenants), writes the documents and rejects with
-:func:`mysimbdp.store.client.insert_idempotent`, and only then acknowledges (``multiple``).
+:func:`mysimbdp.store.writes.write` (the one write path of batch and stream), and only then
+acknowledges (``multiple``).
 
-* Store down: the batch is kept (not acknowledged) and the write retried with exponential
-  backoff until the store is back; nothing is lost and nothing is redelivered meanwhile.
+* Store down (a transient error, :func:`mysimbdp.store.writes.is_transient`): the batch is
+  kept (not acknowledged) and the write retried with exponential backoff until the store is
+  back; nothing is lost and nothing is redelivered meanwhile.
+* The store refuses documents for good (too large, a unique index, a collection it does not
+  accept) or the app's target is one apps may not write to: those documents become
+  ``write_failed`` rejects with the reason and their messages are acknowledged; never retried.
 * App stuck on one message longer than ``app_timeout_s``: that message is returned to the
   queue (``nack`` with requeue) and counts one delivery; past the queue's delivery limit the
   broker moves it to the dead-letter queue. The other messages of the batch go on.
@@ -33,12 +38,13 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 from pamqp import common as amqp_common
 from pamqp import decode as amqp_decode
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
 
 from mysimbdp.apps.runner import AppSession, Mode, Runners
+from mysimbdp.compat import install_pamqp_decoders
 from mysimbdp.logs import get_logger
 from mysimbdp.monitor.reports import REPORT_EVENT, ReportWindow, clamp_ms
-from mysimbdp.store.client import REJECTS, insert_idempotent
+from mysimbdp.store.rejects import reject_document, write_rejects
+from mysimbdp.store.writes import RetryHook, RetryPolicy, TargetRefused, ensure_target, write
 from mysimbdp.stream.apprun import PER_FRAME, AppRoute, AppRun
 from mysimbdp.stream.counters import BatchStats, CommitSummary, RateMeter
 from mysimbdp.stream.records import (
@@ -114,7 +120,8 @@ class Consumer:
         self._connection = connection
         self._db = database
         self._depth = depth
-        self._retry_max_s = retry_max_s
+        # no deadline: a batch waits for the store unacknowledged (requeueing it would count deliveries)
+        self._policy = RetryPolicy(max_delay_s=retry_max_s, deadline_s=None)
         self._runners, self._runner = runners, runner
         self._sessions: dict[str, AppSession] = {}  # app name -> session, used only from the app thread
         self._channel: AbstractChannel | None = None
@@ -402,10 +409,8 @@ class Consumer:
             stats.duplicates += dups
             if failed:
                 rejects.extend(self._write_rejects(batch, outcomes, collection, docs, failed))
-        if rejects:
-            _, _, refused = await self._insert(REJECTS, rejects)
-            if refused:  # e.g. a huge record: keep the reason, drop what made it too big
-                await self._insert(REJECTS, [_slim(rejects[i], reason) for i, reason in refused])
+        if rejects:  # one the store refuses goes again without its record and raw message
+            await write_rejects(self._db, rejects, self._policy, self._on_retry("_rejects", len(rejects)))
         stats.rejected = len(rejects)
         return stats
 
@@ -424,8 +429,9 @@ class Consumer:
                     message_of[id(doc)] = delivery
         rejects = []
         for i, reason in failed:
-            reject = _write_reject(self.tenant, docs[i], reason)
             source = message_of.get(id(docs[i]))
+            key = source.message.routing_key or self.tenant if source is not None else self.tenant
+            reject = _write_reject(self.tenant, self.routes.for_key(self.tenant, key).app, docs[i], reason)
             if source is not None:
                 message = source.message
                 reject.update(routing_key=message.routing_key or self.tenant, message_id=message.message_id)
@@ -438,20 +444,27 @@ class Consumer:
         return rejects
 
     async def _insert(self, collection: str, docs: list[dict[str, Any]]) -> tuple[int, int, list[tuple[int, str]]]:
-        """``(written, duplicates, (index, reason) of refused documents)``; retries store outages."""
-        attempt = 0
-        while True:
-            try:
-                result = await insert_idempotent(self._db[collection], docs)
-            except PyMongoError as exc:
-                attempt += 1
-                delay = min(0.5 * 2 ** (attempt - 1), self._retry_max_s)
-                self._log.warning("stream.batch.retry", collection=collection, documents=len(docs),
-                                  attempt=attempt, retry_in_s=delay, error=f"{type(exc).__name__}: {exc}"[:300])
-                await asyncio.sleep(delay)
-                continue
-            failed = [(i, reason) for i, reason in result.failed if 0 <= i < len(docs)]
-            return result.written, result.duplicates, failed
+        """``(written, duplicates, (index, reason) of refused documents)``; retries store outages.
+
+        The collection is checked first (the manager created its indexes): documents for a
+        target apps may not write to are all refused, with the reason.
+        """
+        try:
+            target = await ensure_target(self._db, collection)
+        except TargetRefused as exc:
+            reason = f"the app's target is refused: {exc}"
+            return 0, 0, [(i, reason) for i in range(len(docs))]
+        result = await write(target, docs, self._policy, self._on_retry(collection, len(docs)))
+        failed = [(i, f"the store refused the document: {reason}") for i, reason in result.failed
+                  if 0 <= i < len(docs)]
+        return result.written, result.duplicates, failed
+
+    def _on_retry(self, collection: str, documents: int) -> RetryHook:
+        """Logs each retry of a write while the store is unreachable."""
+        def retrying(attempt: int, delay: float, exc: BaseException) -> None:
+            self._log.warning("stream.batch.retry", collection=collection, documents=documents,
+                              attempt=attempt, retry_in_s=delay, error=f"{type(exc).__name__}: {exc}"[:300])
+        return retrying
 
     # ----------------------------------------------------------------- acknowledging
 
@@ -549,17 +562,10 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _slim(reject: dict[str, Any], reason: str) -> dict[str, Any]:
-    """A reject document the store refused, without its record and raw message."""
-    slim = {k: v for k, v in reject.items() if k not in ("record", "raw", "raw_encoding")}
-    slim["dropped"] = f"record and raw message left out: the store refused the reject document: {reason}"[:1000]
-    return slim
-
-
-def _write_reject(tenant: str, doc: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {"_id": f"stream-write:{doc.get('_id')}", "source": "stream", "kind": "write_failed",
-            "reason": f"the store refused the document: {reason}"[:2000], "tenant": tenant,
-            "document_id": str(doc.get("_id")), "at": datetime.now(UTC)}
+def _write_reject(tenant: str, app: str, doc: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The reject of a document that could not be written (``reason`` says why)."""
+    return reject_document(id=f"stream-write:{doc.get('_id')}", source="stream", kind="write_failed", reason=reason,
+                           tenant=tenant, app=app, at=datetime.now(UTC), document_id=str(doc.get("_id")))
 
 
 _MAX_EPOCH_MS = 253_402_300_799_999.0  # 9999-12-31T23:59:59.999Z, the last instant a datetime holds
@@ -658,11 +664,4 @@ def _amqp_field_table(value: bytes) -> tuple[int, dict[str, Any]]:
     return end, table
 
 
-def _total_amqp_decoding() -> None:
-    """Install the total decoders where pamqp looks them up (idempotent)."""
-    amqp_decode.METHODS["timestamp"] = amqp_decode.TABLE_MAPPING[b"T"] = _amqp_timestamp
-    amqp_decode.METHODS["shortstr"] = _amqp_short_str
-    amqp_decode.METHODS["table"] = amqp_decode.TABLE_MAPPING[b"F"] = _amqp_field_table
-
-
-_total_amqp_decoding()
+install_pamqp_decoders(timestamp=_amqp_timestamp, short_str=_amqp_short_str, table=_amqp_field_table)

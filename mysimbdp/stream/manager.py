@@ -372,17 +372,16 @@ class StreamManager:
         """Create the indexes the tenant's stream apps ask for (best effort: the store may be down)."""
         if t.routes is None:
             return
+        # the one target check and index creation of batch and stream
+        from mysimbdp.store.writes import ensure_target
+
         db = self.daemon.store.tenant_db(t.id)
         for route in (t.routes.default, *t.routes.by_type.values()):
-            for index in route.indexes:
-                options: dict[str, Any] = {"unique": index.unique}
-                if index.name:
-                    options["name"] = index.name
-                try:
-                    await db[route.collection].create_index(list(index.keys), **options)
-                except Exception as exc:  # the documents matter more than the index: go on
-                    log.warning("stream.index.failed", tenant=t.id, collection=route.collection,
-                                index=index.name, error=str(exc)[:300])
+            try:
+                await ensure_target(db, route.collection, route.indexes)
+            except Exception as exc:  # the documents matter more than the index: go on
+                log.warning("stream.index.failed", tenant=t.id, collection=route.collection,
+                            index=getattr(exc, "index", None), error=str(exc)[:300])
 
     async def _provision(self, tenant: str) -> None:
         s = self.settings

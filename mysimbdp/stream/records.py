@@ -15,6 +15,8 @@ data. The rules (see ``docs/stream.md``):
 * the first reject document of a message keeps the raw message (:func:`raw_fields`), the
   others of the same message point to it (``raw_in``): an array body of many rejected
   records is stored once, not once per record. Only messages with rejects pay for this.
+  Reject documents have the schema of every reject, batch or stream
+  (:func:`mysimbdp.store.rejects.reject_document`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ import orjson
 
 from mysimbdp.apps.contract import Index, MessageContext
 from mysimbdp.errors import Reject
+from mysimbdp.store.rejects import reject_document
 
 __all__ = [
     "Route", "Incoming", "Outcome", "process_message", "message_id_of", "document_id", "raw_fields",
-    "plain_headers", "too_large_reason", "RAW_LIMIT", "TIMESTAMP_MS_HEADER", "STREAM_ID_PREFIX",
+    "plain_headers", "too_large_reason", "stream_reject", "RAW_LIMIT", "TIMESTAMP_MS_HEADER", "STREAM_ID_PREFIX",
     "DEFAULT_MAX_RECORDS",
 ]
 
@@ -84,11 +87,6 @@ class Outcome:
     documents: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
-
-    @property
-    def document_count(self) -> int:
-        """Documents to write, all collections together."""
-        return sum(len(d) for d in self.documents.values())
 
 
 def message_id_of(incoming: Incoming) -> str:
@@ -233,19 +231,12 @@ def _attach_raw(rejects: list[dict[str, Any]], incoming: Incoming) -> None:
         doc["raw_in"] = first["_id"]
 
 
-def _reject(incoming: Incoming, msg_id: str, app: str, kind: str, reason: str,
-            index: int | None = None, record: Any = None) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "_id": f"stream:{msg_id}" + ("" if index is None else f":{index}"),
-        "source": "stream", "kind": kind, "reason": reason[:2000], "tenant": incoming.tenant,
-        "app": app, "routing_key": incoming.routing_key, "message_id": msg_id,
-        "at": datetime.now(UTC),
-    }
-    if index is not None:
-        doc["index"] = index
-    if record is not None:
-        doc["record"] = record
-    return doc
+def stream_reject(incoming: Incoming, msg_id: str, app: str, kind: str, reason: str,
+                  index: int | None = None, record: Any = None) -> dict[str, Any]:
+    """The reject document of a message (``index``: of one record of its array body)."""
+    return reject_document(id=f"stream:{msg_id}" + ("" if index is None else f":{index}"), source="stream",
+                           kind=kind, reason=reason, tenant=incoming.tenant, app=app, at=datetime.now(UTC),
+                           routing_key=incoming.routing_key, message_id=msg_id, index=index, record=record)
 
 
 class _Unusable(NamedTuple):
@@ -287,7 +278,7 @@ def process_message(incoming: Incoming, route: Route, min_quality: float,
     decoded = (_Unusable("too_large", incoming.too_large) if incoming.too_large is not None
                else _records(incoming, max_records))
     if isinstance(decoded, _Unusable):
-        outcome.rejects.append(_reject(incoming, msg_id, route.app, decoded.kind, decoded.reason))
+        outcome.rejects.append(stream_reject(incoming, msg_id, route.app, decoded.kind, decoded.reason))
         _attach_raw(outcome.rejects, incoming)
         return outcome
     records, is_array = decoded
@@ -295,7 +286,7 @@ def process_message(incoming: Incoming, route: Route, min_quality: float,
     for index, record in enumerate(records):
         where = index if is_array else None
         if not isinstance(record, dict):
-            outcome.rejects.append(_reject(
+            outcome.rejects.append(stream_reject(
                 incoming, msg_id, route.app, "malformed",
                 f"record {index} is a {type(record).__name__}, not a JSON object", where, record))
             continue
@@ -328,17 +319,17 @@ def _wrangle(outcome: Outcome, incoming: Incoming, msg_id: str, route: Route,
                 score = min(1.0, max(0.0, float(score)))
                 doc["_quality"] = score
                 if score < min_quality:
-                    outcome.rejects.append(_reject(
+                    outcome.rejects.append(stream_reject(
                         incoming, msg_id, route.app, "quality",
                         f"quality {score:.3f} is below the tenant's min_quality {min_quality}",
                         where, record))
                     return None
     except Reject as exc:
-        outcome.rejects.append(_reject(incoming, msg_id, route.app, "rejected",
+        outcome.rejects.append(stream_reject(incoming, msg_id, route.app, "rejected",
                                        str(exc) or "rejected by the app", where, record))
         return None
     except BaseException as exc:  # an app bug on one record (even SystemExit) must not stop the stream
-        outcome.rejects.append(_reject(incoming, msg_id, route.app, "app_error",
+        outcome.rejects.append(stream_reject(incoming, msg_id, route.app, "app_error",
                                        f"the app failed: {type(exc).__name__}: {exc}", where, record))
         return None
     return doc

@@ -1,0 +1,102 @@
+"""The ``_rejects`` collection: one schema for batch and stream, built by one function.
+
+Every reject document — a malformed line of a file, a record an app turned down, a message
+that is not JSON, a document the store refused — has the same keys (:data:`FIELDS`); a key
+that does not apply to its source is ``None``:
+
+======================  ==========================================================================
+``_id``                 deterministic, so a re-loaded file or a redelivered message does not
+                        repeat its rejects: ``<sha256[:20]>:<record_number>`` (files),
+                        ``stream:<message_id>[:<index>]``, ``stream-write:<document _id>``
+``source``              ``"file"`` or ``"stream"``
+``kind``                why, as a word: files ``parse``, ``wrangle``, ``check``, ``write``; stream
+                        ``malformed``, ``too_large``, ``too_many_records``, ``rejected``,
+                        ``app_error``, ``app_failed``, ``quality``, ``write_failed``
+``reason``              why, for a person (at most 2,000 characters)
+``tenant``, ``app``     whose
+``at``                  when (files: when the load began; stream: when the batch was handled)
+``file``, ``ledger_id``, ``sha256``  the file (stream: ``None``)
+``record_number``       the record's number in its file, from 1 (stream: ``None``)
+``routing_key``, ``message_id``      the message (files: ``None``)
+``index``               the record's index in an array body (otherwise ``None``)
+``document_id``         the ``_id`` of a document the store refused (``write``/``write_failed``)
+``record``              the decoded record the reject is about (stream: the JSON object an app
+                        refused); files: ``None``, the record is in ``raw``
+``raw``                 the raw input kept: a file's record as read (its text, or the values
+                        the reader parsed), a message's body (text, or base64)
+``raw_bytes``           the whole body's length (stream; ``raw`` holds at most 256 KiB)
+``raw_encoding``        ``"base64"`` for a body that is not UTF-8
+``raw_in``              the ``_id`` of the reject of the same message that holds ``raw``
+``dropped``             why ``record`` and ``raw`` were left out (the store refused them)
+======================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the builder runs in app workers too (stream rejects): no driver imported there
+    from pymongo.asynchronous.database import AsyncDatabase
+
+    from mysimbdp.store.writes import RetryHook, RetryPolicy
+
+__all__ = ["REJECTS", "FIELDS", "Source", "reject_document", "slim", "write_rejects", "RejectsRefused"]
+
+#: The collection of every tenant database that holds its rejects.
+REJECTS = "_rejects"
+#: The keys of every reject document, in order.
+FIELDS = ("_id", "source", "kind", "reason", "tenant", "app", "at", "file", "ledger_id", "sha256",
+          "record_number", "routing_key", "message_id", "index", "document_id", "record", "raw",
+          "raw_bytes", "raw_encoding", "raw_in", "dropped")
+REASON_LIMIT = 2000
+Source = Literal["file", "stream"]
+_EMPTY = dict.fromkeys(FIELDS)
+
+
+class RejectsRefused(Exception):
+    """The store refused reject documents even without their records: they cannot be kept.
+
+    The caller fails the batch (a stream batch goes back to the queue) rather than drop them.
+    """
+
+
+def reject_document(*, id: str, source: Source, kind: str, reason: str, tenant: str, app: str, at: datetime,
+                    **fields: Any) -> dict[str, Any]:
+    """A reject document with every key of :data:`FIELDS` (those not given are ``None``)."""
+    unknown = set(fields) - set(FIELDS)
+    if unknown:
+        raise TypeError(f"not fields of a reject document: {sorted(unknown)}")
+    doc = dict(_EMPTY)
+    doc.update(fields)
+    doc.update({"_id": id, "source": source, "kind": kind, "reason": reason[:REASON_LIMIT], "tenant": tenant,
+                "app": app, "at": at})
+    return doc
+
+
+def slim(reject: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """A reject document the store refused, without its record and raw input, saying why."""
+    doc = {**reject, "record": None, "raw": None, "raw_encoding": None}
+    doc["dropped"] = f"record and raw input left out: the store refused the reject document: {reason}"[:1000]
+    return doc
+
+
+async def write_rejects(db: AsyncDatabase[Any], rejects: Sequence[Mapping[str, Any]], policy: RetryPolicy,
+                        on_retry: RetryHook | None = None) -> None:
+    """Write reject documents (with :func:`mysimbdp.store.writes.write`: exactly once, retried
+    while the store is unreachable); one the store refuses goes again slimmed (:func:`slim`).
+
+    Raises :class:`RejectsRefused` if even that is refused: a reject is never dropped silently.
+    """
+    from mysimbdp.store.writes import write
+
+    collection = db[REJECTS]
+    result = await write(collection, rejects, policy, on_retry)
+    if not result.failed:
+        return
+    again = [slim(rejects[i], reason) for i, reason in result.failed if 0 <= i < len(rejects)]
+    retried = await write(collection, again, policy, on_retry)
+    if retried.failed:
+        raise RejectsRefused(f"the store refused {len(retried.failed)} reject documents even without their records: "
+                             f"{retried.failed[0][1]}")
