@@ -36,6 +36,9 @@ class BatchSettings(BaseModel):
     stable_after_s: float = Field(1.0, ge=0, le=3600, description="a file counts as complete when its size has not changed for this long")
     rescan_interval_s: float = Field(5.0, gt=0, le=3600, description="periodic rescan of staging folders, besides file events")
     progress_interval_s: float = Field(10.0, gt=0, le=3600, description="a loading file logs batch.file.progress at most this often")
+    write_retry_deadline_s: float = Field(
+        300.0, gt=0, le=86_400, description="how long a file's write is retried while the store is unreachable; "
+        "then the file is deferred (it stays loading and resumes at a later scan)")
 
 
 class StreamSettings(BaseModel):

@@ -97,7 +97,7 @@ class BatchManager:
         self._executor = ThreadPoolExecutor(max_workers=slots + 1, thread_name_prefix="batch")
         batch = self.daemon.settings.batch
         self._loader = FileLoader(self.daemon.store, self.daemon.runners, batch.write_batch_size,
-                                  batch.progress_interval_s)
+                                  batch.progress_interval_s, retry_deadline_s=batch.write_retry_deadline_s)
         self._accepting = True
         with contextlib.suppress(PyMongoError):  # the store may come up later; indexes are an optimisation
             await self.daemon.ledger.ensure_indexes()
