@@ -1,17 +1,20 @@
-"""The plugin contract: discovery through entry points, misspelt hooks, and every hook tested and documented."""
+"""The plugin contract: discovery through entry points, misspelt hooks, and every hook tested (by name) and documented."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from types import SimpleNamespace
 
+import pluggy
 import pytest
 
 from mysimbdp import hookimpl
 from mysimbdp.apps import App, hookspecs
 from mysimbdp.apps.plugins import get_plugin_manager, list_apps
 from mysimbdp.errors import PluginError
+from tests import test_hooks
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = sorted(name for name in dir(hookspecs) if name.startswith("mysimbdp_"))
@@ -62,6 +65,21 @@ def test_every_hook_is_documented(hook: str) -> None:
 
 
 @pytest.mark.parametrize("hook", HOOKS)
-def test_every_hook_has_a_test(hook: str) -> None:
-    tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("*.py") if p.name != "test_plugins.py")
-    assert hook in tests, f"no test exercises {hook}"
+def test_every_hook_has_a_test_named_after_it(hook: str) -> None:
+    """A hook added to hookspecs without ``tests/test_hooks.py::test_hook_<hook>`` fails here."""
+    test = getattr(test_hooks, f"test_hook_{hook}", None)
+    assert inspect.isfunction(test), f"tests/test_hooks.py needs a test function named test_hook_{hook}"
+
+
+def test_every_hook_test_names_a_hook() -> None:
+    """A ``test_hook_<name>`` left behind by a renamed or removed hook is named too."""
+    stale = [name for name, _ in inspect.getmembers(test_hooks, inspect.isfunction)
+             if name.startswith("test_hook_") and name.removeprefix("test_hook_") not in HOOKS]
+    assert HOOKS and not stale, f"tests for hooks that do not exist: {stale}"
+
+
+def test_hooks_are_collected_from_the_hookspecs() -> None:
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    assert HOOKS == sorted(name for name in vars(pm.hook) if name.startswith("mysimbdp_"))
+    assert all(getattr(pm.hook, h).spec.opts["firstresult"] for h in HOOKS)

@@ -53,7 +53,7 @@ class Runners:
         self.settings = settings
         self._extra = dict(extra_apps)
         self._pm = pm
-        self._thread_pms: dict[str, pluggy.PluginManager] = {}
+        self._thread_apps: dict[str, App] = {}
         self._idle: dict[tuple[str, str], list[ProcessSession]] = defaultdict(list)
         self._busy: dict[str, int] = defaultdict(int)
         self._stuck: dict[str, int] = defaultdict(int)
@@ -178,20 +178,27 @@ class Runners:
             if self._stuck[tenant] >= MAX_STUCK:
                 raise AppError(f"{self._stuck[tenant]} calls of this tenant's apps are stuck in the daemon's "
                                "threads (runner = \"thread\"); no more run until they return")
-        return ThreadSession(tenant, App(self._plugins(name), name), self._note_stuck)
+        return ThreadSession(tenant, self._thread_app(name), self._note_stuck)
+
+    def _thread_app(self, name: str) -> App:
+        """App ``name`` imported into the daemon, with its plugin manager made once (sessions share
+        it: pluggy's hook calls are safe from several threads)."""
+        with self._lock:
+            app = self._thread_apps.get(name)
+        if app is None:
+            app = App(self._plugins(name), name)
+            with self._lock:
+                app = self._thread_apps.setdefault(name, app)
+        return app
 
     def _plugins(self, name: str) -> pluggy.PluginManager:
+        """A discovery plugin manager holding app ``name`` (the caller's, or one with just that app)."""
         if self._pm is not None and self._pm.get_plugin(name) is not None:
             return self._pm
-        with self._lock:
-            pm = self._thread_pms.get(name)
-        if pm is None:
-            module = self._extra.get(name)
-            pm = get_plugin_manager({name: module} if module else None, load_entry_points=False)
-            if module is None:
-                pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
-            with self._lock:
-                self._thread_pms[name] = pm
+        module = self._extra.get(name)
+        pm = get_plugin_manager({name: module} if module else None, load_entry_points=False)
+        if module is None:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
         return pm
 
     def _note_stuck(self, tenant: str, delta: int) -> None:
