@@ -20,8 +20,7 @@ from zoneinfo import ZoneInfo
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mysimbdp import Reject, hookimpl
-from mysimbdp.apps import BatchContext, Index, Target
+from mysimbdp import BatchContext, Index, Reject, Target, hookimpl
 
 __all__ = ["mysimbdp_batch_target", "mysimbdp_batch_columns", "mysimbdp_batch_wrangle_table",
            "mysimbdp_batch_wrangle"]

@@ -14,8 +14,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from mysimbdp import Reject, hookimpl
-from mysimbdp.apps import Index, MessageContext, Target
+from mysimbdp import Index, MessageContext, Reject, Target, hookimpl
 
 __all__ = ["mysimbdp_stream_target", "mysimbdp_stream_wrangle", "mysimbdp_stream_quality"]
 

@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from mysimbdp import Reject, hookimpl
-from mysimbdp.apps import BatchContext, Index, Target
+from mysimbdp import BatchContext, Index, Reject, Target, hookimpl
 
 __all__ = ["mysimbdp_batch_target", "mysimbdp_batch_wrangle", "mysimbdp_batch_check"]
 
