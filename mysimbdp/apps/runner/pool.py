@@ -186,7 +186,10 @@ class Runners:
         with self._lock:
             app = self._thread_apps.get(name)
         if app is None:
-            app = App(self._plugins(name), name)
+            try:
+                app = App(self._plugins(name), name)
+            except PluginError as exc:  # installed but cannot load: as a worker that cannot start
+                raise AppError(str(exc)) from None
             with self._lock:
                 app = self._thread_apps.setdefault(name, app)
         return app
