@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -83,3 +85,12 @@ def test_hooks_are_collected_from_the_hookspecs() -> None:
     pm.add_hookspecs(hookspecs)
     assert HOOKS == sorted(name for name in vars(pm.hook) if name.startswith("mysimbdp_"))
     assert all(getattr(pm.hook, h).spec.opts["firstresult"] for h in HOOKS)
+
+
+def test_the_plugin_api_imports_light() -> None:
+    """``from mysimbdp import ...`` in a tenant app loads neither pyarrow nor the runner nor the daemon."""
+    code = ("import sys; from mysimbdp import Target, Index, BatchContext, MessageContext, Reject, hookimpl; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyarrow', 'pymongo', 'aiohttp') "
+            "or m.startswith(('mysimbdp.apps.runner', 'mysimbdp.daemon', 'mysimbdp.config'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
