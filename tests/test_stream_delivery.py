@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -228,3 +229,75 @@ async def test_a_stop_step_that_ignores_cancellation_is_left_behind() -> None:
 
 async def _fails() -> None:
     raise RuntimeError("channel is closed")
+
+
+TARGET_APPS = {"stream_targets": "tests.plugins.stream_targets"}
+
+
+@pytest.mark.skipif(bool(os.environ.get("MYSIMBDP_TEST_MONGO_URI")),
+                    reason="only the embedded store refuses the collection name 'bad-name'")
+async def test_a_write_the_store_refuses_for_good_is_rejected_with_the_reason_not_retried(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str, tenant_id: str) -> None:
+    """The app's target ``bad-name`` passes the platform's check, but the embedded store refuses
+    every insert into it (MongoDB would accept it). Each message becomes a ``write_failed``
+    reject with the store's reason and is acknowledged; the consumer does not retry for ever."""
+    tenant = f"{tenant_id}-dash"
+    settings = settings_factory(extra_apps=TARGET_APPS)
+    write_profile(settings, tenant, app="stream_targets")
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant, 1)
+    db = mongo[f"tenant_{tenant}"]
+    with capture_logs() as events:
+        await publish_raw(amqp_url, tenant, [{"n": i} for i in range(3)], [f"p{i}" for i in range(3)])
+
+        async def rejected() -> bool:
+            return await db["_rejects"].count_documents({"kind": "write_failed"}) == 3
+        await wait_until(rejected, what="three write_failed rejects")
+        await wait_until(lambda: _depth_is(rd.daemon, tenant, 0), what="every message acknowledged")
+    assert not [e for e in events if e["event"] == "stream.batch.retry"]
+    async for reject in db["_rejects"].find({}):
+        assert reject["_id"] == f"stream-write:m:{reject['message_id']}" and reject["document_id"].startswith("m:p")
+        assert "Invalid identifier" in reject["reason"] and reject["raw"] == f'{{"n":{reject["message_id"][1:]}}}'
+        assert reject["app"] == "stream_targets" and reject["source"] == "stream"
+
+
+@pytest.mark.parametrize("kind", ["rejects", "system"])
+async def test_a_stream_app_targeting_rejects_or_system_collections_is_refused(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str, kind: str) -> None:
+    tenant = f"{tenant_id}-{kind}"
+    settings = settings_factory(extra_apps=TARGET_APPS)
+    write_profile(settings, tenant, app="stream_targets")
+    rd = await start_daemon(settings)
+    name = {"rejects": "_rejects", "system": "system.x"}[kind]
+
+    async def failed() -> bool:
+        status = await rd.daemon.stream.status(tenant)
+        return status["state"] == "failed" and f"invalid target collection {name!r}" in status.get("error", "")
+    await wait_until(failed, what="the tenant's stream refused")
+    assert rd.daemon.stream.consumer_count(tenant) == 0
+
+
+async def test_a_consumer_never_writes_documents_into_rejects_even_past_the_managers_check(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
+        mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str, tenant_id: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer checks each collection it writes to (``ensure_target``): with the manager's
+    check switched off, an app's documents for ``_rejects`` become ``write_failed`` rejects."""
+    monkeypatch.setattr("mysimbdp.stream.manager.collection_problem", lambda name: None)
+    tenant = f"{tenant_id}-rejects"
+    settings = settings_factory(extra_apps=TARGET_APPS)
+    write_profile(settings, tenant, app="stream_targets")
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant, 1)
+    db = mongo[f"tenant_{tenant}"]
+    await publish_raw(amqp_url, tenant, [{"n": 1}, {"n": 2}], ["q1", "q2"])
+
+    async def rejected() -> bool:
+        return await db["_rejects"].count_documents({"kind": "write_failed"}) == 2
+    await wait_until(rejected, what="two write_failed rejects")
+    await wait_until(lambda: _depth_is(rd.daemon, tenant, 0), what="every message acknowledged")
+    assert await db["_rejects"].count_documents({"_id": {"$regex": "^m:"}}) == 0  # no app document in it
+    reject = await db["_rejects"].find_one({"message_id": "q1"})
+    assert reject is not None and "invalid target collection '_rejects'" in reject["reason"]
