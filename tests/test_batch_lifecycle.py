@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from pymongo import AsyncMongoClient
 
 from mysimbdp.config import Settings
@@ -239,3 +240,40 @@ async def test_a_long_load_logs_its_progress(
     assert all(e["records_in"] >= e["records_written"] and e["seconds"] >= 0 for e in progress)
     [committed] = [e for e in events if e["event"] == "batch.file.committed" and e.get("tenant") == tenant_id]
     assert committed["records_written"] == 2000
+
+
+TARGET_APPS = {"batch_targets": "tests.plugins.batch_targets"}
+
+
+@pytest.mark.skipif(bool(os.environ.get("MYSIMBDP_TEST_MONGO_URI")),
+                    reason="only the embedded store refuses the collection name 'bad-name'")
+async def test_a_write_the_store_refuses_for_good_rejects_the_records_at_once(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    """The embedded store refuses every insert into ``bad-name``: each record is a ``write``
+    reject with the store's reason, and the file fails on its error rate, never retried."""
+    tenant = f"{tenant_id}-dash"
+    settings = settings_factory(extra_apps=TARGET_APPS)
+    write_profile(settings, tenant, "batch_targets")
+    await start_daemon(settings)
+    drop(settings, tenant, "rows.csv", _csv(5))
+    [entry] = await wait_outcome(mongo, tenant, "rows.csv", timeout=30)
+    assert (entry["state"], entry["code"], entry["records_rejected"]) == ("rejected", "error_rate", 5)
+    rejects = [r async for r in mongo[f"tenant_{tenant}"]["_rejects"].find({}).sort("record_number", 1)]
+    assert [r["record_number"] for r in rejects] == [1, 2, 3, 4, 5]
+    assert all(r["kind"] == "write" and "Invalid identifier" in r["reason"] for r in rejects)
+    assert rejects[0]["raw"] == {"n": "0", "name": "row0"} and rejects[0]["document_id"].endswith(":1")
+
+
+async def test_a_batch_app_targeting_rejects_fails_the_file(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    tenant = f"{tenant_id}-rejects"
+    settings = settings_factory(extra_apps=TARGET_APPS)
+    write_profile(settings, tenant, "batch_targets")
+    await start_daemon(settings)
+    drop(settings, tenant, "rows.csv", _csv(5))
+    [entry] = await wait_outcome(mongo, tenant, "rows.csv", timeout=30)
+    assert (entry["state"], entry["code"]) == ("rejected", "app_failed")
+    assert "declares an invalid target collection '_rejects'" in entry["reason"]
+    assert await mongo[f"tenant_{tenant}"]["_rejects"].count_documents({}) == 0

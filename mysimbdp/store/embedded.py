@@ -2,14 +2,11 @@
 
 NX-27017 keeps each logical database in an SQLite file and opens it with SQLite's default
 page cache of 2 MiB. Bulk loads update the collection's table and every index on each
-insert; once an index outgrows that cache, inserts read its pages back from the OS
-and the store's CPU per document grows with the collection. In the memory benchmark's 1 GB
-load (flights, two secondary indexes) it went from 101 µs per document in the first tenth
-to 116 µs in the eighth with 2 MiB, and the large file loaded at 0.89 of the small one's
-rate; with 64 MiB it went from 109 µs to 98 µs, and the ratio was 1.12. A larger cache,
-the counterpart of a real MongoDB's WiredTiger cache, keeps an index's working set in
-memory. SQLite allocates the cache as pages are used, so a small database costs no more
-than before.
+insert; once an index outgrows that cache, inserts read its pages back from the OS and the
+store's CPU per document grows with the collection (by about 15 % over a 1 GB load with two
+secondary indexes, where 64 MiB kept it flat). A larger cache, the counterpart of a real
+MongoDB's WiredTiger cache, keeps an index's working set in memory; SQLite allocates it as
+pages are used, so a small database costs no more than before.
 
 Run as ``python -m mysimbdp.store.embedded [--cache-mib N] <NX-27017 arguments>``.
 """
