@@ -127,36 +127,39 @@ class App:
         self.name = name
         self.distribution = _distribution_of(pm, plugin)
         self.pm = app_plugin_manager(name, plugin)
-        #: hooks with at least one plain implementation of the app's own (not a default, not
-        #: only a wrapper): what makes it a batch or stream app and what the loader asks for
-        self._own = frozenset(
-            hook for hook in _hook_names()
-            if any(i.plugin_name != defaults.NAME and not (i.wrapper or i.hookwrapper)
-                   for i in getattr(self.pm.hook, hook).get_hookimpls()))
+
+    def _implements(self, hook: str) -> bool:
+        """Whether the app has a plain implementation of ``hook`` of its own (not a default, not
+        only a wrapper): what makes it a batch or stream app, and what the loader asks for. Read
+        from the plugin manager each time, so a plugin registered later counts."""
+        caller = getattr(self.pm.hook, hook, None)
+        return caller is not None and any(
+            i.plugin_name != defaults.NAME and not (i.wrapper or i.hookwrapper) for i in caller.get_hookimpls())
 
     @property
     def kinds(self) -> list[str]:
         """``batch`` and/or ``stream``, from the hooks the app implements."""
         kinds = []
-        if any(h in self._own for h in BATCH_HOOKS):
+        if any(self._implements(h) for h in BATCH_HOOKS):
             kinds.append("batch")
-        if any(h in self._own for h in STREAM_HOOKS):
+        if any(self._implements(h) for h in STREAM_HOOKS):
             kinds.append("stream")
         return kinds
 
     @property
     def hooks(self) -> list[str]:
         """The names of the hooks the app implements (the platform's defaults not counted)."""
-        return sorted(self._own)
+        return sorted(h for h in _hook_names() if self._implements(h))
 
     def has(self, hook: str) -> bool:
         """Whether the app implements ``hook`` (full name, ``mysimbdp_...``)."""
-        return hook in self._own
+        return self._implements(hook)
 
     def caller(self, hook: str) -> Callable[..., Any] | None:
         """``hook`` resolved for a run of calls (keyword arguments), or None if the app does not
-        implement it. Resolve again after registering plugins or adding a monitor."""
-        if hook not in self._own:
+        implement it. Resolve again after registering a plugin or adding a monitor: a resolved
+        caller keeps the implementations it found."""
+        if not self._implements(hook):
             return None
         caller = getattr(self.pm.hook, hook)
         impls = caller.get_hookimpls()
