@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Row", "record", "note_report", "write_results", "results_path", "full_run", "RESULTS",
-           "FAILED_TESTS", "KNOWN_DEFECTS"]
+__all__ = ["Row", "record", "note_report", "write_results", "full_run", "RESULTS", "FAILED_TESTS", "KNOWN_DEFECTS"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,38 +77,25 @@ def note_report(report: Any) -> None:
         KNOWN_DEFECTS.add(name)
 
 
-def results_path() -> Path:
-    """Where the session writes its results."""
-    configured = os.environ.get("MYSIMBDP_RELIABILITY_RESULTS")
-    return Path(configured) if configured else REPO / "var" / "reliability" / "results.json"
+def write_results() -> Path | None:
+    """Write :data:`RESULTS` to ``$MYSIMBDP_RELIABILITY_RESULTS`` (default
+    ``var/reliability/results.json``), nothing when no reliability test ran; returns the path.
 
-
-def write_results(path: Path | None = None, failed_tests: list[str] | None = None,
-                  known_defects: list[str] | None = None) -> Path | None:
-    """Write :data:`RESULTS` (nothing when no reliability test ran); returns the path.
-
-    Rows of ``failed_tests`` (default :data:`FAILED_TESTS`) are marked failed; rows of
-    ``known_defects`` (default :data:`KNOWN_DEFECTS`: tests expected to fail until a reported
-    defect is fixed) are marked ``known_defect``.
+    Rows of the tests that failed are marked failed; those of tests expected to fail until a
+    reported defect is fixed are marked ``known_defect``.
     """
     if not RESULTS:
         return None
-    path = path or results_path()
+    path = Path(os.environ.get("MYSIMBDP_RELIABILITY_RESULTS") or REPO / "var" / "reliability" / "results.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    failed = set(FAILED_TESTS if failed_tests is None else failed_tests)
-    known = set(KNOWN_DEFECTS if known_defects is None else known_defects)
     rows = []
     for row in RESULTS:
         data = asdict(row)
-        data["passed"] = row.passed and row.test not in failed
-        data["known_defect"] = not data["passed"] and row.test in known
+        data["passed"] = row.passed and row.test not in FAILED_TESTS
+        data["known_defect"] = not data["passed"] and row.test in KNOWN_DEFECTS
         rows.append(data)
-    payload = {
-        "mode": "full" if full_run() else "reduced",
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} cpu",
-        "rows": rows,
-    }
+    payload = {"mode": "full" if full_run() else "reduced", "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+               "python": platform.python_version(), "machine": f"{platform.system()} {platform.machine()}, "
+               f"{os.cpu_count()} cpu", "rows": rows}
     path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     return path

@@ -28,11 +28,12 @@ from pymongo import MongoClient
 from mysimbdp.config import Settings
 from mysimbdp.stream.topology import dead_name, queue_name
 from tests.conftest import MANAGEMENT_URL
+from tests.harness.daemon import Daemon
+from tests.harness.publish import Publisher
+from tests.harness.wait import await_until, wait_until
 from tests.reliability.checker import tally
 from tests.reliability.corpus import BAD_FILES, MAX_FILE_BYTES, SAMPLE_FILES, BadFile, good_rows
-from tests.reliability.daemon_proc import DaemonRunner, suite_settings
-from tests.reliability.harness import await_until, get_health, wait_until, write_tenant
-from tests.reliability.publisher import Publisher
+from tests.reliability.harness import suite_settings, write_tenant
 from tests.reliability.results import record
 
 GUARANTEE = "3. bad input"
@@ -45,7 +46,7 @@ STREAM = {"app": "rel_echo", "min_consumers": 1, "max_consumers": 2, "prefetch":
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str,
-         amqp_url: str) -> Iterator[tuple[DaemonRunner, str, str]]:
+         amqp_url: str) -> Iterator[tuple[Daemon, str, str]]:
     """The daemon with tenants ``bad`` and ``good`` (unique ids), for the whole module."""
     base = Path(tmp_path_factory.mktemp("badinput"))
     settings = suite_settings(base, mongo_uri, amqp_url, batch={"stable_after_s": 1.0})
@@ -55,7 +56,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str,
         "app": "rel_echo", "max_file_bytes": MAX_FILE_BYTES, "max_concurrent_files": 2,
         "formats": ["csv", "csv.gz", "jsonl", "jsonl.gz"], "max_staged_files": 50}, stream=STREAM)
     write_tenant(settings, good, batch={"app": "rel_echo", "max_concurrent_files": 2}, stream=STREAM)
-    runner = DaemonRunner(settings)
+    runner = Daemon(settings)
     runner.start()
     try:
         yield runner, bad, good
@@ -96,8 +97,8 @@ def _outcome(db: MongoClient[dict[str, Any]], tenant: str, name: str,
     return wait_until(done, timeout, f"the outcome of {tenant}/{name}")  # type: ignore[no-any-return]
 
 
-def _healthy(runner: DaemonRunner) -> tuple[bool, dict[str, Any]]:
-    status, body = get_health(runner.url)
+def _healthy(runner: Daemon) -> tuple[bool, dict[str, Any]]:
+    status, body = runner.health()
     return runner.alive() and status == 200, body
 
 
@@ -109,7 +110,7 @@ def _check_good(db: MongoClient[dict[str, Any]], good: str, name: str, keys: lis
 
 
 @pytest.mark.parametrize("bad_file", BAD_FILES + SAMPLE_FILES, ids=[b.id for b in BAD_FILES + SAMPLE_FILES])
-def test_bad_file(site: tuple[DaemonRunner, str, str], db: MongoClient[dict[str, Any]],
+def test_bad_file(site: tuple[Daemon, str, str], db: MongoClient[dict[str, Any]],
                   tmp_path: Path, bad_file: BadFile) -> None:
     runner, bad, good = site
     settings: Settings = runner.settings
@@ -142,7 +143,7 @@ def test_bad_file(site: tuple[DaemonRunner, str, str], db: MongoClient[dict[str,
         assert entry.get("records_written") == bad_file.written, entry
 
 
-def test_symlink_out_of_staging_is_not_followed(site: tuple[DaemonRunner, str, str],
+def test_symlink_out_of_staging_is_not_followed(site: tuple[Daemon, str, str],
                                                 db: MongoClient[dict[str, Any]], tmp_path: Path) -> None:
     runner, bad, good = site
     outside = tmp_path / "outside"
@@ -171,7 +172,7 @@ def test_symlink_out_of_staging_is_not_followed(site: tuple[DaemonRunner, str, s
     assert not (folder / "link.csv").exists() and not (folder / "link.csv").is_symlink()
 
 
-def test_growing_file_is_loaded_once_complete(site: tuple[DaemonRunner, str, str],
+def test_growing_file_is_loaded_once_complete(site: tuple[Daemon, str, str],
                                               db: MongoClient[dict[str, Any]], tmp_path: Path) -> None:
     """A file written slowly in place is picked up only when it stops growing."""
     runner, bad, good = site
@@ -220,7 +221,7 @@ UPLOAD_NAMES = {
 
 
 @pytest.mark.parametrize("label", list(UPLOAD_NAMES))
-async def test_upload_bad_name(site: tuple[DaemonRunner, str, str], db: MongoClient[dict[str, Any]],
+async def test_upload_bad_name(site: tuple[Daemon, str, str], db: MongoClient[dict[str, Any]],
                                tmp_path: Path, label: str) -> None:
     runner, bad, good = site
     quoted = UPLOAD_NAMES[label]
@@ -294,7 +295,7 @@ async def _publish_raw(url: str, exchange: str, routing_key: str,
     return confirmed
 
 
-async def _queue(runner: DaemonRunner, name: str) -> dict[str, Any]:
+async def _queue(runner: Daemon, name: str) -> dict[str, Any]:
     """A queue's management statistics in the daemon's vhost ({} if it is missing)."""
     from mysimbdp.stream.broker_admin import BrokerAdmin
 
@@ -303,7 +304,7 @@ async def _queue(runner: DaemonRunner, name: str) -> dict[str, Any]:
         return await admin.queue(vhost, name) or {}
 
 
-async def test_bad_stream_messages(site: tuple[DaemonRunner, str, str],
+async def test_bad_stream_messages(site: tuple[Daemon, str, str],
                                    db: MongoClient[dict[str, Any]]) -> None:
     """Unusable message bodies go to ``_rejects`` and are acknowledged; the other tenant streams on."""
     runner, bad, good = site
@@ -372,7 +373,7 @@ async def test_bad_stream_messages(site: tuple[DaemonRunner, str, str],
     assert dead == 0, "bad messages were dead-lettered instead of rejected"
 
 
-def test_uploads_during_bad_input_keep_flowing(site: tuple[DaemonRunner, str, str],
+def test_uploads_during_bad_input_keep_flowing(site: tuple[Daemon, str, str],
                                                db: MongoClient[dict[str, Any]], tmp_path: Path) -> None:
     """A burst of every corpus file at once (dropped together) while the good tenant loads."""
     runner, bad, good = site

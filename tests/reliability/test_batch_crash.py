@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 
+from tests.harness.daemon import Daemon
+from tests.harness.wait import wait_until
 from tests.reliability.checker import tally
-from tests.reliability.daemon_proc import DaemonRunner, suite_settings
-from tests.reliability.harness import wait_until, write_csv, write_jsonl, write_tenant
+from tests.reliability.harness import suite_settings, write_csv, write_jsonl, write_tenant
 from tests.reliability.results import record
 
 GUARANTEE = "1. batch exactly once"
@@ -63,7 +64,7 @@ def test_sigkill_during_loading_leaves_every_record_once(
         _stage(settings.staging_dir / tenant, tmp_path, name, keys)
     total = sum(len(k) for k in files.values())
     records = db[f"tenant_{tenant}"]["records"]
-    runner = DaemonRunner(settings)
+    runner = Daemon(settings)
     kills = mid_load = 0
     try:
         for _ in range(rounds):

@@ -35,11 +35,12 @@ from pymongo import MongoClient
 from mysimbdp.stream.broker_admin import BrokerAdmin
 from mysimbdp.stream.topology import dead_name
 from tests.conftest import ADMIN_TOKEN, MANAGEMENT_URL
+from tests.harness.daemon import Daemon
+from tests.harness.publish import Publisher
+from tests.harness.wait import wait_until
 from tests.reliability.checker import Tally, tally
 from tests.reliability.corpus import good_rows
-from tests.reliability.daemon_proc import DaemonRunner, suite_settings
-from tests.reliability.harness import APPS, get_health, wait_until, write_tenant
-from tests.reliability.publisher import Publisher
+from tests.reliability.harness import APPS, suite_settings, write_tenant
 from tests.reliability.results import record
 from tests.test_http_hostile import closed
 from tests.test_monitor import report_body
@@ -61,7 +62,7 @@ Db = MongoClient[dict[str, Any]]
 class Site:
     """The daemon, its tenants and what the fixture loaded first."""
 
-    runner: DaemonRunner
+    runner: Daemon
     evil: str
     good: str
     hang: str  # a hostile tenant whose files time out after 2 s
@@ -103,7 +104,7 @@ def site(tmp_path_factory: pytest.TempPathFactory, mongo_uri: str, amqp_url: str
     write_tenant(settings, hang, batch={**EVIL_BATCH, "timeout_s": 2.0, "max_concurrent_files": 3})
     for target in ("hang", "exit"):
         write_tenant(settings, f"t{suffix}-target-{target}", batch={**EVIL_BATCH, "timeout_s": 3.0})
-    runner = DaemonRunner(settings)
+    runner = Daemon(settings)
     runner.start()
     try:
         seed_keys = _drop_good(settings.staging_dir / good, "seed")
@@ -160,7 +161,7 @@ def _loot(db: Db, site: Site, tenant: str | None = None) -> Any:
 
 
 def _healthy(site: Site) -> bool:
-    return site.runner.alive() and get_health(site.runner.url)[0] == 200
+    return site.runner.alive() and site.runner.health()[0] == 200
 
 
 def _row(site: Site, fault: str, test: str, good: Tally, *, got: int = 0, refused: bool = True,
@@ -182,7 +183,7 @@ def _sha(data: bytes) -> str:
 
 def _health_ms(site: Site) -> float:
     t0 = time.monotonic()
-    status, _ = get_health(site.runner.url, timeout=10)
+    status, _ = site.runner.health(timeout=10)
     return (time.monotonic() - t0) * 1000 if status == 200 else float("inf")
 
 

@@ -28,11 +28,12 @@ from mysimbdp.config import Settings
 from mysimbdp.stream.broker_admin import BrokerAdmin
 from mysimbdp.stream.provision import provision_user, tenant_amqp_url
 from tests.conftest import MANAGEMENT_URL
+from tests.harness.daemon import Daemon
+from tests.harness.publish import Publisher, message_keys
+from tests.harness.wait import wait_until
 from tests.reliability.checker import tally
 from tests.reliability.corpus import good_rows
-from tests.reliability.daemon_proc import DaemonRunner, suite_settings
-from tests.reliability.harness import APPS, get_health, wait_until, write_tenant
-from tests.reliability.publisher import Publisher, message_keys
+from tests.reliability.harness import APPS, suite_settings, write_tenant
 from tests.reliability.results import record
 
 GUARANTEE = "4. tenant isolation"
@@ -79,7 +80,7 @@ def test_app_receives_no_database_handle(tmp_path: Path, mongo_uri: str, amqp_ur
     settings = suite_settings(tmp_path, mongo_uri, amqp_url)
     write_tenant(settings, spy, batch={"app": "rel_spy"}, stream={"app": "rel_spy", **STREAM})
     write_tenant(settings, other, batch={"app": "rel_echo"})
-    runner = DaemonRunner(settings)
+    runner = Daemon(settings)
     runner.start()
     try:
         _drop_csv(settings, spy, "spied", 20)
@@ -216,7 +217,7 @@ def test_bad_app_does_not_hold_back_other_tenants(tmp_path: Path, mongo_uri: str
     write_tenant(settings, bad, batch={"app": behaviour, "max_concurrent_files": 2, "timeout_s": 5.0},
                  stream={"app": behaviour, **STREAM})
     write_tenant(settings, good, batch={"app": "rel_echo"}, stream={"app": "rel_echo", **STREAM})
-    runner = DaemonRunner(settings)
+    runner = Daemon(settings)
     runner.start()
     try:
         # the bad tenant gets busy first: two files (its whole slot allowance) and messages
@@ -235,7 +236,7 @@ def test_bad_app_does_not_hold_back_other_tenants(tmp_path: Path, mongo_uri: str
         wait_until(lambda: coll.count_documents({"message_id": {"$exists": True}})
                    + rejects.count_documents({}) >= len(msgs), 90, "the neighbour's messages")
         stream_s = time.monotonic() - t1
-        status, health = get_health(runner.url)
+        status, health = runner.health()
         alive = runner.alive()
         bad_entries = list(db["mysimbdp"]["files"].find({"tenant": bad}, {"state": 1, "code": 1}))
     finally:
@@ -266,14 +267,14 @@ def test_hung_app_file_is_rejected_at_its_timeout(tmp_path: Path, mongo_uri: str
     tenant = f"nh{uuid.uuid4().hex[:8]}"
     settings = suite_settings(tmp_path, mongo_uri, amqp_url)
     write_tenant(settings, tenant, batch={"app": "rel_hang", "timeout_s": 3.0})
-    runner = DaemonRunner(settings)
+    runner = Daemon(settings)
     runner.start()
     try:
         t0 = time.monotonic()
         _drop_csv(settings, tenant, "stuck", 10)
         entry = _entry(db, tenant, "stuck.csv", 3.0 + BOUND_S)
         waited = time.monotonic() - t0
-        healthy = get_health(runner.url)[0] == 200 and runner.alive()
+        healthy = runner.health()[0] == 200 and runner.alive()
     finally:
         runner.kill()
     ok = (entry["state"], entry.get("code")) == ("rejected", "timeout")
@@ -293,7 +294,7 @@ def test_many_hung_files_do_not_starve_other_tenants(tmp_path: Path, mongo_uri: 
     settings = suite_settings(tmp_path, mongo_uri, amqp_url, batch={"max_concurrent_files": 2})
     write_tenant(settings, bad, batch={"app": "rel_hang", "timeout_s": 1.0, "max_concurrent_files": 2})
     write_tenant(settings, good, batch={"app": "rel_echo"})
-    runner = DaemonRunner(settings)
+    runner = Daemon(settings)
     runner.start()
     try:
         names = [f"stuck{i}" for i in range(4)]  # the executor has 2 + 1 threads
@@ -308,7 +309,7 @@ def test_many_hung_files_do_not_starve_other_tenants(tmp_path: Path, mongo_uri: 
         except TimeoutError:
             entry = None
         waited = time.monotonic() - t0
-        healthy = get_health(runner.url)[0] == 200 and runner.alive()
+        healthy = runner.health()[0] == 200 and runner.alive()
     finally:
         runner.kill()
     found = [d["key"] for d in db[f"tenant_{good}"]["records"].find({}, {"key": 1})]

@@ -20,11 +20,11 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from tests.harness.daemon import Daemon
+from tests.harness.publish import Publisher, message_keys
 from tests.reliability.checker import Tally, tally
-from tests.reliability.daemon_proc import DaemonRunner, suite_settings
 from tests.reliability.faults import RabbitNode, StoreServer
-from tests.reliability.harness import write_tenant
-from tests.reliability.publisher import Publisher, message_keys
+from tests.reliability.harness import suite_settings, write_tenant
 from tests.reliability.results import record
 
 GUARANTEE = "2. stream no loss, no duplicates"
@@ -65,7 +65,7 @@ async def _settle(client: AsyncMongoClient[dict[str, Any]], tenant: str, want: i
         await asyncio.sleep(0.3)
 
 
-async def _scenario(*, runner: DaemonRunner, tenant: str, publish_url: str, read_uri: str,
+async def _scenario(*, runner: Daemon, tenant: str, publish_url: str, read_uri: str,
                     inject: Callable[[], Awaitable[None]], rounds: int, messages: int,
                     seed: int) -> tuple[Tally, Publisher]:
     rng = random.Random(seed)
@@ -105,7 +105,7 @@ async def test_daemon_sigkill_mid_stream(tmp_path: Path, mongo_uri: str, amqp_ur
     tenant, seed = f"skill{uuid.uuid4().hex[:8]}", _seed()
     settings = suite_settings(tmp_path, mongo_uri, amqp_url)
     write_tenant(settings, tenant, stream=STREAM_PROFILE)
-    runner = DaemonRunner(settings)
+    runner = Daemon(settings)
     await asyncio.to_thread(runner.start)
 
     async def inject() -> None:
@@ -131,7 +131,7 @@ async def test_rabbitmq_stopped_and_started_mid_stream(tmp_path: Path, mongo_uri
     settings = suite_settings(tmp_path, mongo_uri, rabbit_node.amqp_url, retry_max_s=2.0,
                               stream={"management_url": rabbit_node.management_url})
     write_tenant(settings, tenant, stream=STREAM_PROFILE)
-    runner = DaemonRunner(settings)
+    runner = Daemon(settings)
     await asyncio.to_thread(runner.start)
     restarts = 0
 
@@ -168,7 +168,7 @@ async def test_store_killed_and_restarted_mid_stream(tmp_path: Path, amqp_url: s
     tenant, seed = f"mkill{uuid.uuid4().hex[:8]}", _seed()
     settings = suite_settings(tmp_path, store_server.uri, amqp_url)
     write_tenant(settings, tenant, stream=STREAM_PROFILE)
-    runner = DaemonRunner(settings)
+    runner = Daemon(settings)
     await asyncio.to_thread(runner.start)
     kills = 0
 

@@ -1,36 +1,35 @@
-"""A publisher that knows which messages the broker confirmed, through faults.
+"""Publishing messages: through faults, knowing which the broker confirmed; or with the tenants' tool.
 
-Each message has a unique key, used as its ``message_id`` and in its body. The publisher
-keeps trying a message (same ``message_id``) until the broker confirms it or the time
-budget runs out; when the connection drops it reconnects. A message confirmed on any
+:class:`Publisher` (the reliability suite's) gives each message a unique key, used as its
+``message_id`` and in its body, and keeps trying a message until the broker confirms it or
+the time budget runs out, reconnecting when the connection drops. A message confirmed on any
 attempt is *acknowledged*; one sent but never confirmed is *indeterminate*.
+
+:class:`PublishTool` (the benchmarks') runs ``mysimbdp publish``, the tool tenants use, as
+a child process: what it reaches is part of what the benchmarks measure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, DeliveryMode
 
-__all__ = ["Publisher", "message_body", "message_keys"]
+__all__ = ["Publisher", "PublishTool", "message_body", "message_keys"]
 
 
 def message_keys(prefix: str, n: int) -> list[str]:
     """``n`` keys; every 40th is rejected by ``rel_echo`` and every 97th is sent as non-JSON."""
-    keys = []
-    for i in range(n):
-        if i % 97 == 13:
-            keys.append(f"{prefix}-raw-{i:06d}")
-        elif i % 40 == 7:
-            keys.append(f"reject-{prefix}-{i:06d}")
-        else:
-            keys.append(f"{prefix}-{i:06d}")
-    return keys
+    return [f"{prefix}-raw-{i:06d}" if i % 97 == 13 else f"reject-{prefix}-{i:06d}" if i % 40 == 7
+            else f"{prefix}-{i:06d}" for i in range(n)]
 
 
 def message_body(key: str) -> bytes:
@@ -61,9 +60,7 @@ class Publisher:
             while self._exchange is None or self._channel is None or self._channel.is_closed:
                 if time.monotonic() > deadline:
                     raise TimeoutError("could not reconnect to the broker")
-                with contextlib.suppress(Exception):
-                    if self._connection is not None:
-                        await self._connection.close()
+                await self.close()
                 try:
                     self._connection = await aio_pika.connect(self.url, timeout=5)
                     self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -120,3 +117,41 @@ class Publisher:
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close()
+
+
+@dataclass
+class PublishTool:
+    """``mysimbdp publish --tenant T --amqp-url U --id-prefix P [--rate R] FILE`` as a child process."""
+
+    amqp_url: str
+    tenant: str
+    file: Path
+    id_prefix: str
+    rate: float | None = None
+    started: float = 0.0  # wall-clock time of the launch
+    output: str = ""
+    proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        """Launch the tool (no platform configuration is needed to publish)."""
+        cmd = [sys.executable, "-c", "from mysimbdp.cli import main; main()", "publish", "--tenant", self.tenant,
+               "--amqp-url", self.amqp_url, "--id-prefix", self.id_prefix,
+               *(["--rate", f"{self.rate:g}"] if self.rate else []), str(self.file)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MYSIMBDP_")}
+        env["MYSIMBDP_CONFIG_DIR"] = str(self.file.parent)
+        self.started = time.time()
+        self.proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE,
+                                                         stderr=asyncio.subprocess.STDOUT)
+
+    async def wait(self, timeout: float) -> str:
+        """Wait for the tool to finish; its summary line. Raises if it failed or took too long."""
+        assert self.proc is not None
+        try:
+            out, _ = await asyncio.wait_for(self.proc.communicate(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            raise TimeoutError(f"mysimbdp publish did not finish within {timeout:.0f}s") from None
+        self.output = out.decode(errors="replace").strip()
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"mysimbdp publish exited with {self.proc.returncode}: {self.output[-500:]}")
+        return self.output.splitlines()[-1] if self.output else ""
