@@ -14,7 +14,6 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -23,34 +22,29 @@ from pymongo import AsyncMongoClient
 from mysimbdp.errors import BrokerUnavailable
 from mysimbdp.store.client import EmbeddedMongo
 from mysimbdp.stream.broker_admin import BrokerAdmin
+from tests.harness.daemon import cpu_seconds
 
 __all__ = ["BenchEnv", "DATA_DIR"]
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-ENV_MONGO = "MYSIMBDP_BENCH_MONGO_URI"
-ENV_AMQP_BASE = "MYSIMBDP_BENCH_AMQP_BASE"
-ENV_MANAGEMENT = "MYSIMBDP_BENCH_MANAGEMENT_URL"
 
 
 class BenchEnv:
     """Async context manager: store, vhost, temporary folder and a store client for the run.
 
-    ``data_dir`` caches the generated data files (default ``bench/data``), ``work_dir`` holds
-    the run's temporary folder (the same by default: hard links into staging need one file
-    system).
-
-    ``mongo_uri``/``amqp_url`` given explicitly (the smoke tests pass their session's) are
-    used as they are and not cleaned up beyond the databases this run created.
+    ``data_dir`` caches the generated data files and holds the run's temporary folder (hard
+    links into staging need one file system). A ``mongo_uri``/``amqp_url`` given (the smoke
+    tests pass their session's) is used as it is; only the databases this run created are dropped.
     """
 
     def __init__(self, *, mongo_uri: str | None = None, amqp_url: str | None = None,
                  management_url: str | None = None, work_dir: Path | None = None,
                  data_dir: Path | None = None, keep: bool = False) -> None:
-        self._given_mongo = mongo_uri or os.environ.get(ENV_MONGO) or None
+        self._given_mongo = mongo_uri or os.environ.get("MYSIMBDP_BENCH_MONGO_URI") or None
         self._given_amqp = amqp_url
-        self.management_url = (management_url or os.environ.get(ENV_MANAGEMENT)
+        self.management_url = (management_url or os.environ.get("MYSIMBDP_BENCH_MANAGEMENT_URL")
                                or "http://guest:guest@127.0.0.1:15672")
-        self._amqp_base = os.environ.get(ENV_AMQP_BASE, "amqp://guest:guest@127.0.0.1:5672")
+        self._amqp_base = os.environ.get("MYSIMBDP_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
         self._work_parent = work_dir or DATA_DIR
         self.data_dir = data_dir or DATA_DIR
         self.keep = keep
@@ -65,41 +59,22 @@ class BenchEnv:
     @property
     def mongo_uri(self) -> str:
         """The store every party of the run talks to."""
-        if self._given_mongo:
-            return self._given_mongo
-        assert self.embedded is not None, "BenchEnv not entered"
-        return self.embedded.uri
-
-    @property
-    def embedded_store(self) -> bool:
-        """Whether this run started its own embedded NX-27017."""
-        return self.embedded is not None
-
-    def store_cpu(self) -> float | None:
-        """CPU seconds of the embedded store process so far (None for a store not started here)."""
-        pid = self.embedded.pid if self.embedded is not None else None
-        if pid is None:
-            return None
-        from bench.daemon import ProcStats
-        try:
-            return ProcStats(pid).cpu_seconds()
-        except OSError:
-            return None
+        assert self._given_mongo or self.embedded is not None, "BenchEnv not entered"
+        return self._given_mongo or self.embedded.uri  # type: ignore[union-attr]
 
     @property
     def amqp_url(self) -> str:
         """The AMQP URL of the run's vhost."""
-        if self._given_amqp:
-            return self._given_amqp
-        assert self.vhost is not None, "BenchEnv not entered"
-        return f"{self._amqp_base}/{quote(self.vhost, safe='')}"
+        assert self._given_amqp or self.vhost is not None, "BenchEnv not entered"
+        return self._given_amqp or f"{self._amqp_base}/{quote(self.vhost or '', safe='')}"
 
-    @property
-    def amqp_vhost(self) -> str:
-        """The vhost name inside :attr:`amqp_url`."""
-        from urllib.parse import unquote, urlsplit
-        path = urlsplit(self.amqp_url).path.lstrip("/")
-        return unquote(path) or "/"
+    def store_cpu(self) -> float | None:
+        """CPU seconds of the embedded store process so far (None for a store not started here)."""
+        pid = self.embedded.pid if self.embedded is not None else None
+        try:
+            return cpu_seconds(pid) if pid is not None else None
+        except OSError:
+            return None
 
     def db(self, name: str) -> Any:
         """A database of the run's store; dropped when the run ends."""
@@ -116,8 +91,7 @@ class BenchEnv:
 
     def tmp(self, name: str) -> Path:
         """A fresh folder inside the run's temporary folder."""
-        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
-        return path
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.root))
 
     async def drop(self, name: str) -> None:
         """Drop one database now (frees the disk after a large load)."""
@@ -140,37 +114,27 @@ class BenchEnv:
                     await admin.set_permissions(self.vhost, "guest", ".*", ".*", ".*")
             self.client = AsyncMongoClient(self.mongo_uri, tz_aware=True)
         except BaseException:
-            await self._cleanup()
+            await self.__aexit__()
             raise
         return self
 
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self._cleanup()
-
-    async def _cleanup(self) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         if self.client is not None:
             if not self.keep and self._given_mongo:
                 for name in sorted(self._databases):
-                    with contextlib.suppress(Exception):
-                        await self.client.drop_database(name)
+                    await self.drop(name)
             await self.client.close()
             self.client = None
         if self.embedded is not None:
             await self.embedded.stop()
-        await self._cleanup_broker()
-        if not self.keep and self.root != Path() and self.root.exists():
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    async def _cleanup_broker(self) -> None:
         with contextlib.suppress(BrokerUnavailable):
             async with BrokerAdmin(self.management_url) as admin:
                 if self.vhost is not None and not self.keep:
                     await admin.delete_vhost(self.vhost)
                 # The platform provisions one RabbitMQ user per stream tenant; users are not
                 # inside a vhost, so remove the ones of this run's tenants explicitly.
-                users = await admin.request("GET", "/users") or []
-                for user in users:
-                    name = str(user.get("name", ""))
-                    if any(t in name for t in self._tenants):
-                        await admin.delete_user(name)
+                for user in await admin.request("GET", "/users") or []:
+                    if any(t in str(user.get("name", "")) for t in self._tenants):
+                        await admin.delete_user(str(user["name"]))
+        if not self.keep and self.root != Path() and self.root.exists():
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -12,41 +13,23 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
+from bench.env import BenchEnv
 from mysimbdp.errors import BrokerUnavailable
 from mysimbdp.store.embedded import DEFAULT_CACHE_MIB
 from mysimbdp.stream.broker_admin import BrokerAdmin
 
-__all__ = ["describe_machine", "load_average"]
+__all__ = ["describe_machine"]
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _cpu_model() -> str | None:
+def _proc_line(path: str, pattern: str) -> str | None:
+    """The first group of ``pattern`` in a ``/proc`` file, or None."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        found = re.search(pattern, Path(path).read_text(), re.MULTILINE)
     except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _mem_total_mb() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def load_average() -> list[float]:
-    """The 1, 5 and 15 minute load averages (the machine is shared: noise shows here)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
+        return None
+    return found[1].strip() if found else None
 
 
 def _git(*args: str) -> str | None:
@@ -64,8 +47,9 @@ def _version(dist: str) -> str | None:
         return None
 
 
-async def _store(uri: str, embedded: bool) -> dict[str, Any]:
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(uri, serverSelectionTimeoutMS=3000)
+async def _store(env: BenchEnv) -> dict[str, Any]:
+    embedded = env.embedded is not None
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(env.mongo_uri, serverSelectionTimeoutMS=3000)
     try:
         info = await client.admin.command("buildInfo")
     except PyMongoError as exc:
@@ -74,14 +58,10 @@ async def _store(uri: str, embedded: bool) -> dict[str, Any]:
         await client.close()
     process = str(info.get("process") or "")
     is_nx = "nx_27017" in process or embedded
-    return {
-        "kind": (f"embedded NX-27017 (SQLite-backed, MongoDB wire protocol, {DEFAULT_CACHE_MIB} MiB page cache per database)"
-                 if embedded else "NX-27017 (SQLite-backed, MongoDB wire protocol)") if is_nx else "MongoDB",
-        "embedded": embedded,
-        "version": info.get("version"),
-        "package_version": _version("nx-27017") if is_nx else None,
-        "process": process or None,
-    }
+    kind = ((f"embedded NX-27017 (SQLite-backed, MongoDB wire protocol, {DEFAULT_CACHE_MIB} MiB page cache per "
+             "database)" if embedded else "NX-27017 (SQLite-backed, MongoDB wire protocol)") if is_nx else "MongoDB")
+    return {"kind": kind, "embedded": embedded, "version": info.get("version"),
+            "package_version": _version("nx-27017") if is_nx else None, "process": process or None}
 
 
 async def _rabbitmq(management_url: str) -> dict[str, Any]:
@@ -93,20 +73,21 @@ async def _rabbitmq(management_url: str) -> dict[str, Any]:
     return {"version": overview.get("rabbitmq_version"), "erlang": overview.get("erlang_version")}
 
 
-async def describe_machine(mongo_uri: str, embedded_store: bool, management_url: str) -> dict[str, Any]:
+async def describe_machine(env: BenchEnv) -> dict[str, Any]:
     """Everything the docs print about where the figures come from."""
     commit = _git("rev-parse", "--short", "HEAD")
     dirty = _git("status", "--porcelain", "--untracked-files=no")
+    memory = _proc_line("/proc/meminfo", r"^MemTotal:\s*(\d+)")
     return {
         "cores": os.cpu_count(),
-        "cpu": _cpu_model(),
-        "memory_mb": _mem_total_mb(),
+        "cpu": _proc_line("/proc/cpuinfo", r"^model name\s*:(.*)$") or platform.processor() or None,
+        "memory_mb": int(memory) // 1024 if memory else None,
         "os": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "store": await _store(mongo_uri, embedded_store),
-        "rabbitmq": await _rabbitmq(management_url),
+        "store": await _store(env),
+        "rabbitmq": await _rabbitmq(env.management_url),
         "libraries": {name: _version(name) for name in ("pymongo", "aio-pika", "pyarrow", "orjson")},
         "mysimbdp": _version("mysimbdp"),
         "git_commit": (commit + ("+dirty" if dirty else "")) if commit else None,
-        "load_average_at_start": load_average(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }

@@ -205,105 +205,117 @@ def _profile(profile: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _memory_runs(runs: list[dict[str, Any]]) -> list[str]:
-    """One row per load: where each load's time and memory went."""
-    rows = []
-    for run in runs:
-        seconds, records = run.get("seconds") or 0, run.get("records") or 0
-        store = run.get("store_cpu_share")
-        store_us = f"{store * seconds / records * 1e6:.0f} µs" if store is not None and records else "–"
-        rows.append([run.get("size_label", "?"), f"{records:,}", _fmt(seconds, "s"), _fmt(run.get("records_per_s")),
-                     _fmt(run.get("rss_before_mb"), "MiB"), _fmt(run.get("peak_rss_mb"), "MiB"),
-                     _fmt(run.get("cpu_us_per_record"), "µs"), store_us])
-    lines = ["Each load:", "", *_table(["file", "records", "drop to committed", "records/s", "RSS before",
-                                         "peak RSS", "daemon CPU/record", "store CPU/record"], rows), ""]
-    for run in runs:
-        if run.get("tenths"):
-            lines += _tenths(run)
-    return lines
+def _cells(row: dict[str, Any], columns: Sequence[tuple[str, Any]]) -> list[str]:
+    return [str(cell(row)) for _, cell in columns]
 
 
-def _tenths(run: dict[str, Any]) -> list[str]:
-    """The progress of one sampled load, tenth by tenth of its records."""
-    rows = [[str(t["tenth"]), f"{t['documents_at_end']:,}", _fmt(t.get("seconds"), "s"),
-             _fmt(t.get("records_per_s")), _fmt(t.get("store_cpu_us_per_record"), "µs"),
-             _fmt(t.get("daemon_cpu_us_per_record"), "µs")] for t in run["tenths"]]
-    return [f"The {run.get('size_label', '?')} load tenth by tenth (documents written, from the daemon's "
-            f"batch.file.progress events, and CPU read every {_fmt(run.get('progress_every_s'), 's')}, "
-            f"{run.get('progress_samples', '?')} samples, "
-            "interpolated at each tenth):", "",
-            *_table(["tenth", "documents at its end", "took", "records/s", "store CPU/record",
-                     "daemon CPU/record"], rows), ""]
+def _runs_table(intro: str, rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, Any]]) -> list[str]:
+    """A table of raw runs: ``columns`` are (header, cell function of a run)."""
+    return [intro, "", *_table([h for h, _ in columns], [_cells(r, columns) for r in rows]), ""]
 
 
-def _upload_runs(runs: list[dict[str, Any]]) -> list[str]:
-    """One row per upload: its rate and the daemon's RSS around it."""
-    rows = [[f"{run.get('bytes', 0) / 1e6:,.0f} MB", str(run.get("status")), _fmt(run.get("seconds"), "s"),
-             _fmt(run.get("mb_per_s"), "MB/s"), _fmt(run.get("rss_before_mb"), "MiB"),
-             _fmt(run.get("rss_peak_mb"), "MiB"), _fmt(run.get("rss_growth_mb"), "MiB"),
-             f"{_fmt(run.get('anon_before_mb'), 'MiB')} → {_fmt(run.get('anon_peak_mb'), 'MiB')}",
-             str(run.get("rss_samples", "?"))] for run in runs]
-    return ["Each upload:", "", *_table(["file", "status", "request to 201", "rate", "RSS before", "peak RSS",
-                                          "growth", "anonymous RSS", "samples"], rows), ""]
+def _f(key: str, unit: str = "") -> Any:
+    """A cell showing ``row[key]`` formatted with ``unit``."""
+    return lambda row: _fmt(row.get(key), unit)
 
 
-def _scaling_runs(runs: list[dict[str, Any]]) -> list[str]:
-    """The consumer changes of the first step load, with the monitor's reasons."""
-    timeline = runs[0].get("timeline") if runs else None
-    if not timeline:
-        return []
-    rows = [[_fmt(t.get("t"), "s"), f"{t.get('from')} → {t.get('to')}", t.get("reason") or ""] for t in timeline]
-    lines = ["The consumer changes of the first step load (seconds from its first message):", "",
-             *_table(["at", "consumers", "reason (from the `stream.consumers.changed` event)"], rows), ""]
-    for k, run in enumerate(runs, 1):
-        if run.get("back_to_min_after_load_s") is None and run.get("monitor_last_events"):
-            last = [[str(e.get("ts", ""))[11:23], e.get("event", ""), str(e.get("consumers") or ""),
-                     e.get("reason") or e.get("rule") or ""] for e in run["monitor_last_events"]]
-            lines += [f"Step load {k} did not return to `min_consumers`; the tenant's last monitor and "
-                      "consumer-change events (UTC):", "",
-                      *_table(["time", "event", "consumers", "reason or rule"], last), ""]
-    return lines
+def _store_us(run: dict[str, Any]) -> str:
+    seconds, records, store = run.get("seconds") or 0, run.get("records") or 0, run.get("store_cpu_share")
+    return f"{store * seconds / records * 1e6:.0f} µs" if store is not None and records else "–"
+
+
+MEMORY_COLUMNS = [("file", lambda r: r.get("size_label", "?")), ("records", lambda r: f"{r.get('records') or 0:,}"),
+                  ("drop to committed", _f("seconds", "s")), ("records/s", _f("records_per_s")),
+                  ("RSS before", _f("rss_before_mb", "MiB")), ("peak RSS", _f("peak_rss_mb", "MiB")),
+                  ("daemon CPU/record", _f("cpu_us_per_record", "µs")), ("store CPU/record", _store_us)]
+TENTH_COLUMNS = [("tenth", lambda t: t["tenth"]), ("documents at its end", lambda t: f"{t['documents_at_end']:,}"),
+                 ("took", _f("seconds", "s")), ("records/s", _f("records_per_s")),
+                 ("store CPU/record", _f("store_cpu_us_per_record", "µs")),
+                 ("daemon CPU/record", _f("daemon_cpu_us_per_record", "µs"))]
+UPLOAD_COLUMNS = [("file", lambda r: f"{r.get('bytes', 0) / 1e6:,.0f} MB"), ("status", lambda r: r.get("status")),
+                  ("request to 201", _f("seconds", "s")), ("rate", _f("mb_per_s", "MB/s")),
+                  ("RSS before", _f("rss_before_mb", "MiB")), ("peak RSS", _f("rss_peak_mb", "MiB")),
+                  ("growth", _f("rss_growth_mb", "MiB")),
+                  ("anonymous RSS", lambda r: f"{_fmt(r.get('anon_before_mb'), 'MiB')} → {_fmt(r.get('anon_peak_mb'), 'MiB')}"),
+                  ("samples", lambda r: r.get("rss_samples", "?"))]
+TIMELINE_COLUMNS = [("at", _f("t", "s")), ("consumers", lambda t: f"{t.get('from')} → {t.get('to')}"),
+                    ("reason (from the `stream.consumers.changed` event)", lambda t: t.get("reason") or "")]
+LAST_EVENT_COLUMNS = [("time", lambda e: str(e.get("ts", ""))[11:23]), ("event", lambda e: e.get("event", "")),
+                      ("consumers", lambda e: str(e.get("consumers") or "")),
+                      ("reason or rule", lambda e: e.get("reason") or e.get("rule") or "")]
 
 
 def _runner_label(runner: str | None) -> str:
     return "worker process" if runner == "process" else f"`runner = \"{runner}\"`" if runner else "?"
 
 
-def _batch_runner_runs(runs: list[dict[str, Any]]) -> list[str]:
-    """Each repetition's two loads, side by side: the app in a worker process and in threads."""
+BATCH_COLUMNS = [("repetition", lambda r: r["k"]), ("app runs in", lambda r: _runner_label(r["runner"])),
+                 ("first file: drop to committed", lambda r: _fmt(r["first_file"].get("seconds"), "s")),
+                 ("first file: CPU", lambda r: _fmt(r["first_file"].get("cpu_seconds"), "s")),
+                 ("records/s", lambda r: _fmt(r["load"].get("records_per_s"))),
+                 ("daemon CPU/record", lambda r: _fmt(r["load"].get("daemon_cpu_us_per_record"), "µs")),
+                 ("worker CPU/record", lambda r: _fmt(r["load"].get("worker_cpu_us_per_record"), "µs")),
+                 ("CPU/record", lambda r: _fmt(r["load"].get("cpu_us_per_record"), "µs"))]
+STREAM_COLUMNS = [("repetition", lambda r: r["k"]), ("app runs in", lambda r: _runner_label(r.get("runner"))),
+                  ("publish to committed", _f("rate", "msg/s")),
+                  ("daemon CPU/message", _f("daemon_cpu_us_per_message", "µs")),
+                  ("worker CPU/message", _f("worker_cpu_us_per_message", "µs")),
+                  ("CPU/message", _f("cpu_us_per_message", "µs"))]
+
+
+def _memory_runs(runs: list[dict[str, Any]]) -> list[str]:
+    """One row per load, then each sampled load tenth by tenth."""
+    lines = _runs_table("Each load:", runs, MEMORY_COLUMNS)
+    for run in runs:
+        if run.get("tenths"):
+            lines += _runs_table(
+                f"The {run.get('size_label', '?')} load tenth by tenth (documents written, from the daemon's "
+                f"batch.file.progress events, and CPU read every {_fmt(run.get('progress_every_s'), 's')}, "
+                f"{run.get('progress_samples', '?')} samples, interpolated at each tenth):", run["tenths"], TENTH_COLUMNS)
+    return lines
+
+
+def _scaling_runs(runs: list[dict[str, Any]]) -> list[str]:
+    """The consumer changes of the first step load, and the last events of a load that did not settle."""
+    if not runs or not runs[0].get("timeline"):
+        return []
+    lines = _runs_table("The consumer changes of the first step load (seconds from its first message):",
+                        runs[0]["timeline"], TIMELINE_COLUMNS)
+    for k, run in enumerate(runs, 1):
+        if run.get("back_to_min_after_load_s") is None and run.get("monitor_last_events"):
+            lines += _runs_table(f"Step load {k} did not return to `min_consumers`; the tenant's last monitor and "
+                                 "consumer-change events (UTC):", run["monitor_last_events"], LAST_EVENT_COLUMNS)
+    return lines
+
+
+def _paired(runs: list[dict[str, Any]], keys: dict[str, str], wanted: str) -> list[dict[str, Any]] | None:
+    """Each repetition's runs of both runners (``keys``: runner -> key in the run), numbered;
+    None for results files from before both runners were measured."""
     rows = []
     for k, run in enumerate(runs, 1):
-        for runner in ("process", "thread"):
-            pair = run.get(runner)
-            if not isinstance(pair, dict) or "load" not in pair:
-                return []  # a results file from before both runners were measured
-            load, first = pair["load"], pair["first_file"]
-            rows.append([str(k), _runner_label(runner), _fmt(first.get("seconds"), "s"), _fmt(first.get("cpu_seconds"), "s"),
-                         _fmt(load.get("records_per_s")), _fmt(load.get("daemon_cpu_us_per_record"), "µs"),
-                         _fmt(load.get("worker_cpu_us_per_record"), "µs"), _fmt(load.get("cpu_us_per_record"), "µs")])
-    return ["Each load (CPU is user+sys of the daemon and of its app worker):", "",
-            *_table(["repetition", "app runs in", "first file: drop to committed", "first file: CPU",
-                     "records/s", "daemon CPU/record", "worker CPU/record", "CPU/record"], rows), ""]
+        for runner, key in keys.items():
+            pair = run.get(key)
+            if not isinstance(pair, dict) or wanted not in pair:
+                return None
+            rows.append({**pair, "k": k, "runner": pair.get("runner", runner)})
+    return rows
+
+
+def _batch_runner_runs(runs: list[dict[str, Any]]) -> list[str]:
+    rows = _paired(runs, {"process": "process", "thread": "thread"}, "load")
+    return _runs_table("Each load (CPU is user+sys of the daemon and of its app worker):", rows, BATCH_COLUMNS) \
+        if rows else []
 
 
 def _stream_runs(runs: list[dict[str, Any]]) -> list[str]:
-    """Each repetition's throughput runs of both runners."""
-    rows = []
-    for k, run in enumerate(runs, 1):
-        for key in ("platform", "platform_thread"):
-            p = run.get(key)
-            if not isinstance(p, dict) or "cpu_us_per_message" not in p:
-                return []  # a results file from before both runners were measured
-            rows.append([str(k), _runner_label(p.get("runner")), _fmt(p.get("rate"), "msg/s"),
-                         _fmt(p.get("daemon_cpu_us_per_message"), "µs"), _fmt(p.get("worker_cpu_us_per_message"), "µs"),
-                         _fmt(p.get("cpu_us_per_message"), "µs")])
-    return ["Each throughput run (CPU is user+sys of the daemon and of its app workers):", "",
-            *_table(["repetition", "app runs in", "publish to committed", "daemon CPU/message",
-                     "worker CPU/message", "CPU/message"], rows), ""]
+    rows = _paired(runs, {"process": "platform", "thread": "platform_thread"}, "cpu_us_per_message")
+    return _runs_table("Each throughput run (CPU is user+sys of the daemon and of its app workers):", rows,
+                       STREAM_COLUMNS) if rows else []
 
 
 RUN_TABLES = {"batch": _batch_runner_runs, "cpu": _batch_runner_runs, "memory": _memory_runs,
-              "scaling": _scaling_runs, "stream": _stream_runs, "upload": _upload_runs}
+              "scaling": _scaling_runs, "stream": _stream_runs,
+              "upload": lambda runs: _runs_table("Each upload:", runs, UPLOAD_COLUMNS)}
 
 
 def _section(index: int, name: str, r: dict[str, Any]) -> list[str]:

@@ -14,13 +14,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.stats import median, spread
+from tests.harness.stats import median, spread
 
 __all__ = ["SCHEMA", "RESULTS_DIR", "Target", "Metric", "Result", "load_results", "metric_from_runs"]
 
 SCHEMA = 1
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-Status = Literal["ok", "skipped", "failed"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +34,13 @@ class Target:
         if observed is None:
             return None
         return observed >= self.value if self.op == ">=" else observed <= self.value
+
+
+def _round(value: float | None) -> float | None:
+    """Four significant decimals are plenty for a noisy benchmark figure."""
+    if value is None:
+        return None
+    return float(f"{value:.4g}") if abs(value) < 1e4 else round(value, 1)
 
 
 @dataclass
@@ -59,21 +65,10 @@ class Metric:
         return data
 
 
-def _round(value: float | None) -> float | None:
-    """Four significant decimals are plenty for a noisy benchmark figure."""
-    if value is None:
-        return None
-    return float(f"{value:.4g}") if abs(value) < 1e4 else round(value, 1)
-
-
 def metric_from_runs(key: str, label: str, values: list[float], unit: str = "",
                      target: Target | None = None, note: str = "") -> Metric:
     """A metric whose value is the median of ``values`` (one per repetition)."""
     return Metric(key, label, median(values), unit, target, spread(values), note)
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -86,9 +81,9 @@ class Result:
     repeat: int
     command: str
     machine: dict[str, Any]
-    status: Status = "ok"
+    status: Literal["ok", "skipped", "failed"] = "ok"
     error: str | None = None
-    started_at: str = field(default_factory=_now)
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     finished_at: str | None = None
     seconds: float | None = None
     metrics: list[Metric] = field(default_factory=list)
@@ -102,24 +97,20 @@ class Result:
         self.metrics.append(metric)
         return metric
 
-    def to_json(self) -> dict[str, Any]:
-        """The JSON document written to the results file."""
-        return {
-            "schema": SCHEMA, "benchmark": self.benchmark, "title": self.title,
-            "status": self.status, "error": self.error, "scale": self.scale,
-            "repeat": self.repeat, "command": self.command, "started_at": self.started_at,
-            "finished_at": self.finished_at, "seconds": self.seconds, "machine": self.machine,
-            "settings": self.settings, "metrics": [m.to_json() for m in self.metrics],
-            "runs": self.runs, "profile": self.profile, "notes": self.notes,
-        }
+    def figure(self, key: str) -> float | None:
+        """The value of the metric ``key`` (None when absent)."""
+        return next((m.value for m in self.metrics if m.key == key), None)
 
     def write(self, directory: Path) -> Path:
         """Write ``<directory>/<benchmark>.json`` atomically; returns the path."""
+        data = {"schema": SCHEMA, **{k: v for k, v in asdict(self).items() if k != "metrics"}}
+        data["metrics"] = [m.to_json() for m in self.metrics]
+        order = ["schema", "benchmark", "title", "status", "error", "scale", "repeat", "command", "started_at",
+                 "finished_at", "seconds", "machine", "settings", "metrics", "runs", "profile", "notes"]
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{self.benchmark}.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=False, default=str) + "\n",
-                       encoding="utf-8")
+        tmp.write_text(json.dumps({k: data[k] for k in order}, indent=2, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, path)
         return path
 

@@ -19,13 +19,13 @@ import pytest
 from bench.benchmarks import BENCHMARKS
 from bench.benchmarks.memory import Progress
 from bench.cli import run_benchmarks
-from bench.daemon import platform_cpu
 from bench.env import BenchEnv
 from bench.profile import summarise
 from bench.report import render
 from bench.results import SCHEMA, load_results
-from bench.stats import percentile
 from tests.conftest import MANAGEMENT_URL
+from tests.harness.daemon import platform_cpu
+from tests.harness.stats import percentile
 
 pytestmark = pytest.mark.slow
 

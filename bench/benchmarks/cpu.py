@@ -14,18 +14,11 @@ difference of the two loads of a repetition. One more load (worker runner) runs 
 
 from __future__ import annotations
 
-from bench.benchmarks.batch import (
-    FIRST_FILE_ROWS,
-    FlightsLoads,
-    first_file,
-    flights_data,
-    flights_loads,
-)
-from bench.daemon import BenchDaemon
-from bench.loads import BATCH_SETTINGS, RUNNERS, LoadRun, batch_profile, load_file
+from bench.benchmarks.batch import FIRST_FILE_ROWS, THREAD, first_file, flights_data, flights_loads
+from bench.cli import Session
+from bench.loads import BATCH_SETTINGS, RUNNERS, BenchDaemon, LoadRun, batch_profile, load_file
 from bench.profile import profiled
 from bench.results import Result, Target, metric_from_runs
-from bench.session import Session
 
 __all__ = ["NAME", "TITLE", "run"]
 
@@ -33,19 +26,15 @@ NAME = "cpu"
 TITLE = "Platform CPU per record"
 #: Issue 14: the columnar path stays within 10 µs of daemon + worker CPU per flights record.
 TARGET = Target("<=", 10.0)
-THREAD = 'runner = "thread"'
 
 
 async def _profiled_load(session: Session, result: Result) -> None:
-    data = flights_data(session)
-    tenant = session.env.new_tenant("pr")
-    daemon = BenchDaemon(session.env, "profile", tenants=[batch_profile(tenant)], batch=BATCH_SETTINGS)
+    data, tenant, timeout = flights_data(session), session.env.new_tenant("pr"), session.scale.timeout_s
     session.say(f"{NAME}: profiled load of {data.rows} rows (py-spy, daemon and worker)")
-    async with daemon:
-        await load_file(daemon, tenant, first_file(session), session.scale.timeout_s)  # starts the worker
-        _, profile = await profiled(daemon.pid, daemon.base, load_file(daemon, tenant, data, session.scale.timeout_s),
-                                    f"{data.path.name}, {data.rows} rows, drop to committed, app in a worker "
-                                    "process", subprocesses=True)
+    async with BenchDaemon(session.env, "profile", tenants=[batch_profile(tenant)], batch=BATCH_SETTINGS) as daemon:
+        await load_file(daemon, tenant, first_file(session), timeout)  # starts the worker
+        _, profile = await profiled(daemon.pid, daemon.base, load_file(daemon, tenant, data, timeout),
+                                    f"{data.path.name}, {data.rows} rows, drop to committed, app in a worker process")
     await session.env.drop(f"tenant_{tenant}")
     if isinstance(profile, str):
         result.notes.append(profile)
@@ -55,8 +44,7 @@ async def _profiled_load(session: Session, result: Result) -> None:
 
 async def run(session: Session, result: Result) -> None:
     """CPU per record of both runners over ``repeat`` rounds (the batch benchmark's, when it ran)."""
-    both: FlightsLoads | None = session.memo.get("flights_loads")
-    data = flights_data(session)
+    both, data = session.memo.get("flights_loads"), flights_data(session)
     if both is None:
         both = await flights_loads(session, data, session.repeat)
         for loads in (*both.loads.values(), *both.first_files.values()):
@@ -69,44 +57,34 @@ async def run(session: Session, result: Result) -> None:
     add_figures(result, both.loads["process"], both.loads["thread"])
     result.runs = both.runs()
     await _profiled_load(session, result)
-    explain(result)
+    value = result.figure("cpu_us_per_record")
+    if value is not None and not TARGET.met(value):  # name the top costs of the profile
+        top = (result.profile or {}).get("self", [])[:4]
+        costs = ", ".join(f"`{p['function']}` {p['pct']:.0f} %" for p in top)
+        result.notes.append(f"target missed: {value:.2f} µs per record. The largest own costs in the profile: {costs}"
+                            if top else f"target missed: {value:.2f} µs per record; no profile was taken")
 
 
 def add_figures(result: Result, process: list[LoadRun], thread: list[LoadRun]) -> None:
     """The CPU figures of paired loads (``process[i]`` and ``thread[i]`` ran in one repetition)."""
-    def us(loads: list[LoadRun], part: str) -> list[float]:
-        return [r.us_per_record(getattr(r, part)) for r in loads]
-
-    result.add(metric_from_runs("cpu_us_per_record", "daemon + worker CPU per record, app in a worker process",
-                                [r.cpu_us_per_record for r in process], "µs", TARGET,
-                                note="user+sys of the daemon and of its app worker, per flights record"))
-    result.add(metric_from_runs("daemon_cpu_us_per_record", "of which the daemon", us(process, "daemon_cpu_seconds"),
-                                "µs"))
-    result.add(metric_from_runs("worker_cpu_us_per_record", "of which the worker", us(process, "worker_cpu_seconds"),
-                                "µs"))
-    result.add(metric_from_runs("thread_cpu_us_per_record", f"daemon CPU per record, {THREAD}",
-                                [r.cpu_us_per_record for r in thread], "µs"))
-    result.add(metric_from_runs("worker_cost_us_per_record", "the worker process's cost: worker runner - thread runner",
-                                [p.cpu_us_per_record - t.cpu_us_per_record for p, t in zip(process, thread, strict=True)],
-                                "µs", note="median of the per-repetition differences"))
-    result.add(metric_from_runs("cpu_seconds", "daemon + worker CPU per load, app in a worker process",
-                                [r.cpu_seconds for r in process], "s"))
-    result.add(metric_from_runs("thread_cpu_seconds", f"daemon CPU per load, {THREAD}",
-                                [r.cpu_seconds for r in thread], "s"))
-    result.add(metric_from_runs("records_per_s", "records/s of these loads, app in a worker process",
-                                [r.rate for r in process], "records/s"))
-    result.add(metric_from_runs("thread_records_per_s", f"records/s of these loads, {THREAD}",
-                                [r.rate for r in thread], "records/s"))
-
-
-def explain(result: Result) -> None:
-    """When the target is missed, name the top costs of the profile."""
-    value = next((m.value for m in result.metrics if m.key == "cpu_us_per_record"), None)
-    if value is None or TARGET.met(value):
-        return
-    top = (result.profile or {}).get("self", [])[:4]
-    if not top:
-        result.notes.append(f"target missed: {value:.2f} µs per record; no profile was taken")
-        return
-    costs = ", ".join(f"`{p['function']}` {p['pct']:.0f} %" for p in top)
-    result.notes.append(f"target missed: {value:.2f} µs per record. The largest own costs in the profile: {costs}")
+    for key, label, values, unit, target, note in [
+        ("cpu_us_per_record", "daemon + worker CPU per record, app in a worker process",
+         [r.cpu_us_per_record for r in process], "µs", TARGET,
+         "user+sys of the daemon and of its app worker, per flights record"),
+        ("daemon_cpu_us_per_record", "of which the daemon", [r.us_per_record(r.daemon_cpu_seconds) for r in process],
+         "µs", None, ""),
+        ("worker_cpu_us_per_record", "of which the worker", [r.us_per_record(r.worker_cpu_seconds) for r in process],
+         "µs", None, ""),
+        ("thread_cpu_us_per_record", f"daemon CPU per record, {THREAD}", [r.cpu_us_per_record for r in thread], "µs",
+         None, ""),
+        ("worker_cost_us_per_record", "the worker process's cost: worker runner - thread runner",
+         [p.cpu_us_per_record - t.cpu_us_per_record for p, t in zip(process, thread, strict=True)], "µs", None,
+         "median of the per-repetition differences"),
+        ("cpu_seconds", "daemon + worker CPU per load, app in a worker process", [r.cpu_seconds for r in process], "s",
+         None, ""),
+        ("thread_cpu_seconds", f"daemon CPU per load, {THREAD}", [r.cpu_seconds for r in thread], "s", None, ""),
+        ("records_per_s", "records/s of these loads, app in a worker process", [r.rate for r in process], "records/s",
+         None, ""),
+        ("thread_records_per_s", f"records/s of these loads, {THREAD}", [r.rate for r in thread], "records/s", None, ""),
+    ]:
+        result.add(metric_from_runs(key, label, values, unit, target, note))

@@ -12,11 +12,10 @@ import csv
 import time
 from typing import Any
 
-from bench.daemon import BenchDaemon
+from bench.cli import Session
 from bench.data import DataFile, flights_slice
-from bench.loads import BATCH_SETTINGS, FLIGHTS_APP, batch_profile, load_file
+from bench.loads import BATCH_SETTINGS, BenchDaemon, BenchSkipped, batch_profile, load_file
 from bench.results import Result, metric_from_runs
-from bench.session import BenchSkipped, Session
 from mysimbdp.apps import App, BatchContext
 from mysimbdp.apps.plugins import get_plugin_manager
 
@@ -28,17 +27,14 @@ TITLE = "Against one insert_one per record"
 
 async def insert_one_script(collection: Any, data: DataFile) -> dict[str, Any]:
     """The seeds' script: csv rows -> the app's per-record wrangle -> ``insert_one`` each."""
-    app = App(get_plugin_manager(), FLIGHTS_APP)
-    wrangle = app.hook("mysimbdp_batch_wrangle")
+    wrangle = App(get_plugin_manager(), "flights").hook("mysimbdp_batch_wrangle")
     if wrangle is None:
-        raise BenchSkipped(f"the {FLIGHTS_APP!r} app has no per-record hook to script with")
-    ctx = BatchContext("script", FLIGHTS_APP, data.path.name, "", "csv")
-    written = 0
-    t0 = time.perf_counter()
+        raise BenchSkipped("the 'flights' app has no per-record hook to script with")
+    ctx = BatchContext("script", "flights", data.path.name, "", "csv")
+    written, t0 = 0, time.perf_counter()
     with open(data.path, encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
-            doc = wrangle(record=row, context=ctx)
-            await collection.insert_one(doc)
+            await collection.insert_one(wrangle(record=row, context=ctx))
             written += 1
     seconds = time.perf_counter() - t0
     return {"records": written, "seconds": round(seconds, 3), "records_per_s": round(written / seconds, 1)}
@@ -46,19 +42,16 @@ async def insert_one_script(collection: Any, data: DataFile) -> dict[str, Any]:
 
 async def run(session: Session, result: Result) -> None:
     """Platform and script alternately, ``repeat`` times each."""
-    data = flights_slice(session.scale.insert_one_rows, data_dir=session.env.data_dir)
-    env = session.env
+    env, data = session.env, flights_slice(session.scale.insert_one_rows, data_dir=session.env.data_dir)
     tenants = [env.new_tenant("io") for _ in range(session.repeat)]
     script_db = env.db(f"bench_script_{env.run_id}")
     pairs: list[dict[str, Any]] = []
-    daemon = BenchDaemon(env, "insert-one", tenants=[batch_profile(t) for t in tenants], batch=BATCH_SETTINGS)
-    async with daemon:
+    async with BenchDaemon(env, "insert-one", tenants=[batch_profile(t) for t in tenants],
+                           batch=BATCH_SETTINGS) as daemon:
         for i, tenant in enumerate(tenants):
-            session.say(f"{NAME}: {i + 1}/{session.repeat}: platform, {data.rows} rows")
+            session.say(f"{NAME}: {i + 1}/{session.repeat}: platform, then script, {data.rows} rows")
             load = await load_file(daemon, tenant, data, session.scale.timeout_s)
-            session.say(f"{NAME}: {i + 1}/{session.repeat}: script, one insert_one per record")
             script = await insert_one_script(script_db[f"run{i}"], data)
-            session.say(f"{NAME}:   platform {load.rate:,.0f}/s, script {script['records_per_s']:,.0f}/s")
             pairs.append({"platform": load.to_json(), "script": script,
                           "factor": round(load.rate / script["records_per_s"], 2)})
             await env.drop(f"tenant_{tenant}")

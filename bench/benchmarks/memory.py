@@ -27,14 +27,14 @@ import sys
 import time
 from typing import Any
 
-from bench.daemon import BenchDaemon
+from bench.cli import Session
 from bench.data import flights_sized
-from bench.loads import BATCH_SETTINGS, batch_profile, load_file
+from bench.loads import BATCH_SETTINGS, BenchDaemon, batch_profile, load_file
 from bench.results import Metric, Result, Target, metric_from_runs
-from bench.session import Session
-from bench.stats import median, spread
+from tests.harness.daemon import status_mb
+from tests.harness.stats import median, spread
 
-__all__ = ["NAME", "TITLE", "run"]
+__all__ = ["NAME", "TITLE", "run", "Progress"]
 
 NAME = "memory"
 TITLE = "Memory and scale: 100 MB and 1 GB files"
@@ -64,25 +64,25 @@ class Progress:
         self._task: asyncio.Task[None] | None = None
         self._seen = 0
 
-    def _take(self, count: int) -> None:
-        if self.samples:  # documents are only added
-            count = max(count, self.samples[-1]["count"])
+    def take(self, count: int) -> None:
+        """One sample at ``count`` documents (never fewer than the last: documents are only added)."""
+        count = max(count, self.samples[-1]["count"]) if self.samples else count
         with contextlib.suppress(OSError):
             self.samples.append({"t": time.monotonic(), "count": count, "store": self.daemon.env.store_cpu(),
-                                 "daemon": self.daemon.cpu_seconds()})
+                                 "daemon": self.daemon.cpu().total})
 
     async def _run(self) -> None:
-        # the events the load's own wait polls into the tail (polling here too would hide them from it)
+        # the events the load's own wait reads into the tail (reading here too would hide them from it)
         events = self.daemon.log.events
         while True:
             await asyncio.sleep(0.02)
             for event in events[self._seen:]:
                 if event.get("event") == "batch.file.progress" and event.get("tenant") == self.tenant:
-                    self._take(int(event.get("records_written", 0)) + int(event.get("records_rejected", 0)))
+                    self.take(int(event.get("records_written", 0)) + int(event.get("records_rejected", 0)))
             self._seen = len(events)
 
     async def __aenter__(self) -> Progress:
-        self._take(0)  # before the drop: the collection is new and empty
+        self.take(0)  # before the drop: the collection is new and empty
         self._seen = len(self.daemon.log.events)
         self._task = asyncio.create_task(self._run())
         return self
@@ -92,22 +92,16 @@ class Progress:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    async def finish(self, records: int) -> None:
-        """The last sample, at the commit: every one of ``records`` is written."""
-        self._take(records)
-
     def tenths(self, records: int) -> list[dict[str, Any]]:
         """Rate and CPU per record in each tenth of ``records``, interpolated between samples."""
         if len(self.samples) < 2 or records <= 0:
             return []
-        rows = []
-        step = records / TENTHS
+        rows, step = [], records / TENTHS
         for k in range(TENTHS):
             a, b = self._at(k * step), self._at((k + 1) * step)
             seconds = b["t"] - a["t"]
             store = (b["store"] - a["store"]) / step * 1e6 if None not in (a["store"], b["store"]) else None
-            rows.append({"tenth": k + 1, "documents_at_end": round((k + 1) * step),
-                         "seconds": round(seconds, 2),
+            rows.append({"tenth": k + 1, "documents_at_end": round((k + 1) * step), "seconds": round(seconds, 2),
                          "records_per_s": round(step / seconds, 1) if seconds > 0 else None,
                          "store_cpu_us_per_record": round(store, 2) if store is not None else None,
                          "daemon_cpu_us_per_record": round((b["daemon"] - a["daemon"]) / step * 1e6, 2)})
@@ -129,22 +123,19 @@ class Progress:
 
 
 async def _load(session: Session, size: int, progress: bool = False) -> dict[str, Any]:
-    data = flights_sized(size, session.env.data_dir)
-    tenant = session.env.new_tenant("mem")
-    daemon = BenchDaemon(session.env, "memory", tenants=[batch_profile(tenant)],
-                         batch={**BATCH_SETTINGS, "progress_interval_s": session.scale.progress_every_s})
+    data, tenant, scale = flights_sized(size, session.env.data_dir), session.env.new_tenant("mem"), session.scale
     extra: dict[str, Any] = {}
-    async with daemon:
-        assert daemon.stats is not None
-        rss_before = daemon.stats.rss_mb()
+    async with BenchDaemon(session.env, "memory", tenants=[batch_profile(tenant)],
+                           batch={**BATCH_SETTINGS, "progress_interval_s": scale.progress_every_s}) as daemon:
+        rss_before = status_mb(daemon.pid, "VmRSS")
         if progress:
-            async with Progress(daemon, tenant, session.scale.progress_every_s) as sampler:
-                run = await load_file(daemon, tenant, data, session.scale.timeout_s)
-            await sampler.finish(run.records)
+            async with Progress(daemon, tenant, scale.progress_every_s) as sampler:
+                run = await load_file(daemon, tenant, data, scale.timeout_s)
+            sampler.take(run.records)  # the last sample, at the commit: every record is written
             extra = {"progress_every_s": sampler.every_s, "progress_samples": len(sampler.samples),
                      "tenths": sampler.tenths(run.records)}
         else:
-            run = await load_file(daemon, tenant, data, session.scale.timeout_s)
+            run = await load_file(daemon, tenant, data, scale.timeout_s)
     await session.env.drop(f"tenant_{tenant}")
     return {**run.to_json(), "rss_before_mb": round(rss_before, 1), "size_label": _label(size), **extra}
 
@@ -154,17 +145,14 @@ async def run(session: Session, result: Result) -> None:
     (it is long), its progress sampled."""
     scale = session.scale
     small_reps = session.repeat_override or max(session.repeat, scale.small_repeat)
-    plan = [(scale.small_bytes, small_reps, False),
-            (scale.large_bytes, min(session.repeat, scale.large_repeat), True)]
     by_size: dict[int, list[dict[str, Any]]] = {}
-    for size, reps, progress in plan:
+    for size, reps, progress in [(scale.small_bytes, small_reps, False),
+                                 (scale.large_bytes, min(session.repeat, scale.large_repeat), True)]:
         session.say(f"{NAME}: generating the {_label(size)} file (cached in bench/data)")
         flights_sized(size, session.env.data_dir)
         for i in range(reps):
             session.say(f"{NAME}: {_label(size)} load {i + 1}/{reps}")
-            load = await _load(session, size, progress)
-            session.say(f"{NAME}:   {load['records_per_s']:,.0f} records/s, peak RSS {load['peak_rss_mb']:.0f} MiB")
-            by_size.setdefault(size, []).append(load)
+            by_size.setdefault(size, []).append(await _load(session, size, progress))
     small, large = by_size[scale.small_bytes], by_size[scale.large_bytes]
     result.settings = {"small": {"bytes": small[0]["bytes"], "records": small[0]["records"], "repeat": len(small)},
                        "large": {"bytes": large[0]["bytes"], "records": large[0]["records"], "repeat": len(large)},
@@ -182,38 +170,32 @@ async def run(session: Session, result: Result) -> None:
                  "resident share depends on the page cache (more just after pip wrote them)"))
     result.add(metric_from_runs("rss_before_mb", "RSS of the started daemon before loading",
                                 [r["rss_before_mb"] for r in small + large], "MiB"))
-    rates_small = [r["records_per_s"] for r in small]
-    rates_large = [r["records_per_s"] for r in large]
+    rates_small, rates_large = [r["records_per_s"] for r in small], [r["records_per_s"] for r in large]
     result.add(metric_from_runs("records_per_s_small", f"records/s, {ls} file", rates_small, "records/s"))
     result.add(metric_from_runs("records_per_s_large", f"records/s, {ll} file", rates_large, "records/s"))
     rate_small, rate_large = median(rates_small), median(rates_large)
-    ratio = rate_large / rate_small if rate_small and rate_large else None
     pairings = [rl / rs for rl in rates_large for rs in rates_small if rs]
-    result.add(Metric("rate_ratio", f"records/s {ll} / {ls}", ratio, "", LINEAR_TARGET, spread(pairings),
+    result.add(Metric("rate_ratio", f"records/s {ll} / {ls}", rate_large / rate_small if rate_small and rate_large
+                      else None, "", LINEAR_TARGET, spread(pairings),
                       note=f"ratio of the medians; min–max over the {len(pairings)} pairing{'s' if len(pairings) != 1 else ''} "
                            f"of a {ll} load with a {ls} load; >= 0.9 means the large file is within 10 % of "
                            "the small one"))
     result.add(metric_from_runs("cpu_us_per_record_large", f"daemon + worker CPU per record, {ll} file",
                                 [r["cpu_us_per_record"] for r in large], "µs"))
-    _tenth_metrics(result, large, ll)
-    floor = _import_rss_mb()
-    if floor is not None:
-        result.add(Metric("import_rss_mb", "RSS of a Python process that only imports the daemon and the app",
-                          floor, "MiB", note="the floor under every daemon figure above"))
-    result.runs = small + large
-    explain(result, small, large)
-
-
-def _tenth_metrics(result: Result, large: list[dict[str, Any]], label: str) -> None:
-    """Store and daemon CPU per record in the first and the last tenth of the large load."""
-    for who in ("store", "daemon"):
+    for who in ("store", "daemon"):  # CPU per record in the first and the last tenth of the large load
         for which, index in (("first", 0), ("last", -1)):
             values = [r["tenths"][index][f"{who}_cpu_us_per_record"] for r in large if r.get("tenths")]
             values = [v for v in values if v is not None]
             if values:
                 result.add(metric_from_runs(f"{who}_cpu_us_{which}_tenth_large",
                                             f"{'daemon + worker' if who == 'daemon' else who} CPU per record, "
-                                            f"{which} tenth of the {label} load", values, "µs"))
+                                            f"{which} tenth of the {ll} load", values, "µs"))
+    floor = _import_rss_mb()
+    if floor is not None:
+        result.add(Metric("import_rss_mb", "RSS of a Python process that only imports the daemon and the app",
+                          floor, "MiB", note="the floor under every daemon figure above"))
+    result.runs = small + large
+    explain(result, small, large)
 
 
 def _import_rss_mb() -> float | None:
@@ -228,49 +210,38 @@ def _import_rss_mb() -> float | None:
 
 
 def _store_us(runs: list[dict[str, Any]]) -> float | None:
-    values = [r["store_cpu_share"] * r["seconds"] / r["records"] * 1e6 for r in runs
-              if r.get("store_cpu_share") is not None and r.get("records")]
-    return median(values)
-
-
-def _figure(result: Result, key: str) -> float | None:
-    return next((m.value for m in result.metrics if m.key == key), None)
+    return median([r["store_cpu_share"] * r["seconds"] / r["records"] * 1e6 for r in runs
+                   if r.get("store_cpu_share") is not None and r.get("records")])
 
 
 def _growth_text(result: Result, label: str) -> str:
     """How the store's and the daemon's CPU per record changed from the first tenth of the
     large load to the last (empty when the progress was not sampled)."""
-    parts = []
-    for who in ("store", "daemon"):
-        first, last = _figure(result, f"{who}_cpu_us_first_tenth_large"), _figure(result, f"{who}_cpu_us_last_tenth_large")
-        if first and last:
-            parts.append((who, first, last))
+    parts = [(who, first, last) for who in ("store", "daemon")
+             if (first := result.figure(f"{who}_cpu_us_first_tenth_large"))
+             and (last := result.figure(f"{who}_cpu_us_last_tenth_large"))]
     if not parts:
         return ""
     text = "; during the " + label + " load, CPU per record went " + ", ".join(
         f"from {first:.1f} µs in the first tenth to {last:.1f} µs in the last for the {who}" for who, first, last in parts)
     growing = [who for who, first, last in parts if last > 1.1 * first]
     if growing:
-        text += f": the {' and the '.join(growing)}'s cost per record grows as the collection fills"
-    else:
-        text += ": neither grows by more than 10 % as the collection fills"
-    return text
+        return text + f": the {' and the '.join(growing)}'s cost per record grows as the collection fills"
+    return text + ": neither grows by more than 10 % as the collection fills"
 
 
 def explain(result: Result, small: list[dict[str, Any]], large: list[dict[str, Any]]) -> None:
     """Say why a target is missed: the peak split into before and during the load; the rate
     beside the store's CPU per record, small file against large, and along the large load."""
-    figures = {m.key: m.value for m in result.metrics}
-    ratio = figures.get("rate_ratio")
+    ratio = result.figure("rate_ratio")
     if ratio is not None and not LINEAR_TARGET.met(ratio):
         store_small, store_large = _store_us(small), _store_us(large)
         text = f"linearity target missed: the large file loads at {ratio:.2f} of the small one's rate"
         if store_small and store_large:
             text += (f"; the store spends {store_large:.0f} µs of CPU per record on the large file against "
                      f"{store_small:.0f} µs on the small one")
-        text += _growth_text(result, large[0].get("size_label", "large") if large else "large")
-        result.notes.append(text)
-    peak, before, floor = figures.get("peak_rss_large_mb"), figures.get("rss_before_mb"), figures.get("import_rss_mb")
+        result.notes.append(text + _growth_text(result, large[0].get("size_label", "large") if large else "large"))
+    peak, before, floor = (result.figure(k) for k in ("peak_rss_large_mb", "rss_before_mb", "import_rss_mb"))
     if peak is None or RSS_TARGET.met(peak) or before is None:
         return
     text = (f"RSS target missed: peak {peak:.0f} MiB (target {RSS_TARGET.value:.0f} MiB = 150 MB), of which "

@@ -32,12 +32,13 @@ from urllib.parse import quote
 
 import aiohttp
 
-from bench.daemon import BenchDaemon
+from bench.cli import Session
 from bench.data import DataFile, flights_sized
-from bench.loads import BATCH_SETTINGS, PeakSampler, batch_profile
+from bench.loads import BATCH_SETTINGS, BenchDaemon, BenchError, PeakSampler, batch_profile
 from bench.results import Result, Target, metric_from_runs
-from bench.session import BenchError, Session
 from mysimbdp.http.tokens import hash_token
+from tests.harness.daemon import status_mb
+from tests.harness.wait import await_until
 
 __all__ = ["NAME", "TITLE", "run", "GROWTH_TARGET", "CHUNK_BYTES"]
 
@@ -57,32 +58,25 @@ async def _chunks(path: Path, size: int) -> AsyncIterator[bytes]:
             yield chunk
 
 
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 async def _check_constraints(daemon: BenchDaemon, tenant: str, token: str, data: DataFile) -> None:
-    """``GET /tenants/{id}/constraints`` with the tenant's token: the file must be allowed."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        async with http.get(f"{daemon.url}/tenants/{tenant}/constraints", headers=_auth(token)) as resp:
-            constraints = await resp.json(content_type=None)
-            if resp.status != 200:
-                raise BenchError(f"GET constraints answered {resp.status}: {constraints}")
-    if int(constraints["max_file_bytes"]) < data.bytes:
-        raise BenchError(f"the tenant's max_file_bytes ({constraints['max_file_bytes']}) is "
-                         f"below the file's {data.bytes} bytes")
+    """``GET /tenants/{id}/constraints`` with the tenant's token (as ``mysimbdp upload`` does): the file must be allowed."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http, \
+            http.get(f"{daemon.url}/tenants/{tenant}/constraints", headers={"Authorization": f"Bearer {token}"}) as resp:
+        constraints = await resp.json(content_type=None)
+    if resp.status != 200 or int(constraints["max_file_bytes"]) < data.bytes:
+        raise BenchError(f"GET constraints answered {resp.status}: {constraints}; the file has {data.bytes} bytes")
 
 
 async def _put(daemon: BenchDaemon, tenant: str, token: str, data: DataFile, name: str,
                timeout: float) -> tuple[int, dict[str, Any], float]:
     """Upload ``data`` as ``name``; the status, the JSON body and the seconds it took."""
-    headers = {**_auth(token), "Content-Length": str(data.bytes), "Content-Type": "application/octet-stream"}
-    url = f"{daemon.url}/tenants/{tenant}/files/{quote(name, safe='')}"
+    headers = {"Authorization": f"Bearer {token}", "Content-Length": str(data.bytes),
+               "Content-Type": "application/octet-stream"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
         t0 = time.perf_counter()
-        async with http.put(url, data=_chunks(data.path, data.bytes), headers=headers, expect100=True) as resp:
-            body = await resp.json(content_type=None)
-            return resp.status, body, time.perf_counter() - t0
+        async with http.put(f"{daemon.url}/tenants/{tenant}/files/{quote(name, safe='')}",
+                            data=_chunks(data.path, data.bytes), headers=headers, expect100=True) as resp:
+            return resp.status, await resp.json(content_type=None), time.perf_counter() - t0
 
 
 def _sha256(path: Path) -> str:
@@ -94,32 +88,26 @@ def _sha256(path: Path) -> str:
 
 
 async def _repetition(session: Session, data: DataFile, sha256: str, i: int) -> dict[str, Any]:
-    env = session.env
-    tenant = env.new_tenant("up")
-    token = secrets.token_urlsafe(32)
+    env, tenant, token, name = session.env, session.env.new_tenant("up"), secrets.token_urlsafe(32), f"upload-{i}.csv"
     profile = {**batch_profile(tenant), "token_sha256": hash_token(token)}
     daemon = BenchDaemon(env, "upload", tenants=[profile], batch=BATCH_SETTINGS)
-    name = f"upload-{i}.csv"
     try:
-        await daemon.start()
-        stats = daemon.stats
-        assert stats is not None
+        await asyncio.to_thread(daemon.start, 90.0, (200,))
+        pid = daemon.pid
         await _check_constraints(daemon, tenant, token, data)
-        before = stats.rss_mb()
-        anon_before = stats.anon_rss_mb()
-        async with PeakSampler(stats.rss_mb, SAMPLE_EVERY_S) as rss, \
-                PeakSampler(stats.anon_rss_mb, SAMPLE_EVERY_S) as anon:
+        before, anon_before = status_mb(pid, "VmRSS"), status_mb(pid, "RssAnon")
+        async with PeakSampler(lambda: status_mb(pid, "VmRSS"), SAMPLE_EVERY_S) as rss, \
+                PeakSampler(lambda: status_mb(pid, "RssAnon"), SAMPLE_EVERY_S) as anon:
             status, body, seconds = await _put(daemon, tenant, token, data, name, session.scale.timeout_s)
         if status != 201:
             raise BenchError(f"the upload answered {status}: {body}; see {daemon.log.path}")
         if body.get("sha256") != sha256 or body.get("bytes") != data.bytes:
             raise BenchError(f"the platform stored {body.get('bytes')} bytes with sha256 {body.get('sha256')}, "
                              f"not the file's {data.bytes} bytes with sha256 {sha256}")
-        await daemon.log.wait_for(lambda e: e.get("event") == "batch.file.loading" and e.get("ledger_id") == body["id"],
-                                  session.scale.timeout_s, what=f"the watcher to take {name}", alive=daemon.alive)
+        await await_until(lambda: daemon.log.first("batch.file.loading", ledger_id=body["id"]), session.scale.timeout_s,
+                          f"the watcher to take {name}", 0.02, daemon.alive)
     except BaseException:
-        if daemon.proc is not None:
-            daemon.keep_logs()
+        daemon.keep_logs()
         raise
     finally:
         daemon.kill()  # the load of the uploaded file is not what this benchmark measures
@@ -143,24 +131,21 @@ async def run(session: Session, result: Result) -> None:
     runs = []
     for i in range(session.repeat):
         session.say(f"{NAME}: upload {i + 1}/{session.repeat} of {data.bytes / 1e6:.0f} MB")
-        rep = await _repetition(session, data, sha256, i)
-        session.say(f"{NAME}:   {rep['mb_per_s']:,.0f} MB/s, RSS {rep['rss_before_mb']:.0f} -> "
-                    f"{rep['rss_peak_mb']:.0f} MiB")
-        runs.append(rep)
+        runs.append(await _repetition(session, data, sha256, i))
     result.settings = {"file": data.path.name, "bytes": data.bytes, "client_chunk_bytes": CHUNK_BYTES,
                        "rss_sample_every_s": SAMPLE_EVERY_S, "daemon_batch_settings": BATCH_SETTINGS,
                        "tenant_profile": batch_profile("<id>")["batch"]}
-    result.add(metric_from_runs("mb_per_s", "upload rate, request to 201", [r["mb_per_s"] for r in runs], "MB/s"))
-    result.add(metric_from_runs("rss_before_mb", "daemon RSS before the upload", [r["rss_before_mb"] for r in runs],
-                                "MiB"))
-    result.add(metric_from_runs("rss_peak_mb", "daemon RSS, peak during the upload",
-                                [r["rss_peak_mb"] for r in runs], "MiB"))
-    result.add(metric_from_runs("rss_growth_mb", "daemon RSS growth (peak - before)",
-                                [r["rss_growth_mb"] for r in runs], "MiB", GROWTH_TARGET,
-                                note=f"VmRSS sampled every {SAMPLE_EVERY_S:g} s; the target, 16 MiB, is a "
-                                     "few 1 MiB buffers and not the file: the body is streamed to disk"))
+    for key, label, target, note in [
+            ("mb_per_s", "upload rate, request to 201", None, ""),
+            ("rss_before_mb", "daemon RSS before the upload", None, ""),
+            ("rss_peak_mb", "daemon RSS, peak during the upload", None, ""),
+            ("rss_growth_mb", "daemon RSS growth (peak - before)", GROWTH_TARGET,
+             f"VmRSS sampled every {SAMPLE_EVERY_S:g} s; the target, 16 MiB, is a few 1 MiB buffers and not the file: "
+             "the body is streamed to disk")]:
+        result.add(metric_from_runs(key, label, [r[key] for r in runs], "MB/s" if key == "mb_per_s" else "MiB",
+                                    target, note))
     result.runs = runs
-    growth = next((m.value for m in result.metrics if m.key == "rss_growth_mb"), None)
+    growth = result.figure("rss_growth_mb")
     if growth is not None and not GROWTH_TARGET.met(growth):
         anon = [r["anon_peak_mb"] - r["anon_before_mb"] for r in runs if r["anon_peak_mb"] is not None]
         text = f"target missed: the daemon's RSS grew by {growth:.1f} MiB during the upload"
