@@ -81,3 +81,13 @@ async def test_a_reject_the_store_refuses_even_slimmed_is_an_error_not_a_loss(mo
                                  app="a", at=datetime.now(UTC), routing_key="k" * (17 * 1024 * 1024))
     with pytest.raises(RejectsRefused, match="even without their records"):
         await write_rejects(db, [unkeepable], RetryPolicy())
+
+
+def test_a_workers_reject_is_conformed_to_the_schema() -> None:
+    """Rejects made in an app's worker keep only the schema's keys; whose they are is the platform's say."""
+    from mysimbdp.store.rejects import conform
+
+    told = {"_id": "stream:m1", "kind": "rejected", "reason": "r" * 3000, "tenant": "someone-else", "extra": 1}
+    doc = conform(told, source="stream", tenant="t", app="a")
+    assert list(doc) == list(FIELDS) and doc["tenant"] == "t" and doc["_id"] == "stream:m1"
+    assert "extra" not in doc and len(doc["reason"]) == 2000

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # the builder runs in app workers too (stream rejects): no dr
 
     from mysimbdp.store.writes import RetryHook, RetryPolicy
 
-__all__ = ["REJECTS", "FIELDS", "Source", "reject_document", "slim", "write_rejects", "RejectsRefused"]
+__all__ = ["REJECTS", "FIELDS", "Source", "reject_document", "conform", "slim", "write_rejects", "RejectsRefused"]
 
 #: The collection of every tenant database that holds its rejects.
 REJECTS = "_rejects"
@@ -53,6 +53,7 @@ FIELDS = ("_id", "source", "kind", "reason", "tenant", "app", "at", "file", "led
 REASON_LIMIT = 2000
 Source = Literal["file", "stream"]
 _EMPTY = dict.fromkeys(FIELDS)
+_KNOWN = frozenset(FIELDS)
 
 
 class RejectsRefused(Exception):
@@ -65,13 +66,23 @@ class RejectsRefused(Exception):
 def reject_document(*, id: str, source: Source, kind: str, reason: str, tenant: str, app: str, at: datetime,
                     **fields: Any) -> dict[str, Any]:
     """A reject document with every key of :data:`FIELDS` (those not given are ``None``)."""
-    unknown = set(fields) - set(FIELDS)
+    unknown = fields.keys() - _KNOWN
     if unknown:
         raise TypeError(f"not fields of a reject document: {sorted(unknown)}")
     doc = dict(_EMPTY)
     doc.update(fields)
     doc.update({"_id": id, "source": source, "kind": kind, "reason": reason[:REASON_LIMIT], "tenant": tenant,
                 "app": app, "at": at})
+    return doc
+
+
+def conform(reject: Mapping[str, Any], **fixed: Any) -> dict[str, Any]:
+    """``reject`` (made elsewhere: an app's worker) in the schema: its known keys only, every
+    key present, ``fixed`` ones set by the platform whatever it said, the reason cut to size."""
+    doc = dict(_EMPTY)
+    doc.update((key, value) for key, value in reject.items() if key in _KNOWN)
+    doc.update(fixed)
+    doc["reason"] = str(doc["reason"] or "")[:REASON_LIMIT]
     return doc
 
 

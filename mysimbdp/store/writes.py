@@ -274,7 +274,7 @@ async def insert_idempotent(collection: AsyncCollection[Any], documents: Sequenc
         written += inserted
         errors.extend({**e, "index": int(e.get("index", -1)) + lo} for e in refused)
     if not errors:
-        return InsertResult(written, 0, failed)
+        return InsertResult(written, 0, sorted(failed))
     other = [e for e in errors if e.get("code") == DUPLICATE_KEY and not _clash_on_id(e)]
     present = await _ids_present(collection, [raws[i]["_id"] for i in _indexes(other, len(raws))])
     dups = 0

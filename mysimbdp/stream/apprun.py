@@ -24,6 +24,7 @@ from typing import Any
 
 from mysimbdp.apps.contract import Index
 from mysimbdp.apps.runner import AppSession, WorkerFailed
+from mysimbdp.store.rejects import conform
 from mysimbdp.stream.records import (
     Incoming,
     Outcome,
@@ -156,4 +157,7 @@ class AppRun:
         msg_id = message_id_of(incoming)
         for doc in docs:
             doc.setdefault("_id", document_id(msg_id, None))
+        # the one schema of rejects, whose and from where set here, not by the worker
+        rejects = [conform(r, source="stream", tenant=incoming.tenant, app=route.app,
+                           routing_key=incoming.routing_key, message_id=msg_id) for r in rejects]
         return Outcome(documents={route.collection: docs} if docs else {}, rejects=rejects)
