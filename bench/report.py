@@ -62,7 +62,9 @@ whose management API is `MYSIMBDP_BENCH_MANAGEMENT_URL` (default
 `http://guest:guest@127.0.0.1:15672`). Generated data (100 MB, 300 MB and 1 GB CSVs, repeated
 weather files) is cached in `bench/data/`, which git ignores. The profile of benchmark 2 uses py-spy,
 installed into the virtualenv on first use (`pip install py-spy`). A smoke run of each
-benchmark on tiny data is part of `make test` (`tests/test_bench_smoke.py`).
+benchmark on tiny data is part of `make test` (`tests/test_bench_smoke.py`). The child
+`mysimbdpd`, the waits and the publish tool come from `tests/harness/`, which the reliability
+suite uses too.
 """
 
 ORDER = ["batch", "cpu", "memory", "stream", "fairness", "scaling", "insert_one", "upload"]
