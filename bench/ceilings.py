@@ -71,6 +71,8 @@ class BareConsumer:
             amqp_url, exchange, queue, routing_key, prefetch
         self.count, self.first_published, self.last_ack = 0, 0.0, 0.0
         self._connection: Any = None
+        self._queue: Any = None
+        self._tag = ""
         self._expected = 0
         self._done = asyncio.Event()
 
@@ -93,14 +95,14 @@ class BareConsumer:
         queue = await channel.declare_queue(self.queue, durable=True, arguments={"x-queue-type": "quorum"})
         await queue.bind(exchange, routing_key=self.routing_key)
         await channel.set_qos(prefetch_count=self.prefetch)
-        await queue.consume(self._on_message)
+        self._queue, self._tag = queue, await queue.consume(self._on_message)
 
     async def wait(self, timeout: float) -> dict[str, Any]:
         """Wait for every expected message, then delete the queue; the :func:`timing`."""
         try:
             await asyncio.wait_for(self._done.wait(), timeout)
-            channel = await self._connection.channel()
-            await channel.queue_delete(self.queue)
+            await self._queue.cancel(self._tag)
+            await self._queue.delete(if_unused=False, if_empty=False)
         finally:
             await self._connection.close()
         return timing(self.count, self.last_ack - self.first_published)
