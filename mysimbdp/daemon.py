@@ -1,8 +1,11 @@
 """The daemon: composes the components, handles signals, drains on shutdown.
 
-Components start in order and stop in reverse. Each has ``start()``, ``stop()`` and
-``health()``; those with in-flight work also have ``drain(timeout)``, which stops taking
-new work, waits up to ``timeout`` and then cancels what is left (and logs it).
+Every component is made here and handed what it uses (settings sections, the store, the
+ledger, the tenants, the app runners, the event bus, the stop event, the stream manager the
+monitor scales): this file is the one place that shows what depends on what. Components
+start in order and stop in reverse (an :class:`~contextlib.AsyncExitStack`). Those with
+in-flight work also have ``drain(timeout)``, which stops taking new work, waits up to
+``timeout`` and then cancels what is left (and logs it).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import pluggy
@@ -21,17 +25,25 @@ from mysimbdp.batch.intake import UploadService
 from mysimbdp.batch.ledger import Ledger
 from mysimbdp.batch.manager import BatchManager
 from mysimbdp.config import Settings
-from mysimbdp.http.server import HttpServer
-from mysimbdp.logs import get_logger
-from mysimbdp.monitor.scaling import Monitor
+from mysimbdp.events import EventBus
+from mysimbdp.events.catalog import (
+    DaemonDrained,
+    DaemonStarted,
+    DaemonStopFailed,
+    DaemonStopped,
+    DaemonStopping,
+)
+from mysimbdp.http.routes import route_table
+from mysimbdp.http.server import Auth, HttpServer
+from mysimbdp.logs import write_event
+from mysimbdp.monitor.scaling import REPORTS_COLLECTION, Monitor
 from mysimbdp.store.client import Store
 from mysimbdp.stream.broker import Broker
+from mysimbdp.stream.control import StreamControlRoutes
 from mysimbdp.stream.manager import StreamManager
 from mysimbdp.tenants import TenantRegistry
 
-__all__ = ["Daemon", "Component"]
-
-log = get_logger("daemon")
+__all__ = ["Daemon", "Component", "Drainer"]
 
 
 class Component(Protocol):
@@ -44,6 +56,12 @@ class Component(Protocol):
     def health(self) -> dict[str, object]: ...
 
 
+class Drainer(Protocol):
+    """A component with in-flight work to finish at shutdown."""
+
+    async def drain(self, timeout: float) -> None: ...
+
+
 class Daemon:
     """The whole platform in one event loop."""
 
@@ -52,41 +70,43 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.draining = False
         self.started_at = time.time()
+        # one bus per daemon: the JSON log is its writer; the monitor, the metrics and the
+        # statistics subscribe when the monitor starts
+        self.events = EventBus(write_event)
+        self._log = self.events.emitter("daemon")
+        bus, stopping = self.events, self.stop_event
         # tenant apps are never imported here: the runner finds them by name and runs them in
         # confined workers (or, for tenants marked trusted, imports them on first use)
         self.runners = Runners(settings.runner, dict(settings.extra_apps), pm)
         self.store = Store(settings.mongo_uri, settings.var_dir)
-        self.broker = Broker(settings.amqp_url, settings.retry_max_s)
+        self.broker = Broker(settings.amqp_url, settings.retry_max_s, bus=bus)
         self.ledger = Ledger(self.store)
-        self.tenants = TenantRegistry(settings.tenants_dir, self.stop_event, settings.batch.rescan_interval_s)
-        self.http = HttpServer(self, settings.http_host, settings.http_port)
-        self.components: list[Any] = [
-            self.store,
-            self.broker,
-            *self._ingestion_components(),
-            self.tenants,  # after the listeners: starting it replays every tenant to them
-            self.http,
+        self.tenants = TenantRegistry(settings.tenants_dir, stopping, settings.batch.rescan_interval_s, bus=bus)
+        self.batch = BatchManager(settings=settings.batch, staging_dir=settings.staging_dir,
+                                  archive_dir=settings.archive_dir, store=self.store, ledger=self.ledger,
+                                  runners=self.runners, tenants=self.tenants, stop_event=stopping, bus=bus)
+        self.upload = UploadService(staging_dir=settings.staging_dir, ledger=self.ledger, batch=self.batch,
+                                    stopping=stopping, bus=bus)
+        self.stream = StreamManager(settings=settings.stream, amqp_url=settings.amqp_url,
+                                    drain_timeout_s=settings.drain_timeout_s, retry_max_s=settings.retry_max_s,
+                                    tenants=self.tenants, broker=self.broker, store=self.store,
+                                    runners=self.runners, bus=bus)
+        self.monitor = Monitor(tenants=self.tenants, reports=lambda: self.store.platform_db[REPORTS_COLLECTION],
+                               bus=bus, http=settings.http, stream=self.stream, health=self.health,
+                               stopping=stopping, metrics_token=settings.metrics_token,
+                               admin_token=settings.admin_token)
+        self.http = HttpServer(host=settings.http_host, port=settings.http_port, limits=settings.http,
+                               auth=Auth(self.tenants, settings.admin_token),
+                               routes=route_table(self.upload, self.monitor, StreamControlRoutes(self.stream)),
+                               health=self.health, stopping=stopping, bus=bus)
+        # start order (stop is the reverse): the runner stops after those that lease its workers;
+        # the monitor starts last of the ingestion components (it watches them); the registry
+        # starts after its listeners (starting it onboards every tenant); HTTP opens last
+        self.components: list[Component] = [
+            self.store, self.broker, self.runners, self.batch, self.upload, self.stream, self.monitor,
+            self.tenants, self.http,
         ]
-
-    def _ingestion_components(self) -> list[Any]:
-        """The batch manager, the stream manager and the monitor, in start order."""
-        components: list[Any] = [self.runners]  # first: it stops after those that lease its workers
-        self.batch = BatchManager(self)
-        components.append(self.batch)
-        self.upload = UploadService(self)
-        components.append(self.upload)
-        self.stream = StreamManager(self)
-        components.append(self.stream)
-        self.monitor = Monitor(self)  # last: it watches the others
-        components.append(self.monitor)
-        return components
-
-    def component(self, name: str) -> Any:
-        """The component registered under ``name``."""
-        for c in self.components:
-            if c.name == name:
-                return c
-        raise KeyError(name)
+        self.drainers: list[Drainer] = [self.batch, self.upload, self.stream]
 
     def health(self) -> dict[str, Any]:
         """``status`` is ``ok`` when every component is up, ``degraded`` (with reasons) otherwise."""
@@ -103,43 +123,50 @@ class Daemon:
 
     async def run(self) -> None:
         """Start everything, serve until SIGINT/SIGTERM (or :meth:`request_stop`), then drain."""
+        async with contextlib.AsyncExitStack() as stack:
+            # exits run in reverse: components stop, daemon.stopped, signals restored, bus closed
+            stack.enter_context(self.events.activate())
+            stack.enter_context(self._signals())
+            stack.callback(self._log.emit, DaemonStopped())
+            for component in self.components:
+                await component.start()
+                stack.push_async_callback(self._stop, component)
+            self._log.emit(DaemonStarted(version=__version__, http_port=self.http.port, store_uri=self.store.uri,
+                                         tenants=[t.id for t in self.tenants.all()],
+                                         arrow_memory_pool=self.batch.arrow_memory_pool))
+            await self.stop_event.wait()
+            await self._drain()
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM request a stop while the daemon runs."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop, sig.name)
-        started: list[Any] = []
         try:
-            for component in self.components:
-                await component.start()
-                started.append(component)
-            log.info("daemon.started", version=__version__, http_port=self.http.port,
-                     store_uri=self.store.uri, tenants=[t.id for t in self.tenants.all()],
-                     arrow_memory_pool=self.batch.arrow_memory_pool)
-            await self.stop_event.wait()
-            await self._drain()
+            yield
         finally:
-            for component in reversed(started):
-                try:
-                    await component.stop()
-                except Exception as exc:
-                    log.exception("daemon.stop_failed", stopped_component=component.name, error=str(exc))
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
-            log.info("daemon.stopped")
+
+    async def _stop(self, component: Component) -> None:
+        try:
+            await component.stop()
+        except Exception as exc:
+            self._log.emit(DaemonStopFailed(stopped_component=component.name, error=str(exc)), exc_info=True)
 
     def request_stop(self, reason: str = "requested") -> None:
         """Begin a graceful shutdown (what SIGINT and SIGTERM do)."""
         if not self.stop_event.is_set():
-            log.info("daemon.stopping", reason=reason)
+            self._log.emit(DaemonStopping(reason=reason))
             self.stop_event.set()
 
     async def _drain(self) -> None:
+        """Every drainer at once: each stops taking work, waits up to the timeout, cancels, logs."""
         self.draining = True
-        timeout = self.settings.drain_timeout_s
-        drainers = [c for c in self.components if hasattr(c, "drain")]
-        if not drainers:
-            return
         t0 = time.monotonic()
-        await asyncio.gather(*(c.drain(timeout) for c in drainers), return_exceptions=True)
-        log.info("daemon.drained", seconds=round(time.monotonic() - t0, 3))
+        await asyncio.gather(*(d.drain(self.settings.drain_timeout_s) for d in self.drainers),
+                             return_exceptions=True)
+        self._log.emit(DaemonDrained(seconds=round(time.monotonic() - t0, 3)))

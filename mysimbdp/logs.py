@@ -1,8 +1,15 @@
 """Structured logging: one JSON object per line, to stdout and to a rotated file.
 
 Every event carries ``ts`` (ISO-8601 UTC), ``level``, ``event`` (a stable dotted name),
-``component`` and, where one applies, ``tenant``. Events are also handed to in-process
-subscribers (the monitor, the metrics): the logs are the feed. See ``docs/logging.md``.
+``component`` and, where one applies, ``tenant``. See ``docs/logging.md``.
+
+Two ways in, one log. Components emit typed events (:mod:`mysimbdp.events`) on their daemon's
+bus, whose writer is :func:`write_event`. Code that logs by name through :func:`get_logger`
+(``log.info("batch.file.progress", **fields)``) writes its line as before and also hands the
+typed event of that name to the bus of the daemon it runs for (:func:`~mysimbdp.events.current_bus`),
+so the subscribers hear every event the log holds, whichever way it was emitted and whatever
+level the log is written at. Nothing here decides what the platform does: the log
+configuration only says what is written where.
 """
 
 from __future__ import annotations
@@ -10,46 +17,20 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
-__all__ = ["configure_logging", "get_logger", "subscribe", "unsubscribe", "EventDict"]
+from mysimbdp.events import Event, current_bus, event_class
+
+__all__ = ["configure_logging", "get_logger", "write_event", "EventLogger", "EventDict"]
 
 EventDict = MutableMapping[str, Any]
-Subscriber = Callable[[dict[str, Any]], None]
 
-_subscribers: list[Subscriber] = []
 _handlers: list[logging.Handler] = []
-
-
-def subscribe(callback: Subscriber) -> None:
-    """Call ``callback`` with a copy of every log event at level info and above (and debug
-    ones when the configured level is debug), whatever level is written to the outputs.
-
-    Callbacks run synchronously inside the logging call: they must be quick and must not log.
-    """
-    _subscribers.append(callback)
-
-
-def unsubscribe(callback: Subscriber) -> None:
-    """Stop calling ``callback``; unknown callbacks are ignored."""
-    if callback in _subscribers:
-        _subscribers.remove(callback)
-
-
-def _feed(logger: Any, method: str, event_dict: EventDict) -> EventDict:
-    if _subscribers:
-        snapshot = dict(event_dict)
-        for callback in list(_subscribers):
-            try:
-                callback(snapshot)
-            except Exception:  # a subscriber's bug must never break logging
-                pass
-    return event_dict
 
 
 def _lead_fields(logger: Any, method: str, event_dict: EventDict) -> EventDict:
@@ -131,18 +112,75 @@ def configure_logging(level: str = "info", log_file: Path | None = None,
         processors=[
             *_SHARED,
             structlog.processors.format_exc_info,
-            _feed,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
-        # Info events always reach the feed (the monitor scales on them); the handlers apply
-        # the configured level to what is written.
-        wrapper_class=structlog.make_filtering_bound_logger(min(threshold, logging.INFO)),
+        # the level decides what is written only: events reach the bus whatever it is
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=lambda *args: root,
         cache_logger_on_first_use=False,
     )
 
 
-def get_logger(component: str, **bound: Any) -> Any:
+def write_event(event: Event, component: str, exc_info: bool = False) -> None:
+    """Write one typed event as a JSON line (the writer of every :class:`~mysimbdp.events.EventBus`)."""
+    logger = structlog.get_logger(component=component)
+    extra: dict[str, Any] = {"exc_info": True} if exc_info else {}
+    getattr(logger, event.LEVEL)(event.NAME, **event.fields(), **extra)
+
+
+class EventLogger:
+    """A logger by event name whose events carry ``component`` (and any bound fields).
+
+    Each call writes the line through structlog, then hands the typed event of that name (its
+    fields taken from the call, the bound fields and the context variables) to the bus of the
+    daemon it runs for. Names no event type has are only written.
+    """
+
+    __slots__ = ("_logger", "_bound")
+
+    def __init__(self, component: str, **bound: Any) -> None:
+        self._bound = {"component": component, **bound}
+        # a lazy proxy: it picks up the configuration the CLI makes after this module is imported
+        self._logger = structlog.get_logger(**self._bound)
+
+    def bind(self, **fields: Any) -> EventLogger:
+        """A logger with ``fields`` added to every event."""
+        return EventLogger(**{**self._bound, **fields})
+
+    def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
+        getattr(self._logger, method)(event, **fields)
+        bus = current_bus()
+        if bus is None:
+            return
+        cls = event_class(event)
+        if cls is not None:
+            bus.deliver(cls.from_fields({**structlog.contextvars.get_contextvars(), **self._bound, **fields}))
+
+    def debug(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at debug level."""
+        self._log("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at info level."""
+        self._log("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at warning level."""
+        self._log("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at error level."""
+        self._log("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at error level with the current exception's traceback."""
+        self._log("exception", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        """Log ``event`` at critical level."""
+        self._log("critical", event, fields)
+
+
+def get_logger(component: str, **bound: Any) -> EventLogger:
     """A logger whose events carry ``component`` (and any other ``bound`` fields)."""
-    # A lazy proxy: module-level loggers pick up the configuration made later by the CLI.
-    return structlog.get_logger(component=component, **bound)
+    return EventLogger(component, **bound)

@@ -14,23 +14,32 @@ import tomllib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import watchfiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mysimbdp.errors import TenantProfileError
-from mysimbdp.logs import get_logger
+from mysimbdp.events import EventBus
+from mysimbdp.events.catalog import (
+    TenantAdded,
+    TenantChanged,
+    TenantInvalid,
+    TenantListenerFailed,
+    TenantReloadFailed,
+    TenantRemoved,
+)
 
 __all__ = [
     "TENANT_ID_RE", "TenantProfile", "BatchProfile", "BatchRoute", "StreamProfile",
     "MonitorProfile", "load_profile", "load_profiles", "dumps_profile", "write_profile", "TenantRegistry", "TenantChange",
+    "TenantDirectory",
 ]
 
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 Format = Literal["csv", "csv.gz", "jsonl", "jsonl.gz"]
 FORMATS: tuple[Format, ...] = ("csv", "csv.gz", "jsonl", "jsonl.gz")
-log = get_logger("tenants")
+_CHANGE_EVENTS = {"added": TenantAdded, "changed": TenantChanged, "removed": TenantRemoved}
 
 
 DAY_S = 86_400.0
@@ -133,11 +142,6 @@ class TenantProfile(_Section):
             raise ValueError("must be the 64 lowercase hex digits of a sha256")
         return value
 
-    @property
-    def database(self) -> str:
-        """The tenant's own MongoDB database."""
-        return f"tenant_{self.id}"
-
 
 def load_profile(path: Path) -> TenantProfile:
     """Read and validate one profile; raises :class:`TenantProfileError` naming the key."""
@@ -231,16 +235,38 @@ class TenantChange:
 Listener = Callable[[TenantChange], Awaitable[None]]
 
 
+class TenantDirectory(Protocol):
+    """What components read of the tenant registry: the current profiles and their changes."""
+
+    def __contains__(self, tenant: str) -> bool: ...
+
+    def get(self, tenant: str) -> TenantProfile | None:
+        """The tenant's current profile, or None."""
+        ...
+
+    def all(self) -> list[TenantProfile]:
+        """Every current tenant, sorted by id."""
+        ...
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` for every change from now on."""
+        ...
+
+
 class TenantRegistry:
     """The current tenants, reloaded when ``<config>/tenants/`` changes.
 
     Components subscribe with :meth:`add_listener`; each change is delivered to every
-    listener in order of subscription (onboarding: store, then batch, then stream).
+    listener in order of subscription (the daemon's start order: batch, then stream, then the
+    monitor). :meth:`start` reads the folder for the first time, so listeners added before it
+    hear every tenant as ``added``; nothing is replayed to a listener added later.
     """
 
     name = "tenants"
 
-    def __init__(self, directory: Path, stop_event: asyncio.Event, rescan_interval_s: float = 5.0) -> None:
+    def __init__(self, directory: Path, stop_event: asyncio.Event, rescan_interval_s: float = 5.0, *,
+                 bus: EventBus) -> None:
+        self.events = bus.emitter("tenants")
         self.directory = directory
         self._stop = stop_event
         self._rescan_interval = rescan_interval_s
@@ -268,7 +294,7 @@ class TenantRegistry:
         return dict(self._errors)
 
     def add_listener(self, listener: Listener) -> None:
-        """Call ``listener`` for every change from now on (and replay current tenants)."""
+        """Call ``listener`` for every change from now on (tenants loaded already are not replayed)."""
         self._listeners.append(listener)
 
     async def start(self) -> None:
@@ -301,7 +327,7 @@ class TenantRegistry:
         new_errors = {e.path: e for e in errors}
         for path, err in new_errors.items():
             if path not in self._errors or str(self._errors[path]) != str(err):
-                log.error("tenant.invalid", tenant=Path(path).stem, path=path, key=err.key, reason=err.problem)
+                self.events.emit(TenantInvalid(tenant=Path(path).stem, path=path, key=err.key, reason=err.problem))
         self._errors = new_errors
         # A tenant whose file exists but is now invalid keeps its last valid profile.
         invalid_ids = {Path(p).stem for p in new_errors}
@@ -320,7 +346,7 @@ class TenantRegistry:
                 self._tenants.pop(change.tenant, None)
             else:
                 self._tenants[change.tenant] = change.new
-            log.info(f"tenant.{change.kind}", tenant=change.tenant)
+            self.events.emit(_CHANGE_EVENTS[change.kind](tenant=change.tenant))
             await self._deliver(change)
         return changes
 
@@ -331,8 +357,8 @@ class TenantRegistry:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.exception("tenant.listener_failed", tenant=change.tenant,
-                              change=change.kind, error=str(exc))
+                self.events.emit(TenantListenerFailed(tenant=change.tenant, change=change.kind, error=str(exc)),
+                                 exc_info=True)
 
     async def _watch(self) -> None:
         async for _changes in watchfiles.awatch(self.directory, stop_event=self._stop,
@@ -351,4 +377,4 @@ class TenantRegistry:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never let a reload bug stop the watcher
-            log.exception("tenant.reload_failed", error=str(exc))
+            self.events.emit(TenantReloadFailed(error=str(exc)))

@@ -24,6 +24,7 @@ from pymongo.errors import PyMongoError
 
 from mysimbdp.config import Settings, load_settings
 from mysimbdp.daemon import Daemon
+from mysimbdp.events import Event
 from mysimbdp.logs import configure_logging
 from mysimbdp.store.client import EmbeddedMongo, free_port
 from mysimbdp.stream.broker_admin import BrokerAdmin
@@ -174,14 +175,26 @@ async def _wait_http(daemon: Daemon, task: asyncio.Task[None], timeout: float = 
 
 
 @pytest.fixture
-async def start_daemon(settings_factory: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+def events() -> list[dict[str, Any]]:
+    """Every event of the daemons ``start_daemon`` runs in this test, as ``{"event": name, **fields}``
+    (a subscriber of each daemon's event bus from before it starts)."""
+    return []
+
+
+@pytest.fixture
+async def start_daemon(settings_factory: Callable[..., Settings],
+                       events: list[dict[str, Any]]) -> AsyncIterator[Callable[..., Any]]:
     """``await start_daemon(settings=None, pm=None)`` runs a daemon in this event loop; stopped after the test."""
     running: list[RunningDaemon] = []
+
+    def record(event: Event) -> None:
+        events.append({"event": event.NAME, **event.fields()})
 
     async def start(settings: Settings | None = None, pm: Any = None) -> RunningDaemon:
         settings = settings or settings_factory()
         configure_logging(settings.log_level, settings.log_file, console=False)
         daemon = Daemon(settings, pm=pm)
+        daemon.events.subscribe(record, "test")
         task = asyncio.create_task(daemon.run())
         url = await _wait_http(daemon, task)
         rd = RunningDaemon(daemon, task, url)

@@ -1,4 +1,4 @@
-"""Prometheus metrics: derived from log events, bounded labels, served at /metrics."""
+"""Prometheus metrics: derived from the typed events, bounded labels, served at /metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,15 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from mysimbdp.events.catalog import (
+    BatchFileCommitted,
+    BatchFileRejected,
+    DaemonStopped,
+    MonitorAlert,
+    StreamBatchCommitted,
+    StreamConsumersChanged,
+    UploadRejected,
+)
 from mysimbdp.monitor.metrics import MAX_CODES, UNKNOWN_TENANT, Metrics
 
 
@@ -15,25 +24,30 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def committed(tenant: str, **fields: Any) -> dict[str, Any]:
-    event = {"event": "batch.file.committed", "tenant": tenant, "file": "a.csv", "bytes": 1000,
-             "records_in": 10, "records_written": 9, "records_rejected": 1, "duplicates": 0, "seconds": 0.5}
-    event.update(fields)
-    return event
+def committed(tenant: str, **fields: Any) -> BatchFileCommitted:
+    values: dict[str, Any] = {"tenant": tenant, "file": "a.csv", "bytes": 1000, "records_in": 10, "records_written": 9,
+                              "records_rejected": 1, "duplicates": 0, "seconds": 0.5}
+    values.update(fields)
+    return BatchFileCommitted.from_log_line(values)  # type: ignore[return-value]
+
+
+def rejected(tenant: str, code: str) -> BatchFileRejected:
+    return BatchFileRejected.from_log_line({"tenant": tenant, "code": code})  # type: ignore[return-value]
 
 
 def test_counters_follow_the_events() -> None:
     m = Metrics()
     m.observe(committed("acme"))
     m.observe(committed("acme", records_written=1, bytes=24))
-    m.observe({"event": "batch.file.rejected", "tenant": "acme", "code": "too_big", "records_written": 0})
-    m.observe({"event": "upload.rejected", "tenant": "acme", "code": "quota"})
-    m.observe({"event": "stream.batch.committed", "tenant": "acme", "messages": 40, "documents": 38,
-               "rejected": 2, "duplicates": 1, "bytes": 800, "seconds": 0.1, "oldest_latency_ms": 120.0})
-    m.observe({"event": "stream.batch.committed", "tenant": "acme", "messages": 1, "oldest_latency_ms": None})
-    m.observe({"event": "stream.consumers.changed", "tenant": "acme", "from": 1, "to": 3, "reason": "x"})
-    m.observe({"event": "monitor.alert", "tenant": "acme", "rule": "backlog", "observed": 9, "threshold": 5})
-    m.observe({"event": "daemon.started"})  # not a metric
+    m.observe(rejected("acme", "too_big"))
+    m.observe(UploadRejected(tenant="acme", code="quota", status=507, reason="r", name="a.csv"))
+    m.observe(StreamBatchCommitted(tenant="acme", consumer="acme-c1", batches=1, messages=40, documents=38,
+                                   rejected=2, duplicates=1, bytes=800, seconds=0.1, oldest_latency_ms=120.0))
+    m.observe(StreamBatchCommitted(tenant="acme", consumer="acme-c1", batches=1, messages=1, documents=0,
+                                   rejected=0, duplicates=0, bytes=0, seconds=0.0, oldest_latency_ms=None))
+    m.observe(StreamConsumersChanged(tenant="acme", from_=1, to=3, reason="x"))
+    m.observe(MonitorAlert(tenant="acme", rule="backlog", observed=9, threshold=5, consumers=1))
+    m.observe(DaemonStopped())  # not a metric
     s = samples(m.exposition().decode())
     t = (("tenant", "acme"),)
     assert s[("mysimbdp_files_committed_total", t)] == 2
@@ -54,10 +68,9 @@ def test_counters_follow_the_events() -> None:
 def test_labels_stay_bounded() -> None:
     m = Metrics()
     for i in range(MAX_CODES + 30):
-        m.observe({"event": "batch.file.rejected", "tenant": "acme", "code": f"code_{i}"})
-    m.observe({"event": "batch.file.rejected", "tenant": "acme", "code": "../../etc/passwd"})
+        m.observe(rejected("acme", f"code_{i}"))
+    m.observe(rejected("acme", "../../etc/passwd"))
     m.observe(committed("Not/A Tenant"))
-    m.observe(committed("acme", bytes="lots", seconds=None))  # odd fields count as 0, never raise
     s = samples(m.exposition().decode())
     reasons = {dict(k[1])["reason"] for k in s if k[0] == "mysimbdp_files_rejected_total"}
     assert len(reasons) == MAX_CODES + 1 and "other" in reasons

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import pytest
 
 from mysimbdp.config import Settings
 from mysimbdp.http.tokens import hash_token
-from mysimbdp.logs import get_logger, subscribe, unsubscribe
+from mysimbdp.logs import get_logger
 
 TOKEN = "monitor-tenant-token"
 OTHER_TOKEN = "monitor-other-token"
@@ -44,15 +44,6 @@ def report_body(tenant: str, instance: str = "ext-1", **changes: Any) -> dict[st
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def events() -> Iterator[list[dict[str, Any]]]:
-    """Every log event emitted during the test (the in-process feed, like capture_logs)."""
-    seen: list[dict[str, Any]] = []
-    subscribe(seen.append)
-    yield seen
-    unsubscribe(seen.append)
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:

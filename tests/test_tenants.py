@@ -10,6 +10,8 @@ import pytest
 from mysimbdp.batch.manager import route_for
 from mysimbdp.cli import main
 from mysimbdp.errors import TenantProfileError
+from mysimbdp.events import EventBus
+from mysimbdp.logs import write_event
 from mysimbdp.tenants import TenantChange, TenantRegistry, load_profile, load_profiles
 
 GOOD = '''id = "acme"
@@ -40,7 +42,7 @@ def _write(folder: Path, name: str, text: str) -> Path:
 def test_a_complete_profile(tmp_path: Path) -> None:
     profile = load_profile(_write(tmp_path, "acme.toml", GOOD))
     assert profile.batch is not None and profile.batch.formats == ("csv", "csv.gz", "jsonl")
-    assert profile.batch.max_error_rate == 0.10 and profile.database == "tenant_acme"
+    assert profile.batch.max_error_rate == 0.10
     route = route_for(profile.batch, "big-2024.csv")
     assert route is not None and (route.app, route.max_concurrent_files, route.timeout_s) == ("heavy", 1, 7200)
     assert route_for(profile.batch, "small.csv") is None
@@ -92,7 +94,7 @@ async def _wait(changes: list[TenantChange], n: int) -> None:
 async def test_registry_hot_reload_onboard_edit_invalid_offboard(tmp_path: Path) -> None:
     folder = tmp_path / "tenants"
     stop = asyncio.Event()
-    registry = TenantRegistry(folder, stop)
+    registry = TenantRegistry(folder, stop, bus=EventBus(write_event))
     changes: list[TenantChange] = []
 
     async def listener(change: TenantChange) -> None:
@@ -141,7 +143,7 @@ async def test_rescan_finds_a_profile_without_file_events(tmp_path: Path) -> Non
     folder = tmp_path / "tenants"
     folder.mkdir()
     stop = asyncio.Event()
-    registry = TenantRegistry(folder, stop, rescan_interval_s=0.2)
+    registry = TenantRegistry(folder, stop, rescan_interval_s=0.2, bus=EventBus(write_event))
     registry._watch = _no_watch  # type: ignore[method-assign]  # only the rescan may find it
     await registry.start()
     try:

@@ -21,7 +21,9 @@ from mysimbdp.apps.plugins import get_plugin_manager
 from mysimbdp.batch.intake import remove_stale_parts, upload_name_of
 from mysimbdp.batch.ledger import FileState
 from mysimbdp.config import Settings
+from mysimbdp.events import EventBus
 from mysimbdp.http.tokens import hash_token
+from mysimbdp.logs import write_event
 
 CSV = b"id,name\n1,alpha\n2,beta\n3,gamma\n"
 APP_MODULE = "tests.plugins.upload_rows"
@@ -495,14 +497,14 @@ def test_remove_stale_parts_removes_only_the_uploads_leftovers(tmp_path: Path) -
     now = time.time()
     paths = _stale_site(tmp_path / "staging", now)
     with capture_logs() as logs:
-        assert remove_stale_parts(tmp_path / "staging", now) == 2
+        assert remove_stale_parts(tmp_path / "staging", now, EventBus(write_event).emitter("upload")) == 2
     assert not paths["stale"].exists() and not paths["stale-other"].exists()
     assert all(p.exists() or p.is_symlink() for k, p in paths.items() if not k.startswith("stale"))
     assert (tmp_path / "target.csv").read_bytes() == b"id\n"
     events = sorted((e["tenant"], e["name"], e["bytes"]) for e in logs if e["event"] == "upload.part.removed")
     assert events == [("acme", "old.csv", 5), ("beta", "b.jsonl.gz", 5)]
     assert all(e["age_s"] >= 600 for e in logs if e["event"] == "upload.part.removed")
-    assert remove_stale_parts(tmp_path / "nowhere", now) == 0
+    assert remove_stale_parts(tmp_path / "nowhere", now, EventBus(write_event).emitter("upload")) == 0
 
 
 async def test_daemon_start_removes_parts_of_a_killed_daemon(

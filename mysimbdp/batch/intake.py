@@ -8,6 +8,10 @@ watcher uses (:mod:`mysimbdp.batch.constraints`), before the body is read when p
 (``Content-Length``, ``Expect: 100-continue``) and again while it streams. Any failure,
 including a broken connection, leaves nothing behind; the ``.part`` files of a daemon killed
 mid-upload are removed when the next one starts. See ``docs/upload.md``.
+
+The service is handed what it uses: the staging folder, the ledger, the batch manager's view
+of what a tenant has staged (:class:`StagedUsage`), the daemon's stop event and the event bus.
+Its handlers are mounted by the route table (:mod:`mysimbdp.http.routes`).
 """
 
 from __future__ import annotations
@@ -20,25 +24,28 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from aiohttp import web
 from pymongo.errors import PyMongoError
 
 from mysimbdp.batch.constraints import Usage, check_file, check_name, detect_format
-from mysimbdp.batch.ledger import FileState
+from mysimbdp.batch.ledger import FileState, Ledger
 from mysimbdp.errors import FileRejected
+from mysimbdp.events import Emitter, EventBus
+from mysimbdp.events.catalog import (
+    UploadDrainCancelled,
+    UploadInterrupted,
+    UploadPartRemoved,
+    UploadRejected,
+    UploadStaged,
+    UploadStarted,
+)
 from mysimbdp.http.server import HttpError, error_response, json_response, require_tenant
-from mysimbdp.logs import get_logger
 from mysimbdp.tenants import BatchProfile, TenantProfile
 
-if TYPE_CHECKING:
-    from mysimbdp.daemon import Daemon
-
-__all__ = ["UploadService", "STATUS_BY_CODE", "CHUNK_BYTES", "part_path", "upload_name_of",
+__all__ = ["UploadService", "StagedUsage", "STATUS_BY_CODE", "CHUNK_BYTES", "part_path", "upload_name_of",
            "remove_stale_parts"]
-
-log = get_logger("upload")
 
 #: HTTP status of each refusal code (the codes of :data:`~mysimbdp.batch.constraints.REASON_CODES`
 #: plus the door's own).
@@ -88,7 +95,7 @@ def upload_name_of(part_name: str) -> str | None:
     return name if detect_format(name) is not None else None
 
 
-def remove_stale_parts(staging: Path, started: float) -> int:
+def remove_stale_parts(staging: Path, started: float, events: Emitter) -> int:
     """Delete the uploads' ``.<name>.part`` files in every tenant folder of ``staging`` that
     were last written before ``started`` (a daemon killed mid-upload left them); the count.
 
@@ -118,8 +125,8 @@ def remove_stale_parts(staging: Path, started: float) -> int:
             except OSError:  # gone already, or not ours to delete
                 continue
             removed += 1
-            log.info("upload.part.removed", tenant=tenant.name, name=name, bytes=st.st_size,
-                     age_s=round(started - st.st_mtime, 1))
+            events.emit(UploadPartRemoved(tenant=tenant.name, name=name, bytes=st.st_size,
+                                          age_s=round(started - st.st_mtime, 1)))
     return removed
 
 
@@ -136,13 +143,28 @@ class _Upload:
     received: int = 0
 
 
+class StagedUsage(Protocol):
+    """What a tenant has staged and committed (:meth:`mysimbdp.batch.manager.BatchManager.usage`)."""
+
+    async def usage(self, tenant: str) -> Usage:
+        """Files waiting in the tenant's staging folder and its committed bytes."""
+        ...
+
+
 class UploadService:
     """The ``upload`` component: the tenant-facing file endpoints."""
 
     name = "upload"
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, *, staging_dir: Path, ledger: Ledger, batch: StagedUsage | None, stopping: asyncio.Event,
+                 bus: EventBus) -> None:
+        """``batch``: the batch manager's usage figures (None: the folder is counted here);
+        ``stopping``: once set, uploads are refused (503)."""
+        self.staging_dir = staging_dir
+        self.ledger = ledger
+        self.batch = batch
+        self._stopping = stopping
+        self.events = bus.emitter("upload")
         self._accepting = False
         self._inflight: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self._stats = {"staged": 0, "rejected": 0, "interrupted": 0}
@@ -156,7 +178,7 @@ class UploadService:
         ``.<name>.part`` of :func:`upload_name_of` not written since this start is stale
         (the HTTP server starts after this component).
         """
-        await asyncio.to_thread(remove_stale_parts, self.daemon.settings.staging_dir, time.time())
+        await asyncio.to_thread(remove_stale_parts, self.staging_dir, time.time(), self.events)
         self._accepting = True
 
     async def stop(self) -> None:
@@ -166,7 +188,7 @@ class UploadService:
 
     def health(self) -> dict[str, object]:
         """Up while accepting; uploads in flight and counters since start."""
-        return {"up": self._accepting or self.daemon.draining, "in_flight": len(self._inflight),
+        return {"up": self._accepting or self._stopping.is_set(), "in_flight": len(self._inflight),
                 **self._stats}
 
     async def drain(self, timeout: float) -> None:
@@ -181,37 +203,24 @@ class UploadService:
         left = dict(self._inflight)
         if not left:
             return
-        log.warning("upload.drain.cancelled",
-                    uploads=[{"tenant": t, "name": n} for t, n in sorted(left)])
+        self.events.emit(UploadDrainCancelled(uploads=[{"tenant": t, "name": n} for t, n in sorted(left)]))
         for task in left.values():
             task.cancel()
         await asyncio.gather(*left.values(), return_exceptions=True)
-
-    def routes(self) -> list[web.AbstractRouteDef]:
-        """The four tenant-facing routes (bearer token of the tenant, or the admin token)."""
-        return [
-            web.get("/tenants/{id}/constraints", self.get_constraints),
-            # {name:.+} so that a name with '/' gets a 400 that says why, not a bare 404.
-            web.put("/tenants/{id}/files/{name:.+}", self.put_file, expect_handler=self._expect),
-            web.get("/tenants/{id}/files", self.list_files),
-            web.get("/tenants/{id}/files/{ledger_id}", self.get_file),
-        ]
 
     # -- usage ---------------------------------------------------------------------------
 
     async def usage(self, tenant: str) -> Usage:
         """Files waiting and committed bytes (the batch manager's view) plus uploads in flight."""
-        batch = getattr(self.daemon, "batch", None)
-        if batch is not None and hasattr(batch, "usage"):
-            base: Usage = await batch.usage(tenant)
+        if self.batch is not None:
+            base = await self.batch.usage(tenant)
         else:
-            base = Usage(_count_waiting(self._folder(tenant)),
-                         await self.daemon.ledger.committed_bytes(tenant))
+            base = Usage(_count_waiting(self._folder(tenant)), await self.ledger.committed_bytes(tenant))
         inflight = sum(1 for t, _ in self._inflight if t == tenant)
         return Usage(base.staged_files + inflight, base.used_bytes)
 
     def _folder(self, tenant: str) -> Path:
-        return self.daemon.settings.staging_dir / tenant
+        return self.staging_dir / tenant
 
     # -- GET constraints -------------------------------------------------------------------
 
@@ -238,7 +247,7 @@ class UploadService:
 
     async def _precheck(self, request: web.Request) -> _Upload:
         """Every check that needs no body: token, name, profile, conflicts, constraints."""
-        if not self._accepting or self.daemon.draining:
+        if not self._accepting or self._stopping.is_set():
             raise HttpError(503, "draining", "the daemon is shutting down; retry against the next instance")
         tenant = request.match_info["id"]
         profile = _batch_profile(require_tenant(request, tenant))
@@ -262,8 +271,8 @@ class UploadService:
             raise _refusal(exc.code, exc.message, **_safe(exc.details)) from None
         return _Upload(tenant, name, profile, folder, declared, usage)
 
-    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
-        """``Expect: 100-continue``: refuse before the client sends the body, else let it come."""
+    async def expect_file(self, request: web.Request) -> web.StreamResponse | None:
+        """``PUT`` with ``Expect: 100-continue``: refuse before the client sends the body, else let it come."""
         try:
             await self._precheck(request)
         except HttpError as exc:
@@ -301,7 +310,7 @@ class UploadService:
         t0 = time.monotonic()
         up.folder.mkdir(parents=True, exist_ok=True)
         part = part_path(up.folder, up.name)
-        log.debug("upload.started", tenant=up.tenant, name=up.name, declared_bytes=up.declared)
+        self.events.emit(UploadStarted(tenant=up.tenant, name=up.name, declared_bytes=up.declared))
         try:
             try:
                 size, sha256 = await self._stream_to(part, request, up)
@@ -319,22 +328,22 @@ class UploadService:
             try:
                 await asyncio.to_thread(_publish, part, up.folder / up.name)
             except FileExistsError:
-                await self.daemon.ledger.transition(file_id, FileState.REJECTED, code="exists",
+                await self.ledger.transition(file_id, FileState.REJECTED, code="exists",
                                                     reason="a file of that name appeared in staging "
                                                     "during the upload")
                 raise _refusal("exists", f"{up.name!r} appeared in staging while it was being "
                                "uploaded; upload it again once that file is loaded") from None
             except Exception as exc:  # never leave a 'staged' entry without its file
                 with contextlib.suppress(Exception):
-                    await self.daemon.ledger.transition(file_id, FileState.REJECTED, code="internal",
+                    await self.ledger.transition(file_id, FileState.REJECTED, code="internal",
                                                         reason=f"the upload could not be completed: {exc}")
                 raise
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
         self._stats["staged"] += 1
-        log.info("upload.staged", tenant=up.tenant, name=up.name, file_id=file_id, bytes=size,
-                 sha256=sha256, seconds=round(time.monotonic() - t0, 3))
+        self.events.emit(UploadStaged(tenant=up.tenant, name=up.name, file_id=file_id, bytes=size,
+                                      sha256=sha256, seconds=round(time.monotonic() - t0, 3)))
         location = f"/tenants/{up.tenant}/files/{file_id}"
         body = {"id": file_id, "tenant": up.tenant, "name": up.name, "bytes": size,
                 "sha256": sha256, "state": FileState.STAGED.value, "url": location}
@@ -344,7 +353,7 @@ class UploadService:
 
     async def _record(self, up: _Upload, sha256: str, size: int) -> str:
         """Refuse content already committed, else record the file as ``staged``; its ledger id."""
-        ledger = self.daemon.ledger
+        ledger = self.ledger
         try:
             if await ledger.find(up.tenant, sha256=sha256, states=[FileState.COMMITTED]):
                 raise _refusal("duplicate", f"a file with the same content (sha256 {sha256}) was "
@@ -384,8 +393,8 @@ class UploadService:
 
     def _interrupted(self, up: _Upload, exc: BaseException) -> HttpError:
         self._stats["interrupted"] += 1
-        log.warning("upload.interrupted", tenant=up.tenant, name=up.name,
-                    bytes_received=up.received, error=str(exc) or type(exc).__name__)
+        self.events.emit(UploadInterrupted(tenant=up.tenant, name=up.name, bytes_received=up.received,
+                                           error=str(exc) or type(exc).__name__))
         return HttpError(400, "interrupted", "the upload was interrupted before the body was "
                          "complete; nothing was kept, send the file again")
 
@@ -399,14 +408,14 @@ class UploadService:
 
     def _log_refusal(self, request: web.Request, exc: HttpError) -> None:
         self._stats["rejected"] += 1
-        fields: dict[str, Any] = {"tenant": request.match_info.get("id"), "code": exc.code,
-                                  "status": exc.status}
         name = request.match_info.get("name", "")
+        tenant = request.match_info.get("id")
         if exc.code == "bad_name":  # never write an unsafe name into the log
-            fields["name_bytes"] = len(name.encode("utf-8", "surrogateescape"))
+            self.events.emit(UploadRejected(tenant=tenant, code=exc.code, status=exc.status, reason=exc.message,
+                                            name_bytes=len(name.encode("utf-8", "surrogateescape"))))
         else:
-            fields["name"] = name
-        log.warning("upload.rejected", reason=exc.message, **fields)
+            self.events.emit(UploadRejected(tenant=tenant, code=exc.code, status=exc.status, reason=exc.message,
+                                            name=name))
 
     # -- GET files -------------------------------------------------------------------------
 
@@ -419,9 +428,9 @@ class UploadService:
         if state is not None and state not in {s.value for s in FileState}:
             raise HttpError(400, "bad_state", f"state must be one of {', '.join(s.value for s in FileState)}")
         if state is None:
-            entries = await self.daemon.ledger.list(tenant, limit=limit)
+            entries = await self.ledger.list(tenant, limit=limit)
         else:
-            entries = (await self.daemon.ledger.find(tenant, states=[FileState(state)]))[::-1][:limit]
+            entries = (await self.ledger.find(tenant, states=[FileState(state)]))[::-1][:limit]
         return json_response({"tenant": tenant, "files": [_view(e) for e in entries]})
 
     async def get_file(self, request: web.Request) -> web.Response:
@@ -429,7 +438,7 @@ class UploadService:
         tenant = request.match_info["id"]
         require_tenant(request, tenant)
         file_id = request.match_info["ledger_id"]
-        entry = await self.daemon.ledger.get(file_id, tenant=tenant)
+        entry = await self.ledger.get(file_id, tenant=tenant)
         if entry is None:
             raise HttpError(404, "unknown_file", f"tenant {tenant!r} has no file with id {file_id!r}")
         return json_response(_view(entry))

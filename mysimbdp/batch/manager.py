@@ -14,6 +14,9 @@ A file left ``loading`` by a crash is still in the staging folder: at the next s
 watcher hands it over again, the manager finds its ``loading`` ledger entry (same tenant,
 name and sha256) and resumes it; deterministic ``_id``s make the second pass write only
 the records the first one did not.
+
+It is handed what it uses: the ``[batch]`` settings and folders, the store, the ledger, the
+app runners, the tenants, the daemon's stop event and the event bus.
 """
 
 from __future__ import annotations
@@ -29,26 +32,40 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 import structlog
 from pymongo.errors import PyMongoError
 
-from mysimbdp.apps.runner import AppRef
+from mysimbdp.apps.runner import AppRef, Runners
 from mysimbdp.batch.constraints import Usage, check_file, check_name
-from mysimbdp.batch.ledger import FileState
+from mysimbdp.batch.ledger import FileState, Ledger
 from mysimbdp.batch.loader import Counts, FileJob, FileLoader
 from mysimbdp.batch.readers import sniff, use_lean_memory_pool
 from mysimbdp.batch.scheduler import FairScheduler
 from mysimbdp.batch.staged import StagedFile, rename_noreplace, take_name
 from mysimbdp.batch.watcher import StagingWatcher
+from mysimbdp.config import BatchSettings
 from mysimbdp.errors import FileRejected, PluginError
+from mysimbdp.events import EventBus
+from mysimbdp.events.catalog import (
+    BatchDrainCancelled,
+    BatchFileArchivedLate,
+    BatchFileCommitted,
+    BatchFileDeferred,
+    BatchFileFailed,
+    BatchFileInterrupted,
+    BatchFileLoading,
+    BatchFileRejected,
+    BatchFileResumed,
+    BatchFileRollbackFailed,
+    BatchTenantUnwatched,
+    BatchTenantWatching,
+)
 from mysimbdp.logs import get_logger
-from mysimbdp.tenants import FORMATS, BatchProfile, BatchRoute, TenantChange
-
-if TYPE_CHECKING:
-    from mysimbdp.daemon import Daemon
+from mysimbdp.store.client import Store
+from mysimbdp.tenants import FORMATS, BatchProfile, BatchRoute, TenantChange, TenantDirectory
 
 __all__ = ["BatchManager", "route_for"]
 
@@ -73,14 +90,20 @@ class BatchManager:
 
     name = "batch"
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        settings = daemon.settings
-        self.staging_dir = settings.staging_dir
-        self.archive_dir = settings.archive_dir
-        self.scheduler = FairScheduler(settings.batch.max_concurrent_files)
-        self.watcher = StagingWatcher(settings.staging_dir, settings.batch.stable_after_s,
-                                      settings.batch.rescan_interval_s, daemon.stop_event, self._on_file)
+    def __init__(self, *, settings: BatchSettings, staging_dir: Path, archive_dir: Path, store: Store,
+                 ledger: Ledger, runners: Runners, tenants: TenantDirectory, stop_event: asyncio.Event,
+                 bus: EventBus) -> None:
+        self.settings = settings
+        self.staging_dir = staging_dir
+        self.archive_dir = archive_dir
+        self.store = store
+        self.ledger = ledger
+        self.runners = runners
+        self.tenants = tenants
+        self.events = bus.emitter("batch")
+        self.scheduler = FairScheduler(settings.max_concurrent_files)
+        self.watcher = StagingWatcher(staging_dir, settings.stable_after_s, settings.rescan_interval_s,
+                                      stop_event, self._on_file)
         self._executor: ThreadPoolExecutor | None = None
         self._loader: FileLoader | None = None
         self._inflight: dict[str, dict[str, tuple[int, str]]] = {}  # tenant -> name -> (bytes, sha256)
@@ -92,16 +115,15 @@ class BatchManager:
     # -- component -------------------------------------------------------------------------
     async def start(self) -> None:
         """Subscribe to tenant changes and begin watching (tenants arrive from the registry)."""
-        slots = self.daemon.settings.batch.max_concurrent_files
+        batch = self.settings
         self.arrow_memory_pool = use_lean_memory_pool()
-        self._executor = ThreadPoolExecutor(max_workers=slots + 1, thread_name_prefix="batch")
-        batch = self.daemon.settings.batch
-        self._loader = FileLoader(self.daemon.store, self.daemon.runners, batch.write_batch_size,
+        self._executor = ThreadPoolExecutor(max_workers=batch.max_concurrent_files + 1, thread_name_prefix="batch")
+        self._loader = FileLoader(self.store, self.runners, batch.write_batch_size,
                                   batch.progress_interval_s, retry_deadline_s=batch.write_retry_deadline_s)
         self._accepting = True
         with contextlib.suppress(PyMongoError):  # the store may come up later; indexes are an optimisation
-            await self.daemon.ledger.ensure_indexes()
-        self.daemon.tenants.add_listener(self._on_tenant)
+            await self.ledger.ensure_indexes()
+        self.tenants.add_listener(self._on_tenant)
         await self.watcher.start()
 
     async def drain(self, timeout: float) -> None:
@@ -111,7 +133,7 @@ class BatchManager:
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
             if pending:
-                log.warning("batch.drain.cancelled", files=sorted(self._loading.values()), count=len(pending))
+                self.events.emit(BatchDrainCancelled(files=sorted(self._loading.values()), count=len(pending)))
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
@@ -135,25 +157,26 @@ class BatchManager:
         """Files waiting in the tenant's staging folder (not hidden or ``.part``, as of the
         watcher's last scan: the folder is never walked here) and committed bytes."""
         return Usage(staged_files=self.watcher.waiting(tenant),
-                     used_bytes=await self.daemon.ledger.committed_bytes(tenant))
+                     used_bytes=await self.ledger.committed_bytes(tenant))
 
     async def _on_tenant(self, change: TenantChange) -> None:
         if change.new is not None and change.new.batch is not None:
             if change.tenant not in self.watcher.tenants:
-                log.info("batch.tenant.watching", tenant=change.tenant, folder=str(self.watcher.folder(change.tenant)))
+                self.events.emit(BatchTenantWatching(tenant=change.tenant,
+                                                     folder=str(self.watcher.folder(change.tenant))))
             self.watcher.watch(change.tenant)
         elif change.tenant in self.watcher.tenants:
             self.watcher.unwatch(change.tenant)
-            log.info("batch.tenant.unwatched", tenant=change.tenant)
+            self.events.emit(BatchTenantUnwatched(tenant=change.tenant))
 
     def _app_ref(self, tenant: str, name: str) -> AppRef:
         """The app by name (checked to be installed, not imported) and the tenant's runner."""
-        self.daemon.runners.check(name)
-        tenant_profile = self.daemon.tenants.get(tenant)
+        self.runners.check(name)
+        tenant_profile = self.tenants.get(tenant)
         return AppRef(name, tenant_profile.runner if tenant_profile is not None else "process")
 
     def _profile(self, tenant: str) -> BatchProfile | None:
-        profile = self.daemon.tenants.get(tenant)
+        profile = self.tenants.get(tenant)
         return profile.batch if profile is not None else None
 
     # -- claiming a file -------------------------------------------------------------------
@@ -181,7 +204,7 @@ class BatchManager:
         staged files, quota) are not checked again, whatever was edited meanwhile; were it
         refused for another reason (its app is gone, say), its partial documents are removed.
         """
-        ledger, name, size = self.daemon.ledger, path.name, st.st_size
+        ledger, name, size = self.ledger, path.name, st.st_size
         loop = asyncio.get_running_loop()
         entry_id: str | None = None
         sha: str | None = None
@@ -248,18 +271,18 @@ class BatchManager:
     async def _check_constraints(self, tenant: str, profile: BatchProfile, name: str, size: int) -> str:
         """The profile's admission constraints (:func:`check_file`) against what the tenant has now."""
         inflight = self._inflight.setdefault(tenant, {})
-        used = await self.daemon.ledger.committed_bytes(tenant) + sum(b for b, _ in inflight.values())
+        used = await self.ledger.committed_bytes(tenant) + sum(b for b, _ in inflight.values())
         return check_file(profile, name, size, Usage(staged_files=len(inflight), used_bytes=used))
 
     async def _refuse_duplicate(self, tenant: str, name: str, path: Path, staged: StagedFile, sha: str) -> None:
         if any(s == sha for _, s in self._inflight.get(tenant, {}).values()):
             raise FileRejected("duplicate", "a file with the same content is loading right now", sha256=sha)
-        for done in await self.daemon.ledger.find(tenant, sha256=sha, states=[FileState.COMMITTED]):
+        for done in await self.ledger.find(tenant, sha256=sha, states=[FileState.COMMITTED]):
             archived = done.get("archive_path")
             if done.get("name") == name and archived and not await asyncio.to_thread(os.path.lexists, archived):
                 # committed, then the daemon died before archiving the file: finish the archiving
                 await asyncio.to_thread(_archive_staged, staged, path, Path(archived))
-                log.info("batch.file.archived_late", tenant=tenant, file=name, ledger_id=done["_id"])
+                self.events.emit(BatchFileArchivedLate(tenant=tenant, file=name, ledger_id=done["_id"]))
                 raise FileRejected("archived", "already committed")
             raise FileRejected("duplicate", f"the same content (sha256 {sha[:12]}…) was already committed as "
                                f"{done.get('name')!r}; it is not loaded twice", sha256=sha, ledger_id=done["_id"])
@@ -267,7 +290,7 @@ class BatchManager:
     async def _archived_late(self, tenant: str, path: Path, st: os.stat_result) -> bool:
         """A second name of a file that is this tenant's archived ``path.name`` (the daemon died
         between linking it into the archive and removing its staging name): remove the name."""
-        for done in await self.daemon.ledger.find(tenant, name=path.name,
+        for done in await self.ledger.find(tenant, name=path.name,
                                                   states=[FileState.COMMITTED, FileState.REJECTED]):
             archived = done.get("archive_path")
             try:
@@ -276,7 +299,7 @@ class BatchManager:
                 continue
             if ast is not None and (ast.st_dev, ast.st_ino) == (st.st_dev, st.st_ino):
                 await asyncio.to_thread(take_name, path, (st.st_dev, st.st_ino), unlink=True)
-                log.info("batch.file.archived_late", tenant=tenant, file=path.name, ledger_id=done["_id"])
+                self.events.emit(BatchFileArchivedLate(tenant=tenant, file=path.name, ledger_id=done["_id"]))
                 return True
         return False
 
@@ -284,7 +307,7 @@ class BatchManager:
         """Decompressed bytes the storage quota leaves for ``name``: the quota less the committed
         bytes and the (compressed) sizes of the tenant's other files in flight."""
         others = sum(b for n, (b, _) in self._inflight.get(tenant, {}).items() if n != name)
-        return max(0, profile.storage_quota_bytes - await self.daemon.ledger.committed_bytes(tenant) - others)
+        return max(0, profile.storage_quota_bytes - await self.ledger.committed_bytes(tenant) - others)
 
     # -- loading ---------------------------------------------------------------------------
     async def _run(self, job: FileJob, profile: BatchProfile, route: BatchRoute | None) -> None:
@@ -292,13 +315,13 @@ class BatchManager:
             try:
                 await self._run_bound(job, profile, route)
             except asyncio.CancelledError:
-                log.warning("batch.file.interrupted", tenant=job.tenant, file=job.name,
-                            reason="the daemon is stopping; the file resumes at the next start")
+                self.events.emit(BatchFileInterrupted(
+                    tenant=job.tenant, file=job.name, reason="the daemon is stopping; the file resumes at the next start"))
                 raise
             except PyMongoError as exc:  # the store is down: leave the file, retry at a later scan
-                log.error("batch.file.deferred", tenant=job.tenant, file=job.name, error=str(exc)[:300])
+                self.events.emit(BatchFileDeferred(tenant=job.tenant, file=job.name, error=str(exc)[:300]))
             except Exception as exc:
-                log.exception("batch.file.failed", tenant=job.tenant, file=job.name, error=str(exc)[:300])
+                self.events.emit(BatchFileFailed(tenant=job.tenant, file=job.name, error=str(exc)[:300]))
                 with contextlib.suppress(Exception):
                     await self._reject(job.tenant, job.path, job.size, job.sha256, job.ledger_id,
                                        FileRejected("internal", f"the platform failed on the file: {exc}"[:500]),
@@ -316,15 +339,16 @@ class BatchManager:
             if self._profile(job.tenant) is None or not self._accepting:
                 return  # offboarded or stopping while waiting: the file stays in staging
             assert self._loader is not None
-            previous = await self.daemon.ledger.get(job.ledger_id)
+            previous = await self.ledger.get(job.ledger_id)
             resumed = previous is not None and previous.get("state") == FileState.LOADING.value
-            await self.daemon.ledger.transition(job.ledger_id, FileState.LOADING, app=job.app.name, route=job.route,
+            await self.ledger.transition(job.ledger_id, FileState.LOADING, app=job.app.name, route=job.route,
                                                 format=job.fmt, attempts=int((previous or {}).get("attempts", 0)) + 1)
             self._loading[job.ledger_id] = f"{job.tenant}/{job.name}"
             # a resumed file was admitted under the quota of its time (see _admit): not cut by today's
             job.quota_bytes = None if resumed else await self._quota_left(job.tenant, profile, job.name)
-            log.info("batch.file.resumed" if resumed else "batch.file.loading", tenant=job.tenant, file=job.name,
-                     sha256=job.sha256, bytes=job.size, app=job.app.name, route=job.route)
+            starting = BatchFileResumed if resumed else BatchFileLoading
+            self.events.emit(starting(tenant=job.tenant, file=job.name, sha256=job.sha256, bytes=job.size,
+                                      app=job.app.name, route=job.route, ledger_id=job.ledger_id))
             started = time.monotonic()
             try:
                 async with asyncio.timeout(timeout):
@@ -352,13 +376,13 @@ class BatchManager:
         dest = await asyncio.to_thread(_free_path, self.archive_dir / job.tenant / "done", job.name, job.ledger_id)
         # the quota counts content: decompressed bytes of a .gz file (its reader counted them all)
         content = job.staged.content_bytes if job.staged is not None and job.fmt.endswith(".gz") else job.size
-        await self.daemon.ledger.transition(job.ledger_id, FileState.COMMITTED, archive_path=str(dest),
+        await self.ledger.transition(job.ledger_id, FileState.COMMITTED, archive_path=str(dest),
                                             content_bytes=content, seconds=round(seconds, 3), **counts.as_dict())
         placed = await asyncio.to_thread(_archive, job.staged, job.path, None, dest, job.ledger_id)
         if placed != dest:
-            await self.daemon.ledger.collection.update_one({"_id": job.ledger_id}, {"$set": {"archive_path": str(placed)}})
-        log.info("batch.file.committed", **_outcome(job.tenant, job.name, job.sha256, job.size, counts, seconds),
-                 app=job.app.name, ledger_id=job.ledger_id)
+            await self.ledger.collection.update_one({"_id": job.ledger_id}, {"$set": {"archive_path": str(placed)}})
+        self.events.emit(BatchFileCommitted(**_outcome(job.tenant, job.name, job.sha256, job.size, counts, seconds),
+                                            app=job.app.name, ledger_id=job.ledger_id))
 
     async def _reject(self, tenant: str, path: Path, size: int, sha: str | None, entry_id: str | None,
                       exc: FileRejected, started: float | None = None, purge: bool = False,
@@ -370,13 +394,14 @@ class BatchManager:
         admitted descriptor (its inode is archived); without it, the staging entry itself is
         moved, if it is still the one the watcher saw (``seen``), never followed or read.
         """
-        ledger = self.daemon.ledger
+        ledger = self.ledger
         if purge and sha is not None:
             assert self._loader is not None
             try:
                 await self._loader.purge(tenant, sha, path.name)
             except Exception as failure:  # the rejection is recorded all the same
-                log.exception("batch.file.rollback_failed", tenant=tenant, file=path.name, error=str(failure)[:300])
+                self.events.emit(BatchFileRollbackFailed(tenant=tenant, file=path.name, error=str(failure)[:300]),
+                                 exc_info=True)
         seconds = time.monotonic() - started if started is not None else 0.0
         counts = Counts(**{k: v for k, v in exc.details.items() if k in Counts.__dataclass_fields__ and isinstance(v, int)})
         if entry_id is None:
@@ -391,8 +416,8 @@ class BatchManager:
         placed = await asyncio.to_thread(_archive, staged, path, identity, dest, entry_id, reason)
         if placed != dest:
             await ledger.collection.update_one({"_id": entry_id}, {"$set": {"archive_path": str(placed)}})
-        log.warning("batch.file.rejected", **_outcome(tenant, path.name, sha, size, counts, seconds),
-                    code=exc.code, reason=exc.message, ledger_id=entry_id)
+        self.events.emit(BatchFileRejected(**_outcome(tenant, path.name, sha, size, counts, seconds),
+                                           code=exc.code, reason=exc.message, ledger_id=entry_id))
 
 
 def _resumable_format(entry: dict[str, Any] | None) -> str | None:

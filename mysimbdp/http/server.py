@@ -1,8 +1,9 @@
-"""The HTTP endpoint (aiohttp): health and the routes every component contributes.
+"""The HTTP endpoint (aiohttp): ``/health`` and the route table of :mod:`mysimbdp.http.routes`.
 
-Components add routes by having a ``routes()`` method returning aiohttp route
-definitions. Helpers here give every route the same error shape, ``{"code", "message"}``,
-and the same authentication: tenants' bearer tokens and the operators' admin token.
+The server is handed its routes (built in one place from the handlers the components
+expose), the tenants and the admin token (:class:`Auth`), the daemon's health and its stop
+event. Helpers here give every route the same error shape, ``{"code", "message"}``, and the
+same authentication: tenants' bearer tokens and the operators' admin token.
 
 ``/health`` answers its status to anyone, and its details (components, tenants, files being
 loaded) only with the admin token. A :class:`ConnectionGuard` closes connections that are
@@ -16,24 +17,34 @@ import asyncio
 import contextlib
 import hmac
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from mysimbdp.http.tokens import bearer_token, token_matches
-from mysimbdp.logs import get_logger
-from mysimbdp.tenants import TenantProfile
-
-if TYPE_CHECKING:
-    from mysimbdp.daemon import Daemon
+from mysimbdp.config import HttpSettings
+from mysimbdp.events import Emitter, EventBus
+from mysimbdp.events.catalog import HttpConnectionClosed, HttpStarted
+from mysimbdp.events.catalog import HttpError as HttpErrorEvent
+from mysimbdp.http.tokens import bearer_token, hash_token, token_matches
+from mysimbdp.tenants import TenantDirectory, TenantProfile
 
 __all__ = ["HttpServer", "json_response", "error_response", "HttpError", "require_admin",
-           "require_tenant", "is_admin", "ConnectionGuard", "DAEMON_KEY"]
+           "require_tenant", "is_admin", "ConnectionGuard", "Auth", "AUTH_KEY"]
 
-log = get_logger("http")
-DAEMON_KEY: web.AppKey[Daemon] = web.AppKey("daemon")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Who may call: the tenants (by their tokens) and the operators (the admin token, if set)."""
+
+    tenants: TenantDirectory
+    admin_token: str | None
+
+
+AUTH_KEY: web.AppKey[Auth] = web.AppKey("auth", Auth)
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -62,7 +73,7 @@ class HttpError(Exception):
 
 def is_admin(request: web.Request) -> bool:
     """Whether the request carries the operators' admin token (False when none is configured)."""
-    expected = request.app[DAEMON_KEY].settings.admin_token
+    expected = request.app[AUTH_KEY].admin_token
     token = bearer_token(request.headers.get("Authorization"))
     if not expected or token is None:
         return False
@@ -71,7 +82,7 @@ def is_admin(request: web.Request) -> bool:
 
 def require_admin(request: web.Request) -> None:
     """Allow only the operators' admin token (``MYSIMBDP_ADMIN_TOKEN``)."""
-    expected = request.app[DAEMON_KEY].settings.admin_token
+    expected = request.app[AUTH_KEY].admin_token
     token = bearer_token(request.headers.get("Authorization"))
     if not expected:
         raise HttpError(403, "admin_disabled",
@@ -88,53 +99,21 @@ def require_tenant(request: web.Request, tenant_id: str, allow_admin: bool = Tru
     401 without a valid token of any tenant, 403 with another tenant's token, 404 for an
     unknown tenant (only once authenticated, so ids cannot be probed).
     """
-    daemon = request.app[DAEMON_KEY]
+    auth = request.app[AUTH_KEY]
     token = bearer_token(request.headers.get("Authorization"))
     if token is None:
         raise HttpError(401, "unauthorized", "send the tenant's token as 'Authorization: Bearer <token>'")
-    admin = daemon.settings.admin_token
-    is_admin = allow_admin and admin is not None and token_matches(token, _sha(admin))
-    profile = daemon.tenants.get(tenant_id)
+    admin = auth.admin_token
+    is_admin = allow_admin and admin is not None and token_matches(token, hash_token(admin))
+    profile = auth.tenants.get(tenant_id)
     if profile is not None and (is_admin or token_matches(token, profile.token_sha256)):
         return profile
     if is_admin:
         raise HttpError(404, "unknown_tenant", f"no tenant {tenant_id!r} is configured")
-    other = any(token_matches(token, p.token_sha256) for p in daemon.tenants.all())
+    other = any(token_matches(token, p.token_sha256) for p in auth.tenants.all())
     if other:
         raise HttpError(403, "forbidden", f"this token does not belong to tenant {tenant_id!r}")
     raise HttpError(401, "unauthorized", "the token is not valid for any tenant")
-
-
-def _sha(value: str) -> str:
-    from mysimbdp.http.tokens import hash_token
-
-    return hash_token(value)
-
-
-@web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    daemon = request.app[DAEMON_KEY]
-    if daemon.draining and request.path != "/health":
-        return error_response(503, "draining", "the daemon is shutting down; retry against the next instance")
-    try:
-        return await handler(request)
-    except HttpError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
-    except (web.HTTPException, ConnectionError):  # a client gone (or closed by the guard) is not our error
-        raise
-    except Exception as exc:
-        log.exception("http.error", path=request.path, method=request.method, error=str(exc))
-        return error_response(500, "internal", f"internal error: {type(exc).__name__}; see the daemon's log")
-
-
-async def _health(request: web.Request) -> web.Response:
-    """The status to anyone; the components' details (tenant ids, file names) to operators only."""
-    daemon = request.app[DAEMON_KEY]
-    report = daemon.health()
-    status = 200 if report["status"] == "ok" else 503
-    if not is_admin(request):
-        report = {"status": report["status"]}
-    return json_response(report, status=status)
 
 
 CLOSE_REASONS = ("header_timeout", "body_timeout", "evicted", "refused")
@@ -199,7 +178,9 @@ class ConnectionGuard:
       or is itself closed at once when none is idle.
     """
 
-    def __init__(self, header_timeout_s: float, body_timeout_s: float, max_connections: int) -> None:
+    def __init__(self, header_timeout_s: float, body_timeout_s: float, max_connections: int,
+                 events: Emitter | None = None) -> None:
+        self.events = events
         self.header_timeout_s, self.body_timeout_s = header_timeout_s, body_timeout_s
         self.max_connections = max_connections
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
@@ -238,9 +219,10 @@ class ConnectionGuard:
     def _close(self, transport: Any, reason: str) -> None:
         self._conns.pop(transport, None)
         self.closed[reason] += 1
-        with contextlib.suppress(Exception):
-            peer = transport.get_extra_info("peername")
-            log.debug("http.connection.closed", reason=reason, peer=str(peer[0]) if peer else None)
+        if self.events is not None:
+            with contextlib.suppress(Exception):
+                peer = transport.get_extra_info("peername")
+                self.events.emit(HttpConnectionClosed(reason=reason, peer=str(peer[0]) if peer else None))
         transport.abort()  # no lingering: a slow client gets no more of our time
 
     @web.middleware
@@ -280,32 +262,58 @@ class HttpServer:
 
     name = "http"
 
-    def __init__(self, daemon: Daemon, host: str, port: int) -> None:
-        self.daemon = daemon
+    def __init__(self, *, host: str, port: int, limits: HttpSettings, auth: Auth,
+                 routes: Iterable[web.AbstractRouteDef], health: Callable[[], dict[str, Any]],
+                 stopping: asyncio.Event, bus: EventBus) -> None:
+        """``routes``: the route table (:func:`mysimbdp.http.routes.route_table`); ``health()``:
+        the daemon's health report; ``stopping``: once set, every route but ``/health`` answers 503."""
         self.host = host
         self.port = port
-        limits = daemon.settings.http
-        self.guard = ConnectionGuard(limits.header_timeout_s, limits.body_timeout_s, limits.max_connections)
+        self.auth = auth
+        self.routes = list(routes)
+        self._health = health
+        self._stopping = stopping
+        self.events = bus.emitter("http")
+        self.guard = ConnectionGuard(limits.header_timeout_s, limits.body_timeout_s, limits.max_connections,
+                                     self.events)
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    def build_app(self, extra_routes: Iterable[web.AbstractRouteDef]) -> web.Application:
-        """The application with ``/health`` and every component's routes."""
-        app = web.Application(middlewares=[self.guard.middleware, _errors], client_max_size=1024**2)
-        app[DAEMON_KEY] = self.daemon
-        app.router.add_get("/health", _health)
-        app.router.add_routes(list(extra_routes))
+    def build_app(self) -> web.Application:
+        """The application with ``/health`` and the route table."""
+        app = web.Application(middlewares=[self.guard.middleware, self._errors], client_max_size=1024**2)
+        app[AUTH_KEY] = self.auth
+        app.router.add_get("/health", self._get_health)
+        app.router.add_routes(self.routes)
         return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._stopping.is_set() and request.path != "/health":
+            return error_response(503, "draining", "the daemon is shutting down; retry against the next instance")
+        try:
+            return await handler(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+        except (web.HTTPException, ConnectionError):  # a client gone (or closed by the guard) is not our error
+            raise
+        except Exception as exc:
+            self.events.emit(HttpErrorEvent(path=request.path, method=request.method, error=str(exc)), exc_info=True)
+            return error_response(500, "internal", f"internal error: {type(exc).__name__}; see the daemon's log")
+
+    async def _get_health(self, request: web.Request) -> web.Response:
+        """The status to anyone; the components' details (tenant ids, file names) to operators only."""
+        report = self._health()
+        status = 200 if report["status"] == "ok" else 503
+        if not is_admin(request):
+            report = {"status": report["status"]}
+        return json_response(report, status=status)
 
     async def start(self) -> None:
         """Listen on the configured host and port (port 0 picks a free one)."""
-        routes: list[web.AbstractRouteDef] = []
-        for component in self.daemon.components:
-            if component is not self and hasattr(component, "routes"):
-                routes.extend(component.routes())
         # aiohttp's own keep-alive timer closes idle connections too; the guard does the rest
-        self._runner = web.AppRunner(self.build_app(routes), access_log=None, shutdown_timeout=2.0,
+        self._runner = web.AppRunner(self.build_app(), access_log=None, shutdown_timeout=2.0,
                                      keepalive_timeout=self.guard.header_timeout_s)
         await self._runner.setup()
         assert self._runner.server is not None
@@ -316,8 +324,7 @@ class HttpServer:
         if self.port == 0 and self._server.sockets:
             self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = asyncio.create_task(self.guard.run(), name="http.guard")
-        log.info("http.started", host=self.host, port=self.port)
-
+        self.events.emit(HttpStarted(host=self.host, port=self.port))
     async def stop(self) -> None:
         """Stop listening, then close the connections (in-flight requests get ``shutdown_timeout``)."""
         if self._sweeper is not None:

@@ -1,7 +1,7 @@
 """Prometheus metrics (``GET /metrics``), built with ``prometheus-client``.
 
-Counters and histograms are derived from the log events (the same feed the monitor reads);
-gauges (consumers, queue depth, store and broker up) are read when Prometheus scrapes.
+Counters and histograms are derived from the daemon's events (a subscriber of its event
+bus, like the monitor); gauges (consumers, queue depth, store and broker up) are read when Prometheus scrapes.
 Every daemon has its own :class:`~prometheus_client.CollectorRegistry`, so several daemons in
 one process (the tests) never share series. Label sets are bounded: tenant ids of configured
 tenants only (any other id an event carries, e.g. from an upload to a made-up tenant, is
@@ -14,16 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from mysimbdp.events import Event
+from mysimbdp.events.catalog import (
+    BatchFileCommitted,
+    BatchFileRejected,
+    MonitorAlert,
+    StreamBatchCommitted,
+    StreamConsumersChanged,
+    StreamReport,
+    UploadRejected,
+)
+from mysimbdp.monitor.ports import HealthSource, StreamControl, TenantDirectory
 from mysimbdp.tenants import TENANT_ID_RE
-
-if TYPE_CHECKING:
-    from mysimbdp.daemon import Daemon
 
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST", "MAX_CODES", "UNKNOWN_TENANT"]
 
@@ -32,16 +40,11 @@ UNKNOWN_TENANT = "_unknown"  # every tenant id that is not a configured tenant's
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FILE_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
-# stream.batch.committed carries the oldest message's latency; accept the likely spellings.
-_LATENCY_FIELDS_MS = ("oldest_latency_ms", "latency_ms", "oldest_ms")
-_LATENCY_FIELDS_S = ("oldest_latency_s", "latency_s")
 
 
-def _num(event: Mapping[str, Any], key: str) -> float:
-    value = event.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0.0
-    return float(value) if value > 0 else 0.0
+def _pos(value: float) -> float:
+    """A counter only goes up."""
+    return value if value > 0 else 0.0
 
 
 class Metrics:
@@ -88,16 +91,13 @@ class Metrics:
                                  "body_timeout, evicted, refused)", ["reason"], registry=r)
         self.http_open = Gauge("mysimbdp_http_connections", "HTTP connections open", registry=r)
 
-    # ---- the feed --------------------------------------------------------------------------
+    # ---- the events ------------------------------------------------------------------------
 
-    def observe(self, event: Mapping[str, Any]) -> None:
-        """Count one log event. Cheap, never raises for odd fields, never logs."""
-        handler = _HANDLERS.get(str(event.get("event")))
+    def observe(self, event: Event) -> None:
+        """Count one event (a subscriber of the event bus). Cheap, never logs."""
+        handler = _HANDLERS.get(type(event))
         if handler is not None:
-            handler(self, event, self._tenant(event))
-
-    def _tenant(self, event: Mapping[str, Any]) -> str:
-        return self.tenant_label(event.get("tenant"))
+            handler(self, event)
 
     def tenant_label(self, tenant: object) -> str:
         """``tenant`` when it is a configured tenant's id, else :data:`UNKNOWN_TENANT`."""
@@ -105,8 +105,7 @@ class Metrics:
             return UNKNOWN_TENANT
         return tenant if self._known is None or self._known(tenant) else UNKNOWN_TENANT
 
-    def _code(self, metric: str, event: Mapping[str, Any]) -> str:
-        code = event.get("code")
+    def _code(self, metric: str, code: str | None) -> str:
         if not isinstance(code, str) or not _CODE_RE.match(code):
             return "other"
         seen = self._codes.setdefault(metric, set())
@@ -116,53 +115,52 @@ class Metrics:
             seen.add(code)
         return code
 
-    def _file_committed(self, e: Mapping[str, Any], tenant: str) -> None:
+    def _file_committed(self, e: BatchFileCommitted) -> None:
+        tenant = self.tenant_label(e.tenant)
         self.files_committed.labels(tenant).inc()
-        self._file_counts(e, tenant)
-        self.bytes.labels(tenant, "batch").inc(_num(e, "bytes"))
-        self.file_seconds.labels(tenant).observe(_num(e, "seconds"))
+        self._file_counts(tenant, e.records_written, e.records_rejected, e.duplicates)
+        self.bytes.labels(tenant, "batch").inc(_pos(e.bytes))
+        self.file_seconds.labels(tenant).observe(_pos(e.seconds))
 
-    def _file_rejected(self, e: Mapping[str, Any], tenant: str) -> None:
-        self.files_rejected.labels(tenant, self._code("files_rejected", e)).inc()
-        self._file_counts(e, tenant)
+    def _file_rejected(self, e: BatchFileRejected) -> None:
+        tenant = self.tenant_label(e.tenant)
+        self.files_rejected.labels(tenant, self._code("files_rejected", e.code)).inc()
+        self._file_counts(tenant, e.records_written, e.records_rejected, e.duplicates)
 
-    def _file_counts(self, e: Mapping[str, Any], tenant: str) -> None:
-        self.records_written.labels(tenant, "batch").inc(_num(e, "records_written"))
-        self.records_rejected.labels(tenant, "batch").inc(_num(e, "records_rejected"))
-        self.records_duplicate.labels(tenant, "batch").inc(_num(e, "duplicates"))
+    def _file_counts(self, tenant: str, written: int, rejected: int, duplicates: int) -> None:
+        self.records_written.labels(tenant, "batch").inc(_pos(written))
+        self.records_rejected.labels(tenant, "batch").inc(_pos(rejected))
+        self.records_duplicate.labels(tenant, "batch").inc(_pos(duplicates))
 
-    def _upload_rejected(self, e: Mapping[str, Any], tenant: str) -> None:
-        self.uploads_rejected.labels(tenant, self._code("uploads_rejected", e)).inc()
+    def _upload_rejected(self, e: UploadRejected) -> None:
+        self.uploads_rejected.labels(self.tenant_label(e.tenant), self._code("uploads_rejected", e.code)).inc()
 
-    def _stream_committed(self, e: Mapping[str, Any], tenant: str) -> None:
-        self.messages.labels(tenant).inc(_num(e, "messages"))
-        self.records_written.labels(tenant, "stream").inc(_num(e, "documents"))
-        self.records_rejected.labels(tenant, "stream").inc(_num(e, "rejected"))
-        self.records_duplicate.labels(tenant, "stream").inc(_num(e, "duplicates"))
-        self.bytes.labels(tenant, "stream").inc(_num(e, "bytes"))
-        for keys, scale in ((_LATENCY_FIELDS_MS, 1000.0), (_LATENCY_FIELDS_S, 1.0)):
-            for key in keys:
-                if isinstance(e.get(key), int | float):
-                    self.latency.labels(tenant).observe(_num(e, key) / scale)
-                    return
+    def _stream_committed(self, e: StreamBatchCommitted) -> None:
+        tenant = self.tenant_label(e.tenant)
+        self.messages.labels(tenant).inc(_pos(e.messages))
+        self.records_written.labels(tenant, "stream").inc(_pos(e.documents))
+        self.records_rejected.labels(tenant, "stream").inc(_pos(e.rejected))
+        self.records_duplicate.labels(tenant, "stream").inc(_pos(e.duplicates))
+        self.bytes.labels(tenant, "stream").inc(_pos(e.bytes))
+        if e.oldest_latency_ms is not None:
+            self.latency.labels(tenant).observe(_pos(e.oldest_latency_ms) / 1000.0)
 
-    def _report(self, e: Mapping[str, Any], tenant: str) -> None:
-        self.reports.labels(tenant).inc()
+    def _report(self, e: StreamReport) -> None:
+        self.reports.labels(self.tenant_label(e.tenant)).inc()
 
-    def _alert(self, e: Mapping[str, Any], tenant: str) -> None:
-        rule = e.get("rule")
-        self.alerts.labels(tenant, rule if rule in ("latency", "backlog") else "other").inc()
+    def _alert(self, e: MonitorAlert) -> None:
+        self.alerts.labels(self.tenant_label(e.tenant), e.rule if e.rule in ("latency", "backlog") else "other").inc()
 
-    def _consumers_changed(self, e: Mapping[str, Any], tenant: str) -> None:
-        before, after = _num(e, "from"), _num(e, "to")
-        if after != before:
-            self.scalings.labels(tenant, "up" if after > before else "down").inc()
+    def _consumers_changed(self, e: StreamConsumersChanged) -> None:
+        if e.to != e.from_:
+            self.scalings.labels(self.tenant_label(e.tenant), "up" if e.to > e.from_ else "down").inc()
 
     # ---- scrape time -----------------------------------------------------------------------
 
-    async def refresh(self, daemon: Daemon, timeout: float = 3.0) -> None:
-        """Set the gauges from the daemon's state now (queue depths are asked of the broker)."""
-        health = daemon.health()
+    async def refresh(self, health_of: HealthSource, tenants: TenantDirectory, stream: StreamControl | None,
+                      timeout: float = 3.0) -> None:
+        """Set the gauges from the platform's state now (queue depths are asked of the broker)."""
+        health = health_of()
         components = health.get("components", {})
         self.component_up.clear()
         for name, state in components.items():
@@ -173,15 +171,15 @@ class Metrics:
             self.http_closed.labels(reason).set(count)
         self.http_open.set(http.get("connections") or 0)
         self.broker_up.set(1 if components.get("broker", {}).get("up") else 0)
-        tenants = [p.id for p in daemon.tenants.all() if p.stream is not None]
-        self.tenants.set(len(daemon.tenants.all()))
+        profiles = tenants.all()
+        streaming = [p.id for p in profiles if p.stream is not None]
+        self.tenants.set(len(profiles))
         self.consumers.clear()
         self.queue_depth.clear()
-        stream = getattr(daemon, "stream", None)
         if stream is None:
             return
-        depths = await asyncio.gather(*(_depth(stream, t, timeout) for t in tenants))
-        for tenant, depth in zip(tenants, depths, strict=True):
+        depths = await asyncio.gather(*(_depth(stream, t, timeout) for t in streaming))
+        for tenant, depth in zip(streaming, depths, strict=True):
             try:
                 self.consumers.labels(tenant).set(stream.consumer_count(tenant))
             except Exception:  # a tenant being removed right now
@@ -194,7 +192,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-async def _depth(stream: Any, tenant: str, timeout: float) -> int | None:
+async def _depth(stream: StreamControl, tenant: str, timeout: float) -> int | None:
     try:
         value = await asyncio.wait_for(stream.queue_depth(tenant), timeout)
     except asyncio.CancelledError:
@@ -204,12 +202,12 @@ async def _depth(stream: Any, tenant: str, timeout: float) -> int | None:
     return int(value) if isinstance(value, int | float) else None
 
 
-_HANDLERS = {
-    "batch.file.committed": Metrics._file_committed,
-    "batch.file.rejected": Metrics._file_rejected,
-    "upload.rejected": Metrics._upload_rejected,
-    "stream.batch.committed": Metrics._stream_committed,
-    "stream.report": Metrics._report,
-    "monitor.alert": Metrics._alert,
-    "stream.consumers.changed": Metrics._consumers_changed,
+_HANDLERS: dict[type[Event], Callable[[Metrics, Any], None]] = {
+    BatchFileCommitted: Metrics._file_committed,
+    BatchFileRejected: Metrics._file_rejected,
+    UploadRejected: Metrics._upload_rejected,
+    StreamBatchCommitted: Metrics._stream_committed,
+    StreamReport: Metrics._report,
+    MonitorAlert: Metrics._alert,
+    StreamConsumersChanged: Metrics._consumers_changed,
 }

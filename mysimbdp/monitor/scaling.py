@@ -1,14 +1,19 @@
-"""The in-process monitor: reads the log feed, keeps the reports, evaluates the rules, scales.
+"""The in-process monitor: hears the events, keeps the reports, evaluates the rules, scales.
 
 Stream apps report every ``report_interval_s``: in-process consumers as ``stream.report``
-log events (the logs are the feed), apps elsewhere with ``POST /reports``. The monitor keeps
+events (the monitor subscribes to the daemon's event bus), apps elsewhere with ``POST /reports``. The monitor keeps
 the latest report of each instance, stores every report in ``mysimbdp.reports``, and once
 per report period (just after the reports are due, see :meth:`Monitor.next_evaluation_in`)
 evaluates each tenant with :func:`mysimbdp.monitor.rules.evaluate`: alerts become
 ``monitor.alert`` events, decisions become calls of the stream manager's ``scale()``, whose
 ``stream.consumers.changed`` event carries the monitor's reason. It also serves
 ``GET /metrics`` (see :mod:`mysimbdp.monitor.metrics`), ``GET /schemas/report.json`` and
-``GET /tenants/{id}/stats`` (from :class:`mysimbdp.monitor.stats.LiveStats`, fed like the metrics).
+``GET /tenants/{id}/stats`` (from :class:`mysimbdp.monitor.stats.LiveStats`); the metrics and
+the statistics subscribe to the same bus.
+
+It is handed what it uses (:mod:`mysimbdp.monitor.ports`): the tenants, the reports
+collection, the bus, the stream manager it scales (None in a daemon without one), the
+daemon's health for the gauges, and the stop event (no scaling while the daemon drains).
 
 What a tenant can make it hold is bounded: ``POST /reports`` is rate-limited per tenant (a
 token bucket; 429 past it), a report's window must be recent, and an instance no longer
@@ -25,20 +30,37 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from mysimbdp.config import HttpSettings
+from mysimbdp.events import Event, EventBus
+from mysimbdp.events.catalog import (
+    MonitorAlert,
+    MonitorEvaluated,
+    MonitorEvaluationFailed,
+    MonitorFeedDropped,
+    MonitorFeedFailed,
+    MonitorReportInvalid,
+    MonitorReportRateLimited,
+    MonitorReportStoreFailed,
+    MonitorScaled,
+    MonitorScaleFailed,
+    MonitorScaleSkipped,
+    StreamConsumersChanged,
+    StreamReport,
+)
 from mysimbdp.http.server import HttpError, json_response, require_tenant
 from mysimbdp.http.tokens import bearer_token
-from mysimbdp.logs import get_logger, subscribe, unsubscribe
 from mysimbdp.monitor import stats
 from mysimbdp.monitor.metrics import CONTENT_TYPE_LATEST, Metrics
+from mysimbdp.monitor.ports import HealthSource, StreamControl, TenantDirectory
 from mysimbdp.monitor.reports import (
-    REPORT_EVENT,
     Report,
     TokenBuckets,
     report_from_event,
@@ -49,15 +71,10 @@ from mysimbdp.monitor.reports import (
 from mysimbdp.monitor.rules import Decision, Limits, RuleState, Snapshot, evaluate
 from mysimbdp.tenants import TenantChange
 
-if TYPE_CHECKING:
-    from mysimbdp.daemon import Daemon
-
 __all__ = ["Monitor", "REPORTS_COLLECTION", "STALE_AFTER_PERIODS", "MAX_INSTANCES"]
 
-log = get_logger("monitor")
 REPORTS_COLLECTION = "reports"
 STALE_AFTER_PERIODS = 2.5  # an instance silent for this many periods no longer counts
-FEED_EVENTS = frozenset({REPORT_EVENT, "stream.consumers.changed"})
 FEED_MAX = 10_000
 STORE_BATCH = 500
 REPORT_GRACE = 0.25  # evaluate this share of a period after the next report is due
@@ -70,11 +87,25 @@ class Monitor:
 
     name = "monitor"
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, *, tenants: TenantDirectory, reports: Callable[[], Any], bus: EventBus,
+                 http: HttpSettings, stream: StreamControl | None, health: HealthSource,
+                 stopping: asyncio.Event, metrics_token: str | None = None,
+                 admin_token: str | None = None) -> None:
+        """``reports()``: the ``mysimbdp.reports`` collection (the store connects at start);
+        ``stopping``: set when the daemon drains (then nothing is scaled);
+        ``metrics_token``/``admin_token``: who may scrape ``/metrics`` (anyone without the first)."""
+        self.tenants = tenants
+        self._reports = reports
+        self.bus = bus
+        self.events = bus.emitter("monitor")
+        self.http = http
+        self.stream = stream
+        self._health = health
+        self._stopping = stopping
+        self._metrics_token = metrics_token
+        self._admin_token = admin_token
         self.metrics = Metrics(known=self._known)
         self.live = stats.LiveStats(known=self._known)
-        http = daemon.settings.http
         self._buckets = TokenBuckets(http.reports_per_s, http.reports_burst)
         self._rate_logged: dict[str, tuple[float, int]] = {}  # tenant -> (when logged, refused since)
         self._latest: dict[str, dict[str, Report]] = {}
@@ -83,7 +114,7 @@ class Monitor:
         self._received: dict[str, float] = {}  # monotonic time of each tenant's last report
         self._loops: dict[str, asyncio.Task[None]] = {}
         self._unstored: deque[dict[str, Any]] = deque(maxlen=FEED_MAX)
-        self._feed: asyncio.Queue[dict[str, Any]] | None = None
+        self._feed: asyncio.Queue[StreamReport | StreamConsumersChanged] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -92,23 +123,26 @@ class Monitor:
                        "store_failed": 0}
 
     def _known(self, tenant: str) -> bool:
-        return tenant in self.daemon.tenants
+        return tenant in self.tenants
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe to the log feed and follow the tenants."""
+        """Subscribe the monitor, the metrics and the statistics to the bus; follow the tenants."""
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._feed = asyncio.Queue(FEED_MAX)
-        subscribe(self._on_event)
-        self.daemon.tenants.add_listener(self._on_tenant)
+        self.bus.subscribe(self.metrics.observe, "metrics")
+        self.bus.subscribe(self.live.observe, "stats")
+        self.bus.subscribe(self._on_event, "monitor")
+        self.tenants.add_listener(self._on_tenant)
         self._tasks = [asyncio.create_task(self._read_feed(), name="monitor.feed"),
                        asyncio.create_task(self._store_loop(), name="monitor.store")]
 
     async def stop(self) -> None:
-        """Leave the feed, stop evaluating, write the reports still held."""
-        unsubscribe(self._on_event)
+        """Leave the bus, stop evaluating, write the reports still held."""
+        for subscriber in (self._on_event, self.live.observe, self.metrics.observe):
+            self.bus.unsubscribe(subscriber)
         tasks = [*self._tasks, *self._loops.values()]
         for task in tasks:
             task.cancel()
@@ -123,11 +157,12 @@ class Monitor:
 
     # ---- the feed --------------------------------------------------------------------------
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        """Called inside every logging call: count it, queue what the rules need, never log."""
-        self.metrics.observe(event)
-        self.live.observe(event)
-        if event.get("event") not in FEED_EVENTS or event.get("source") == "http":
+    def _on_event(self, event: Event) -> None:
+        """A subscriber of the bus (any thread): queue what the rules need, never emit.
+
+        Reports posted over HTTP (``source``) were accepted when they were posted.
+        """
+        if not (isinstance(event, StreamConsumersChanged) or (isinstance(event, StreamReport) and not event.source)):
             return
         if self._loop is None or self._loop.is_closed():
             return
@@ -136,7 +171,7 @@ class Monitor:
         else:
             self._loop.call_soon_threadsafe(self._enqueue, event)
 
-    def _enqueue(self, event: dict[str, Any]) -> None:
+    def _enqueue(self, event: StreamReport | StreamConsumersChanged) -> None:
         assert self._feed is not None
         try:
             self._feed.put_nowait(event)
@@ -150,33 +185,33 @@ class Monitor:
         while True:
             event = await self._feed.get()
             if self.counts["dropped"] != reported_drops:
-                log.warning("monitor.feed.dropped", events=self.counts["dropped"] - reported_drops,
-                            reason="the monitor fell behind the log feed")
+                self.events.emit(MonitorFeedDropped(events=self.counts["dropped"] - reported_drops,
+                                                    reason="the monitor fell behind the events"))
                 reported_drops = self.counts["dropped"]
             try:
                 self._handle(event)
             except Exception as exc:  # one odd event never stops the monitor
-                log.exception("monitor.feed.failed", tenant=event.get("tenant"), error=str(exc))
+                self.events.emit(MonitorFeedFailed(tenant=event.tenant, error=str(exc)))
 
-    def _handle(self, event: dict[str, Any]) -> None:
-        tenant = event.get("tenant")
-        if not isinstance(tenant, str) or tenant not in self.daemon.tenants:
-            return  # another daemon's tenant (tests run several in one process) or an old one
-        if event["event"] == "stream.consumers.changed":
+    def _handle(self, event: StreamReport | StreamConsumersChanged) -> None:
+        tenant = event.tenant
+        if tenant not in self.tenants:
+            return  # a tenant offboarded since
+        if isinstance(event, StreamConsumersChanged):
             self._state(tenant).note_change(time.monotonic())
             return
         try:
-            report = report_from_event(event)
+            report = report_from_event(event.fields())
         except ValidationError as exc:
             self.counts["invalid"] += 1
             field, problem = validation_problem(exc)
-            log.warning("monitor.report.invalid", tenant=tenant, field=field, reason=problem, source="log")
+            self.events.emit(MonitorReportInvalid(tenant=tenant, field=field, reason=problem, source="log"))
             return
         stale = window_problem(report)
         if stale is not None:
             self.counts["invalid"] += 1
             self.metrics.reports_refused.labels(tenant, "window").inc()
-            log.warning("monitor.report.invalid", tenant=tenant, field="window_end", reason=stale, source="log")
+            self.events.emit(MonitorReportInvalid(tenant=tenant, field="window_end", reason=stale, source="log"))
             return
         self.accept(report, "log")
 
@@ -220,13 +255,13 @@ class Monitor:
             except Exception as exc:
                 self.counts["store_failed"] += len(batch)
                 self._unstored.extendleft(reversed(batch))  # kept (bounded) until the store is back
-                log.warning("monitor.report.store_failed", reports=len(batch), held=len(self._unstored),
-                            error=str(exc)[:300])
+                self.events.emit(MonitorReportStoreFailed(reports=len(batch), held=len(self._unstored),
+                                                          error=str(exc)[:300]))
                 return
             self.counts["stored"] += len(batch)
 
     def _collection(self) -> Any:
-        return self.daemon.store.platform_db[REPORTS_COLLECTION]
+        return self._reports()
 
     # ---- evaluation ------------------------------------------------------------------------
 
@@ -250,7 +285,7 @@ class Monitor:
 
     async def _evaluate_loop(self, tenant: str) -> None:
         while True:
-            profile = self.daemon.tenants.get(tenant)
+            profile = self.tenants.get(tenant)
             if profile is None or profile.stream is None:
                 return
             await asyncio.sleep(self.next_evaluation_in(tenant, profile.stream.report_interval_s))
@@ -259,7 +294,7 @@ class Monitor:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.exception("monitor.evaluation_failed", tenant=tenant, error=str(exc))
+                self.events.emit(MonitorEvaluationFailed(tenant=tenant, error=str(exc)))
 
     def next_evaluation_in(self, tenant: str, interval_s: float) -> float:
         """Seconds until the next evaluation: a little after the tenant's next report is due.
@@ -293,31 +328,31 @@ class Monitor:
 
     async def evaluate_tenant(self, tenant: str) -> Decision | None:
         """One evaluation of ``tenant``: the rules, then the alerts and the decision carried out."""
-        profile = self.daemon.tenants.get(tenant)
+        profile = self.tenants.get(tenant)
         limits = Limits.of(profile) if profile is not None else None
         if profile is None or profile.stream is None or limits is None:
             return None
-        stream = getattr(self.daemon, "stream", None)
-        consumers, depth, running = await self._stream_state(stream, tenant)
+        consumers, depth, running = await self._stream_state(tenant)
         snap = Snapshot(self.snapshot_reports(tenant, profile.stream.report_interval_s), consumers, depth)
         state = self._state(tenant)
         decision = evaluate(tenant, limits, snap, state, time.monotonic())
-        log.debug("monitor.evaluated", tenant=tenant, verdict=decision.verdict, consumers=consumers,
-                  instances=len(snap.reports), messages=snap.messages,
-                  avg_ingest_ms=round(snap.avg_ingest_ms, 3), p95_ingest_ms=snap.p95_ingest_ms,
-                  queue_depth=snap.backlog, utilization=round(snap.utilization, 3),
-                  breach_streak=state.breach_streak, idle_streak=state.idle_streak)
+        self.events.emit(MonitorEvaluated(
+            tenant=tenant, verdict=decision.verdict, consumers=consumers, instances=len(snap.reports),
+            messages=snap.messages, avg_ingest_ms=round(snap.avg_ingest_ms, 3), p95_ingest_ms=snap.p95_ingest_ms,
+            queue_depth=snap.backlog, utilization=round(snap.utilization, 3),
+            breach_streak=state.breach_streak, idle_streak=state.idle_streak))
         for alert in decision.alerts:
-            log.warning("monitor.alert", tenant=tenant, rule=alert.rule, observed=alert.observed,
-                        threshold=alert.threshold, consumers=consumers)
-        await self._carry_out(decision, stream, running, profile.monitor.autoscale, consumers, state)
+            self.events.emit(MonitorAlert(tenant=tenant, rule=alert.rule, observed=alert.observed,
+                                          threshold=alert.threshold, consumers=consumers))
+        await self._carry_out(decision, running, profile.monitor.autoscale, consumers, state)
         return decision
 
-    async def _stream_state(self, stream: Any, tenant: str) -> tuple[int, int | None, bool]:
+    async def _stream_state(self, tenant: str) -> tuple[int, int | None, bool]:
         """Consumers, queue depth and whether the tenant's stream is running (not stopped)."""
+        stream = self.stream
         if stream is None:
             return 0, None, False
-        consumers = int(stream.consumer_count(tenant))
+        consumers = stream.consumer_count(tenant)
         try:
             depth = await asyncio.wait_for(stream.queue_depth(tenant), 5.0)
         except asyncio.CancelledError:
@@ -326,50 +361,42 @@ class Monitor:
             depth = None
         # the manager's health lists each tenant's state without asking the broker again
         # (status() would also call the management API); without it, consumers tell
-        state = None
-        with contextlib.suppress(Exception):
-            state = stream.health()["tenants"][tenant]["state"]
+        tenants = stream.health().get("tenants")
+        state = tenants.get(tenant, {}).get("state") if isinstance(tenants, dict) else None
         running = state == "running" if isinstance(state, str) else consumers > 0
-        return consumers, (int(depth) if isinstance(depth, int | float) else None), running
+        return consumers, depth, running
 
-    async def _carry_out(self, decision: Decision, stream: Any, running: bool, autoscale: bool,
+    async def _carry_out(self, decision: Decision, running: bool, autoscale: bool,
                          consumers: int, state: RuleState) -> None:
         tenant = decision.tenant
         if decision.skipped:
-            log.info("monitor.scale.skipped", tenant=tenant, consumers=consumers, reason=decision.skipped)
+            self.events.emit(MonitorScaleSkipped(tenant=tenant, consumers=consumers, reason=decision.skipped))
         if decision.target is None:
             return
+        stream = self.stream
         why_not = (None if stream is not None else "no stream manager in this daemon") \
             or (None if running else "the tenant's stream is stopped") \
             or (None if autoscale else "autoscale is off in the tenant's [monitor] section") \
-            or (None if not self.daemon.draining else "the daemon is draining")
-        if why_not:
-            log.info("monitor.scale.skipped", tenant=tenant, consumers=consumers,
-                     reason=f"{decision.reason}; not applied: {why_not}")
+            or (None if not self._stopping.is_set() else "the daemon is draining")
+        if why_not or stream is None:
+            self.events.emit(MonitorScaleSkipped(tenant=tenant, consumers=consumers,
+                                                 reason=f"{decision.reason}; not applied: {why_not}"))
             return
         try:
             before, after = await stream.scale(tenant, decision.target, decision.reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # out of bounds after a profile edit, tenant gone, broker down
-            log.warning("monitor.scale.failed", tenant=tenant, consumers=consumers,
-                        target=decision.target, reason=decision.reason, error=str(exc))
+            self.events.emit(MonitorScaleFailed(tenant=tenant, consumers=consumers, target=decision.target,
+                                                reason=decision.reason, error=str(exc)))
             return
         state.note_change(time.monotonic())
-        log.info("monitor.scaled", tenant=tenant, **{"from": before, "to": after}, reason=decision.reason)
+        self.events.emit(MonitorScaled(tenant=tenant, from_=before, to=after, reason=decision.reason))
 
     # ---- HTTP ------------------------------------------------------------------------------
 
-    def routes(self) -> list[web.AbstractRouteDef]:
-        """``POST /reports``, ``GET /schemas/report.json``, ``GET /metrics``, ``GET /tenants/{id}/stats``."""
-        return [
-            web.post("/reports", self._post_report),
-            web.get("/schemas/report.json", self._get_schema),
-            web.get("/metrics", self._get_metrics),
-            web.get("/tenants/{id}/stats", self._get_stats),
-        ]
-
-    async def _post_report(self, request: web.Request) -> web.Response:
+    async def post_report(self, request: web.Request) -> web.Response:
+        """``POST /reports``: a tenant's app elsewhere reports (202, or 400/401/403/404/409/429)."""
         if bearer_token(request.headers.get("Authorization")) is None:
             raise HttpError(401, "unauthorized", "send the tenant's token as 'Authorization: Bearer <token>'")
         body = await _json_object(request)
@@ -384,18 +411,18 @@ class Monitor:
         except ValidationError as exc:
             field, problem = validation_problem(exc)
             self.counts["invalid"] += 1
-            log.warning("monitor.report.invalid", tenant=tenant, field=field, reason=problem, source="http")
+            self.events.emit(MonitorReportInvalid(tenant=tenant, field=field, reason=problem, source="http"))
             raise HttpError(400, "invalid_report", f"field {field!r}: {problem}", field=field) from None
         stale = window_problem(report)
         if stale is not None:
             self.counts["invalid"] += 1
             self.metrics.reports_refused.labels(tenant, "window").inc()
-            log.warning("monitor.report.invalid", tenant=tenant, field="window_end", reason=stale, source="http")
+            self.events.emit(MonitorReportInvalid(tenant=tenant, field="window_end", reason=stale, source="http"))
             raise HttpError(400, "invalid_report", f"field 'window_end': {stale}", field="window_end")
         if profile.stream is None:
             raise HttpError(409, "no_stream", f"tenant {tenant!r} has no [stream] section to report on")
         self.accept(report, "http")
-        log.info(REPORT_EVENT, **report.to_event(), source="http")
+        self.events.emit(StreamReport(**report.to_event(), source="http"))
         return json_response({"status": "accepted", "tenant": tenant, "instance": report.instance}, status=202)
 
     def _take_token(self, tenant: str) -> None:
@@ -409,36 +436,38 @@ class Monitor:
         logged_at, refused = self._rate_logged.get(tenant, (-math.inf, 0))
         refused += 1
         if now - logged_at >= RATE_LOG_EVERY_S:
-            http = self.daemon.settings.http
-            log.warning("monitor.report.rate_limited", tenant=tenant, refused=refused,
-                        reports_per_s=http.reports_per_s, burst=http.reports_burst)
+            self.events.emit(MonitorReportRateLimited(tenant=tenant, refused=refused,
+                                                      reports_per_s=self.http.reports_per_s,
+                                                      burst=self.http.reports_burst))
             logged_at, refused = now, 0
         self._rate_logged[tenant] = (logged_at, refused)
         raise HttpError(429, "rate_limited",
-                        f"tenant {tenant!r} sends reports faster than {self.daemon.settings.http.reports_per_s:g}/s; "
+                        f"tenant {tenant!r} sends reports faster than {self.http.reports_per_s:g}/s; "
                         "retry after the seconds in Retry-After", headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
-    async def _get_schema(self, request: web.Request) -> web.Response:
+    async def get_schema(self, request: web.Request) -> web.Response:
+        """``GET /schemas/report.json``."""
         return json_response(report_schema())
 
-    async def _get_metrics(self, request: web.Request) -> web.Response:
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        """``GET /metrics`` (Prometheus text format)."""
         self._require_metrics_token(request)
-        await self.metrics.refresh(self.daemon)
+        await self.metrics.refresh(self._health, self.tenants, self.stream)
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def _require_metrics_token(self, request: web.Request) -> None:
         """With ``MYSIMBDP_METRICS_TOKEN`` set, only it (or the admin token) may scrape."""
-        settings = self.daemon.settings
-        if not settings.metrics_token:
+        if not self._metrics_token:
             return
         token = bearer_token(request.headers.get("Authorization"))
         if token is None:
             raise HttpError(401, "unauthorized", "send the metrics token as 'Authorization: Bearer <token>'")
-        allowed = [t for t in (settings.metrics_token, settings.admin_token) if t]
+        allowed = [t for t in (self._metrics_token, self._admin_token) if t]
         if not any(hmac.compare_digest(token.encode(), t.encode()) for t in allowed):
             raise HttpError(403, "forbidden", "the metrics token is not valid")
 
-    async def _get_stats(self, request: web.Request) -> web.Response:
+    async def get_stats(self, request: web.Request) -> web.Response:
+        """``GET /tenants/{id}/stats`` (``?since=``), from memory."""
         tenant = request.match_info["id"]
         require_tenant(request, tenant)
         since = request.query.get("since")

@@ -6,9 +6,11 @@ them: files committed and rejected (by reason), records, bytes, batch throughput
 time distributions, stream messages and latency, alerts and scaling decisions. Lines that are
 not JSON objects are counted, never fatal.
 
-In the daemon, :class:`LiveStats` aggregates the same events as they are logged (the feed the
-metrics read), in hourly buckets with bounded samples, so the HTTP endpoint never reads a
-file. See ``docs/monitoring.md``.
+In the daemon, :class:`LiveStats` aggregates the same events as they happen (a subscriber of
+the daemon's event bus, like the metrics), in hourly buckets with bounded samples, so the HTTP
+endpoint never reads a file. Both aggregate typed events (:mod:`mysimbdp.events`): a log line
+becomes one through :meth:`~mysimbdp.events.Event.from_log_line`, the one lenient reading of
+lines any version wrote. See ``docs/monitoring.md``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ from typing import Any
 
 import orjson
 
+from mysimbdp.events import Event, event_class
+from mysimbdp.events.catalog import (
+    BatchFileCommitted,
+    BatchFileRejected,
+    MonitorAlert,
+    StreamBatchCommitted,
+    StreamConsumersChanged,
+    StreamReport,
+    UploadRejected,
+)
+
 __all__ = [
     "log_files", "read_events", "parse_since", "compute", "compute_from_log", "empty_section",
     "render_text", "PLATFORM", "MAX_DECISIONS", "LiveStats",
@@ -32,11 +45,11 @@ __all__ = [
 
 PLATFORM = "*"
 MAX_DECISIONS = 20  # scaling decisions listed per section (the most recent ones)
-_EVENTS = frozenset({
-    "batch.file.committed", "batch.file.rejected", "upload.rejected", "stream.batch.committed",
-    "stream.report", "stream.consumers.changed", "monitor.alert",
-})
-_LATENCY_MS = ("oldest_latency_ms", "latency_ms", "oldest_ms")
+_Counted = (BatchFileCommitted | BatchFileRejected | UploadRejected | StreamBatchCommitted | StreamReport
+            | StreamConsumersChanged | MonitorAlert)
+_TYPES: tuple[type[Event], ...] = (BatchFileCommitted, BatchFileRejected, UploadRejected, StreamBatchCommitted,
+                                   StreamReport, StreamConsumersChanged, MonitorAlert)
+_EVENTS = frozenset(t.NAME for t in _TYPES)
 
 
 def log_files(path: Path) -> list[Path]:
@@ -176,60 +189,50 @@ class _Section:
         self.decisions.extend(other.decisions)
         del self.decisions[:-MAX_DECISIONS]
 
-    def add(self, e: Mapping[str, Any]) -> None:
-        getattr(self, "_" + str(e["event"]).replace(".", "_"))(e)
+    def add(self, e: Event, ts: str | None) -> None:
+        """Count one event (of the types in ``_TYPES``; others are ignored) logged at ``ts``."""
+        match e:
+            case BatchFileCommitted():
+                self.c["files_committed"] += 1
+                self._records(e)
+                self.c["bytes"] += e.bytes
+                self.seconds.add(e.seconds)
+                if e.records_per_s > 0:
+                    self.rates.add(e.records_per_s)
+                elif e.seconds > 0:
+                    self.rates.add(e.records_written / e.seconds)
+            case BatchFileRejected():
+                self.c["files_rejected"] += 1
+                self.c["rejected_bytes"] += e.bytes
+                self.file_reasons[e.code or "unknown"] += 1
+                self._records(e)
+            case UploadRejected():
+                self.c["uploads_rejected"] += 1
+                self.upload_reasons[e.code or "unknown"] += 1
+            case StreamBatchCommitted():
+                for key, value in (("messages", e.messages), ("documents", e.documents), ("rejected", e.rejected),
+                                   ("duplicates", e.duplicates), ("bytes", e.bytes)):
+                    self.c["stream_" + key] += value
+                if e.oldest_latency_ms is not None:
+                    self.flush_latency.add(e.oldest_latency_ms)
+            case StreamReport():
+                self.c["reports"] += 1
+                if e.messages:
+                    self.c["report_messages"] += e.messages
+                    self.report_weighted_ms += e.avg_ingest_ms * e.messages
+                    self.report_p95.add(e.p95_ingest_ms or 0.0)
+            case StreamConsumersChanged():
+                before, after = e.from_, e.to
+                self.c["scale_up" if after > before else "scale_down" if after < before else "scale_same"] += 1
+                self.decisions.append({"ts": ts, "tenant": e.tenant, "from": before, "to": after, "reason": e.reason})
+                del self.decisions[:-MAX_DECISIONS]
+            case MonitorAlert():
+                self.alert_rules[e.rule or "unknown"] += 1
 
-    def _batch_file_committed(self, e: Mapping[str, Any]) -> None:
-        self.c["files_committed"] += 1
-        self._records(e)
-        self.c["bytes"] += _int(e, "bytes")
-        seconds = _float(e, "seconds")
-        self.seconds.add(seconds)
-        rate = e.get("records_per_s")
-        if isinstance(rate, int | float) and not isinstance(rate, bool) and math.isfinite(rate):
-            self.rates.add(float(rate))
-        elif seconds > 0:
-            self.rates.add(_int(e, "records_written") / seconds)
-
-    def _batch_file_rejected(self, e: Mapping[str, Any]) -> None:
-        self.c["files_rejected"] += 1
-        self.c["rejected_bytes"] += _int(e, "bytes")
-        self.file_reasons[str(e.get("code") or "unknown")] += 1
-        self._records(e)
-
-    def _records(self, e: Mapping[str, Any]) -> None:
-        for key in ("records_in", "records_written", "records_rejected", "duplicates"):
-            self.c[key] += _int(e, key)
-
-    def _upload_rejected(self, e: Mapping[str, Any]) -> None:
-        self.c["uploads_rejected"] += 1
-        self.upload_reasons[str(e.get("code") or "unknown")] += 1
-
-    def _stream_batch_committed(self, e: Mapping[str, Any]) -> None:
-        for key in ("messages", "documents", "rejected", "duplicates", "bytes"):
-            self.c["stream_" + key] += _int(e, key)
-        for key in _LATENCY_MS:
-            if isinstance(e.get(key), int | float):
-                self.flush_latency.add(_float(e, key))
-                break
-
-    def _stream_report(self, e: Mapping[str, Any]) -> None:
-        self.c["reports"] += 1
-        messages = _int(e, "messages")
-        if messages:
-            self.c["report_messages"] += messages
-            self.report_weighted_ms += _float(e, "avg_ingest_ms") * messages
-            self.report_p95.add(_float(e, "p95_ingest_ms"))
-
-    def _stream_consumers_changed(self, e: Mapping[str, Any]) -> None:
-        before, after = _int(e, "from"), _int(e, "to")
-        self.c["scale_up" if after > before else "scale_down" if after < before else "scale_same"] += 1
-        self.decisions.append({"ts": e.get("ts"), "tenant": e.get("tenant"), "from": before, "to": after,
-                               "reason": e.get("reason")})
-        del self.decisions[:-MAX_DECISIONS]
-
-    def _monitor_alert(self, e: Mapping[str, Any]) -> None:
-        self.alert_rules[str(e.get("rule") or "unknown")] += 1
+    def _records(self, e: BatchFileCommitted | BatchFileRejected) -> None:
+        for key, value in (("records_in", e.records_in), ("records_written", e.records_written),
+                           ("records_rejected", e.records_rejected), ("duplicates", e.duplicates)):
+            self.c[key] += value
 
     def result(self) -> dict[str, Any]:
         c = self.c
@@ -265,16 +268,6 @@ class _Section:
         }
 
 
-def _int(e: Mapping[str, Any], key: str) -> int:
-    v = e.get(key)
-    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else 0
-
-
-def _float(e: Mapping[str, Any], key: str) -> float:
-    v = e.get(key)
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else 0.0
-
-
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -301,23 +294,24 @@ def compute(events: Iterable[Mapping[str, Any]], tenant: str | None = None,
     platform = _Section()
     first = last = None
     counted = 0
-    for e in events:
-        name = e.get("event")
+    for line in events:
+        name = line.get("event")
         if name not in _EVENTS:
             continue
-        tid = e.get("tenant")
+        tid = line.get("tenant")
         if not isinstance(tid, str) or (tenant is not None and tid != tenant):
             continue
-        ts = e.get("ts")
+        ts = line.get("ts")
         if since is not None:
-            when = _ts(e)
+            when = _ts(line)
             if when is None or when < since:
                 continue
-        try:
-            sections.setdefault(tid, _Section()).add(e)
-            platform.add(e)
-        except (TypeError, ValueError):  # a malformed event: skipped, not fatal
-            continue
+        cls = event_class(str(name))
+        assert cls is not None  # every name of _EVENTS has its type
+        e = cls.from_log_line(line)
+        stamp = ts if isinstance(ts, str) else None
+        sections.setdefault(tid, _Section()).add(e, stamp)
+        platform.add(e, stamp)
         counted += 1
         if isinstance(ts, str):
             first = ts if first is None or ts < first else first
@@ -347,10 +341,10 @@ LIVE_HOURS = 24  # hourly buckets kept apart (for ``since``); older ones are mer
 
 
 class LiveStats:
-    """The statistics of :func:`compute`, kept in memory from the log events as they happen.
+    """The statistics of :func:`compute`, kept in memory from the events as they happen.
 
-    Fed by :meth:`observe` (called inside logging calls, from any thread: it only counts,
-    under a lock). Only tenants for which ``known(tenant)`` is true are kept, so ids that no
+    Fed by :meth:`observe` (a subscriber of the event bus, called from any thread: it only
+    counts, under a lock). Only tenants for which ``known(tenant)`` is true are kept, so ids that no
     profile declares (an upload to a made-up tenant) cost nothing. Figures are per hour for
     the last :data:`LIVE_HOURS` hours, so :meth:`result` can answer ``since`` to the hour;
     older hours are merged into one bucket that still counts in the totals.
@@ -367,11 +361,11 @@ class LiveStats:
         self._first: dict[str, str] = {}
         self._last: dict[str, str] = {}
 
-    def observe(self, event: Mapping[str, Any]) -> None:
-        """Count one log event if it is an ingestion event of a configured tenant. Never raises."""
-        if event.get("event") not in _EVENTS:
+    def observe(self, event: Event) -> None:
+        """Count ``event`` if it is an ingestion event of a configured tenant."""
+        if not isinstance(event, _TYPES):
             return
-        tenant = event.get("tenant")
+        tenant = event.tenant  # type: ignore[attr-defined]  # every type counted has one
         if not isinstance(tenant, str) or not self._known(tenant):
             return
         now = self._now()
@@ -382,14 +376,11 @@ class LiveStats:
             if section is None:
                 section = hours[hour] = _Section(LIVE_SAMPLES)
                 self._age(hours, hour)
-            try:
-                section.add(event)
-            except (TypeError, ValueError):  # a malformed event: skipped, not fatal
-                return
+            ts = _iso(now)
+            section.add(event, ts)
             self._events[tenant] += 1
-            ts = event.get("ts") if isinstance(event.get("ts"), str) else now.isoformat()
-            self._first.setdefault(tenant, str(ts))
-            self._last[tenant] = str(ts)
+            self._first.setdefault(tenant, ts)
+            self._last[tenant] = ts
 
     def _age(self, hours: dict[datetime, _Section], current: datetime) -> None:
         oldest = current - timedelta(hours=LIVE_HOURS)

@@ -14,11 +14,18 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 
-from mysimbdp.logs import get_logger
+from mysimbdp.events import EventBus
+from mysimbdp.events.catalog import (
+    BrokerCallbackFailed,
+    BrokerClosed,
+    BrokerConnected,
+    BrokerDisconnected,
+    BrokerReconnected,
+    BrokerUnavailable,
+)
 
 __all__ = ["Broker"]
 
-log = get_logger("broker")
 ConnectedCallback = Callable[[AbstractRobustConnection], Coroutine[Any, Any, None]]
 
 
@@ -27,7 +34,8 @@ class Broker:
 
     name = "broker"
 
-    def __init__(self, url: str, retry_max_s: float = 30.0) -> None:
+    def __init__(self, url: str, retry_max_s: float = 30.0, *, bus: EventBus) -> None:
+        self.events = bus.emitter("broker")
         self.url = url
         self.retry_max_s = retry_max_s
         self.connection: AbstractRobustConnection | None = None
@@ -61,7 +69,7 @@ class Broker:
             # our own close is not a disconnection: nothing to warn about
             connection.close_callbacks.discard(self._on_close)
             await connection.close()
-            log.info("broker.closed")
+            self.events.emit(BrokerClosed())
         self.reason = "stopped"
 
     async def _connect_loop(self) -> None:
@@ -73,7 +81,7 @@ class Broker:
                 raise
             except Exception as exc:
                 self.reason = f"{type(exc).__name__}: {exc}"[:300]
-                log.warning("broker.unavailable", reason=self.reason, retry_in_s=round(delay, 1))
+                self.events.emit(BrokerUnavailable(reason=self.reason, retry_in_s=round(delay, 1)))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
                 continue
@@ -82,22 +90,22 @@ class Broker:
             connection.close_callbacks.add(self._on_close)
             connection.reconnect_callbacks.add(self._on_reconnect)
             self.connected.set()
-            log.info("broker.connected")
+            self.events.emit(BrokerConnected())
             for callback in list(self._callbacks):
                 try:
                     await callback(connection)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.exception("broker.callback_failed", error=str(exc))
+                    self.events.emit(BrokerCallbackFailed(error=str(exc)))
 
     def _on_close(self, _conn: object, exc: BaseException | None = None) -> None:
         self.reason = f"connection lost: {exc}" if exc else "connection closed"
-        log.warning("broker.disconnected", reason=self.reason)
+        self.events.emit(BrokerDisconnected(reason=self.reason))
 
     def _on_reconnect(self, _conn: object) -> None:
         self.reason = None
-        log.info("broker.reconnected")
+        self.events.emit(BrokerReconnected())
 
     def health(self) -> dict[str, object]:
         """``{"up": bool, "reason": ...}``."""

@@ -6,7 +6,10 @@ A daemon component named ``stream``. It follows the tenant registry (a tenant wi
 broker connection (topology and consumers come up when the broker does). Operators and
 the monitor drive it through :meth:`StreamManager.start_tenant`,
 :meth:`~StreamManager.stop_tenant` and :meth:`~StreamManager.scale`; every change of a
-tenant's consumer count is the log event ``stream.consumers.changed``.
+tenant's consumer count is the event ``stream.consumers.changed``.
+
+It is handed what it uses: the ``[stream]`` settings and the timeouts, the tenants, the
+broker connection, the store's tenant databases, the app runners and the event bus.
 """
 
 from __future__ import annotations
@@ -14,16 +17,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-from aiohttp import web
+from pymongo.asynchronous.database import AsyncDatabase
 
 from mysimbdp.apps.contract import Target
-from mysimbdp.apps.runner import AppError, Mode
+from mysimbdp.apps.runner import AppError, Mode, Runners
 from mysimbdp.apps.runner.calls import collection_problem
+from mysimbdp.config import StreamSettings
 from mysimbdp.errors import BrokerUnavailable, MysimbdpError, PluginError
+from mysimbdp.events import EventBus
+from mysimbdp.events.catalog import (
+    StreamConsumersChanged,
+    StreamDepthFailed,
+    StreamDrained,
+    StreamProvisionDone,
+    StreamProvisionFailed,
+    StreamTenantFailed,
+    StreamTenantRemoved,
+)
 from mysimbdp.logs import get_logger
 from mysimbdp.stream.apprun import AppRoute
 from mysimbdp.stream.broker_admin import BrokerAdmin
@@ -36,14 +51,30 @@ from mysimbdp.stream.topology import (
     passive_depth,
     queue_name,
 )
-from mysimbdp.tenants import StreamProfile, TenantChange
+from mysimbdp.tenants import StreamProfile, TenantChange, TenantDirectory
 
-if TYPE_CHECKING:
-    from mysimbdp.daemon import Daemon
-
-__all__ = ["StreamManager", "StreamError", "UnknownStream", "OutOfBounds", "NotRunning"]
+__all__ = ["StreamManager", "StreamError", "UnknownStream", "OutOfBounds", "NotRunning", "BrokerLink",
+           "TenantDatabases"]
 
 log = get_logger("stream")
+
+
+class BrokerLink(Protocol):
+    """The broker connection as the manager uses it (:class:`mysimbdp.stream.broker.Broker`)."""
+
+    reason: str | None
+
+    def on_connected(self, callback: Callable[[AbstractRobustConnection], Coroutine[Any, Any, None]]) -> None:
+        """Call ``callback`` with the connection once it is up (again)."""
+        ...
+
+
+class TenantDatabases(Protocol):
+    """Where each tenant's documents go (:class:`mysimbdp.store.client.Store`)."""
+
+    def tenant_db(self, tenant: str) -> AsyncDatabase[dict[str, Any]]:
+        """The tenant's own database."""
+        ...
 
 
 class StreamError(ValueError):
@@ -90,9 +121,18 @@ class StreamManager:
 
     name = "stream"
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.settings = daemon.settings
+    def __init__(self, *, settings: StreamSettings, amqp_url: str, drain_timeout_s: float, retry_max_s: float,
+                 tenants: TenantDirectory, broker: BrokerLink, store: TenantDatabases, runners: Runners,
+                 bus: EventBus) -> None:
+        self.stream_settings = settings
+        self.amqp_url = amqp_url
+        self.drain_timeout_s = drain_timeout_s
+        self.retry_max_s = retry_max_s
+        self.tenants = tenants
+        self.broker = broker
+        self.store = store
+        self.runners = runners
+        self.events = bus.emitter("stream")
         self._tenants: dict[str, _Tenant] = {}
         self._connection: AbstractRobustConnection | None = None
         self._query: AbstractChannel | None = None
@@ -103,8 +143,8 @@ class StreamManager:
 
     async def start(self) -> None:
         """Follow the tenant registry and the broker connection."""
-        self.daemon.tenants.add_listener(self._on_tenant_change)
-        self.daemon.broker.on_connected(self._on_connected)
+        self.tenants.add_listener(self._on_tenant_change)
+        self.broker.on_connected(self._on_connected)
 
     async def drain(self, timeout: float) -> None:
         """Cancel every consumer tag, flush and acknowledge what is buffered, within ``timeout``."""
@@ -113,7 +153,7 @@ class StreamManager:
         results = await asyncio.gather(*(self._stop_all(t, timeout, "daemon draining")
                                          for t in list(self._tenants.values())), return_exceptions=True)
         left = sum(r for r in results if isinstance(r, int))
-        log.info("stream.drained", seconds=round(time.monotonic() - t0, 3), unacked=left)
+        self.events.emit(StreamDrained(seconds=round(time.monotonic() - t0, 3), unacked=left))
 
     async def stop(self) -> None:
         """Stop what is still running (right away) and close the query channel."""
@@ -134,12 +174,6 @@ class StreamManager:
         errors = {t.id: t.error for t in self._tenants.values() if t.error}
         return {"up": True, "tenants": tenants, **({"errors": errors} if errors else {})}
 
-    def routes(self) -> list[web.AbstractRouteDef]:
-        """The operator endpoints (``/tenants/{id}/stream...``)."""
-        from mysimbdp.stream.control import stream_routes
-
-        return stream_routes()
-
     # ----------------------------------------------------------------- the API (operators, monitor)
 
     def consumer_count(self, tenant: str) -> int:
@@ -156,7 +190,7 @@ class StreamManager:
                 self._query = await self._connection.channel(publisher_confirms=False)
             return await passive_depth(self._query, tenant)
         except Exception as exc:  # e.g. the queue is missing: that closes the channel
-            log.debug("stream.depth.failed", tenant=tenant, error=str(exc))
+            self.events.emit(StreamDepthFailed(tenant=tenant, error=str(exc)))
             self._query = None
             return None
 
@@ -198,7 +232,7 @@ class StreamManager:
         """Stop the tenant's consumers (buffered messages are flushed first); returns ``(from, 0)``."""
         t = self._require(tenant)
         before = len(t.consumers)
-        await self._stop_all(t, self.settings.drain_timeout_s, reason)
+        await self._stop_all(t, self.drain_timeout_s, reason)
         return before, 0
 
     async def status(self, tenant: str) -> dict[str, Any]:
@@ -226,7 +260,7 @@ class StreamManager:
     def _require(self, tenant: str) -> _Tenant:
         t = self._tenants.get(tenant)
         if t is None:
-            if tenant in self.daemon.tenants:
+            if tenant in self.tenants:
                 raise UnknownStream(f"tenant {tenant!r} has no [stream] section in its profile")
             raise UnknownStream(f"no tenant {tenant!r} is configured")
         return t
@@ -250,19 +284,19 @@ class StreamManager:
                 elif count < before:
                     extra = sorted(t.consumers)[count:]
                     stopping = [t.consumers.pop(slot) for slot in extra]
-                    await asyncio.gather(*(c.stop(self.settings.drain_timeout_s) for c in stopping))
+                    await asyncio.gather(*(c.stop(self.drain_timeout_s) for c in stopping))
             finally:  # a failure half-way still reports the consumers that did change
                 after = len(t.consumers)
                 if after != before:
-                    log.info("stream.consumers.changed", tenant=t.id, **{"from": before, "to": after}, reason=reason)
+                    self.events.emit(StreamConsumersChanged(tenant=t.id, from_=before, to=after, reason=reason))
         return before, after
 
     async def _start_consumer(self, t: _Tenant, slot: int, connection: AbstractRobustConnection) -> None:
         assert t.routes is not None
         consumer = Consumer(tenant=t.id, instance=f"{t.id}-c{slot}", profile=t.profile, routes=t.routes,
-                            connection=connection, database=self.daemon.store.tenant_db(t.id),
-                            depth=lambda: self.queue_depth(t.id), runners=self.daemon.runners,
-                            runner=t.runner, retry_max_s=self.settings.retry_max_s)
+                            connection=connection, database=self.store.tenant_db(t.id),
+                            depth=lambda: self.queue_depth(t.id), runners=self.runners,
+                            runner=t.runner, retry_max_s=self.retry_max_s)
         await consumer.start()
         t.consumers[slot] = consumer
 
@@ -274,12 +308,12 @@ class StreamManager:
             t.running = False
             left = await asyncio.gather(*(c.stop(timeout) for c in stopping))
         if before:
-            log.info("stream.consumers.changed", tenant=t.id, **{"from": before, "to": 0}, reason=reason)
+            self.events.emit(StreamConsumersChanged(tenant=t.id, from_=before, to=0, reason=reason))
         return sum(left)
 
     def _live_connection(self) -> AbstractRobustConnection:
         if self._connection is None or self._connection.is_closed:
-            raise BrokerUnavailable(f"RabbitMQ is not reachable ({self.daemon.broker.reason}); "
+            raise BrokerUnavailable(f"RabbitMQ is not reachable ({self.broker.reason}); "
                                     "consumers start once it is back")
         return self._connection
 
@@ -295,7 +329,7 @@ class StreamManager:
         return Routes(default=route(profile.app), by_type={k: route(v) for k, v in profile.apps.items()})
 
     async def _target(self, tenant: str, name: str, runner: Mode, timeout: float) -> Target:
-        runners = self.daemon.runners
+        runners = self.runners
         try:
             session = await asyncio.to_thread(runners.lease, tenant, name, runner, "stream")
         except AppError as exc:
@@ -326,11 +360,11 @@ class StreamManager:
         # read before the stop below, which marks the stream stopped
         was_running = previous.running if previous is not None else stream.autostart if stream else False
         if previous is not None and (stream is None or stream != previous.profile):
-            await self._stop_all(previous, self.settings.drain_timeout_s,
+            await self._stop_all(previous, self.drain_timeout_s,
                                  "tenant offboarded" if stream is None else "profile changed")
             self._tenants.pop(change.tenant, None)
             if stream is None:
-                log.info("stream.tenant.removed", tenant=change.tenant, queue=queue_name(change.tenant))
+                self.events.emit(StreamTenantRemoved(tenant=change.tenant, queue=queue_name(change.tenant)))
         if stream is None or (previous is not None and stream == previous.profile):
             return
         t = _Tenant(change.tenant, stream, runner=change.new.runner if change.new is not None else "process")
@@ -341,16 +375,16 @@ class StreamManager:
             t.routes = await self._build_routes(change.tenant, stream, change.new.runner if change.new else "process")
         except MysimbdpError as exc:
             t.error, t.running = str(exc), False
-            log.error("stream.tenant.failed", tenant=change.tenant, app=stream.app, error=str(exc))
+            self.events.emit(StreamTenantFailed(tenant=change.tenant, app=stream.app, error=str(exc)))
         self._tenants[change.tenant] = t
-        if self.settings.stream.provision_users:
+        if self.stream_settings.provision_users:
             self._spawn(self._provision(change.tenant), f"stream.provision.{change.tenant}")
         if self._connection is not None and not self._connection.is_closed:
             await self._activate(t, "tenant onboarded" if previous is None else "profile changed")
 
     async def _on_connected(self, connection: AbstractRobustConnection) -> None:
         self._connection = connection
-        await declare_exchange(connection, self.settings.stream.exchange)
+        await declare_exchange(connection, self.stream_settings.exchange)
         for t in list(self._tenants.values()):
             await self._activate(t)
 
@@ -359,14 +393,14 @@ class StreamManager:
         if self._draining or self._connection is None:
             return
         try:
-            await declare_tenant(self._connection, self.settings.stream.exchange, t.id, t.profile)
+            await declare_tenant(self._connection, self.stream_settings.exchange, t.id, t.profile)
             await self._ensure_indexes(t)
             if t.running and t.routes is not None and t.desired > len(t.consumers):
                 await self._set_count(t, t.desired, reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("stream.tenant.failed", tenant=t.id, app=t.profile.app, error=str(exc))
+            self.events.emit(StreamTenantFailed(tenant=t.id, app=t.profile.app, error=str(exc)), exc_info=True)
 
     async def _ensure_indexes(self, t: _Tenant) -> None:
         """Create the indexes the tenant's stream apps ask for (best effort: the store may be down)."""
@@ -375,7 +409,7 @@ class StreamManager:
         # the one target check and index creation of batch and stream
         from mysimbdp.store.writes import ensure_target
 
-        db = self.daemon.store.tenant_db(t.id)
+        db = self.store.tenant_db(t.id)
         for route in (t.routes.default, *t.routes.by_type.values()):
             try:
                 await ensure_target(db, route.collection, route.indexes)
@@ -384,21 +418,21 @@ class StreamManager:
                             index=getattr(exc, "index", None), error=str(exc)[:300])
 
     async def _provision(self, tenant: str) -> None:
-        s = self.settings
+        s = self.stream_settings
         try:
-            result = await provision_user(s.stream.management_url, s.amqp_url, s.stream.exchange, tenant,
-                                          user_prefix=s.stream.user_prefix)
+            result = await provision_user(s.management_url, self.amqp_url, s.exchange, tenant,
+                                          user_prefix=s.user_prefix)
         except MysimbdpError as exc:
-            log.warning("stream.provision.failed", tenant=tenant, error=str(exc))
+            self.events.emit(StreamProvisionFailed(tenant=tenant, error=str(exc)))
             return
-        log.info("stream.provision.done", tenant=tenant, user=result.user, vhost=result.vhost,
-                 created=result.created)
+        self.events.emit(StreamProvisionDone(tenant=tenant, user=result.user, vhost=result.vhost,
+                                             created=result.created))
 
     async def _broker_stats(self, tenant: str) -> tuple[int | None, float | None]:
         """Dead-letter depth and publish rate from the management API (None if unreachable)."""
-        vhost = vhost_of(self.settings.amqp_url)
+        vhost = vhost_of(self.amqp_url)
         try:
-            async with BrokerAdmin(self.settings.stream.management_url, timeout_s=3.0) as admin:
+            async with BrokerAdmin(self.stream_settings.management_url, timeout_s=3.0) as admin:
                 queue = await admin.queue(vhost, queue_name(tenant)) or {}
                 dead = await admin.queue(vhost, dead_name(tenant)) or {}
         except MysimbdpError:
