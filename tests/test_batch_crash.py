@@ -6,13 +6,16 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
-from pymongo import MongoClient
+from pymongo import AsyncMongoClient, MongoClient
+from structlog.testing import capture_logs
 
 from mysimbdp.config import Settings
-from tests.batch_support import drop, write_profile
+from mysimbdp.store.client import EmbeddedMongo
+from tests.batch_support import drop, wait_until, write_profile
 
 ROWS = 4000
 
@@ -137,3 +140,49 @@ def test_a_resumed_file_refused_at_restart_leaves_no_documents(
     assert (settings.archive_dir / tenant_id / "rejected" / "numbers.csv").is_file()
     log = (settings.var_dir / "log" / "mysimbdp.jsonl").read_text()
     assert '"event":"batch.file.rolled_back"' in log
+
+
+async def test_a_store_outage_past_the_write_deadline_defers_the_file_which_resumes(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        tmp_path: Path) -> None:
+    """The store stops mid-file: the loader retries its write for ``write_retry_deadline_s``,
+    then the file is deferred (not held until its timeout rejects it); once the store is back
+    the file resumes and every record is in the collection exactly once."""
+    server = EmbeddedMongo(tmp_path / "store", tmp_path / "store.log")
+    await server.start()
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(server.uri, serverSelectionTimeoutMS=500)
+    try:
+        settings = settings_factory(
+            extra_apps={"batch_slow": "tests.plugins.batch_slow"}, mongo_uri=server.uri,
+            batch={"stable_after_s": 0.2, "rescan_interval_s": 0.5, "write_batch_size": 100,
+                   "write_retry_deadline_s": 1.0})
+        write_profile(settings, tenant_id, "batch_slow")
+        await start_daemon(settings)
+        records = client[f"tenant_{tenant_id}"]["records"]
+        with capture_logs() as events:
+            drop(settings, tenant_id, "slow.csv", "n\n" + "".join(f"{i}\n" for i in range(ROWS)))
+            await wait_until(lambda: _more_than(records, 200), what="the load under way")
+            await server.stop()
+
+            async def deferred() -> bool:
+                return any(e["event"] == "batch.file.deferred" for e in events)
+            await wait_until(deferred, timeout=30, what="the file deferred")
+            assert any(e["event"] == "batch.store_retry" for e in events)
+        await server.start()
+
+        async def committed() -> bool:
+            entry = await client["mysimbdp"]["files"].find_one({"tenant": tenant_id, "name": "slow.csv"})
+            return entry is not None and entry.get("state") == "committed"
+        await wait_until(committed, timeout=90, what="the file resumed and committed")
+        assert await records.count_documents({}) == ROWS
+        assert sorted([d["n"] async for d in records.find({}, {"n": 1})]) == list(range(ROWS))
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def _more_than(collection: Any, n: int) -> bool:
+    try:
+        return bool(await collection.count_documents({}) > n)
+    except Exception:
+        return False
