@@ -16,6 +16,8 @@ from mysimbdp.cli import main
 from mysimbdp.client.publisher import PublishRefused, publish_records
 from mysimbdp.config import Settings
 from mysimbdp.errors import BrokerUserConflict
+from mysimbdp.events import EventBus
+from mysimbdp.logs import write_event
 from mysimbdp.stream.broker_admin import BrokerAdmin
 from mysimbdp.stream.provision import (
     broker_user,
@@ -30,6 +32,8 @@ from tests.conftest import AMQP_BASE, MANAGEMENT_URL
 from tests.plugins.stream_support import write_profile
 
 EXCHANGE = "mysimbdp.ingest"
+
+EVENTS = EventBus(write_event).emitter("stream")
 
 
 @pytest.fixture
@@ -88,7 +92,7 @@ async def _declare(amqp_url: str, *tenants: str) -> None:
     connection = await aio_pika.connect(amqp_url)
     try:
         for tenant in tenants:
-            await declare_tenant(connection, EXCHANGE, tenant, StreamProfile(app="x"))
+            await declare_tenant(connection, EXCHANGE, tenant, StreamProfile(app="x"), EVENTS)
     finally:
         await connection.close()
 

@@ -9,11 +9,15 @@ import aio_pika
 import pytest
 from structlog.testing import capture_logs
 
+from mysimbdp.events import EventBus
+from mysimbdp.logs import write_event
 from mysimbdp.stream import topology
 from mysimbdp.stream.topology import QueueRefused, dead_name, declare_tenant, queue_name
 from mysimbdp.tenants import StreamProfile
 
 EXCHANGE = "mysimbdp.ingest"
+
+EVENTS = EventBus(write_event).emitter("stream")
 
 
 @pytest.fixture
@@ -29,9 +33,9 @@ async def connection(amqp_url: str, tenant_id: str) -> AsyncIterator[aio_pika.ab
 
 async def test_a_queue_declared_with_other_arguments_is_kept_and_said_so(
         connection: aio_pika.abc.AbstractConnection, tenant_id: str) -> None:
-    await declare_tenant(connection, EXCHANGE, tenant_id, StreamProfile(app="x", delivery_limit=5))
+    await declare_tenant(connection, EXCHANGE, tenant_id, StreamProfile(app="x", delivery_limit=5), EVENTS)
     with capture_logs() as events:
-        await declare_tenant(connection, EXCHANGE, tenant_id, StreamProfile(app="x", delivery_limit=9))
+        await declare_tenant(connection, EXCHANGE, tenant_id, StreamProfile(app="x", delivery_limit=9), EVENTS)
     mismatch = [e for e in events if e["event"] == "stream.topology.mismatch"]
     assert mismatch and "x-delivery-limit" in mismatch[0]["error"]
     assert any(e["event"] == "stream.topology.declared" for e in events)
@@ -48,7 +52,7 @@ async def test_a_broker_refusing_the_queue_arguments_is_an_error_naming_why(
 
     monkeypatch.setattr(topology, "queue_arguments", refused)
     with capture_logs() as events, pytest.raises(QueueRefused) as info:
-        await declare_tenant(connection, EXCHANGE, tenant_id, StreamProfile(app="x"))
+        await declare_tenant(connection, EXCHANGE, tenant_id, StreamProfile(app="x"), EVENTS)
     message = str(info.value)
     assert "PRECONDITION_FAILED" in message and "x-max-priority" in message and "RabbitMQ 3.10" in message
     assert not any(e["event"] == "stream.topology.mismatch" for e in events)

@@ -48,7 +48,7 @@ from mysimbdp.batch.staged import StagedFile, rename_noreplace, take_name
 from mysimbdp.batch.watcher import StagingWatcher
 from mysimbdp.config import BatchSettings
 from mysimbdp.errors import FileRejected, PluginError
-from mysimbdp.events import EventBus
+from mysimbdp.events import Emitter, EventBus
 from mysimbdp.events.catalog import (
     BatchDrainCancelled,
     BatchFileArchivedLate,
@@ -58,18 +58,17 @@ from mysimbdp.events.catalog import (
     BatchFileInterrupted,
     BatchFileLoading,
     BatchFileRejected,
+    BatchFileReplaced,
     BatchFileResumed,
     BatchFileRollbackFailed,
     BatchTenantUnwatched,
     BatchTenantWatching,
 )
-from mysimbdp.logs import get_logger
 from mysimbdp.store.client import Store
 from mysimbdp.tenants import FORMATS, BatchProfile, BatchRoute, TenantChange, TenantDirectory
 
 __all__ = ["BatchManager", "route_for"]
 
-log = get_logger("batch")
 
 
 def route_for(profile: BatchProfile, name: str) -> BatchRoute | None:
@@ -103,7 +102,7 @@ class BatchManager:
         self.events = bus.emitter("batch")
         self.scheduler = FairScheduler(settings.max_concurrent_files)
         self.watcher = StagingWatcher(staging_dir, settings.stable_after_s, settings.rescan_interval_s,
-                                      stop_event, self._on_file)
+                                      stop_event, self._on_file, self.events)
         self._executor: ThreadPoolExecutor | None = None
         self._loader: FileLoader | None = None
         self._inflight: dict[str, dict[str, tuple[int, str]]] = {}  # tenant -> name -> (bytes, sha256)
@@ -281,7 +280,7 @@ class BatchManager:
             archived = done.get("archive_path")
             if done.get("name") == name and archived and not await asyncio.to_thread(os.path.lexists, archived):
                 # committed, then the daemon died before archiving the file: finish the archiving
-                await asyncio.to_thread(_archive_staged, staged, path, Path(archived))
+                await asyncio.to_thread(_archive_staged, staged, path, Path(archived), self.events)
                 self.events.emit(BatchFileArchivedLate(tenant=tenant, file=name, ledger_id=done["_id"]))
                 raise FileRejected("archived", "already committed")
             raise FileRejected("duplicate", f"the same content (sha256 {sha[:12]}…) was already committed as "
@@ -378,7 +377,7 @@ class BatchManager:
         content = job.staged.content_bytes if job.staged is not None and job.fmt.endswith(".gz") else job.size
         await self.ledger.transition(job.ledger_id, FileState.COMMITTED, archive_path=str(dest),
                                             content_bytes=content, seconds=round(seconds, 3), **counts.as_dict())
-        placed = await asyncio.to_thread(_archive, job.staged, job.path, None, dest, job.ledger_id)
+        placed = await asyncio.to_thread(_archive, job.staged, job.path, None, dest, job.ledger_id, self.events)
         if placed != dest:
             await self.ledger.collection.update_one({"_id": job.ledger_id}, {"$set": {"archive_path": str(placed)}})
         self.events.emit(BatchFileCommitted(**_outcome(job.tenant, job.name, job.sha256, job.size, counts, seconds),
@@ -413,7 +412,7 @@ class BatchManager:
         reason = {"code": exc.code, "message": exc.message, "tenant": tenant, "file": path.name, "sha256": sha,
                   "bytes": size, "ledger_id": entry_id, **counts.as_dict(), "details": details}
         identity = (seen.st_dev, seen.st_ino) if seen is not None else None
-        placed = await asyncio.to_thread(_archive, staged, path, identity, dest, entry_id, reason)
+        placed = await asyncio.to_thread(_archive, staged, path, identity, dest, entry_id, self.events, reason)
         if placed != dest:
             await ledger.collection.update_one({"_id": entry_id}, {"$set": {"archive_path": str(placed)}})
         self.events.emit(BatchFileRejected(**_outcome(tenant, path.name, sha, size, counts, seconds),
@@ -469,7 +468,7 @@ def _free_path(folder: Path, name: str, entry_id: str) -> Path:
 
 
 def _archive(staged: StagedFile | None, path: Path, identity: tuple[int, int] | None, dest: Path,
-             entry_id: str, reason: dict[str, Any] | None = None) -> Path:
+             entry_id: str, events: Emitter, reason: dict[str, Any] | None = None) -> Path:
     """Archive the file at ``dest`` (or, if that name was taken meanwhile, a free one); returns where.
 
     With ``staged``, its inode is placed in the archive and the staging name removed if it
@@ -482,7 +481,7 @@ def _archive(staged: StagedFile | None, path: Path, identity: tuple[int, int] | 
         if _taken(folder, dest.name):
             dest = _free_path(folder, path.name, entry_id)
         if staged is not None:
-            _archive_staged(staged, path, dest)
+            _archive_staged(staged, path, dest, events)
         elif identity is not None and reason is not None and reason.get("code") == "hard_link":
             _drop_entry(path, identity)  # another name of a file that is not the tenant's to give
         elif identity is not None:
@@ -495,12 +494,13 @@ def _archive(staged: StagedFile | None, path: Path, identity: tuple[int, int] | 
     return dest
 
 
-def _archive_staged(staged: StagedFile, path: Path, dest: Path) -> None:
+def _archive_staged(staged: StagedFile, path: Path, dest: Path, events: Emitter) -> None:
     """Our inode into the archive, then the staging name away if it is still ours."""
     staged.place(dest, path)
     if not staged.remove_name(path):
-        log.info("batch.file.replaced", file=path.name,
-                 reason="another file took the name while this one loaded; it stays in staging as a new file")
+        events.emit(BatchFileReplaced(
+            tenant=path.parent.name, file=path.name,
+            reason="another file took the name while this one loaded; it stays in staging as a new file"))
 
 
 def _drop_entry(path: Path, identity: tuple[int, int]) -> None:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import watchfiles
 
-from mysimbdp.logs import get_logger
+from mysimbdp.events import Emitter
+from mysimbdp.events.catalog import BatchScanFailed, BatchScanTruncated, BatchWatchFailed
 
 __all__ = ["StagingWatcher", "is_ignored", "OnFile"]
 
-log = get_logger("batch")
 
 #: Entries of one tenant's folder one scan reads at most.
 MAX_SCAN_ENTRIES = 10_000
@@ -47,7 +47,9 @@ class StagingWatcher:
     """Watches the staging folders of the tenants it is told about."""
 
     def __init__(self, staging_dir: Path, stable_after_s: float, rescan_interval_s: float,
-                 stop_event: asyncio.Event, on_file: OnFile, max_entries: int = MAX_SCAN_ENTRIES) -> None:
+                 stop_event: asyncio.Event, on_file: OnFile, events: Emitter,
+                 max_entries: int = MAX_SCAN_ENTRIES) -> None:
+        self.events = events
         self.staging_dir = staging_dir
         self.max_entries = max_entries
         self.stable_after_s = stable_after_s
@@ -121,7 +123,7 @@ class StagingWatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # e.g. inotify limits: rescans still find the files
-                log.warning("batch.watch_failed", error=str(exc)[:300], retry_in_s=self.rescan_interval_s)
+                self.events.emit(BatchWatchFailed(error=str(exc)[:300], retry_in_s=self.rescan_interval_s))
                 await asyncio.sleep(self.rescan_interval_s)
 
     async def _scan_loop(self) -> None:
@@ -134,7 +136,7 @@ class StagingWatcher:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # one tenant's problem never stops the others' scans
-                    log.exception("batch.scan_failed", tenant=tenant, error=str(exc)[:300])
+                    self.events.emit(BatchScanFailed(tenant=tenant, error=str(exc)[:300]), exc_info=True)
             timeout = self.rescan_interval_s
             if pending:
                 timeout = min(timeout, max(self.stable_after_s / 2, 0.05))
@@ -154,9 +156,10 @@ class StagingWatcher:
             return False
         if truncated and tenant not in self._truncated:
             self._truncated.add(tenant)
-            log.warning("batch.scan.truncated", tenant=tenant, folder=str(folder), limit=self.max_entries,
-                        reason="the staging folder holds more entries than one scan reads; files past the "
-                        "limit wait until it holds fewer (remove hidden leftovers)")
+            self.events.emit(BatchScanTruncated(
+                tenant=tenant, folder=str(folder), limit=self.max_entries,
+                reason="the staging folder holds more entries than one scan reads; files past the "
+                "limit wait until it holds fewer (remove hidden leftovers)"))
         elif not truncated:
             self._truncated.discard(tenant)
         self._waiting[tenant] = sum(1 for _, st in entries if not stat.S_ISDIR(st.st_mode))

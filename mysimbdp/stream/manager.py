@@ -393,7 +393,7 @@ class StreamManager:
         if self._draining or self._connection is None:
             return
         try:
-            await declare_tenant(self._connection, self.stream_settings.exchange, t.id, t.profile)
+            await declare_tenant(self._connection, self.stream_settings.exchange, t.id, t.profile, self.events)
             await self._ensure_indexes(t)
             if t.running and t.routes is not None and t.desired > len(t.consumers):
                 await self._set_count(t, t.desired, reason)

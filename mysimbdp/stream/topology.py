@@ -23,7 +23,8 @@ from aio_pika.abc import AbstractConnection, ExchangeType
 from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
 from mysimbdp.errors import MysimbdpError
-from mysimbdp.logs import get_logger
+from mysimbdp.events import Emitter
+from mysimbdp.events.catalog import StreamTopologyDeclared, StreamTopologyMismatch
 from mysimbdp.tenants import StreamProfile
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "MIN_RABBITMQ",
 ]
 
-log = get_logger("stream")
 MIN_RABBITMQ = "3.10"  # quorum queues (3.8) with x-dead-letter-strategy at-least-once (3.10)
 
 
@@ -92,7 +92,7 @@ async def declare_exchange(connection: AbstractConnection, exchange: str) -> Non
 
 
 async def declare_tenant(connection: AbstractConnection, exchange: str, tenant: str,
-                         profile: StreamProfile) -> None:
+                         profile: StreamProfile, events: Emitter) -> None:
     """Declare the tenant's queue, dead-letter exchange and queue, and the bindings.
 
     Idempotent. A queue declared earlier with other arguments (e.g. a changed
@@ -119,15 +119,15 @@ async def declare_tenant(connection: AbstractConnection, exchange: str, tenant: 
                 raise QueueRefused(
                     f"the broker refused queue {queue_name(tenant)!r}: {exc}; it must support quorum queues "
                     f"with at-least-once dead-lettering (RabbitMQ {MIN_RABBITMQ} or later)") from None
-            log.warning("stream.topology.mismatch", tenant=tenant, queue=queue_name(tenant),
-                        error=str(exc), hint="delete the queue to apply the new arguments")
+            events.emit(StreamTopologyMismatch(tenant=tenant, queue=queue_name(tenant), error=str(exc),
+                                               hint="delete the queue to apply the new arguments"))
         for key in binding_keys(tenant):
             await queue.bind(ex, routing_key=key)
     finally:
         if not channel.is_closed:
             await channel.close()
-    log.info("stream.topology.declared", tenant=tenant, queue=queue_name(tenant),
-             dead_letter=dead_name(tenant), delivery_limit=profile.delivery_limit)
+    events.emit(StreamTopologyDeclared(tenant=tenant, queue=queue_name(tenant), dead_letter=dead_name(tenant),
+                                       delivery_limit=profile.delivery_limit))
 
 
 async def passive_depth(channel: aio_pika.abc.AbstractChannel, tenant: str) -> int:
