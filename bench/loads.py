@@ -198,12 +198,12 @@ class LoadRun:
                 "daemon_cpu_share": share(self.cpu_seconds), "store_cpu_share": share(self.store_cpu_seconds)}
 
 
-async def load_file(daemon: BenchDaemon, tenant: str, data: DataFile, timeout: float, name: str | None = None,
+async def load_file(daemon: BenchDaemon, tenant: str, data: DataFile, timeout: float,
                     runner: str = "process") -> LoadRun:
     """Drop ``data`` into the tenant's staging folder and wait until it is committed; the
     flights collection is counted afterwards as a cross-check of the event. Raises
     :class:`BenchError` if the file is rejected or fewer records than it holds were written."""
-    name = name or f"{data.path.stem}-{uuid.uuid4().hex[:6]}{''.join(data.path.suffixes)}"
+    name = f"{data.path.stem}-{uuid.uuid4().hex[:6]}{''.join(data.path.suffixes)}"
     env = daemon.env
     cpu0, store0 = daemon.cpu(), env.store_cpu()
     dropped = daemon.drop_file(tenant, data.path, name)

@@ -5,3 +5,7 @@ and memory; :mod:`~tests.harness.wait` is the one way to wait for a condition;
 :mod:`~tests.harness.publish` publishes messages; :mod:`~tests.harness.store` reads back
 what the platform wrote; :mod:`~tests.harness.stats` holds medians and percentiles.
 """
+
+from __future__ import annotations
+
+__all__: list[str] = []

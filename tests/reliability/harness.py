@@ -27,7 +27,8 @@ def suite_settings(base: Path, mongo_uri: str, amqp_url: str, **overrides: Any) 
     values: dict[str, Any] = dict(
         staging_dir=base / "staging", var_dir=base / "var", http_port=0, mongo_uri=mongo_uri,
         amqp_url=amqp_url, admin_token=ADMIN_TOKEN, drain_timeout_s=5.0, log_level="info",
-        batch=batch, stream=stream, extra_apps=dict(APPS), **overrides)
+        batch=batch, stream=stream, extra_apps=dict(APPS))
+    values.update(overrides)
     (base / "config" / "tenants").mkdir(parents=True, exist_ok=True)
     return load_settings(base / "config", **values)
 
