@@ -45,10 +45,9 @@ __all__ = [
 
 PLATFORM = "*"
 MAX_DECISIONS = 20  # scaling decisions listed per section (the most recent ones)
-_Counted = (BatchFileCommitted | BatchFileRejected | UploadRejected | StreamBatchCommitted | StreamReport
-            | StreamConsumersChanged | MonitorAlert)
-_TYPES: tuple[type[Event], ...] = (BatchFileCommitted, BatchFileRejected, UploadRejected, StreamBatchCommitted,
-                                   StreamReport, StreamConsumersChanged, MonitorAlert)
+# the events the statistics count
+_TYPES = (BatchFileCommitted, BatchFileRejected, UploadRejected, StreamBatchCommitted, StreamReport,
+          StreamConsumersChanged, MonitorAlert)
 _EVENTS = frozenset(t.NAME for t in _TYPES)
 
 
@@ -365,7 +364,7 @@ class LiveStats:
         """Count ``event`` if it is an ingestion event of a configured tenant."""
         if not isinstance(event, _TYPES):
             return
-        tenant = event.tenant  # type: ignore[attr-defined]  # every type counted has one
+        tenant = event.tenant
         if not isinstance(tenant, str) or not self._known(tenant):
             return
         now = self._now()
