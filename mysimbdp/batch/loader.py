@@ -7,7 +7,10 @@ bounded by two batches whatever the file size.
 
 Exactly once: document *n* of a file gets ``_id = "<sha256[:20]>:<n>"``; documents are
 written with unordered ``insert`` commands and duplicate-key errors count as already
-present, so a file re-loaded after a crash ends with every record exactly once.
+present, so a file re-loaded after a crash ends with every record exactly once. The writes,
+their retries (transient errors for ``batch.write_retry_deadline_s``, then the file is
+deferred), the target check and the ``_rejects`` schema are the store's, shared with the
+stream (:mod:`mysimbdp.store.writes`, :mod:`mysimbdp.store.rejects`).
 """
 
 from __future__ import annotations

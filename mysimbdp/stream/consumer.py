@@ -43,7 +43,7 @@ from mysimbdp.apps.runner import AppSession, Mode, Runners
 from mysimbdp.compat import install_pamqp_decoders
 from mysimbdp.logs import get_logger
 from mysimbdp.monitor.reports import REPORT_EVENT, ReportWindow, clamp_ms
-from mysimbdp.store.rejects import reject_document, write_rejects
+from mysimbdp.store.rejects import REJECTS, reject_document, write_rejects
 from mysimbdp.store.writes import RetryHook, RetryPolicy, TargetRefused, ensure_target, write
 from mysimbdp.stream.apprun import PER_FRAME, AppRoute, AppRun
 from mysimbdp.stream.counters import BatchStats, CommitSummary, RateMeter
@@ -410,7 +410,7 @@ class Consumer:
             if failed:
                 rejects.extend(self._write_rejects(batch, outcomes, collection, docs, failed))
         if rejects:  # one the store refuses goes again without its record and raw message
-            await write_rejects(self._db, rejects, self._policy, self._on_retry("_rejects", len(rejects)))
+            await write_rejects(self._db, rejects, self._policy, self._on_retry(REJECTS, len(rejects)))
         stats.rejected = len(rejects)
         return stats
 
@@ -430,7 +430,7 @@ class Consumer:
         rejects = []
         for i, reason in failed:
             source = message_of.get(id(docs[i]))
-            key = source.message.routing_key or self.tenant if source is not None else self.tenant
+            key = (source.message.routing_key or self.tenant) if source is not None else self.tenant
             reject = _write_reject(self.tenant, self.routes.for_key(self.tenant, key).app, docs[i], reason)
             if source is not None:
                 message = source.message
