@@ -12,8 +12,8 @@ from pymongo import AsyncMongoClient
 
 from mysimbdp import tenants
 from mysimbdp.config import Settings
-from mysimbdp.store.rejects import FIELDS, REJECTS, RejectsRefused, reject_document, write_rejects
-from mysimbdp.store.writes import RetryPolicy
+from mysimbdp.store.rejects import FIELDS, REJECTS, reject_document
+from mysimbdp.store.writes import RejectsRefused, RetryPolicy, write_rejects
 from tests.batch_support import drop, wait_outcome
 from tests.plugins.stream_support import ECHO_APPS, publish_raw, wait_consumers, wait_until
 

@@ -46,13 +46,14 @@ from mysimbdp.batch.staged import StagedFile
 from mysimbdp.errors import FileRejected, PluginError, Reject
 from mysimbdp.logs import get_logger
 from mysimbdp.store.client import Store
-from mysimbdp.store.rejects import reject_document, write_rejects
+from mysimbdp.store.rejects import reject_document
 from mysimbdp.store.writes import (
     DEFAULT_DEADLINE_S,
     RetryPolicy,
     TargetRefused,
     ensure_target,
     write,
+    write_rejects,
 )
 
 __all__ = ["FileJob", "Counts", "FileLoader", "id_prefix", "ARROW_BLOCK_BYTES"]

@@ -1,5 +1,8 @@
 """The ``_rejects`` collection: one schema for batch and stream, built by one function.
 
+Plain data only (it runs in app workers too, which build stream rejects): writing rejects is
+:func:`mysimbdp.store.writes.write_rejects`.
+
 Every reject document — a malformed line of a file, a record an app turned down, a message
 that is not JSON, a document the store refused — has the same keys (:data:`FIELDS`); a key
 that does not apply to its source is ``None``:
@@ -33,16 +36,11 @@ that does not apply to its source is ``None``:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:  # the builder runs in app workers too (stream rejects): no driver imported there
-    from pymongo.asynchronous.database import AsyncDatabase
-
-    from mysimbdp.store.writes import RetryHook, RetryPolicy
-
-__all__ = ["REJECTS", "FIELDS", "Source", "reject_document", "conform", "slim", "write_rejects", "RejectsRefused"]
+__all__ = ["REJECTS", "FIELDS", "Source", "reject_document", "conform", "slim"]
 
 #: The collection of every tenant database that holds its rejects.
 REJECTS = "_rejects"
@@ -54,13 +52,6 @@ REASON_LIMIT = 2000
 Source = Literal["file", "stream"]
 _EMPTY = dict.fromkeys(FIELDS)
 _KNOWN = frozenset(FIELDS)
-
-
-class RejectsRefused(Exception):
-    """The store refused reject documents even without their records: they cannot be kept.
-
-    The caller fails the batch (a stream batch goes back to the queue) rather than drop them.
-    """
 
 
 def reject_document(*, id: str, source: Source, kind: str, reason: str, tenant: str, app: str, at: datetime,
@@ -91,23 +82,3 @@ def slim(reject: Mapping[str, Any], reason: str) -> dict[str, Any]:
     doc = {**reject, "record": None, "raw": None, "raw_encoding": None}
     doc["dropped"] = f"record and raw input left out: the store refused the reject document: {reason}"[:1000]
     return doc
-
-
-async def write_rejects(db: AsyncDatabase[Any], rejects: Sequence[Mapping[str, Any]], policy: RetryPolicy,
-                        on_retry: RetryHook | None = None) -> None:
-    """Write reject documents (with :func:`mysimbdp.store.writes.write`: exactly once, retried
-    while the store is unreachable); one the store refuses goes again slimmed (:func:`slim`).
-
-    Raises :class:`RejectsRefused` if even that is refused: a reject is never dropped silently.
-    """
-    from mysimbdp.store.writes import write
-
-    collection = db[REJECTS]
-    result = await write(collection, rejects, policy, on_retry)
-    if not result.failed:
-        return
-    again = [slim(rejects[i], reason) for i, reason in result.failed if 0 <= i < len(rejects)]
-    retried = await write(collection, again, policy, on_retry)
-    if retried.failed:
-        raise RejectsRefused(f"the store refused {len(retried.failed)} reject documents even without their records: "
-                             f"{retried.failed[0][1]}")

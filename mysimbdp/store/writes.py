@@ -50,10 +50,12 @@ from pymongo.errors import (
 from mysimbdp.apps.contract import Index
 from mysimbdp.apps.runner.calls import collection_problem
 from mysimbdp.errors import MysimbdpError
+from mysimbdp.store.rejects import REJECTS, slim
 
 __all__ = [
     "InsertResult", "RetryPolicy", "RetryHook", "ONCE", "insert_idempotent", "write", "is_transient",
-    "ensure_target", "TargetRefused", "MAX_DOCUMENT_BYTES", "TRANSIENT_CODES", "DEFAULT_DEADLINE_S",
+    "ensure_target", "TargetRefused", "write_rejects", "RejectsRefused", "MAX_DOCUMENT_BYTES", "TRANSIENT_CODES",
+    "DEFAULT_DEADLINE_S",
 ]
 
 DUPLICATE_KEY = 11000
@@ -156,6 +158,31 @@ async def write(collection: AsyncCollection[Any], documents: Sequence[Mapping[st
             raise
         # refused before any command (e.g. by the driver): every document, with the reason
         return InsertResult(0, 0, [(i, _reason(exc)) for i in range(len(documents))])
+
+
+class RejectsRefused(Exception):
+    """The store refused reject documents even without their records: they cannot be kept.
+
+    The caller fails the batch (a stream batch goes back to the queue) rather than drop them.
+    """
+
+
+async def write_rejects(db: AsyncDatabase[Any], rejects: Sequence[Mapping[str, Any]], policy: RetryPolicy,
+                        on_retry: RetryHook | None = None) -> None:
+    """Write reject documents (with :func:`mysimbdp.store.writes.write`: exactly once, retried
+    while the store is unreachable); one the store refuses goes again slimmed (:func:`slim`).
+
+    Raises :class:`RejectsRefused` if even that is refused: a reject is never dropped silently.
+    """
+    collection = db[REJECTS]
+    result = await write(collection, rejects, policy, on_retry)
+    if not result.failed:
+        return
+    again = [slim(rejects[i], reason) for i, reason in result.failed if 0 <= i < len(rejects)]
+    retried = await write(collection, again, policy, on_retry)
+    if retried.failed:
+        raise RejectsRefused(f"the store refused {len(retried.failed)} reject documents even without their records: "
+                             f"{retried.failed[0][1]}")
 
 
 class TargetRefused(MysimbdpError):

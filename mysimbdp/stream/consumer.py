@@ -43,8 +43,15 @@ from mysimbdp.apps.runner import AppSession, Mode, Runners
 from mysimbdp.compat import install_pamqp_decoders
 from mysimbdp.logs import get_logger
 from mysimbdp.monitor.reports import REPORT_EVENT, ReportWindow, clamp_ms
-from mysimbdp.store.rejects import REJECTS, reject_document, write_rejects
-from mysimbdp.store.writes import RetryHook, RetryPolicy, TargetRefused, ensure_target, write
+from mysimbdp.store.rejects import REJECTS, reject_document
+from mysimbdp.store.writes import (
+    RetryHook,
+    RetryPolicy,
+    TargetRefused,
+    ensure_target,
+    write,
+    write_rejects,
+)
 from mysimbdp.stream.apprun import PER_FRAME, AppRoute, AppRun
 from mysimbdp.stream.counters import BatchStats, CommitSummary, RateMeter
 from mysimbdp.stream.records import (
