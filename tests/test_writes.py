@@ -25,7 +25,14 @@ from pymongo.errors import (
 
 from mysimbdp.apps import Index
 from mysimbdp.store.client import EmbeddedMongo
-from mysimbdp.store.writes import RetryPolicy, TargetRefused, ensure_target, is_transient, write
+from mysimbdp.store.writes import (
+    RetryPolicy,
+    TargetRefused,
+    WriteRefused,
+    ensure_target,
+    is_transient,
+    write,
+)
 
 Db = AsyncMongoClient[dict[str, Any]]
 #: NX-27017 takes only letters, digits and ``_`` in collection names; MongoDB takes ``-`` too.
@@ -146,3 +153,21 @@ async def test_an_index_the_store_refuses_is_named_and_the_others_are_made(mongo
         await asyncio.wait_for(ensure_target(db, "things", indexes, policy=RetryPolicy(deadline_s=None)), 10)
     assert refused.value.index == "code_unique"
     assert ("n",) in await _indexed_fields(db["things"])
+
+
+async def test_a_permanent_error_outside_an_insert_command_is_raised_typed(
+        mongo: Db, tenant_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a unique-index clash the write asks the store which ``_id``s are present; refused
+    for good there, the write cannot say which documents it wrote: :class:`WriteRefused`."""
+    from mysimbdp.store import writes
+
+    coll = mongo[f"tenant_{tenant_id}"]["things"]
+    await coll.create_index([("code", 1)], unique=True)
+    await coll.insert_one({"_id": "a", "code": "A"})
+
+    async def refused(collection: Any, ids: list[Any]) -> set[bytes]:
+        raise OperationFailure("not authorized on this collection", code=13)
+
+    monkeypatch.setattr(writes, "_ids_present", refused)
+    with pytest.raises(WriteRefused, match="not authorized"):
+        await asyncio.wait_for(write(coll, [{"_id": "b", "code": "A"}], RetryPolicy(deadline_s=None)), 10)

@@ -16,7 +16,9 @@ Every write of the platform — a file's documents, a message batch's documents,
   large or not encodable, a value taken in an app's unique index, a collection name the
   server refuses, a validation error…) is never retried: the documents concerned come back
   in :attr:`InsertResult.failed` with the server's reason, for the caller to send to
-  ``_rejects``. A refusal of a whole ``insert`` command fails the documents of that command.
+  ``_rejects``. A refusal of a whole ``insert`` command fails the documents of that command;
+  a permanent error anywhere else raises :class:`WriteRefused` (which documents were written
+  is then unknown: the caller fails the file, or returns the messages to the queue).
 
 An error pymongo raises that is neither (an unknown kind) counts as transient: retrying
 never loses data, refusing it for good would.
@@ -54,7 +56,7 @@ from mysimbdp.store.rejects import REJECTS, slim
 
 __all__ = [
     "InsertResult", "RetryPolicy", "RetryHook", "ONCE", "insert_idempotent", "write", "is_transient",
-    "ensure_target", "TargetRefused", "write_rejects", "RejectsRefused", "MAX_DOCUMENT_BYTES", "TRANSIENT_CODES",
+    "ensure_target", "TargetRefused", "write_rejects", "RejectsRefused", "WriteRefused", "MAX_DOCUMENT_BYTES", "TRANSIENT_CODES",
     "DEFAULT_DEADLINE_S",
 ]
 
@@ -149,18 +151,24 @@ async def write(collection: AsyncCollection[Any], documents: Sequence[Mapping[st
     """Insert ``documents`` exactly once (:func:`insert_idempotent`), retrying transient errors.
 
     Returns the result (refused documents in ``failed`` with the reason); after
-    ``policy.deadline_s`` of transient errors the last one is raised.
+    ``policy.deadline_s`` of transient errors the last one is raised. Any other permanent
+    error raises :class:`WriteRefused`.
     """
     try:
         return await _retrying(lambda: insert_idempotent(collection, documents), policy, on_retry)
     except PyMongoError as exc:
         if is_transient(exc):
             raise
-        # refused before any command (e.g. by the driver): every document, with the reason
-        return InsertResult(0, 0, [(i, _reason(exc)) for i in range(len(documents))])
+        # not an insert command's answer (those are in ``failed``), so which documents were
+        # written is not known: the caller fails the file or returns the messages, with the reason
+        raise WriteRefused(_reason(exc)) from exc
 
 
-class RejectsRefused(Exception):
+class WriteRefused(MysimbdpError):
+    """The store refused a write for good, and not document by document: its message says why."""
+
+
+class RejectsRefused(MysimbdpError):
     """The store refused reject documents even without their records: they cannot be kept.
 
     The caller fails the batch (a stream batch goes back to the queue) rather than drop them.
