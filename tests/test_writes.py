@@ -51,6 +51,8 @@ embedded_only = pytest.mark.skipif(bool(os.environ.get("MYSIMBDP_TEST_MONGO_URI"
     (OperationFailure("anything", details={"errorLabels": ["RetryableWriteError"]}), True),
     (InvalidOperation("cannot use the client after close"), True),  # unknown kind: retrying loses nothing
     (OperationFailure("Invalid identifier 'bad-name'"), False),  # the embedded store's refusal has no code
+    (OperationFailure("database is locked"), True),  # nor has its busy database file
+    (OperationFailure("Cannot operate on a closed database."), True),
     (OperationFailure("Document failed validation", code=121), False),
     (OperationFailure("not authorized", code=13), False),
     (InvalidName("collection names must not contain '$'"), False),

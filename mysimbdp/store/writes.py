@@ -56,8 +56,8 @@ from mysimbdp.store.rejects import REJECTS, slim
 
 __all__ = [
     "InsertResult", "RetryPolicy", "RetryHook", "ONCE", "insert_idempotent", "write", "is_transient",
-    "ensure_target", "TargetRefused", "write_rejects", "RejectsRefused", "WriteRefused", "MAX_DOCUMENT_BYTES", "TRANSIENT_CODES",
-    "DEFAULT_DEADLINE_S",
+    "ensure_target", "TargetRefused", "write_rejects", "RejectsRefused", "WriteRefused", "MAX_DOCUMENT_BYTES",
+    "TRANSIENT_CODES", "DEFAULT_DEADLINE_S",
 ]
 
 DUPLICATE_KEY = 11000
@@ -78,6 +78,10 @@ COMMAND_MAX_BYTES = 16 * 1024 * 1024
 TRANSIENT_CODES = frozenset({6, 7, 89, 91, 134, 189, 262, 9001, 10058, 10107, 11600, 11602, 13435, 13436,
                              64, 11601, 112, 24, 50})
 _TRANSIENT_LABELS = ("RetryableWriteError", "TransientTransactionError", "NetworkError")
+#: The embedded store (NX-27017) answers errors without a code; these SQLite conditions of
+#: its own pass with time (a busy or closing database file), unlike, say, a name it refuses.
+_TRANSIENT_MESSAGES = ("database is locked", "database table is locked", "closed database",
+                       "disk i/o error", "unable to open database file", "interrupted")
 #: Default of :attr:`RetryPolicy.deadline_s` (``batch.write_retry_deadline_s``): long enough to
 #: ride out a replica set's election or a restart of the store, short enough that a longer
 #: outage defers a file (it resumes later) rather than hold its slot until its timeout.
@@ -116,6 +120,8 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, PyMongoError) and any(exc.has_error_label(label) for label in _TRANSIENT_LABELS):
         return True
     if isinstance(exc, OperationFailure):
+        if exc.code is None:
+            return any(text in str(exc).lower() for text in _TRANSIENT_MESSAGES)
         return exc.code in TRANSIENT_CODES
     if isinstance(exc, InvalidName | DocumentTooLarge | InvalidDocument | BSONError):
         return False
