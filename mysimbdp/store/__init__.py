@@ -1,1 +1,3 @@
-"""The store: the MongoDB client the platform writes through, and the embedded MongoDB-wire server."""
+"""The store: the MongoDB client and its health (``client``), the one write path, retry policy
+and target check of batch and stream (``writes``), the ``_rejects`` schema (``rejects``), and
+the embedded MongoDB-wire server (``embedded``)."""
