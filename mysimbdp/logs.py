@@ -14,6 +14,7 @@ configuration only says what is written where.
 
 from __future__ import annotations
 
+import functools
 import logging
 import logging.handlers
 import sys
@@ -123,9 +124,14 @@ def configure_logging(level: str = "info", log_file: Path | None = None,
 
 def write_event(event: Event, component: str, exc_info: bool = False) -> None:
     """Write one typed event as a JSON line (the writer of every :class:`~mysimbdp.events.EventBus`)."""
-    logger = structlog.get_logger(component=component)
     extra: dict[str, Any] = {"exc_info": True} if exc_info else {}
-    getattr(logger, event.LEVEL)(event.NAME, **event.fields(), **extra)
+    getattr(_component_logger(component), event.LEVEL)(event.NAME, **event.fields(), **extra)
+
+
+@functools.cache
+def _component_logger(component: str) -> Any:
+    # a lazy proxy: it follows configure_logging (and capture_logs) whenever it is called
+    return structlog.get_logger(component=component)
 
 
 class EventLogger:

@@ -1,8 +1,9 @@
 """The in-process monitor: hears the events, keeps the reports, evaluates the rules, scales.
 
 Stream apps report every ``report_interval_s``: in-process consumers as ``stream.report``
-events (the monitor subscribes to the daemon's event bus), apps elsewhere with ``POST /reports``. The monitor keeps
-the latest report of each instance, stores every report in ``mysimbdp.reports``, and once
+events (the monitor subscribes to the daemon's event bus), apps elsewhere with
+``POST /reports``. The monitor keeps the latest report of each instance, stores every
+report in ``mysimbdp.reports``, and once
 per report period (just after the reports are due, see :meth:`Monitor.next_evaluation_in`)
 evaluates each tenant with :func:`mysimbdp.monitor.rules.evaluate`: alerts become
 ``monitor.alert`` events, decisions become calls of the stream manager's ``scale()``, whose
@@ -37,6 +38,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
+from pymongo.asynchronous.collection import AsyncCollection
 
 from mysimbdp.config import HttpSettings
 from mysimbdp.events import Event, EventBus
@@ -87,7 +89,8 @@ class Monitor:
 
     name = "monitor"
 
-    def __init__(self, *, tenants: TenantDirectory, reports: Callable[[], Any], bus: EventBus,
+    def __init__(self, *, tenants: TenantDirectory, reports: Callable[[], AsyncCollection[dict[str, Any]]],
+                 bus: EventBus,
                  http: HttpSettings, stream: StreamControl | None, health: HealthSource,
                  stopping: asyncio.Event, metrics_token: str | None = None,
                  admin_token: str | None = None) -> None:
@@ -260,7 +263,7 @@ class Monitor:
                 return
             self.counts["stored"] += len(batch)
 
-    def _collection(self) -> Any:
+    def _collection(self) -> AsyncCollection[dict[str, Any]]:
         return self._reports()
 
     # ---- evaluation ------------------------------------------------------------------------
