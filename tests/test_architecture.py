@@ -112,14 +112,8 @@ def test_the_import_graph_is_read_in_full() -> None:
         "mysimbdp.daemon" in graph[m] for m in graph if m.startswith("mysimbdp.cli"))
 
 
-# Cycles being untangled elsewhere right now (through imports inside functions and under
-# TYPE_CHECKING): tolerated as they are, module for module; any other cycle, or one of these
-# grown by a module, fails. Remove an entry once its circle is broken.
-KNOWN_CYCLES: list[frozenset[str]] = []
-
-
 def test_no_import_cycles() -> None:
-    found = [c for c in cycles(import_graph(PACKAGE)) if frozenset(c) not in KNOWN_CYCLES]
+    found = cycles(import_graph(PACKAGE))
     assert not found, "modules that import each other (directly or around a circle): " + "; ".join(
         " <-> ".join(c) for c in found)
 
