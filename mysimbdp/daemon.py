@@ -36,7 +36,7 @@ from mysimbdp.events.catalog import (
 from mysimbdp.http.routes import route_table
 from mysimbdp.http.server import Auth, HttpServer
 from mysimbdp.logs import write_event
-from mysimbdp.monitor.scaling import REPORTS_COLLECTION, Monitor
+from mysimbdp.monitor.scaling import Monitor
 from mysimbdp.store.client import Store
 from mysimbdp.stream.broker import Broker
 from mysimbdp.stream.control import StreamControlRoutes
@@ -91,8 +91,7 @@ class Daemon:
                                     drain_timeout_s=settings.drain_timeout_s, retry_max_s=settings.retry_max_s,
                                     tenants=self.tenants, broker=self.broker, store=self.store,
                                     runners=self.runners, bus=bus)
-        self.monitor = Monitor(tenants=self.tenants, reports=lambda: self.store.platform_db[REPORTS_COLLECTION],
-                               bus=bus, http=settings.http, stream=self.stream, health=self.health,
+        self.monitor = Monitor(tenants=self.tenants, store=self.store, bus=bus, http=settings.http, stream=self.stream, health=self.health,
                                stopping=stopping, metrics_token=settings.metrics_token,
                                admin_token=settings.admin_token)
         self.http = HttpServer(host=settings.http_host, port=settings.http_port, limits=settings.http,

@@ -14,6 +14,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from mysimbdp.config import Settings
+from mysimbdp.daemon import Daemon
 from mysimbdp.store.client import free_port
 from tests.batch_support import drop, wait_outcome, write_profile
 from tests.conftest import ADMIN_TOKEN
@@ -151,3 +152,32 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+# ---- composition -----------------------------------------------------------------------------
+
+async def test_components_are_handed_what_they_use_never_the_daemon(settings_factory: Callable[..., Settings]) -> None:
+    daemon = Daemon(settings_factory())
+    for component in daemon.components:
+        held = [name for name, value in vars(component).items() if value is daemon]
+        assert not held, f"{component.name} holds the daemon as {held}"
+    assert daemon.monitor.stream is daemon.stream and daemon.upload.batch is daemon.batch
+
+
+async def test_one_route_table_of_the_components_handlers(settings_factory: Callable[..., Settings]) -> None:
+    daemon = Daemon(settings_factory())
+    app = daemon.http.build_app()
+    served = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource is not None}
+    assert served == {
+        ("GET", "/health"), ("HEAD", "/health"),
+        ("GET", "/tenants/{id}/constraints"), ("HEAD", "/tenants/{id}/constraints"),
+        ("PUT", "/tenants/{id}/files/{name}"),
+        ("GET", "/tenants/{id}/files"), ("HEAD", "/tenants/{id}/files"),
+        ("GET", "/tenants/{id}/files/{ledger_id}"), ("HEAD", "/tenants/{id}/files/{ledger_id}"),
+        ("POST", "/reports"), ("GET", "/schemas/report.json"), ("HEAD", "/schemas/report.json"),
+        ("GET", "/metrics"), ("HEAD", "/metrics"), ("GET", "/tenants/{id}/stats"), ("HEAD", "/tenants/{id}/stats"),
+        ("POST", "/tenants/{id}/stream/start"), ("POST", "/tenants/{id}/stream/stop"),
+        ("PUT", "/tenants/{id}/stream/consumers"), ("GET", "/tenants/{id}/stream"), ("HEAD", "/tenants/{id}/stream"),
+    }
+    owners = {type(route.handler.__self__).__name__ for route in daemon.http.routes}  # type: ignore[attr-defined]
+    assert owners == {"UploadService", "Monitor", "StreamControlRoutes"}

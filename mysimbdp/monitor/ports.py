@@ -6,11 +6,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pymongo.asynchronous.database import AsyncDatabase
+
 from mysimbdp.tenants import TenantDirectory
 
-__all__ = ["StreamControl", "HealthSource", "TenantDirectory"]
+__all__ = ["StreamControl", "HealthSource", "PlatformStore", "TenantDirectory"]
 
 HealthSource = Callable[[], dict[str, Any]]  # the daemon's health report (``/health``)
+
+
+class PlatformStore(Protocol):
+    """Where the monitor keeps the reports (:class:`mysimbdp.store.client.Store`)."""
+
+    @property
+    def platform_db(self) -> AsyncDatabase[dict[str, Any]]:
+        """The platform's database (valid once the store started)."""
+        ...
 
 
 class StreamControl(Protocol):

@@ -31,7 +31,6 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -61,7 +60,7 @@ from mysimbdp.http.server import HttpError, json_response, require_tenant
 from mysimbdp.http.tokens import bearer_token
 from mysimbdp.monitor import stats
 from mysimbdp.monitor.metrics import CONTENT_TYPE_LATEST, Metrics
-from mysimbdp.monitor.ports import HealthSource, StreamControl, TenantDirectory
+from mysimbdp.monitor.ports import HealthSource, PlatformStore, StreamControl, TenantDirectory
 from mysimbdp.monitor.reports import (
     Report,
     TokenBuckets,
@@ -89,16 +88,14 @@ class Monitor:
 
     name = "monitor"
 
-    def __init__(self, *, tenants: TenantDirectory, reports: Callable[[], AsyncCollection[dict[str, Any]]],
-                 bus: EventBus,
+    def __init__(self, *, tenants: TenantDirectory, store: PlatformStore, bus: EventBus,
                  http: HttpSettings, stream: StreamControl | None, health: HealthSource,
                  stopping: asyncio.Event, metrics_token: str | None = None,
                  admin_token: str | None = None) -> None:
-        """``reports()``: the ``mysimbdp.reports`` collection (the store connects at start);
-        ``stopping``: set when the daemon drains (then nothing is scaled);
+        """``store``: where the reports are kept (``mysimbdp.reports``); ``stopping``: set when the daemon drains (then nothing is scaled);
         ``metrics_token``/``admin_token``: who may scrape ``/metrics`` (anyone without the first)."""
         self.tenants = tenants
-        self._reports = reports
+        self.store = store
         self.bus = bus
         self.events = bus.emitter("monitor")
         self.http = http
@@ -264,7 +261,7 @@ class Monitor:
             self.counts["stored"] += len(batch)
 
     def _collection(self) -> AsyncCollection[dict[str, Any]]:
-        return self._reports()
+        return self.store.platform_db[REPORTS_COLLECTION]
 
     # ---- evaluation ------------------------------------------------------------------------
 
