@@ -1,25 +1,6 @@
 """(1) Batch throughput: flights.csv dropped into staging -> committed, against ``insert_many``.
 
-Each repetition loads the file as a new tenant (its own empty database), then writes the
-very documents the platform produced into a fresh collection of the same store with
-``insert_many(ordered=False)``: the store's bulk intake, the ceiling. The documents are read
-back from the tenant's collection (``_id`` included) as the store's own BSON
-(``RawBSONDocument``), already built as the platform's columnar path builds them, and cut
-into batches of the platform's ``write_batch_size`` before the clock starts; the timed part
-is the writes alone, one batch at a time, into a collection with the same indexes as the
-platform's (the app declares two). The platform's time runs from the file's appearance in
-staging (a rename) to its ``batch.file.committed`` event, so it includes the watcher's
-stability wait, parsing, wrangling, encoding, hashing, the ledger and the archive move.
-
-Both runners load in every repetition, one tenant each, in the same daemon, one after the
-other (the order alternates between repetitions): a tenant with the default runner, whose
-app runs in a confined worker process (Arrow record batches to the worker and back over
-pipes), and a tenant with ``runner = "thread"``, whose app runs in the daemon's threads.
-Each tenant first loads a small file of ``first_file_rows`` rows, which starts its worker
-(or, for the thread runner, finds the app already imported): the measured load reuses that
-idle worker, as every file of a tenant after its first does. The small file's own time and
-CPU, worker start included, are reported apart. The ceiling runs after each pair of loads,
-with the default runner's documents.
+How it measures (printed in ``docs/benchmarks.md``): ``bench/methods/batch.md``.
 """
 
 from __future__ import annotations

@@ -1,15 +1,6 @@
 """(2) Platform cost per record: CPU seconds per flights record, daemon and app worker, and a profile.
 
-CPU is user+sys read from ``/proc`` between the drop and the ``batch.file.committed``
-event: the daemon's own pid, and its app workers (the ``python -m mysimbdp.apps.runner.worker``
-children it starts for a tenant's app: their own CPU while they run, and the daemon's
-``cutime``/``cstime`` for those it reaped). The store is another process and is not
-counted. The loads are the batch benchmark's when both run in one invocation, else loads
-of their own: in each repetition one tenant whose app runs in a worker process (the
-default) and one with ``runner = "thread"`` load flights.csv in the same daemon, one after
-the other, each after a small first file that started its worker. The worker's cost is the
-difference of the two loads of a repetition. One more load (worker runner) runs under py-spy
-(sampling the daemon and its worker, not counted in the CPU figures) for the top costs.
+How it measures (printed in ``docs/benchmarks.md``): ``bench/methods/cpu.md``.
 """
 
 from __future__ import annotations

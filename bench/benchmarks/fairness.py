@@ -1,10 +1,6 @@
 """(5) Fairness: tenant B's small file while tenant A loads a 1 GB file.
 
-Each repetition runs a fresh daemon with tenants A and B. First B alone loads small files
-on the idle platform (three, distinct rows, the median is B's idle time); then A drops the
-large file, and ``fairness_delay_s`` later B drops another small file. B's time is drop ->
-``batch.file.committed``. A's load is then abandoned (the daemon is killed): only B's time
-matters here.
+How it measures (printed in ``docs/benchmarks.md``): ``bench/methods/fairness.md``.
 """
 
 from __future__ import annotations

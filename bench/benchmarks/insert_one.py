@@ -1,9 +1,6 @@
 """(7) Against the seeds' approach: one ``insert_one`` per record vs the platform, same store.
 
-The seeds' way is the simple ingestion script: read the CSV with :mod:`csv`, wrangle each
-row with the same app (the flights app's per-record hook), ``insert_one`` each document and
-await it before the next. The platform loads the same slice of flights.csv, dropped into
-staging, to committed. The factor is platform records/s over script records/s.
+How it measures (printed in ``docs/benchmarks.md``): ``bench/methods/insert_one.md``.
 """
 
 from __future__ import annotations

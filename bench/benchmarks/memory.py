@@ -1,21 +1,6 @@
 """(3) Memory and scale: peak RSS and records/s of the daemon loading ~100 MB and ~1 GB files.
 
-The files repeat flights.csv's rows with unique keys (dates shifted by a year per copy).
-Each load runs in a fresh daemon, so ``VmHWM`` (the peak RSS since the process started)
-belongs to that load alone; the daemon's RSS before the load is reported beside it. Memory
-is in MiB (2^20 bytes) like every memory figure here, file sizes in MB (10^6 bytes): the
-target of 150 MB of peak RSS is 143 MiB.
-
-The 100 MB file loads at least ``small_repeat`` times (3 at full scale), the 1 GB file once:
-the rate ratio is the ratio of the medians, and its min–max runs over every pairing of a
-1 GB load with a 100 MB load. During the 1 GB load the documents written so far (from the
-daemon's ``batch.file.progress`` events, one every ``progress_every_s``: 3 s at full scale)
-and the CPU seconds of the store process and of the daemon (with its app worker: "daemon"
-below is the daemon and its worker together, as in benchmark 2) are sampled; the store's and the daemon's CPU
-per record in each tenth of the load (by documents written, interpolated between samples)
-show whether the cost per record grows with the collection. The first tenth starts at the
-last sample before any document was written, so what precedes the writes (the stability
-wait, hashing the file, the ledger) is in no tenth.
+How it measures (printed in ``docs/benchmarks.md``): ``bench/methods/memory.md``.
 """
 
 from __future__ import annotations

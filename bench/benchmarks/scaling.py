@@ -1,17 +1,6 @@
 """(6) Scaling reaction: a slow stream app under a step load from idle.
 
-The tenant runs ``bench_slow`` (:mod:`bench.apps`: one consumer handles ``1000 / SLOW_MS``
-messages a second) with ``min_consumers = 1``. ``mysimbdp publish --rate`` then offers
-``scaling_rate_factor`` times one consumer's capacity for ``scaling_load_seconds`` and
-stops. From the daemon's ``stream.consumers.changed`` events and the store:
-
-* first scale-up: seconds from the first message to the first added consumer;
-* backlog drained: seconds from the end of publishing until every message is committed;
-* back to minimum: seconds from the end of publishing until the consumers are back at
-  ``min_consumers``.
-
-The monitor settings (report period, thresholds, cooldown) are the tenant's, listed in the
-results file: the reaction times follow from them.
+How it measures (printed in ``docs/benchmarks.md``): ``bench/methods/scaling.md``.
 """
 
 from __future__ import annotations

@@ -1,35 +1,6 @@
 """(4) Stream throughput and latency: weather readings published with ``mysimbdp publish``.
 
-Throughput: the tool publishes ``stream_messages`` weather records (weather.csv repeated,
-dates shifted) as fast as publisher confirms allow, to a tenant running the example
-``weather_stream`` app; the rate is messages over the time from the first message's publish
-stamp to the moment the store holds every reading. Ceilings, same run, same servers:
-
-* broker - the same tool publishing the same file to a quorum queue consumed by a bare
-  aio-pika consumer that acknowledges each message and does nothing else (first publish
-  stamp to last acknowledgement);
-* store - the readings the platform wrote, read back as the store's BSON (already built,
-  nothing left to encode) and written again with ``insert_many(ordered=False)``, one batch
-  of the tenant's ``batch_max_messages`` at a time, into a collection with the same indexes;
-  only the writes are timed.
-
-Latency: the tool publishes at fixed offered loads (``--rate``) for ``latency_seconds``, each
-load to a new tenant. The tool stamps every message with its publish time (header
-``timestamp_ms``) and the weather app stores it in the reading as ``received_at``; a probe
-outside the daemon looks up a sample of about 2,000 messages by ``_id`` every 20 ms, and a
-message's latency is the end of the look-up that first finds its reading minus
-``received_at``: publish -> readable in the store, an upper bound late by at most one poll.
-The platform's own view (``avg_ingest_ms``/``p95_ingest_ms`` of its ``stream.report`` events)
-is kept beside it in the results file.
-
-Both runners: every repetition's throughput run is made twice in the same daemon, one after
-the other (the order alternates between repetitions), by a tenant whose app runs in a
-worker process (the default: batches of messages to the worker and back as BSON) and by a
-tenant with ``runner = "thread"``. CPU per message is user+sys of the daemon and of its app
-workers over the throughput run (see benchmark 2), set beside the 106 µs of daemon CPU per
-message measured before tenant apps ran in worker processes (commit 68d2e65, the same
-benchmark with the app in the daemon's threads). The ceilings use the default runner's
-readings; the latency runs use the default runner.
+How it measures (printed in ``docs/benchmarks.md``): ``bench/methods/stream.md``.
 """
 
 from __future__ import annotations

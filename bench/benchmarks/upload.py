@@ -1,21 +1,6 @@
 """(8) Upload: a 300 MB file sent over HTTP, with the daemon's memory flat meanwhile.
 
-Each repetition starts a fresh daemon with one tenant (the flights app, a token whose
-sha256 is in its profile, constraints that let the file through). The benchmark asks for
-the tenant's constraints (``GET /tenants/{id}/constraints``, as ``mysimbdp upload`` does),
-reads the daemon's ``VmRSS``, then sends the file with ``PUT /tenants/{id}/files/{name}``:
-an aiohttp client streams it from disk in 1 MiB reads with ``Content-Length`` and
-``Expect: 100-continue``, with the tenant's bearer token. ``VmRSS`` is sampled every 0.1 s
-from the request until the 201 answer; the rate is the file's size over the time from
-the request to that answer (MB = 10^6 bytes; memory in MiB = 2^20 bytes). The 201 body's
-sha256 must be the file's. The benchmark then waits for the batch watcher to take the file
-(``batch.file.loading`` with the upload's ledger id) and kills the daemon: the load itself
-is the memory benchmark's business.
-
-Target: the daemon streams the body to disk in 1 MiB pieces, so its RSS may grow by the
-buffers of one upload and the libraries' first use, a few MiB, but not with the file:
-growth (peak during the upload minus the RSS before it) at most 16 MiB, about 5 % of
-the 300 MB file.
+How it measures (printed in ``docs/benchmarks.md``): ``bench/methods/upload.md``.
 """
 
 from __future__ import annotations
