@@ -17,9 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.env import BenchEnv
+from bench.env import BenchEnv, describe_machine
 from bench.loads import BenchSkipped
-from bench.machine import describe_machine
 from bench.results import RESULTS_DIR, Result
 from mysimbdp.logs import configure_logging
 

@@ -1,16 +1,11 @@
-"""The platform under load: a benchmark's daemon, batch files dropped and stream messages published.
+"""The platform under load, and the ceilings: the same servers under a client doing no platform work.
 
 :class:`BenchDaemon` is the harness's :class:`~tests.harness.daemon.Daemon` with the
 benchmarks' settings in a folder of the run. :func:`load_file` drops a file and waits for its
 outcome; :func:`wait_stream_ready` waits for a stream tenant's consumers; :class:`LatencyProbe`
-finds published messages in the store.
-
-Latency is measured from outside the daemon: the publish tool stamps each message with its
-publish time (header ``timestamp_ms``), the weather stream app stores it in each reading as
-``received_at``, and the probe polls the store every ``interval`` seconds for a sample of the
-messages by ``_id`` (the platform's id of message ``<id-prefix>-<n>``). A message's latency
-is the end of the poll that first finds its document minus ``received_at``: an upper bound,
-late by at most one poll.
+finds published messages in the store (how latency is measured: ``bench/methods/stream.md``).
+The ceilings are :func:`insert_many_rate`, the store's bulk intake of already-built BSON
+documents, and :class:`BareConsumer`, the broker's delivery to a consumer that only acknowledges.
 """
 
 from __future__ import annotations
@@ -28,6 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aio_pika
+from bson.codec_options import CodecOptions
+from bson.raw_bson import RawBSONDocument
+
 from bench.data import DataFile
 from bench.env import BenchEnv
 from mysimbdp.config import load_settings
@@ -38,7 +37,8 @@ from tests.harness.wait import await_until
 
 __all__ = ["BenchDaemon", "BenchError", "BenchSkipped", "batch_profile", "stream_profile", "BATCH_SETTINGS",
            "FLIGHTS_COLLECTION", "STREAM_COLLECTION", "RUNNERS", "LoadRun", "load_file", "event_time",
-           "PeakSampler", "wait_stream_ready", "LatencyProbe", "platform_reports"]
+           "PeakSampler", "wait_stream_ready", "LatencyProbe", "platform_reports", "read_documents", "copy_indexes",
+           "insert_many_rate", "BareConsumer", "timing"]
 
 FLIGHTS_COLLECTION = "flights"
 STREAM_COLLECTION = "readings"
@@ -85,8 +85,10 @@ class BenchDaemon(Daemon):
     starts it (until ``/health`` says ok) and stops it, keeping its logs if the block failed."""
 
     def __init__(self, env: BenchEnv, name: str, *, tenants: Sequence[Mapping[str, Any]] = (),
-                 batch: dict[str, Any] | None = None, extra_apps: dict[str, str] | None = None) -> None:
-        self.env, self.base = env, env.tmp(name)
+                 batch: dict[str, Any] | None = None, extra_apps: dict[str, str] | None = None,
+                 kill: bool = False) -> None:
+        # kill: end with SIGKILL, not a graceful stop, when a load left running is not measured
+        self.env, self.base, self.kill_at_exit = env, env.tmp(name), kill
         super().__init__(load_settings(
             self.base / "config", staging_dir=self.base / "staging", var_dir=self.base / "var",
             mongo_uri=env.mongo_uri, amqp_url=env.amqp_url, admin_token="bench-admin-token", log_level="info",
@@ -129,7 +131,7 @@ class BenchDaemon(Daemon):
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
-        await asyncio.to_thread(self.stop)
+        await asyncio.to_thread(self.kill if self.kill_at_exit else self.stop)
         if exc_type is not None and exc_type is not asyncio.CancelledError:
             self.keep_logs()
 
@@ -315,3 +317,89 @@ class LatencyProbe:
             await asyncio.sleep(self.interval)
         if self.pending:
             raise BenchError(f"{len(self.pending)} sampled messages not committed {timeout:.0f}s after publishing began")
+
+
+def timing(records: int, seconds: float, store_cpu_seconds: float | None = None) -> dict[str, Any]:
+    """``{"records", "seconds", "rate", "store_cpu_share"}`` of records written or messages handled."""
+    return {"records": records, "seconds": round(seconds, 4), "rate": round(records / seconds if seconds > 0 else 0.0, 1),
+            "store_cpu_share": (round(store_cpu_seconds / seconds, 3)
+                                if store_cpu_seconds is not None and seconds > 0 else None)}
+
+
+async def read_documents(collection: Any) -> list[RawBSONDocument]:
+    """The documents of ``collection`` as the platform wrote them (``_id`` included), as the
+    store's own BSON bytes: already built, nothing left to encode."""
+    raw = collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
+    return [doc async for doc in raw.find({}, batch_size=10_000)]
+
+
+async def copy_indexes(source: Any, target: Any) -> list[str]:
+    """Create on ``target`` the indexes ``source`` has (but ``_id``): the ceiling writes into a
+    collection indexed like the platform's, so both pay the same index maintenance."""
+    created = []
+    for name, info in (await source.index_information()).items():
+        if name != "_id_":
+            options = {k: v for k, v in info.items() if k in ("unique", "sparse")}
+            await target.create_index(list(info["key"]), name=name, **options)
+            created.append(name)
+    return created
+
+
+async def insert_many_rate(collection: Any, documents: Sequence[RawBSONDocument], batch_size: int,
+                           store_cpu: Callable[[], float | None]) -> dict[str, Any]:
+    """Write ``documents`` with ``insert_many(ordered=False)`` in batches of ``batch_size``, one
+    write at a time, every batch sliced off before the clock starts; only the writes are timed.
+    ``store_cpu`` reads the store's CPU seconds, to report how busy the store was."""
+    batches = [documents[start:start + batch_size] for start in range(0, len(documents), batch_size)]
+    cpu0, t0 = store_cpu(), time.perf_counter()
+    for batch in batches:
+        await collection.insert_many(batch, ordered=False)
+    seconds, cpu1 = time.perf_counter() - t0, store_cpu()
+    return timing(len(documents), seconds, cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None)
+
+
+class BareConsumer:
+    """An aio-pika consumer of a quorum queue like a tenant's, bound to ``routing_key`` on the
+    ingest exchange, that acknowledges every message and does nothing else. It times the
+    publish stamp (header ``timestamp_ms``) of the first message to its last acknowledgement."""
+
+    def __init__(self, amqp_url: str, exchange: str, queue: str, routing_key: str, prefetch: int) -> None:
+        self.amqp_url, self.exchange, self.queue, self.routing_key, self.prefetch = \
+            amqp_url, exchange, queue, routing_key, prefetch
+        self.count, self.first_published, self.last_ack = 0, 0.0, 0.0
+        self._connection: Any = None
+        self._queue: Any = None
+        self._tag = ""
+        self._expected = 0
+        self._done = asyncio.Event()
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        if not self.first_published:
+            stamp = (message.headers or {}).get("timestamp_ms")
+            self.first_published = float(stamp) / 1000.0 if isinstance(stamp, int | float) else time.time()
+        await message.ack()
+        self.count += 1
+        self.last_ack = time.time()
+        if self.count >= self._expected:
+            self._done.set()
+
+    async def start(self, expected: int) -> None:
+        """Declare the queue, connect and begin consuming; done after ``expected`` messages."""
+        self._expected = expected
+        self._connection = await aio_pika.connect(self.amqp_url)
+        channel = await self._connection.channel()
+        exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(self.queue, durable=True, arguments={"x-queue-type": "quorum"})
+        await queue.bind(exchange, routing_key=self.routing_key)
+        await channel.set_qos(prefetch_count=self.prefetch)
+        self._queue, self._tag = queue, await queue.consume(self._on_message)
+
+    async def wait(self, timeout: float) -> dict[str, Any]:
+        """Wait for every expected message, then delete the queue; the :func:`timing`."""
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+            await self._queue.cancel(self._tag)
+            await self._queue.delete(if_unused=False, if_empty=False)
+        finally:
+            await self._connection.close()
+        return timing(self.count, self.last_ack - self.first_published)

@@ -10,7 +10,6 @@ from typing import Any
 
 from bson.raw_bson import RawBSONDocument
 
-from bench.ceilings import copy_indexes, insert_many_rate, read_documents
 from bench.cli import Session
 from bench.data import FLIGHTS_ROWS, DataFile, flights_slice
 from bench.loads import (
@@ -20,7 +19,10 @@ from bench.loads import (
     BenchDaemon,
     LoadRun,
     batch_profile,
+    copy_indexes,
+    insert_many_rate,
     load_file,
+    read_documents,
 )
 from bench.results import Result, Target, metric_from_runs
 from mysimbdp.config import BatchSettings

@@ -27,9 +27,9 @@ async def _repetition(session: Session, i: int) -> dict[str, Any]:
     big, rows = flights_sized(scale.fairness_big_bytes, env.data_dir), scale.fairness_small_rows
     smalls = [flights_slice(rows, k * rows, env.data_dir) for k in range(IDLE_SAMPLES + 1)]
     a, b = env.new_tenant("fa"), env.new_tenant("fb")
-    daemon = BenchDaemon(env, "fairness", tenants=[batch_profile(a), batch_profile(b)], batch=BATCH_SETTINGS)
-    try:
-        await asyncio.to_thread(daemon.start, 90.0, (200,))
+    # A's load is abandoned (the daemon killed): only B's time matters here
+    async with BenchDaemon(env, "fairness", tenants=[batch_profile(a), batch_profile(b)], batch=BATCH_SETTINGS,
+                           kill=True) as daemon:
         idle = [(await load_file(daemon, b, small, scale.timeout_s)).seconds for small in smalls[:IDLE_SAMPLES]]
         daemon.drop_file(a, big.path, f"big-{i}.csv")
         await asyncio.sleep(scale.fairness_delay_s)
@@ -37,8 +37,6 @@ async def _repetition(session: Session, i: int) -> dict[str, Any]:
         if daemon.log.find("batch.file.committed", tenant=a):
             raise BenchError(f"tenant A's {big.bytes / 1e6:.0f} MB file committed before B's file: "
                              "it is too small to measure fairness at this scale")
-    finally:
-        daemon.kill()  # A's load is abandoned: only B's time matters here
     for tenant in (a, b):
         await env.drop(f"tenant_{tenant}")
     idle_s = median(idle) or 0.0

@@ -22,8 +22,7 @@ from bench.loads import (
 from bench.results import Result, metric_from_runs
 from mysimbdp.stream.records import document_id
 from tests.harness.publish import PublishTool
-from tests.harness.store import wait_documents
-from tests.harness.wait import await_until
+from tests.harness.wait import await_until, wait_documents
 
 __all__ = ["NAME", "TITLE", "run", "profiles"]
 

@@ -10,16 +10,19 @@ import re
 import time
 from typing import Any
 
-from bench.ceilings import BareConsumer, copy_indexes, insert_many_rate, read_documents
 from bench.cli import Session
 from bench.data import weather_repeated
 from bench.loads import (
     RUNNERS,
     STREAM_COLLECTION,
+    BareConsumer,
     BenchDaemon,
     BenchError,
     LatencyProbe,
+    copy_indexes,
+    insert_many_rate,
     platform_reports,
+    read_documents,
     stream_profile,
     wait_stream_ready,
 )
@@ -28,7 +31,7 @@ from bench.results import Metric, Result, Target, metric_from_runs
 from mysimbdp.stream.records import document_id
 from tests.harness.publish import PublishTool
 from tests.harness.stats import median, percentile
-from tests.harness.store import wait_documents
+from tests.harness.wait import wait_documents
 
 __all__ = ["NAME", "TITLE", "run"]
 

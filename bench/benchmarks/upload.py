@@ -65,19 +65,15 @@ async def _put(daemon: BenchDaemon, tenant: str, token: str, data: DataFile, nam
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 async def _repetition(session: Session, data: DataFile, sha256: str, i: int) -> dict[str, Any]:
     env, tenant, token, name = session.env, session.env.new_tenant("up"), secrets.token_urlsafe(32), f"upload-{i}.csv"
     profile = {**batch_profile(tenant), "token_sha256": hash_token(token)}
-    daemon = BenchDaemon(env, "upload", tenants=[profile], batch=BATCH_SETTINGS)
-    try:
-        await asyncio.to_thread(daemon.start, 90.0, (200,))
+    # killed at the end: the load of the uploaded file is not what this benchmark measures
+    async with BenchDaemon(env, "upload", tenants=[profile], batch=BATCH_SETTINGS, kill=True) as daemon:
         pid = daemon.pid
         await _check_constraints(daemon, tenant, token, data)
         before, anon_before = status_mb(pid, "VmRSS"), status_mb(pid, "RssAnon")
@@ -91,11 +87,6 @@ async def _repetition(session: Session, data: DataFile, sha256: str, i: int) -> 
                              f"not the file's {data.bytes} bytes with sha256 {sha256}")
         await await_until(lambda: daemon.log.first("batch.file.loading", ledger_id=body["id"]), session.scale.timeout_s,
                           f"the watcher to take {name}", 0.02, daemon.alive)
-    except BaseException:
-        daemon.keep_logs()
-        raise
-    finally:
-        daemon.kill()  # the load of the uploaded file is not what this benchmark measures
     await env.drop(f"tenant_{tenant}")
     shutil.rmtree(daemon.base, ignore_errors=True)  # the staged copy of the file
     peak = rss.peak if rss.peak is not None else before

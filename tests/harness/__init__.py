@@ -1,9 +1,9 @@
 """The harness the benchmarks (``bench/``) and the reliability suite (``tests/reliability/``) share.
 
 :mod:`~tests.harness.daemon` runs ``mysimbdpd`` as a child process and reads its log, CPU
-and memory; :mod:`~tests.harness.wait` is the one way to wait for a condition;
-:mod:`~tests.harness.publish` publishes messages; :mod:`~tests.harness.store` reads back
-what the platform wrote; :mod:`~tests.harness.stats` holds medians and percentiles.
+and memory; :mod:`~tests.harness.wait` is the one way to wait for a condition (documents
+written included); :mod:`~tests.harness.publish` publishes messages;
+:mod:`~tests.harness.stats` holds medians and percentiles.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""One way to wait: poll a condition until it holds, with a deadline and a message saying what failed."""
+"""One way to wait: poll a condition until it holds, with a deadline and a message saying what failed;
+and the documents the platform writes, counted until they are all there."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["wait_until", "await_until", "DaemonExited"]
+__all__ = ["wait_until", "await_until", "wait_documents", "DaemonExited"]
 
 
 class DaemonExited(RuntimeError):
@@ -50,3 +51,13 @@ async def await_until(check: Callable[[], Any], timeout: float, what: str, inter
             return value
         _check_deadline(deadline, timeout, what, alive, where)
         await asyncio.sleep(interval)
+
+
+async def wait_documents(collection: Any, expected: int, timeout: float, alive: Callable[[], bool] | None = None,
+                         interval: float = 0.05) -> float:
+    """Poll until ``collection`` holds ``expected`` documents; returns the wall-clock time seen."""
+    async def enough() -> bool:
+        return bool(await collection.estimated_document_count() >= expected)
+
+    await await_until(enough, timeout, f"{expected} documents in {collection.full_name}", interval, alive)
+    return time.time()
