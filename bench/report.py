@@ -238,29 +238,20 @@ def _scaling_runs(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _paired(runs: list[dict[str, Any]], keys: dict[str, str], wanted: str) -> list[dict[str, Any]] | None:
-    """Each repetition's runs of both runners (``keys``: runner -> key in the run), numbered;
-    None for results files from before both runners were measured."""
-    rows = []
-    for k, run in enumerate(runs, 1):
-        for runner, key in keys.items():
-            pair = run.get(key)
-            if not isinstance(pair, dict) or wanted not in pair:
-                return None
-            rows.append({**pair, "k": k, "runner": pair.get("runner", runner)})
-    return rows
+def _paired(runs: list[dict[str, Any]], keys: dict[str, str]) -> list[dict[str, Any]]:
+    """Each repetition's runs of both runners (``keys``: runner -> key in the run), numbered."""
+    return [{**run[key], "k": k, "runner": run[key].get("runner", runner)}
+            for k, run in enumerate(runs, 1) for runner, key in keys.items()]
 
 
 def _batch_runner_runs(runs: list[dict[str, Any]]) -> list[str]:
-    rows = _paired(runs, {"process": "process", "thread": "thread"}, "load")
-    return _runs_table("Each load (CPU is user+sys of the daemon and of its app worker):", rows, BATCH_COLUMNS) \
-        if rows else []
+    return _runs_table("Each load (CPU is user+sys of the daemon and of its app worker):",
+                       _paired(runs, {"process": "process", "thread": "thread"}), BATCH_COLUMNS)
 
 
 def _stream_runs(runs: list[dict[str, Any]]) -> list[str]:
-    rows = _paired(runs, {"process": "platform", "thread": "platform_thread"}, "cpu_us_per_message")
-    return _runs_table("Each throughput run (CPU is user+sys of the daemon and of its app workers):", rows,
-                       STREAM_COLUMNS) if rows else []
+    return _runs_table("Each throughput run (CPU is user+sys of the daemon and of its app workers):",
+                       _paired(runs, {"process": "platform", "thread": "platform_thread"}), STREAM_COLUMNS)
 
 
 RUN_TABLES = {"batch": _batch_runner_runs, "cpu": _batch_runner_runs, "memory": _memory_runs,
