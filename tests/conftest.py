@@ -184,7 +184,11 @@ def events() -> list[dict[str, Any]]:
 @pytest.fixture
 async def start_daemon(settings_factory: Callable[..., Settings],
                        events: list[dict[str, Any]]) -> AsyncIterator[Callable[..., Any]]:
-    """``await start_daemon(settings=None, pm=None)`` runs a daemon in this event loop; stopped after the test."""
+    """``await start_daemon(settings=None, pm=None)`` runs a daemon in this event loop; stopped after the test.
+
+    The test fails if a subscriber of a daemon's event bus (the monitor, the metrics, the
+    statistics) failed on an event: the platform's own events must never break them.
+    """
     running: list[RunningDaemon] = []
 
     def record(event: Event) -> None:
@@ -208,6 +212,8 @@ async def start_daemon(settings_factory: Callable[..., Settings],
             await asyncio.wait_for(rd.task, 30)
         except Exception:
             rd.task.cancel()
+    failed = {name: n for rd in running for name, n in rd.daemon.events.failures.items()}
+    assert not failed, f"event bus subscribers failed (see events.subscriber_failed in the log): {failed}"
 
 
 @pytest.fixture

@@ -187,6 +187,10 @@ async def test_an_invalid_log_report_is_counted_not_fatal(
     bad = [e for e in events if e["event"] == "monitor.report.invalid"]
     assert bad and bad[0]["tenant"] == tenant_id
     assert rd.daemon.health()["components"]["monitor"]["up"]
+    # the statistics count numbers: this event breaks them, loudly (counted and logged)
+    assert rd.daemon.events.failures.pop("stats") == 1
+    assert [e["subscriber"] for e in events if e["event"] == "events.subscriber_failed"] == []  # not to subscribers
+    assert any('"events.subscriber_failed"' in line for line in settings.log_file.read_text().splitlines())
 
 
 async def test_tenant_stats_endpoint(
@@ -200,12 +204,14 @@ async def test_tenant_stats_endpoint(
     batch = get_logger("batch")
     for n, seconds in ((100, 1.0), (300, 2.0)):
         batch.info("batch.file.committed", tenant=tenant_id, file=f"f{n}.csv", sha256="0" * 64, bytes=n * 10,
-                   records_in=n, records_written=n, records_rejected=0, duplicates=0, seconds=seconds,
-                   records_per_s=n / seconds, mb_per_s=0.001)
-    batch.info("batch.file.rejected", tenant=tenant_id, file="x.pdf", code="format", reason="not allowed",
-               bytes=9, records_in=0, records_written=0, records_rejected=0, duplicates=0, seconds=0.01)
-    batch.info("batch.file.committed", tenant=other, file="o.csv", bytes=1, records_in=7, records_written=7,
-               seconds=1.0, records_per_s=7.0)
+                   records_in=n, records_written=n, records_rejected=0, duplicates=0, records_skipped=0,
+                   seconds=seconds, records_per_s=n / seconds, mb_per_s=0.001, app="a", ledger_id="l")
+    batch.info("batch.file.rejected", tenant=tenant_id, file="x.pdf", sha256=None, code="format", reason="not allowed",
+               bytes=9, records_in=0, records_written=0, records_rejected=0, duplicates=0, records_skipped=0,
+               seconds=0.01, records_per_s=0.0, mb_per_s=0.0, ledger_id="l")
+    batch.info("batch.file.committed", tenant=other, file="o.csv", sha256="1" * 64, bytes=1, records_in=7,
+               records_written=7, records_rejected=0, duplicates=0, records_skipped=0, seconds=1.0,
+               records_per_s=7.0, mb_per_s=0.0, app="a", ledger_id="l")
     url = f"{rd.url}/tenants/{tenant_id}/stats"
     async with http.get(url, headers=auth(TOKEN)) as resp:
         assert resp.status == 200, await resp.text()
