@@ -17,6 +17,8 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from bench.results import Result
+
 __all__ = ["summarise", "profiled"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,12 +112,14 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     return summary
 
 
-async def profiled(pid: int, out_dir: Path, work: Awaitable[Any], workload: str) -> tuple[Any, dict[str, Any] | str]:
-    """Await ``work`` with py-spy sampling process ``pid`` and its children at 100 Hz; returns
-    its result and the summary (or, when no profile could be taken, the reason)."""
+async def profiled(result: Result, pid: int, out_dir: Path, work: Awaitable[Any], workload: str) -> Any:
+    """Await ``work`` with py-spy sampling process ``pid`` and its children at 100 Hz and return
+    its result; the summary goes to ``result.profile`` (or, when none could be taken, the
+    reason to ``result.notes``)."""
     exe = _py_spy()
     if exe is None:
-        return await work, "py-spy could not be installed (pip install py-spy): no profile"
+        result.notes.append("py-spy could not be installed (pip install py-spy): no profile")
+        return await work
     output = out_dir / "profile.raw.txt"
     with open(output.with_suffix(".log"), "wb") as log:
         proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "100", "--nonblocking",
@@ -130,6 +134,8 @@ async def profiled(pid: int, out_dir: Path, work: Awaitable[Any], workload: str)
             proc.kill()
             proc.wait()
     if not output.exists():
-        return value, f"py-spy wrote no profile (see {output.with_suffix('.log')}); is ptrace allowed here?"
+        result.notes.append(f"py-spy wrote no profile (see {output.with_suffix('.log')}); is ptrace allowed here?")
+        return value
     tool = "py-spy, sampling at 100 Hz, idle threads excluded, the daemon and its children"
-    return value, {"tool": tool, "workload": workload, **summarise(output)}
+    result.profile = {"tool": tool, "workload": workload, **summarise(output)}
+    return value

@@ -24,13 +24,9 @@ async def _profiled_load(session: Session, result: Result) -> None:
     session.say(f"{NAME}: profiled load of {data.rows} rows (py-spy, daemon and worker)")
     async with BenchDaemon(session.env, "profile", tenants=[batch_profile(tenant)], batch=BATCH_SETTINGS) as daemon:
         await load_file(daemon, tenant, first_file(session), timeout)  # starts the worker
-        _, profile = await profiled(daemon.pid, daemon.base, load_file(daemon, tenant, data, timeout),
-                                    f"{data.path.name}, {data.rows} rows, drop to committed, app in a worker process")
+        await profiled(result, daemon.pid, daemon.base, load_file(daemon, tenant, data, timeout),
+                       f"{data.path.name}, {data.rows} rows, drop to committed, app in a worker process")
     await session.env.drop(f"tenant_{tenant}")
-    if isinstance(profile, str):
-        result.notes.append(profile)
-    else:
-        result.profile = profile
 
 
 async def run(session: Session, result: Result) -> None:

@@ -131,14 +131,9 @@ async def _profile(session: Session, daemon: BenchDaemon, result: Result) -> Non
     """One more throughput run with py-spy sampling the daemon (not counted in the figures)."""
     session.say(f"{NAME}: profiled throughput run (py-spy)")
     messages = max(1000, session.scale.stream_messages // 4)
-    (_, tenant), profile = await profiled(
-        daemon.pid, daemon.base, _platform(session, daemon, session.repeat, messages),
-        f"{messages} weather messages, publish to committed, app in a worker process")
+    _, tenant = await profiled(result, daemon.pid, daemon.base, _platform(session, daemon, session.repeat, messages),
+                               f"{messages} weather messages, publish to committed, app in a worker process")
     await _offboard(session, daemon, tenant)
-    if isinstance(profile, str):
-        result.notes.append(profile)
-    else:
-        result.profile = profile
 
 
 async def run(session: Session, result: Result) -> None:
