@@ -24,7 +24,7 @@ from mysimbdp.tenants import TENANT_ID_RE
 __all__ = [
     "REPORT_EVENT", "REPORT_FIELDS", "SCHEMA_ID", "Report", "ReportWindow", "report_schema",
     "report_from_event", "validation_problem", "window_problem", "clamp_ms", "TokenBuckets",
-    "MAX_COUNT", "MAX_MS", "MAX_WINDOW_S", "MAX_AHEAD_S", "MAX_AGE_S",
+    "MAX_COUNT", "MAX_MS", "MAX_WINDOW_S", "MAX_AHEAD_S", "MAX_AGE_S", "percentile",
 ]
 
 REPORT_EVENT = "stream.report"
@@ -220,7 +220,7 @@ class ReportWindow:
             messages=_count(n), documents=_count(self.documents), bytes=_count(self.bytes),
             rejected=_count(self.rejected),
             avg_ingest_ms=min(round(self._ingest_sum / n, 3), MAX_MS) if n else 0.0,
-            p95_ingest_ms=round(_percentile(self._latencies, 0.95), 3),
+            p95_ingest_ms=round(float(percentile(self._latencies, 0.95)), 3),
             avg_processing_ms=min(round(self._processing_sum / n, 3), MAX_MS) if n else 0.0,
             queue_depth=None if queue_depth is None else _count(queue_depth),
         )
@@ -233,10 +233,11 @@ def _count(value: int) -> int:
     return min(max(int(value), 0), MAX_COUNT)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile; 0.0 for no values."""
+def percentile(values: list[float], q: float, *, ordered: bool = False) -> float:
+    """Nearest-rank percentile of ``values`` (already sorted when ``ordered``), one of the values
+    as it is; 0.0 for no values."""
     if not values:
         return 0.0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(q * len(ordered)))
-    return float(ordered[rank - 1])
+    if not ordered:
+        values = sorted(values)
+    return values[max(1, math.ceil(q * len(values))) - 1]

@@ -37,6 +37,7 @@ from mysimbdp.events.catalog import (
     StreamReport,
     UploadRejected,
 )
+from mysimbdp.monitor.reports import percentile
 
 __all__ = [
     "log_files", "read_events", "parse_since", "compute", "compute_from_log", "empty_section",
@@ -158,7 +159,7 @@ class _Samples:
             elif key == "max":
                 out[key] = _r(self.hi)
             else:
-                out[key] = _r(_percentile(ordered, int(key[1:]) / 100))
+                out[key] = _r(percentile(ordered, int(key[1:]) / 100, ordered=True))
         return out
 
 
@@ -269,10 +270,6 @@ class _Section:
 
 def _r(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def _p95s(values: _Samples) -> dict[str, float | None]:
