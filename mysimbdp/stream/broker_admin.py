@@ -99,11 +99,6 @@ class BrokerAdmin:
         """Delete a user (no-op if missing)."""
         await self.request("DELETE", f"/users/{quote(user, safe='')}", ok_missing=True)
 
-    async def users_of(self, vhost: str) -> list[str]:
-        """The users holding permissions in ``vhost``."""
-        result = await self.request("GET", f"/vhosts/{quote(vhost, safe='')}/permissions", ok_missing=True)
-        return [entry["user"] for entry in result or []]
-
     async def set_permissions(self, vhost: str, user: str, configure: str, write: str, read: str) -> None:
         """Set a user's resource permissions (regexes) in ``vhost``."""
         await self.request("PUT", f"/permissions/{quote(vhost, safe='')}/{quote(user, safe='')}",
