@@ -91,9 +91,9 @@ class Daemon:
                                     drain_timeout_s=settings.drain_timeout_s, retry_max_s=settings.retry_max_s,
                                     tenants=self.tenants, broker=self.broker, store=self.store,
                                     runners=self.runners, bus=bus)
-        self.monitor = Monitor(tenants=self.tenants, store=self.store, bus=bus, http=settings.http, stream=self.stream, health=self.health,
-                               stopping=stopping, metrics_token=settings.metrics_token,
-                               admin_token=settings.admin_token)
+        self.monitor = Monitor(tenants=self.tenants, store=self.store, stream=self.stream, health=self.health,
+                               http=settings.http, metrics_token=settings.metrics_token,
+                               admin_token=settings.admin_token, stopping=stopping, bus=bus)
         self.http = HttpServer(host=settings.http_host, port=settings.http_port, limits=settings.http,
                                auth=Auth(self.tenants, settings.admin_token),
                                routes=route_table(self.upload, self.monitor, StreamControlRoutes(self.stream)),
