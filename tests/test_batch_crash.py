@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +13,8 @@ from structlog.testing import capture_logs
 
 from mysimbdp.config import Settings
 from mysimbdp.store.client import EmbeddedMongo
-from tests.batch_support import drop, wait_until, write_profile
+from tests.batch_support import drop, write_profile
+from tests.harness.wait import await_until, wait_until
 
 ROWS = 4000
 
@@ -61,12 +60,9 @@ def _kill_mid_file(spawn_daemon: Callable[..., Any], settings: Settings, tenant:
     items = client[f"tenant_{tenant}"]["records"]
     dp = spawn_daemon(settings)
     drop(settings, tenant, "numbers.csv", "n\n" + "".join(f"{i}\n" for i in range(ROWS)))
-    deadline = time.monotonic() + 60
-    while items.count_documents({}) < ROWS // 4:
-        assert time.monotonic() < deadline, dp.log_path.read_text()[-3000:]
-        time.sleep(0.05)
-    dp.proc.send_signal(signal.SIGKILL)
-    dp.proc.wait(10)
+    wait_until(lambda: items.count_documents({}) >= ROWS // 4, 60, "a quarter of the file loaded", 0.05,
+               alive=dp.alive, where=f"; see {dp.logs[-1]}")
+    dp.kill()
     written_before = items.count_documents({})
     assert 0 < written_before < ROWS, "the kill must land mid-file"
     [entry] = list(client["mysimbdp"]["files"].find({"tenant": tenant}))
@@ -77,12 +73,13 @@ def _kill_mid_file(spawn_daemon: Callable[..., Any], settings: Settings, tenant:
 def _restart_until_done(spawn_daemon: Callable[..., Any], settings: Settings, files: Any,
                         entry: dict[str, Any]) -> dict[str, Any]:
     dp = spawn_daemon(settings)
-    deadline = time.monotonic() + 90
-    while files.find_one({"_id": entry["_id"]})["state"] == "loading":
-        assert time.monotonic() < deadline, dp.log_path.read_text()[-3000:]
-        time.sleep(0.1)
-    done: dict[str, Any] = files.find_one({"_id": entry["_id"]})
+    done: dict[str, Any] = wait_until(lambda: _unless_loading(files.find_one({"_id": entry["_id"]})), 90,
+                                      "the resumed file to finish", 0.1, alive=dp.alive, where=f"; see {dp.logs[-1]}")
     return done
+
+
+def _unless_loading(entry: dict[str, Any]) -> dict[str, Any] | None:
+    return None if entry["state"] == "loading" else entry
 
 
 def test_kill_mid_file_then_resume_loads_each_record_once(
@@ -118,10 +115,8 @@ def test_a_resumed_file_is_not_refused_by_limits_edited_meanwhile(
     assert done["attempts"] == 2 and done["records_in"] == ROWS
     assert items.count_documents({}) == ROWS
     assert sorted(d["n"] for d in items.find({}, {"n": 1})) == list(range(ROWS))
-    deadline = time.monotonic() + 30
-    while (new := files.find_one({"tenant": tenant_id, "name": "new.csv"})) is None or new["state"] != "rejected":
-        assert time.monotonic() < deadline, new
-        time.sleep(0.1)
+    new = wait_until(lambda: files.find_one({"tenant": tenant_id, "name": "new.csv", "state": "rejected"}), 30,
+                     "new.csv rejected", 0.1)
     assert new["code"] in ("over_quota", "staging_full"), new
 
 
@@ -161,19 +156,19 @@ async def test_a_store_outage_past_the_write_deadline_defers_the_file_which_resu
         records = client[f"tenant_{tenant_id}"]["records"]
         with capture_logs() as events:
             drop(settings, tenant_id, "slow.csv", "n\n" + "".join(f"{i}\n" for i in range(ROWS)))
-            await wait_until(lambda: _more_than(records, 200), what="the load under way")
+            await await_until(lambda: _more_than(records, 200), what="the load under way")
             await server.stop()
 
             async def deferred() -> bool:
                 return any(e["event"] == "batch.file.deferred" for e in events)
-            await wait_until(deferred, timeout=30, what="the file deferred")
+            await await_until(deferred, timeout=30, what="the file deferred")
             assert any(e["event"] == "batch.store_retry" for e in events)
         await server.start()
 
         async def committed() -> bool:
             entry = await client["mysimbdp"]["files"].find_one({"tenant": tenant_id, "name": "slow.csv"})
             return entry is not None and entry.get("state") == "committed"
-        await wait_until(committed, timeout=90, what="the file resumed and committed")
+        await await_until(committed, timeout=90, what="the file resumed and committed")
         assert await records.count_documents({}) == ROWS
         assert sorted([d["n"] async for d in records.find({}, {"n": 1})]) == list(range(ROWS))
     finally:

@@ -15,7 +15,8 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from mysimbdp.config import Settings
-from tests.batch_support import drop, flights_lines, wait_outcome, wait_until, write_profile
+from tests.batch_support import drop, flights_lines, wait_outcome, write_profile
+from tests.harness.wait import await_until
 
 APPS = {"batch_plain": "tests.plugins.batch_apps", "batch_raising": "tests.plugins.batch_raising",
         "batch_crashing": "tests.plugins.batch_crashing", "batch_slow": "tests.plugins.batch_slow"}
@@ -156,7 +157,7 @@ async def test_onboarding_and_offboarding_while_running(
     async def watched() -> bool:
         return tenant_id in rd.daemon.batch.health()["tenants"]
 
-    await wait_until(watched, what="tenant onboarded")
+    await await_until(watched, what="tenant onboarded")
     drop(settings, tenant_id, "one.csv", _csv(10))
     [entry] = await wait_outcome(mongo, tenant_id, "one.csv")
     assert entry["state"] == "committed"
@@ -166,7 +167,7 @@ async def test_onboarding_and_offboarding_while_running(
     async def unwatched() -> bool:
         return not await watched()
 
-    await wait_until(unwatched, what="tenant offboarded")
+    await await_until(unwatched, what="tenant offboarded")
     drop(settings, tenant_id, "two.csv", _csv(10, start=100))
     await asyncio.sleep(1.5)  # several rescans: nobody picks the file up
     assert (settings.staging_dir / tenant_id / "two.csv").exists()

@@ -18,6 +18,7 @@ from mysimbdp.daemon import Daemon
 from mysimbdp.store.client import free_port
 from tests.batch_support import drop, wait_outcome, write_profile
 from tests.conftest import ADMIN_TOKEN
+from tests.harness.wait import wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # /health's details are the operators'
 
@@ -97,10 +98,10 @@ def test_sigterm_exits_0_within_deadline(spawn_daemon: Callable[..., Any], setti
     children = _children(dp.proc.pid)
     assert children, "the embedded store should run as a child of the daemon"
     t0 = time.monotonic()
-    dp.signal(signal.SIGTERM)
+    dp.proc.send_signal(signal.SIGTERM)
     code = dp.proc.wait(20)
     elapsed = time.monotonic() - t0
-    assert code == 0, dp.log_path.read_text()
+    assert code == 0, dp.log_tail()
     assert elapsed < 3.0 + 5.0
     for child in children:
         assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
@@ -118,22 +119,14 @@ def test_sigterm_with_an_app_stuck_in_a_loop(spawn_daemon: Callable[..., Any],
     (settings.tenants_dir / f"{tenant}.toml").write_text(f'id = "{tenant}"\nrunner = "{runner}"\n[batch]\napp = "stuck"\n')
     dp = spawn_daemon(settings)
     folder = settings.staging_dir / tenant
-    for _ in range(100):
-        if folder.is_dir():
-            break
-        time.sleep(0.1)
+    wait_until(folder.is_dir, 10, f"the staging folder of {tenant}", 0.1, alive=dp.alive)
     (folder / "a.csv").write_text("x\n1\n")
     log = settings.var_dir / "log" / "mysimbdp.jsonl"
-    for _ in range(200):
-        if log.exists() and '"batch.file.loading"' in log.read_text():
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the file never started loading")
+    wait_until(lambda: dp.log.first("batch.file.loading"), 20, "the file to start loading", 0.1, alive=dp.alive)
     t0 = time.monotonic()
-    dp.signal(signal.SIGTERM)
+    dp.proc.send_signal(signal.SIGTERM)
     code = dp.proc.wait(30)
-    assert code == 0, dp.log_path.read_text()[-2000:]
+    assert code == 0, dp.log_tail()
     assert time.monotonic() - t0 < 15
     if runner == "thread":  # a thread cannot be stopped: the daemon exits without it
         assert '"daemon.threads_abandoned"' in log.read_text()

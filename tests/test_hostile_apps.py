@@ -23,7 +23,8 @@ from mysimbdp.apps.runner.confine import landlock_abi
 from mysimbdp.config import Settings
 from tests.batch_support import drop, wait_outcome, write_profile
 from tests.conftest import ADMIN_TOKEN
-from tests.plugins.stream_support import publish_raw, wait_consumers, wait_until
+from tests.harness.wait import await_until
+from tests.plugins.stream_support import publish_raw, wait_consumers
 from tests.plugins.stream_support import write_profile as write_stream_profile
 
 APPS = {"hostile": "tests.plugins.hostile", "batch_plain": "tests.plugins.batch_apps"}
@@ -155,7 +156,7 @@ async def test_a_stream_app_that_exits_rejects_only_its_record(
 
     async def done() -> bool:
         return await db["loot"].count_documents({}) == 18 and await db["_rejects"].count_documents({}) == 3
-    await wait_until(done, what="18 documents and 3 rejects")
+    await await_until(done, what="18 documents and 3 rejects")
     kinds = {r["message_id"]: (r["kind"], r["reason"]) async for r in db["_rejects"].find({})}
     assert kinds["s5"] == ("app_error", "the app failed: SystemExit: 3")
     assert kinds["s12"][0] == "app_failed" and "exited with status 4" in kinds["s12"][1]
@@ -180,7 +181,7 @@ async def test_a_stream_app_reaches_nothing(
 
     async def done() -> bool:
         return await db["loot"].count_documents({}) == len(bodies)
-    await wait_until(done, what="every attack's answer")
+    await await_until(done, what="every attack's answer")
     got = {d["attack"] + d.get("arg", ""): d["got"] async for d in db["loot"].find({})}
     assert "MYSIMBDP" not in got["env"]
     assert all(v.startswith("refused:") for k, v in got.items() if k != "env"), got

@@ -24,7 +24,8 @@ from mysimbdp.config import Settings
 from mysimbdp.errors import MysimbdpError
 from mysimbdp.stream.topology import declare_exchange
 from tests.batch_support import DATA
-from tests.plugins.stream_support import wait_consumers, wait_until, write_profile
+from tests.harness.wait import await_until
+from tests.plugins.stream_support import wait_consumers, write_profile
 
 
 def weather_slice(path: Path, rows: int) -> Path:
@@ -102,11 +103,11 @@ async def test_publish_weather_file_ends_with_one_reading_per_record(
 
     async def all_in() -> bool:
         return await readings.count_documents({}) == 500
-    await wait_until(all_in, what="500 readings")
+    await await_until(all_in, what="500 readings")
     first = await readings.find_one({"station": "EWR", "temp_c": {"$ne": None}})
     assert first is not None and isinstance(first["temp_c"], float) and 0.0 <= first["_quality"] <= 1.0
     assert first["time"].year == 2013
-    await wait_until(lambda: _depth_zero(rd.daemon, tenant_id), what="every message acknowledged")
+    await await_until(lambda: _depth_zero(rd.daemon, tenant_id), what="every message acknowledged")
 
 
 async def _depth_zero(daemon: Any, tenant: str) -> bool:
@@ -136,13 +137,13 @@ async def test_publish_flights_in_batches_at_a_rate(
 
     async def all_in() -> bool:
         return await status.count_documents({}) == 240
-    await wait_until(all_in, what="240 flight status events")
+    await await_until(all_in, what="240 flight status events")
     doc = await status.find_one({"_id": "m:flights-run-1-0:0"})
     assert doc is not None and doc["flight"] == "UA1545" and doc["status"] in {"on_time", "delayed"}
     # Publishing again with the same prefix and batch size writes nothing twice.
     again = await publish_records(amqp_url, "mysimbdp.ingest", tenant_id, records, batch=20, id_prefix="flights-run-1")
     assert again.confirmed == 12
-    await wait_until(lambda: _depth_zero(rd.daemon, tenant_id), what="the republished messages acknowledged")
+    await await_until(lambda: _depth_zero(rd.daemon, tenant_id), what="the republished messages acknowledged")
     assert await status.count_documents({}) == 240
 
 

@@ -15,7 +15,8 @@ from mysimbdp.config import Settings
 from mysimbdp.store.rejects import FIELDS, REJECTS, reject_document
 from mysimbdp.store.writes import RejectsRefused, RetryPolicy, write_rejects
 from tests.batch_support import drop, wait_outcome
-from tests.plugins.stream_support import ECHO_APPS, publish_raw, wait_consumers, wait_until
+from tests.harness.wait import await_until
+from tests.plugins.stream_support import ECHO_APPS, publish_raw, wait_consumers
 
 Db = AsyncMongoClient[dict[str, Any]]
 APPS = {"batch_plain": "tests.plugins.batch_apps", **ECHO_APPS}
@@ -40,7 +41,7 @@ async def test_batch_and_stream_rejects_have_the_same_keys(
 
     async def both() -> bool:
         return await rejects.count_documents({}) == 2
-    await wait_until(both, what="a file's reject and a message's")
+    await await_until(both, what="a file's reject and a message's")
     by_source = {doc["source"]: doc async for doc in rejects.find({})}
     assert set(by_source) == {"file", "stream"}
     file_reject, stream_reject = by_source["file"], by_source["stream"]

@@ -20,7 +20,8 @@ from pymongo import AsyncMongoClient
 from structlog.testing import capture_logs
 
 from mysimbdp.config import Settings
-from tests.batch_support import drop, wait_outcome, wait_until, write_profile
+from tests.batch_support import drop, wait_outcome, write_profile
+from tests.harness.wait import await_until
 
 APPS = {"batch_plain": "tests.plugins.batch_apps", "batch_slow": "tests.plugins.batch_slow"}
 SECRET = 424242  # the value of every row of files the attacker must not load
@@ -45,9 +46,9 @@ async def _busy_then_staged(settings: Settings, mongo: AsyncMongoClient[dict[str
     """Keep the tenant's one slot busy with a slow file, drop ``x.csv`` and wait until the ledger
     says ``state`` for it: the moment the name is attacked."""
     drop(settings, tenant, "busy.csv", _csv(1500, start=10_000))
-    await wait_until(lambda: _is(mongo, tenant, "busy.csv", "loading"), what="busy.csv loading")
+    await await_until(lambda: _is(mongo, tenant, "busy.csv", "loading"), what="busy.csv loading")
     path = drop(settings, tenant, "x.csv", content)
-    await wait_until(lambda: _is(mongo, tenant, "x.csv", state), what=f"x.csv {state}")
+    await await_until(lambda: _is(mongo, tenant, "x.csv", state), what=f"x.csv {state}")
     return path
 
 

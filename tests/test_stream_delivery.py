@@ -17,11 +17,11 @@ from mysimbdp.config import Settings
 from mysimbdp.store.client import EmbeddedMongo
 from mysimbdp.stream.consumer import Consumer
 from mysimbdp.stream.topology import dead_name
+from tests.harness.wait import await_until
 from tests.plugins.stream_support import (
     ECHO_APPS,
     publish_raw,
     wait_consumers,
-    wait_until,
     write_profile,
 )
 
@@ -51,7 +51,7 @@ async def test_consumer_killed_between_write_and_ack_leaves_no_duplicate(
 
     monkeypatch.setattr(Consumer, "_settle", crash_before_ack)
     await publish_raw(amqp_url, tenant_id, [{"n": i} for i in range(100)], [f"r{i}" for i in range(100)])
-    await wait_until(lambda: _true(bool(killed)), what="the first batch")
+    await await_until(lambda: _true(bool(killed)), what="the first batch")
     await asyncio.sleep(0.5)
     # The dead consumer's messages went back to the queue; a fresh consumer takes them again.
     with capture_logs() as events:
@@ -63,7 +63,7 @@ async def test_consumer_killed_between_write_and_ack_leaves_no_duplicate(
                     and await rd.daemon.stream.queue_depth(tenant_id) == 0
                     and sum(e.get("duplicates", 0) for e in events if e["event"] == "stream.batch.committed")
                     >= killed[0])
-        await wait_until(settled, what="all 100 documents, the redelivered ones counted as duplicates")
+        await await_until(settled, what="all 100 documents, the redelivered ones counted as duplicates")
     ids = [d["_id"] async for d in mongo[f"tenant_{tenant_id}"]["events"].find({}, {"_id": 1})]
     assert sorted(ids) == sorted(f"m:r{i}" for i in range(100))
 
@@ -84,7 +84,7 @@ async def test_store_outage_mid_stream_loses_nothing(
         rd = await start_daemon(settings)
         await wait_consumers(rd.daemon, tenant_id, 1)
         await publish_raw(amqp_url, tenant_id, [{"n": i} for i in range(50)], [f"a{i}" for i in range(50)])
-        await wait_until(lambda: _count_is(client, tenant_id, 50), what="the first 50 documents")
+        await await_until(lambda: _count_is(client, tenant_id, 50), what="the first 50 documents")
 
         await server.stop()
         with capture_logs() as events:
@@ -93,13 +93,13 @@ async def test_store_outage_mid_stream_loses_nothing(
 
             async def retrying() -> bool:
                 return any(e["event"] == "stream.batch.retry" for e in events)
-            await wait_until(retrying, what="the consumer to retry the write")
+            await await_until(retrying, what="the consumer to retry the write")
         status = await rd.daemon.stream.status(tenant_id)
         assert status["buffered"] + (status["queue_depth"] or 0) == 70  # held, not acknowledged
 
         await server.start()
-        await wait_until(lambda: _count_is(client, tenant_id, 120), timeout=60, what="all 120 documents")
-        await wait_until(lambda: _depth_is(rd.daemon, tenant_id, 0), what="every message acknowledged")
+        await await_until(lambda: _count_is(client, tenant_id, 120), timeout=60, what="all 120 documents")
+        await await_until(lambda: _depth_is(rd.daemon, tenant_id, 0), what="every message acknowledged")
     finally:
         await client.close()
         await server.stop()
@@ -127,7 +127,7 @@ async def test_poison_message_goes_to_the_dead_letter_queue_after_the_delivery_l
     await wait_consumers(rd.daemon, tenant_id, 1)
     with capture_logs() as events:
         await publish_raw(amqp_url, tenant_id, [{"n": 1}, {"hang": 1.0}, {"n": 2}], ["ok1", "poison", "ok2"])
-        await wait_until(lambda: _dead_depth_is(amqp_url, tenant_id, 1), what="the poison message dead-lettered")
+        await await_until(lambda: _dead_depth_is(amqp_url, tenant_id, 1), what="the poison message dead-lettered")
     assert await _count(mongo, tenant_id) == 2
     timeouts = [e for e in events if e["event"] == "stream.app.timeout"]
     assert len(timeouts) == 2 and all(e["message_id"] == "poison" for e in timeouts)
@@ -166,20 +166,20 @@ async def test_a_record_clashing_on_an_apps_unique_index_goes_to_rejects_with_it
 
     async def index_there() -> bool:
         return any(i.get("unique") for i in (await db["codes"].index_information()).values())
-    await wait_until(index_there, what="the app's unique index")
+    await await_until(index_there, what="the app's unique index")
     with capture_logs() as events:
         await publish_raw(amqp_url, tenant_id, [{"code": "A", "n": 1}], ["u1"])
 
         async def first() -> bool:
             return await db["codes"].count_documents({}) == 1
-        await wait_until(first, what="the first document")
+        await await_until(first, what="the first document")
         await publish_raw(amqp_url, tenant_id, [{"code": "A", "n": 2}, {"code": "A", "n": 1}], ["u2", "u1"])
 
         async def settled() -> bool:
             return (await db["_rejects"].count_documents({}) == 1
                     and sum(e.get("duplicates", 0) for e in events if e["event"] == "stream.batch.committed") == 1
                     and await rd.daemon.stream.queue_depth(tenant_id) == 0)
-        await wait_until(settled, what="one reject and one duplicate")
+        await await_until(settled, what="one reject and one duplicate")
     reject = await db["_rejects"].find_one({})
     assert reject is not None and reject["_id"] == "stream-write:m:u2" and reject["kind"] == "write_failed"
     assert "unique index" in reject["reason"] and reject["message_id"] == "u2"
@@ -190,7 +190,7 @@ async def test_a_record_clashing_on_an_apps_unique_index_goes_to_rejects_with_it
 
     async def both() -> bool:
         return await db["_rejects"].count_documents({"message_id": "u3"}) == 2
-    await wait_until(both, what="two rejects of one message")
+    await await_until(both, what="two rejects of one message")
     first, second = [d async for d in db["_rejects"].find({"message_id": "u3"}).sort("_id", 1)]
     assert first["raw"] == '[{"code":"A","n":3},{"code":"A","n":4}]' and first["raw_in"] is None
     assert second["raw_in"] == first["_id"] and second["raw"] is None
@@ -253,8 +253,8 @@ async def test_a_write_the_store_refuses_for_good_is_rejected_with_the_reason_no
 
         async def rejected() -> bool:
             return await db["_rejects"].count_documents({"kind": "write_failed"}) == 3
-        await wait_until(rejected, what="three write_failed rejects")
-        await wait_until(lambda: _depth_is(rd.daemon, tenant, 0), what="every message acknowledged")
+        await await_until(rejected, what="three write_failed rejects")
+        await await_until(lambda: _depth_is(rd.daemon, tenant, 0), what="every message acknowledged")
     assert not [e for e in events if e["event"] == "stream.batch.retry"]
     async for reject in db["_rejects"].find({}):
         assert reject["_id"] == f"stream-write:m:{reject['message_id']}" and reject["document_id"].startswith("m:p")
@@ -275,7 +275,7 @@ async def test_a_stream_app_targeting_rejects_or_system_collections_is_refused(
     async def failed() -> bool:
         status = await rd.daemon.stream.status(tenant)
         return status["state"] == "failed" and f"invalid target collection {name!r}" in status.get("error", "")
-    await wait_until(failed, what="the tenant's stream refused")
+    await await_until(failed, what="the tenant's stream refused")
     assert rd.daemon.stream.consumer_count(tenant) == 0
 
 
@@ -296,8 +296,8 @@ async def test_a_consumer_never_writes_documents_into_rejects_even_past_the_mana
 
     async def rejected() -> bool:
         return await db["_rejects"].count_documents({"kind": "write_failed"}) == 2
-    await wait_until(rejected, what="two write_failed rejects")
-    await wait_until(lambda: _depth_is(rd.daemon, tenant, 0), what="every message acknowledged")
+    await await_until(rejected, what="two write_failed rejects")
+    await await_until(lambda: _depth_is(rd.daemon, tenant, 0), what="every message acknowledged")
     assert await db["_rejects"].count_documents({"_id": {"$regex": "^m:"}}) == 0  # no app document in it
     reject = await db["_rejects"].find_one({"message_id": "q1"})
     assert reject is not None and "invalid target collection '_rejects'" in reject["reason"]

@@ -27,11 +27,11 @@ from structlog.testing import capture_logs
 from mysimbdp.config import Settings
 from mysimbdp.monitor.reports import MAX_MS, ReportWindow
 from mysimbdp.stream.records import RAW_LIMIT, Incoming, Route, plain_headers, process_message
+from tests.harness.wait import await_until
 from tests.plugins.stream_support import (
     ECHO_APPS,
     publish_raw,
     wait_consumers,
-    wait_until,
     write_profile,
 )
 
@@ -86,8 +86,8 @@ async def test_a_header_timestamp_out_of_range_fails_no_message(
 
         async def all_written() -> bool:
             return await mongo[f"tenant_{tenant_id}"]["events"].count_documents({}) == 21
-        await wait_until(all_written, timeout=20, what="the 20 good messages and the odd one written")
-        await wait_until(lambda: _settled(rd, tenant_id), what="every message acknowledged")
+        await await_until(all_written, timeout=20, what="the 20 good messages and the odd one written")
+        await await_until(lambda: _settled(rd, tenant_id), what="every message acknowledged")
     assert not _events(events, "stream.batch.failed")
     assert (await rd.daemon.stream.status(tenant_id))["dead_letter_depth"] in (0, None)
     doc = await mongo[f"tenant_{tenant_id}"]["events"].find_one({"_id": "m:odd"})
@@ -166,8 +166,8 @@ async def test_properties_no_python_type_holds_do_not_stall_the_shared_connectio
         async def written() -> bool:
             return (await mongo[f"tenant_{tenant_id}"]["events"].count_documents({}) == 2
                     and await mongo[f"tenant_{other}"]["events"].count_documents({}) == 1)
-        await wait_until(written, timeout=20, what="both tenants' messages written")
-        await wait_until(lambda: _settled(rd, tenant_id), what="every message acknowledged")
+        await await_until(written, timeout=20, what="both tenants' messages written")
+        await await_until(lambda: _settled(rd, tenant_id), what="every message acknowledged")
     assert not _events(events, "broker.disconnected")
     far = await mongo[f"tenant_{tenant_id}"]["events"].find_one({"_id": "m:far"})
     assert far is not None and far["message_timestamp"] is None and far["message_headers"] == {"when": None}
@@ -196,7 +196,7 @@ async def test_a_future_or_ancient_publish_time_keeps_the_reports_coming(
                 reports = _events(events, "stream.report", tenant_id)
                 counted = [i for i, r in enumerate(reports) if r["messages"]]
                 return sum(r["messages"] for r in reports) == n and len(reports) - counted[-1] >= 3
-            await wait_until(reported_after, timeout=15, what=f"the {name} message reported, then two more reports")
+            await await_until(reported_after, timeout=15, what=f"the {name} message reported, then two more reports")
     for report in _events(events, "stream.report", tenant_id):
         assert 0 <= report["avg_ingest_ms"] <= MAX_MS and 0 <= report["p95_ingest_ms"] <= MAX_MS
     summaries = _events(events, "stream.batch.committed", tenant_id)
@@ -226,12 +226,12 @@ async def test_a_failing_report_does_not_end_the_tick_loop(
     with capture_logs() as events:
         async def recovered() -> bool:
             return bool(failed) and len(_events(events, "stream.report", tenant_id)) >= 2
-        await wait_until(recovered, timeout=15, what="reports after a failed one")
+        await await_until(recovered, timeout=15, what="reports after a failed one")
         await publish_raw(amqp_url, tenant_id, [{"n": 1}], ["after"])
 
         async def counted() -> bool:
             return sum(r["messages"] for r in _events(events, "stream.report", tenant_id)) == 1
-        await wait_until(counted, timeout=15, what="the next message reported")
+        await await_until(counted, timeout=15, what="the next message reported")
     failures = _events(events, "stream.tick.failed", tenant_id)
     assert len(failures) == 1 and failures[0]["step"] == "report" and "cannot make a report" in failures[0]["error"]
 
@@ -259,7 +259,7 @@ async def test_a_profile_edit_keeps_a_running_stream_running_and_a_stopped_one_s
 
     async def written() -> bool:
         return await mongo[f"tenant_{tenant_id}"]["events"].count_documents({}) == 1
-    await wait_until(written, what="a message consumed with the new settings")
+    await await_until(written, what="a message consumed with the new settings")
 
     await rd.daemon.stream.stop_tenant(tenant_id, "test: stop")
     write_profile(settings, tenant_id, prefetch=41)
@@ -289,8 +289,8 @@ async def test_a_message_over_the_size_limit_is_rejected_unread_and_the_consumer
 
         async def done() -> bool:
             return await db["_rejects"].count_documents({}) == 1 and await db["events"].count_documents({}) == 1
-        await wait_until(done, what="the big message rejected, the next one written")
-        await wait_until(lambda: _settled(rd, tenant_id), what="both acknowledged")
+        await await_until(done, what="the big message rejected, the next one written")
+        await await_until(lambda: _settled(rd, tenant_id), what="both acknowledged")
     reject = await db["_rejects"].find_one({"_id": "stream:big"})
     assert reject is not None and reject["kind"] == "too_large"
     assert "max_message_bytes" in reject["reason"] and f"{len(big):,} bytes" in reject["reason"]
@@ -315,8 +315,8 @@ async def test_a_message_with_too_many_records_is_rejected_whole(
 
     async def done() -> bool:
         return await db["_rejects"].count_documents({}) == 1 and await db["events"].count_documents({}) == 1
-    await wait_until(done, what="the message rejected whole, the next one written")
-    await wait_until(lambda: _settled(rd, tenant_id), what="every message acknowledged")
+    await await_until(done, what="the message rejected whole, the next one written")
+    await await_until(lambda: _settled(rd, tenant_id), what="every message acknowledged")
     reject = await db["_rejects"].find_one({"_id": "stream:many"})
     assert reject is not None and reject["kind"] == "too_many_records"
     assert "10,001 records" in reject["reason"] and "max_records_per_message = 10,000" in reject["reason"]
@@ -378,7 +378,7 @@ async def test_a_message_id_equal_to_a_batch_id_writes_its_own_document(
 
     async def written() -> bool:
         return await events.count_documents({}) == 4
-    await wait_until(written, what="the stream documents beside the batch one")
+    await await_until(written, what="the stream documents beside the batch one")
     assert (await events.find_one({"_id": batch_id}) or {}).get("from") == "batch"
     assert (await events.find_one({"_id": f"m:{batch_id}"}) or {}).get("from") == "stream"
     assert {d["_id"] async for d in events.find({"i": {"$exists": True}})} == {"m:arr:0", "m:arr:1"}

@@ -9,11 +9,11 @@ from pymongo import AsyncMongoClient
 from structlog.testing import capture_logs
 
 from mysimbdp.config import Settings
+from tests.harness.wait import await_until
 from tests.plugins.stream_support import (
     ECHO_APPS,
     publish_raw,
     wait_consumers,
-    wait_until,
     write_profile,
 )
 
@@ -42,7 +42,7 @@ async def test_two_tenants_publish_at_once_each_to_its_own_database(
 
     async def done() -> bool:
         return await _count(mongo, a) == 300 and await _count(mongo, b) == 400
-    await wait_until(done, what="both tenants' documents")
+    await await_until(done, what="both tenants' documents")
     assert await mongo[f"tenant_{a}"]["events"].count_documents({"who": "b"}) == 0
     assert await mongo[f"tenant_{b}"]["events"].count_documents({"who": "a"}) == 0
     doc = await mongo[f"tenant_{b}"]["events"].find_one({"_id": "m:b7:1"})
@@ -51,7 +51,7 @@ async def test_two_tenants_publish_at_once_each_to_its_own_database(
 
     async def drained() -> bool:
         return await rd.daemon.stream.queue_depth(a) == 0 and rd.daemon.stream.consumer_count(a) == 1
-    await wait_until(drained, what="queue a empty")
+    await await_until(drained, what="queue a empty")
 
 
 async def test_malformed_rejected_and_low_quality_records_go_to_rejects_and_are_acked(
@@ -69,14 +69,14 @@ async def test_malformed_rejected_and_low_quality_records_go_to_rejects_and_are_
 
         async def all_there() -> bool:
             return await mongo[rejects]["_rejects"].count_documents({}) == 8 and await _count(mongo, tenant_id) == 3
-        await wait_until(all_there, what="rejects and documents")
+        await await_until(all_there, what="rejects and documents")
 
         def committed(field: str) -> int:
             return sum(e[field] for e in events if e["event"] == "stream.batch.committed")
 
         async def summarised() -> bool:  # committed events are aggregated per consumer per second
             return committed("messages") == len(bodies)
-        await wait_until(summarised, what="stream.batch.committed events")
+        await await_until(summarised, what="stream.batch.committed events")
     assert committed("rejected") == 8
 
     by_id = {d["_id"]: d async for d in mongo[rejects]["_rejects"].find({})}
@@ -101,7 +101,7 @@ async def test_malformed_rejected_and_low_quality_records_go_to_rejects_and_are_
 
     async def acked() -> bool:
         return await rd.daemon.stream.queue_depth(tenant_id) == 0
-    await wait_until(acked, what="every message acknowledged")
+    await await_until(acked, what="every message acknowledged")
     status = await rd.daemon.stream.status(tenant_id)
     assert status["buffered"] == 0
 
@@ -121,12 +121,12 @@ async def test_routing_key_type_selects_the_app_and_reports_are_emitted(
 
         async def there() -> bool:
             return await db["events"].count_documents({}) == 2 and await db["shouting"].count_documents({}) == 1
-        await wait_until(there, what="documents routed by type")
+        await await_until(there, what="documents routed by type")
 
         async def reported() -> bool:
             return sum(e["messages"] for e in events
                        if e["event"] == "stream.report" and e.get("tenant") == tenant_id) == 3
-        await wait_until(reported, what="a report counting the messages")
+        await await_until(reported, what="a report counting the messages")
     assert (await db["shouting"].find_one({"_id": "m:loud"}) or {}).get("v") == "B"
     reports = [e for e in events if e["event"] == "stream.report" and e.get("tenant") == tenant_id]
     expected = {"tenant", "app", "instance", "window_start", "window_end", "messages", "documents", "bytes",
@@ -149,4 +149,4 @@ async def test_a_batch_is_full_at_the_prefetch_window(
 
     async def written() -> bool:
         return await _count(mongo, tenant_id) == 100
-    await wait_until(written, timeout=30.0, what="100 documents in batches of 20")
+    await await_until(written, timeout=30.0, what="100 documents in batches of 20")

@@ -15,12 +15,12 @@ from mysimbdp.cli import main
 from mysimbdp.config import Settings
 from mysimbdp.stream.manager import OutOfBounds, UnknownStream
 from tests.conftest import ADMIN_TOKEN
+from tests.harness.wait import await_until
 from tests.plugins.stream_support import (
     ECHO_APPS,
     publish_raw,
     wait_consumers,
     wait_stream_ready,
-    wait_until,
     write_profile,
 )
 
@@ -160,7 +160,7 @@ async def test_drain_flushes_and_acknowledges_buffered_messages(
 
     async def buffered() -> bool:
         return bool((await rd.daemon.stream.status(tenant_id))["buffered"] == 10)
-    await wait_until(buffered, what="10 buffered messages")
+    await await_until(buffered, what="10 buffered messages")
     assert await mongo[f"tenant_{tenant_id}"]["events"].count_documents({}) == 0
     rd.daemon.request_stop("test: drain")
     await asyncio.wait_for(rd.task, 20)

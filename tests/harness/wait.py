@@ -24,7 +24,7 @@ def _check_deadline(deadline: float, timeout: float, what: str, alive: Callable[
         raise TimeoutError(f"waited {timeout:.0f}s for {what}{where}")
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2,
+def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "the condition", interval: float = 0.2,
                alive: Callable[[], bool] | None = None, where: str = "") -> Any:
     """Call ``check`` until it returns something truthy, and return that.
 
@@ -39,7 +39,8 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: fl
     return value
 
 
-async def await_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2,
+async def await_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "the condition",
+                      interval: float = 0.2,
                       alive: Callable[[], bool] | None = None, where: str = "") -> Any:
     """:func:`wait_until` for the event loop; ``check`` may be a plain or a coroutine function."""
     deadline = time.monotonic() + timeout

@@ -1,10 +1,9 @@
-"""Helpers of the stream tests: tenant profiles, raw publishing, waiting for a condition."""
+"""Helpers of the stream tests: tenant profiles, raw publishing, waiting for consumers and topology."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,9 @@ import orjson
 
 from mysimbdp import tenants
 from mysimbdp.config import Settings
+from tests.harness.wait import await_until
+
+__all__ = ["ECHO_APPS", "write_profile", "publish_raw", "wait_consumers", "wait_stream_ready"]
 
 ECHO_APPS = {"stream_echo": "tests.plugins.stream_echo"}
 
@@ -24,15 +26,6 @@ def write_profile(settings: Settings, tenant: str, app: str = "stream_echo", run
                               "batch_max_messages": 50, "batch_max_wait_ms": 50, "report_interval_s": 1.0}
     values.update(stream)
     return tenants.write_profile(settings.tenants_dir, {"id": tenant, "runner": runner, "stream": values})
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll ``check`` until it is true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def publish_raw(amqp_url: str, key: str, bodies: Iterable[bytes | dict[str, Any] | list[Any]],
@@ -58,11 +51,11 @@ async def wait_consumers(daemon: Any, tenant: str, count: int, timeout: float = 
     """Wait until the stream manager runs ``count`` consumers for ``tenant``."""
     async def check() -> bool:
         return bool(daemon.stream.consumer_count(tenant) == count)
-    await wait_until(check, timeout, f"{count} consumers for {tenant}")
+    await await_until(check, timeout, f"{count} consumers for {tenant}")
 
 
 async def wait_stream_ready(daemon: Any, tenant: str, timeout: float = 30.0) -> None:
     """Wait until the broker is connected and the tenant's queue is declared."""
     async def check() -> bool:
         return await daemon.stream.queue_depth(tenant) is not None
-    await wait_until(check, timeout, f"the stream topology of {tenant}")
+    await await_until(check, timeout, f"the stream topology of {tenant}")
