@@ -18,6 +18,7 @@ import pytest
 from mysimbdp.config import Settings
 from mysimbdp.http.tokens import hash_token
 from mysimbdp.logs import get_logger
+from tests.harness.wait import await_until
 
 TOKEN = "monitor-tenant-token"
 OTHER_TOKEN = "monitor-other-token"
@@ -44,16 +45,6 @@ def report_body(tenant: str, instance: str = "ext-1", **changes: Any) -> dict[st
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def test_post_report_is_accepted_kept_and_evaluated(
@@ -183,7 +174,7 @@ async def test_an_invalid_log_report_is_counted_not_fatal(
     write_profile(settings, tenant_id)
     rd = await start_daemon(settings)
     get_logger("stream").info("stream.report", tenant=tenant_id, messages="lots")
-    await wait_for(lambda: rd.daemon.monitor.counts["invalid"] == 1)
+    await await_until(lambda: rd.daemon.monitor.counts["invalid"] == 1, 10, "the invalid report counted", 0.05)
     bad = [e for e in events if e["event"] == "monitor.report.invalid"]
     assert bad and bad[0]["tenant"] == tenant_id
     assert rd.daemon.health()["components"]["monitor"]["up"]
@@ -282,7 +273,7 @@ async def test_a_flood_at_a_slow_app_scales_up_then_idleness_scales_down(
         f"[stream]\n{SLOW_STREAM}\n[monitor]\n{SLOW_MONITOR}\n")
     rd = await start_daemon(settings)
     stream = rd.daemon.stream
-    await wait_for(lambda: stream.consumer_count(tenant_id) == 1, timeout=30)
+    await await_until(lambda: stream.consumer_count(tenant_id) == 1, 30, "one consumer", 0.05)
 
     flood = tmp_path / "flood.jsonl"
     flood.write_text("".join(f'{{"n": {i}, "value": {i / 10}}}\n' for i in range(FLOOD)))
@@ -294,7 +285,7 @@ async def test_a_flood_at_a_slow_app_scales_up_then_idleness_scales_down(
     def changes() -> list[dict[str, Any]]:
         return [e for e in of(events, "stream.consumers.changed", tenant_id) if e["reason"].startswith("monitor")]
 
-    ups = await wait_for(lambda: [e for e in changes() if e["to"] > e["from"]], timeout=30)
+    ups = await await_until(lambda: [e for e in changes() if e["to"] > e["from"]], 30, "a scale-up", 0.05)
     # the alert comes at the 2nd consecutive breach (breaches_before_alert); the scale-up at
     # once, or at the first evaluation after the cooldown (1 s = 2 report periods)
     verdicts, alert_at = [], None
@@ -322,8 +313,8 @@ async def test_a_flood_at_a_slow_app_scales_up_then_idleness_scales_down(
         await asyncio.sleep(0.2)
     assert await readings.count_documents({}) == FLOOD
 
-    downs = await wait_for(lambda: [e for e in changes() if e["to"] < e["from"]], timeout=30)
-    await wait_for(lambda: stream.consumer_count(tenant_id) == 1, timeout=30)
+    downs = await await_until(lambda: [e for e in changes() if e["to"] < e["from"]], 30, "a scale-down", 0.05)
+    await await_until(lambda: stream.consumer_count(tenant_id) == 1, 30, "one consumer", 0.05)
     assert "monitor scale-down" in downs[-1]["reason"]
     assert max(e["to"] for e in changes()) <= 3
     assert all(e.get("reason") for e in of(events, "stream.consumers.changed", tenant_id))

@@ -24,6 +24,7 @@ from mysimbdp.config import Settings
 from mysimbdp.events import EventBus
 from mysimbdp.http.tokens import hash_token
 from mysimbdp.logs import write_event
+from tests.harness.wait import await_until
 
 CSV = b"id,name\n1,alpha\n2,beta\n3,gamma\n"
 APP_MODULE = "tests.plugins.upload_rows"
@@ -122,7 +123,7 @@ class HeldUpload:
         self.writer.write(head.encode() + self.first)
         await self.writer.drain()
         part = self.env.folder / f".{self.name}.part"
-        await wait_for(lambda: part.exists(), what=f"{part} to appear")
+        await await_until(part.exists, 10, f"{part} to appear", 0.02)
         return self
 
     async def finish(self, rest: bytes) -> bytes:
@@ -135,14 +136,6 @@ class HeldUpload:
     async def abort(self) -> None:
         assert self.writer is not None
         self.writer.transport.abort()
-
-
-async def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 # -- constraints -------------------------------------------------------------------------
@@ -344,8 +337,8 @@ async def test_body_shorter_than_declared_is_interrupted_and_not_kept(env: Env) 
         writer.write_eof()
         await asyncio.wait_for(reader.read(), 10)
         writer.close()
-        await wait_for(lambda: any(e["event"] == "upload.interrupted" for e in logs),
-                       what="upload.interrupted")
+        await await_until(lambda: any(e["event"] == "upload.interrupted" for e in logs),
+                        10, "upload.interrupted", 0.02)
     event = next(e for e in logs if e["event"] == "upload.interrupted")
     assert event["tenant"] == env.tenant and event["name"] == "long.csv"
     assert await env.daemon.ledger.find(env.tenant, name="long.csv") == []
@@ -434,9 +427,9 @@ async def test_interrupted_upload_leaves_nothing(env: Env) -> None:
         held = await HeldUpload(env, "cut.csv", 4000, b"id\n" + b"1\n" * 500).open()
         await held.abort()
         part = env.folder / ".cut.csv.part"
-        await wait_for(lambda: not part.exists(), what="the .part file to be removed")
-        await wait_for(lambda: any(e["event"] == "upload.interrupted" for e in logs),
-                       what="upload.interrupted")
+        await await_until(lambda: not part.exists(), 10, "the .part file to be removed", 0.02)
+        await await_until(lambda: any(e["event"] == "upload.interrupted" for e in logs),
+                        10, "upload.interrupted", 0.02)
     assert leftovers(env.folder) == []
     assert await env.daemon.ledger.find(env.tenant, name="cut.csv") == []
     event = next(e for e in logs if e["event"] == "upload.interrupted")
@@ -450,7 +443,7 @@ async def test_drain_cancels_inflight_upload_and_cleans_up(
     env = await start_env(start_daemon, settings_factory, tenant_id, settings=settings)
     held = await HeldUpload(env, "late.csv", 1000, b"id\n").open()
     env.daemon.request_stop("test")
-    await wait_for(lambda: not (env.folder / ".late.csv.part").exists(), what="cleanup at drain")
+    await await_until(lambda: not (env.folder / ".late.csv.part").exists(), 10, "cleanup at drain", 0.02)
     assert leftovers(env.folder) == []
     await held.abort()
 
