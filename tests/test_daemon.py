@@ -18,20 +18,18 @@ from mysimbdp.daemon import Daemon
 from mysimbdp.store.client import free_port
 from tests.batch_support import drop, wait_outcome, write_profile
 from tests.conftest import ADMIN_TOKEN
-from tests.harness.wait import wait_until
+from tests.harness.wait import await_until, wait_until
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}  # /health's details are the operators'
 
 
 async def test_health_ok(start_daemon: Callable[..., Any], http: aiohttp.ClientSession) -> None:
     rd = await start_daemon()
-    for _ in range(100):  # the broker connects in the background
+
+    async def healthy() -> dict[str, Any] | None:
         async with http.get(rd.url + "/health", headers=ADMIN) as resp:
-            body = await resp.json()
-            if resp.status == 200:
-                break
-        await __import__("asyncio").sleep(0.1)
-    assert resp.status == 200, body
+            return await resp.json() if resp.status == 200 else None
+    body = await await_until(healthy, 10, "/health to answer 200 (the broker connects in the background)", 0.1)
     assert body["status"] == "ok"
     assert body["components"]["store"]["up"] is True
     assert body["components"]["broker"]["up"] is True

