@@ -28,7 +28,8 @@ from mysimbdp.logs import get_logger
 from mysimbdp.monitor.metrics import UNKNOWN_TENANT
 from mysimbdp.tenants import load_profile
 from tests.conftest import ADMIN_TOKEN
-from tests.test_monitor import TOKEN, auth, report_body, wait_for, write_profile
+from tests.harness.wait import await_until
+from tests.test_monitor import TOKEN, auth, report_body, write_profile
 
 ADMIN = auth(ADMIN_TOKEN)
 CLOSED_WITHIN_S = 15.0  # generous: the test checks that a slow client is cut off, not how fast
@@ -37,7 +38,7 @@ CLOSED_WITHIN_S = 15.0  # generous: the test checks that a slow client is cut of
 async def _started(start_daemon: Callable[..., Any], settings: Settings, tenant: str) -> Any:
     write_profile(settings, tenant)
     rd = await start_daemon(settings)
-    await wait_for(lambda: tenant in rd.daemon.tenants)
+    await await_until(lambda: tenant in rd.daemon.tenants, 10, f"{tenant} onboarded", 0.05)
     return rd
 
 
@@ -187,7 +188,7 @@ async def test_connections_are_capped(
     assert rd.daemon.http.guard.closed["evicted"] >= 1
     for _, w in idle:
         w.close()
-    await wait_for(lambda: len(rd.daemon.http.guard) == 0)
+    await await_until(lambda: len(rd.daemon.http.guard) == 0, 10, "no connection left in the guard", 0.05)
     # busy connections fill the cap: one more is closed at once, not queued
     busy = []
     for _ in range(cap):
@@ -195,7 +196,8 @@ async def test_connections_are_capped(
         writer.write(b"POST /reports HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer x\r\nContent-Length: 100\r\n\r\n{")
         await writer.drain()
         busy.append((reader, writer))
-    await wait_for(lambda: sum(c.request is not None for c in rd.daemon.http.guard._conns.values()) == cap)
+    await await_until(lambda: sum(c.request is not None for c in rd.daemon.http.guard._conns.values()) == cap, 10,
+                      f"{cap} requests under way", 0.05)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert await closed(reader)
