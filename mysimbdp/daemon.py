@@ -23,7 +23,7 @@ from mysimbdp import __version__
 from mysimbdp.apps.runner import Runners
 from mysimbdp.batch.intake import UploadService
 from mysimbdp.batch.ledger import Ledger
-from mysimbdp.batch.manager import BatchManager
+from mysimbdp.batch.lifecycle import BatchManager
 from mysimbdp.config import Settings
 from mysimbdp.events import EventBus
 from mysimbdp.events.catalog import (

@@ -45,12 +45,12 @@ _CHANGE_EVENTS = {"added": TenantAdded, "changed": TenantChanged, "removed": Ten
 DAY_S = 86_400.0
 
 
-class _Section(BaseModel):
+class _ProfileSection(BaseModel):
     # every number finite: ``inf`` and ``nan`` are refused with the key named (TOML has both)
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class BatchRoute(_Section):
+class BatchRoute(_ProfileSection):
     """Files whose name matches ``pattern`` (a glob) go to ``app`` with their own limits."""
 
     pattern: str
@@ -59,7 +59,7 @@ class BatchRoute(_Section):
     timeout_s: float = Field(3600.0, gt=0, le=DAY_S)
 
 
-class BatchProfile(_Section):
+class BatchProfile(_ProfileSection):
     """The tenant's batch constraints (the service profile of the reference design)."""
 
     app: str
@@ -73,7 +73,7 @@ class BatchProfile(_Section):
     routes: tuple[BatchRoute, ...] = ()
 
 
-class StreamProfile(_Section):
+class StreamProfile(_ProfileSection):
     """The tenant's stream settings: app, consumer bounds and batching."""
 
     app: str
@@ -102,7 +102,7 @@ class StreamProfile(_Section):
         return self
 
 
-class MonitorProfile(_Section):
+class MonitorProfile(_ProfileSection):
     """Thresholds that make the monitor scale the tenant's stream consumers."""
 
     max_avg_ingest_ms: float = Field(1000.0, gt=0, le=DAY_S * 1000)
@@ -115,7 +115,7 @@ class MonitorProfile(_Section):
     autoscale: bool = True
 
 
-class TenantProfile(_Section):
+class TenantProfile(_ProfileSection):
     """One tenant: identity, token hash and the sections it uses."""
 
     id: str

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mysimbdp.batch.manager import route_for
+from mysimbdp.batch.lifecycle import route_for
 from mysimbdp.cli import main
 from mysimbdp.errors import TenantProfileError
 from mysimbdp.events import EventBus

@@ -144,7 +144,7 @@ class _Upload:
 
 
 class StagedUsage(Protocol):
-    """What a tenant has staged and committed (:meth:`mysimbdp.batch.manager.BatchManager.usage`)."""
+    """What a tenant has staged and committed (:meth:`mysimbdp.batch.lifecycle.BatchManager.usage`)."""
 
     async def usage(self, tenant: str) -> Usage:
         """Files waiting in the tenant's staging folder and its committed bytes."""

@@ -1,6 +1,6 @@
 """Command-line entry points: ``mysimbdpd`` (the daemon) and ``mysimbdp`` (tenants' and operators' tool).
 
-``mysimbdp`` subcommands live in :mod:`mysimbdp.cli`, one module each, every module
+``mysimbdp`` subcommands live in :mod:`mysimbdp.cli`, one module each (``cmd_<name>.py``), every module
 having ``register(subparsers)``. Configuration and input errors print one line and exit
 non-zero, never a traceback.
 """

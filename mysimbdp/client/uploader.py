@@ -27,7 +27,7 @@ from mysimbdp.errors import FileRejected, MysimbdpError
 from mysimbdp.tenants import BatchProfile
 
 __all__ = [
-    "DEFAULT_DIR", "DEFAULT_URL", "FetchError", "Outcome", "UploadClient", "Progress",
+    "DEFAULT_DIR", "DEFAULT_URL", "FetchError", "UploadOutcome", "UploadClient", "Progress",
     "read_token", "collect", "plan", "run", "summary",
 ]
 
@@ -45,7 +45,7 @@ class FetchError(MysimbdpError):
 
 
 @dataclass
-class Outcome:
+class UploadOutcome:
     """What happened to one local file."""
 
     path: Path
@@ -83,27 +83,27 @@ def read_token(path: Path, err: TextIO = sys.stderr) -> str:
     return token
 
 
-def collect(paths: Sequence[Path]) -> tuple[list[Outcome], list[Outcome]]:
+def collect(paths: Sequence[Path]) -> tuple[list[UploadOutcome], list[UploadOutcome]]:
     """Local files to consider, and the ones skipped already (missing, not regular files).
 
     A directory contributes its regular files (not hidden ones, not subdirectories), sorted.
     """
-    found: list[Outcome] = []
-    skipped: list[Outcome] = []
+    found: list[UploadOutcome] = []
+    skipped: list[UploadOutcome] = []
     for path in paths:
         if path.is_dir():
             children = sorted(p for p in path.iterdir() if not p.name.startswith("."))
             for child in children:
                 if child.is_file() and not child.is_symlink():
-                    found.append(Outcome(child, child.stat().st_size))
+                    found.append(UploadOutcome(child, child.stat().st_size))
             continue
         if not path.exists():
-            skipped.append(Outcome(path, 0, "skipped", "missing", "no such file or directory"))
+            skipped.append(UploadOutcome(path, 0, "skipped", "missing", "no such file or directory"))
         elif not path.is_file() or path.is_symlink():
-            skipped.append(Outcome(path, 0, "skipped", "not_regular",
+            skipped.append(UploadOutcome(path, 0, "skipped", "not_regular",
                                    "not a regular file (symbolic links are not followed)"))
         else:
-            found.append(Outcome(path, path.stat().st_size))
+            found.append(UploadOutcome(path, path.stat().st_size))
     return found, skipped
 
 
@@ -115,7 +115,7 @@ def profile_of(constraints: dict[str, Any]) -> BatchProfile:
                         storage_quota_bytes=constraints["storage_quota_bytes"])
 
 
-def plan(files: Iterable[Outcome], constraints: dict[str, Any]) -> tuple[list[Outcome], list[Outcome]]:
+def plan(files: Iterable[UploadOutcome], constraints: dict[str, Any]) -> tuple[list[UploadOutcome], list[UploadOutcome]]:
     """Split ``files`` into those to upload and those skipped, checking what the platform checks.
 
     Every file planned counts against the tenant's free staging slots and quota, so the
@@ -126,8 +126,8 @@ def plan(files: Iterable[Outcome], constraints: dict[str, Any]) -> tuple[list[Ou
     staged = int(usage.get("staged_files", 0))
     used = int(usage.get("used_bytes", 0))
     names: set[str] = set()
-    send: list[Outcome] = []
-    skip: list[Outcome] = []
+    send: list[UploadOutcome] = []
+    skip: list[UploadOutcome] = []
     for out in files:
         try:
             check_name(out.name)
@@ -267,7 +267,7 @@ async def _read_chunks(path: Path, size: int, progress: Progress | None) -> Asyn
 # -- the run ----------------------------------------------------------------------------------
 
 
-async def _send(client: UploadClient, out: Outcome, progress: Progress) -> None:
+async def _send(client: UploadClient, out: UploadOutcome, progress: Progress) -> None:
     """Upload one file, retrying when the platform is restarting or unreachable."""
     for attempt in range(_RETRIES + 1):
         try:
@@ -291,7 +291,7 @@ async def _send(client: UploadClient, out: Outcome, progress: Progress) -> None:
         return
 
 
-async def _follow(client: UploadClient, out: Outcome, timeout: float, progress: Progress) -> None:
+async def _follow(client: UploadClient, out: UploadOutcome, timeout: float, progress: Progress) -> None:
     assert out.file_id is not None
     try:
         entry = await client.wait(out.file_id, timeout)
@@ -328,8 +328,8 @@ def counts(entry: dict[str, Any]) -> str:
 
 async def run(url: str, tenant: str, token: str, paths: Sequence[Path], *, jobs: int = 4,
               wait: bool = False, wait_timeout: float = 3600.0,
-              stream: TextIO = sys.stdout) -> list[Outcome]:
-    """Check, upload and (optionally) follow ``paths``; every file's :class:`Outcome`."""
+              stream: TextIO = sys.stdout) -> list[UploadOutcome]:
+    """Check, upload and (optionally) follow ``paths``; every file's :class:`UploadOutcome`."""
     files, outcomes = collect(paths)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -347,7 +347,7 @@ async def run(url: str, tenant: str, token: str, paths: Sequence[Path], *, jobs:
         progress = Progress(stream, len(send), sum(o.size for o in send))
         gate = asyncio.Semaphore(max(1, jobs))
 
-        async def one(out: Outcome) -> None:
+        async def one(out: UploadOutcome) -> None:
             async with gate:
                 await _send(client, out, progress)
                 progress.file_done()
@@ -362,7 +362,7 @@ async def run(url: str, tenant: str, token: str, paths: Sequence[Path], *, jobs:
     return outcomes
 
 
-def summary(outcomes: Sequence[Outcome]) -> str:
+def summary(outcomes: Sequence[UploadOutcome]) -> str:
     """A table of every file: name, size, outcome, reason or counts."""
     rows = [("FILE", "BYTES", "OUTCOME", "DETAIL")]
     for o in outcomes:

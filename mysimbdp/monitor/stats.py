@@ -163,7 +163,7 @@ class _Samples:
         return out
 
 
-class _Section:
+class _Totals:
     """Running totals of one tenant (or of the platform)."""
 
     def __init__(self, cap: int | None = None) -> None:
@@ -178,7 +178,7 @@ class _Section:
         self.report_weighted_ms = 0.0  # sum of the reports' avg_ingest_ms x messages
         self.decisions: list[dict[str, Any]] = []
 
-    def merge(self, other: _Section) -> None:
+    def merge(self, other: _Totals) -> None:
         """Add ``other``'s figures to these (the decisions kept are the most recent)."""
         for mine, theirs in ((self.c, other.c), (self.file_reasons, other.file_reasons),
                              (self.upload_reasons, other.upload_reasons), (self.alert_rules, other.alert_rules)):
@@ -280,14 +280,14 @@ def _p95s(values: _Samples) -> dict[str, float | None]:
 
 def empty_section() -> dict[str, Any]:
     """The statistics of a tenant with no events."""
-    return _Section().result()
+    return _Totals().result()
 
 
 def compute(events: Iterable[Mapping[str, Any]], tenant: str | None = None,
             since: datetime | None = None) -> dict[str, Any]:
     """Aggregate ``events`` per tenant and for the platform (key :data:`PLATFORM`)."""
-    sections: dict[str, _Section] = {}
-    platform = _Section()
+    sections: dict[str, _Totals] = {}
+    platform = _Totals()
     first = last = None
     counted = 0
     for line in events:
@@ -306,7 +306,7 @@ def compute(events: Iterable[Mapping[str, Any]], tenant: str | None = None,
         assert cls is not None  # every name of _EVENTS has its type
         e = cls.from_log_line(line)
         stamp = ts if isinstance(ts, str) else None
-        sections.setdefault(tid, _Section()).add(e, stamp)
+        sections.setdefault(tid, _Totals()).add(e, stamp)
         platform.add(e, stamp)
         counted += 1
         if isinstance(ts, str):
@@ -352,7 +352,7 @@ class LiveStats:
         self.started = self._now()
         self._lock = threading.Lock()
         # tenant -> {hour start: section}; the key datetime.min holds the merged older hours
-        self._hours: dict[str, dict[datetime, _Section]] = {}
+        self._hours: dict[str, dict[datetime, _Totals]] = {}
         self._events: Counter[str] = Counter()
         self._first: dict[str, str] = {}
         self._last: dict[str, str] = {}
@@ -370,7 +370,7 @@ class LiveStats:
             hours = self._hours.setdefault(tenant, {})
             section = hours.get(hour)
             if section is None:
-                section = hours[hour] = _Section(LIVE_SAMPLES)
+                section = hours[hour] = _Totals(LIVE_SAMPLES)
                 self._age(hours, hour)
             ts = _iso(now)
             section.add(event, ts)
@@ -378,10 +378,10 @@ class LiveStats:
             self._first.setdefault(tenant, ts)
             self._last[tenant] = ts
 
-    def _age(self, hours: dict[datetime, _Section], current: datetime) -> None:
+    def _age(self, hours: dict[datetime, _Totals], current: datetime) -> None:
         oldest = current - timedelta(hours=LIVE_HOURS)
         for start in [h for h in hours if datetime.min.replace(tzinfo=UTC) < h < oldest]:
-            older = hours.setdefault(datetime.min.replace(tzinfo=UTC), _Section(LIVE_SAMPLES))
+            older = hours.setdefault(datetime.min.replace(tzinfo=UTC), _Totals(LIVE_SAMPLES))
             older.merge(hours.pop(start))
 
     def forget(self, tenant: str) -> None:
@@ -397,7 +397,7 @@ class LiveStats:
         it) everything since the start counts.
         """
         floor = None if since is None else since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        total = _Section(LIVE_SAMPLES)
+        total = _Totals(LIVE_SAMPLES)
         with self._lock:
             for start, section in self._hours.get(tenant, {}).items():
                 if floor is None or start >= floor:

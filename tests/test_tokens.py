@@ -19,7 +19,7 @@ from mysimbdp.config import Settings
 from mysimbdp.http.tokens import bearer_token, hash_token, new_token, token_matches
 from mysimbdp.tenants import load_profile
 from tests.conftest import ADMIN_TOKEN
-from tests.test_upload import APP_MODULE, CSV, leftovers, write_tenant
+from tests.test_intake import APP_MODULE, CSV, leftovers, write_tenant
 
 # -- the functions ---------------------------------------------------------------------------
 

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 
 from mysimbdp.client import uploader as fetch
-from mysimbdp.client.uploader import FetchError, Outcome, collect, plan, read_token
+from mysimbdp.client.uploader import FetchError, UploadOutcome, collect, plan, read_token
 from mysimbdp.config import Settings
-from tests.test_upload import CSV, Env, leftovers, start_env
+from tests.test_intake import CSV, Env, leftovers, start_env
 
 CONSTRAINTS = {"formats": ["csv", "jsonl"], "max_file_bytes": 100, "max_staged_files": 3,
                "storage_quota_bytes": 250, "usage": {"staged_files": 0, "used_bytes": 0}}
 
 
-def outcome(name: str, size: int) -> Outcome:
-    return Outcome(Path("/nowhere") / name, size)
+def outcome(name: str, size: int) -> UploadOutcome:
+    return UploadOutcome(Path("/nowhere") / name, size)
 
 
 # -- local checks --------------------------------------------------------------------------
@@ -79,8 +79,8 @@ def test_read_token(tmp_path: Path) -> None:
 
 
 def test_summary_table() -> None:
-    rows = [Outcome(Path("good.csv"), 10, "staged", file_id="abc"),
-            Outcome(Path("bad.txt"), 3, "skipped", "format", "not allowed")]
+    rows = [UploadOutcome(Path("good.csv"), 10, "staged", file_id="abc"),
+            UploadOutcome(Path("bad.txt"), 3, "skipped", "format", "not allowed")]
     text = fetch.summary(rows)
     lines = text.splitlines()
     assert lines[0].split() == ["FILE", "BYTES", "OUTCOME", "DETAIL"]
@@ -230,7 +230,7 @@ async def test_cli_flights_done_when(start_daemon: Callable[..., Any], settings_
     import importlib
 
     from mysimbdp.apps.plugins import get_plugin_manager
-    from tests.test_upload import APP_MODULE, write_tenant
+    from tests.test_intake import APP_MODULE, write_tenant
 
     try:
         flights_app = importlib.import_module("mysimbdp_flights.batch")

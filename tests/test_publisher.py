@@ -18,7 +18,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from mysimbdp.cli import main
-from mysimbdp.cli.publish import ProgressBar
+from mysimbdp.cli.cmd_publish import ProgressBar
 from mysimbdp.client.publisher import group, publish_records, read_records
 from mysimbdp.config import Settings
 from mysimbdp.errors import MysimbdpError
