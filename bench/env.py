@@ -25,8 +25,8 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from mysimbdp.errors import BrokerUnavailable
-from mysimbdp.store.client import EmbeddedMongo
 from mysimbdp.store.embedded import DEFAULT_CACHE_MIB
+from mysimbdp.store.mongo import EmbeddedMongo
 from mysimbdp.stream.broker_admin import BrokerAdmin
 from tests.harness.daemon import cpu_seconds
 

@@ -37,7 +37,7 @@ from mysimbdp.http.routes import route_table
 from mysimbdp.http.server import Auth, HttpServer
 from mysimbdp.logs import write_event
 from mysimbdp.monitor.scaling import Monitor
-from mysimbdp.store.client import Store
+from mysimbdp.store.mongo import Store
 from mysimbdp.stream.broker import Broker
 from mysimbdp.stream.control import StreamControlRoutes
 from mysimbdp.stream.manager import StreamManager

@@ -23,7 +23,7 @@ from mysimbdp.config import Settings, load_settings
 from mysimbdp.daemon import Daemon
 from mysimbdp.events import Event
 from mysimbdp.logs import configure_logging
-from mysimbdp.store.client import EmbeddedMongo
+from mysimbdp.store.mongo import EmbeddedMongo
 from mysimbdp.stream.broker_admin import BrokerAdmin
 from tests.harness.daemon import Daemon as ChildDaemon
 from tests.harness.wait import DaemonExited, await_until, wait_until

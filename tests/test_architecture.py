@@ -1,5 +1,5 @@
 """The architecture as rules the code must keep: the import graph of ``mysimbdp/`` has no cycle,
-only the CLI imports the daemon, and the top level stays small.
+only the CLI imports the daemon, the top level stays small, and no two modules share a name.
 
 The graph is read from the source (every ``import mysimbdp...`` and ``from mysimbdp... import``
 of every module, those under ``if TYPE_CHECKING:`` and inside functions included), never by
@@ -130,6 +130,29 @@ def test_the_top_level_stays_small() -> None:
 
 
 # ---- the checks can fail ---------------------------------------------------------------------
+
+def shared_names(root: Path) -> dict[str, list[str]]:
+    """Module names (files and packages, not ``__init__``) used more than once under ``root``."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts or "templates" in path.parts or path.name == "__init__.py":
+            continue
+        if path.suffix == ".py" or (path.is_dir() and (path / "__init__.py").exists()):
+            seen.setdefault(path.stem, []).append(str(path.relative_to(root.parent)))
+    return {name: paths for name, paths in seen.items() if len(paths) > 1}
+
+
+def test_no_two_modules_share_a_name() -> None:
+    assert shared_names(PACKAGE) == {}
+
+
+def test_a_shared_name_is_found(tmp_path: Path) -> None:
+    (tmp_path / "pkg" / "batch").mkdir(parents=True)
+    (tmp_path / "pkg" / "stats").mkdir()
+    for path in ("pkg/__init__.py", "pkg/batch/__init__.py", "pkg/batch/stats.py", "pkg/stats/__init__.py"):
+        (tmp_path / path).write_text("")
+    assert shared_names(tmp_path / "pkg") == {"stats": ["pkg/batch/stats.py", "pkg/stats"]}
+
 
 def test_a_cycle_is_found(tmp_path: Path) -> None:
     """Two modules of a package that import each other (one only for type checking) fail."""

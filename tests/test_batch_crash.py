@@ -12,7 +12,7 @@ from pymongo import AsyncMongoClient, MongoClient
 from structlog.testing import capture_logs
 
 from mysimbdp.config import Settings
-from mysimbdp.store.client import EmbeddedMongo
+from mysimbdp.store.mongo import EmbeddedMongo
 from tests.batch_support import drop, write_profile
 from tests.harness.wait import await_until, wait_until
 

@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 
 from mysimbdp.config import Settings
 from mysimbdp.daemon import Daemon
-from mysimbdp.store.client import free_port
+from mysimbdp.store.mongo import free_port
 from tests.batch_support import drop, wait_outcome, write_profile
 from tests.conftest import ADMIN_TOKEN
 from tests.harness.wait import await_until, wait_until

@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 from mysimbdp.batch.intake import _view
 from mysimbdp.batch.ledger import FileState, Ledger
 from mysimbdp.http.server import json_response
-from mysimbdp.store.client import Store
+from mysimbdp.store.mongo import Store
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from mysimbdp.store.client import EmbeddedMongo, Store
+from mysimbdp.store.mongo import EmbeddedMongo, Store
 from mysimbdp.store.writes import _clash_on_id, insert_idempotent
 
 
@@ -58,7 +58,7 @@ def test_embedded_dies_with_its_parent(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from mysimbdp.store.client import EmbeddedMongo\n"
+        "from mysimbdp.store.mongo import EmbeddedMongo\n"
         "async def main():\n"
         f"    m = EmbeddedMongo(Path({str(tmp_path)!r}) / 'store', Path({str(tmp_path)!r}) / 'log')\n"
         "    await m.start()\n"

@@ -14,7 +14,7 @@ from pymongo import AsyncMongoClient
 from structlog.testing import capture_logs
 
 from mysimbdp.config import Settings
-from mysimbdp.store.client import EmbeddedMongo
+from mysimbdp.store.mongo import EmbeddedMongo
 from mysimbdp.stream.consumer import Consumer
 from mysimbdp.stream.topology import dead_name
 from tests.harness.wait import await_until

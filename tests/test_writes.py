@@ -24,7 +24,7 @@ from pymongo.errors import (
 )
 
 from mysimbdp.apps import Index
-from mysimbdp.store.client import EmbeddedMongo
+from mysimbdp.store.mongo import EmbeddedMongo
 from mysimbdp.store.writes import (
     RetryPolicy,
     TargetRefused,

@@ -17,7 +17,7 @@ from typing import Any
 
 from pymongo import ASCENDING, ReturnDocument
 
-from mysimbdp.store.client import Store
+from mysimbdp.store.mongo import Store
 
 __all__ = ["FileState", "Ledger"]
 

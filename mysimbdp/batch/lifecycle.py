@@ -64,7 +64,7 @@ from mysimbdp.events.catalog import (
     BatchTenantUnwatched,
     BatchTenantWatching,
 )
-from mysimbdp.store.client import Store
+from mysimbdp.store.mongo import Store
 from mysimbdp.tenants import FORMATS, BatchProfile, BatchRoute, TenantChange, TenantDirectory
 
 __all__ = ["BatchManager", "route_for"]

@@ -45,7 +45,7 @@ from mysimbdp.batch.readers import (
 from mysimbdp.batch.staged import StagedFile
 from mysimbdp.errors import FileRejected, PluginError, Reject
 from mysimbdp.logs import get_logger
-from mysimbdp.store.client import Store
+from mysimbdp.store.mongo import Store
 from mysimbdp.store.rejects import reject_document
 from mysimbdp.store.writes import (
     DEFAULT_DEADLINE_S,

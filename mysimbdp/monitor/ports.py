@@ -16,7 +16,7 @@ HealthSource = Callable[[], dict[str, Any]]  # the daemon's health report (``/he
 
 
 class PlatformStore(Protocol):
-    """Where the monitor keeps the reports (:class:`mysimbdp.store.client.Store`)."""
+    """Where the monitor keeps the reports (:class:`mysimbdp.store.mongo.Store`)."""
 
     @property
     def platform_db(self) -> AsyncDatabase[dict[str, Any]]:

@@ -70,7 +70,7 @@ class BrokerLink(Protocol):
 
 
 class TenantDatabases(Protocol):
-    """Where each tenant's documents go (:class:`mysimbdp.store.client.Store`)."""
+    """Where each tenant's documents go (:class:`mysimbdp.store.mongo.Store`)."""
 
     def tenant_db(self, tenant: str) -> AsyncDatabase[dict[str, Any]]:
         """The tenant's own database."""

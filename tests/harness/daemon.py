@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from mysimbdp.config import Settings
-from mysimbdp.store.client import free_port
+from mysimbdp.store.mongo import free_port
 from tests.harness.wait import wait_until
 
 __all__ = ["Daemon", "LogTail", "CpuSample", "platform_cpu", "cpu_seconds", "status_mb", "daemon_env", "REPO"]

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from mysimbdp.store.client import EmbeddedMongo, free_port
+from mysimbdp.store.mongo import EmbeddedMongo, free_port
 from tests.conftest import wait_for_ping
 
 __all__ = ["RabbitNode", "StoreServer", "rabbitmq_available", "kill_pid"]
