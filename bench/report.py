@@ -22,7 +22,7 @@ METHODS_DIR = Path(__file__).resolve().parent / "methods"
 #: The page's prose: its introduction and each benchmark's method, one markdown file each.
 INTRO = (METHODS_DIR / "intro.md").read_text(encoding="utf-8")
 
-ORDER = ["batch", "cpu", "memory", "stream", "fairness", "scaling", "insert_one", "upload"]
+ORDER = ["batch", "cpu", "memory", "stream", "fairness", "scaling", "insert_one", "upload", "scaleout"]
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -254,8 +254,24 @@ def _stream_runs(runs: list[dict[str, Any]]) -> list[str]:
                        _paired(runs, {"process": "platform", "thread": "platform_thread"}), STREAM_COLUMNS)
 
 
+def _scaleout_runs(runs: list[dict[str, Any]]) -> list[str]:
+    """Each phase: its throughput, who did the work and where the CPU went (% of a core)."""
+    phases = [{**r[key], "k": k} for k, r in enumerate(runs, 1) for key in ("one", "two")]
+
+    def pct(party: str) -> Any:
+        return lambda r: "–" if r["pct_of_a_core"].get(party) is None else f"{r['pct_of_a_core'][party]:.0f} %"
+
+    share = [(party, pct(party)) for party in ("daemon", "workers", "store", "broker", "publisher", "other")]
+    columns = [("repetition", lambda r: r["k"]), ("daemons", lambda r: r["daemons"]),
+               ("records/s", _f("records_per_s")), ("files per instance", lambda r: ", ".join(
+                   f"{i} {n}" for i, n in r["files_per_instance"].items())), *share,
+               ("checks", lambda r: "ok" if r["ok"] else "**failed**")]
+    return _runs_table("Each phase (CPU in % of a core over the measured time; *other*: the rest of the "
+                       "machine's busy CPU):", phases, columns)
+
+
 RUN_TABLES = {"batch": _batch_runner_runs, "cpu": _batch_runner_runs, "memory": _memory_runs,
-              "scaling": _scaling_runs, "stream": _stream_runs,
+              "scaling": _scaling_runs, "stream": _stream_runs, "scaleout": _scaleout_runs,
               "upload": lambda runs: _runs_table("Each upload:", runs, UPLOAD_COLUMNS)}
 
 

@@ -1,4 +1,4 @@
-"""The eight benchmarks, in the order ``python -m bench`` runs them.
+"""The nine benchmarks, in the order ``python -m bench`` runs them.
 
 Each module has ``NAME``, ``TITLE`` and ``async run(session, result)``, which fills the
 :class:`bench.results.Result` (metrics with their targets, raw runs, notes).
@@ -8,9 +8,19 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from bench.benchmarks import batch, cpu, fairness, insert_one, memory, scaling, stream, upload
+from bench.benchmarks import (
+    batch,
+    cpu,
+    fairness,
+    insert_one,
+    memory,
+    scaleout,
+    scaling,
+    stream,
+    upload,
+)
 
 __all__ = ["BENCHMARKS"]
 
 BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (batch, cpu, memory, stream, fairness, scaling, insert_one,
-                                                   upload)}
+                                                   upload, scaleout)}
