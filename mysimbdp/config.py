@@ -91,6 +91,22 @@ class RunnerSettings(BaseModel):
         "network namespace); false runs it with resource limits and a clean environment only")
 
 
+class ClusterSettings(BaseModel):
+    """``[cluster]``: how instances of the daemon sharing one store and one broker coordinate."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+    lease_s: float = Field(30.0, ge=1, le=3600, description=(
+        "how long a claim on a file, a scaling decision or an instance's heartbeat holds without renewal; "
+        "another instance takes over after it (the clocks of the instances must agree to well within it)"))
+    heartbeat_s: float = Field(5.0, gt=0, le=600, description=(
+        "how often an instance renews its heartbeat and its claims (at most a third of lease_s is used)"))
+
+    @property
+    def renew_every_s(self) -> float:
+        """How often leases are renewed: the heartbeat, at most a third of the lease."""
+        return min(self.heartbeat_s, self.lease_s / 3)
+
+
 class Settings(BaseSettings):
     """Root settings of the daemon and the CLI."""
 
@@ -104,6 +120,9 @@ class Settings(BaseSettings):
     config_dir: Path = Path("config")
     staging_dir: Path = Path("staging")
     var_dir: Path = Path("var")
+    instance_id: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="this daemon's name among the instances sharing the store (default: host name + a suffix kept in <var>/instance-id)")
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     mongo_uri: str | None = None
@@ -123,13 +142,14 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("mongo_uri", "admin_token", "metrics_token", mode="before")
+    @field_validator("mongo_uri", "admin_token", "metrics_token", "instance_id", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value

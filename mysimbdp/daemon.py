@@ -24,6 +24,9 @@ from mysimbdp.apps.runner import Runners
 from mysimbdp.batch.intake import UploadService
 from mysimbdp.batch.ledger import Ledger
 from mysimbdp.batch.lifecycle import BatchManager
+from mysimbdp.cluster.identity import instance_id
+from mysimbdp.cluster.instances import InstanceRegistry
+from mysimbdp.cluster.leases import Leases
 from mysimbdp.config import Settings
 from mysimbdp.events import EventBus
 from mysimbdp.events.catalog import (
@@ -78,34 +81,50 @@ class Daemon:
         # tenant apps are never imported here: the runner finds them by name and runs them in
         # confined workers (or, for tenants marked trusted, imports them on first use)
         self.runners = Runners(settings.runner, dict(settings.extra_apps), pm)
+        # this daemon among those sharing the store: its id, its leases, its heartbeat
+        self.instance_id = instance_id(settings.instance_id, settings.var_dir)
         self.store = Store(settings.mongo_uri, settings.var_dir)
+        self.leases = Leases(self.store, self.instance_id, settings.cluster.lease_s)
         self.broker = Broker(settings.amqp_url, settings.retry_max_s, bus=bus)
         self.ledger = Ledger(self.store)
         self.tenants = TenantRegistry(settings.tenants_dir, stopping, settings.batch.rescan_interval_s, bus=bus)
         self.batch = BatchManager(settings=settings.batch, staging_dir=settings.staging_dir,
                                   archive_dir=settings.archive_dir, store=self.store, ledger=self.ledger,
-                                  runners=self.runners, tenants=self.tenants, stop_event=stopping, bus=bus)
+                                  runners=self.runners, tenants=self.tenants, stop_event=stopping, bus=bus,
+                                  instance_id=self.instance_id, cluster=settings.cluster)
         self.upload = UploadService(staging_dir=settings.staging_dir, ledger=self.ledger, batch=self.batch,
                                     stopping=stopping, bus=bus)
         self.stream = StreamManager(settings=settings.stream, amqp_url=settings.amqp_url,
                                     drain_timeout_s=settings.drain_timeout_s, retry_max_s=settings.retry_max_s,
                                     tenants=self.tenants, broker=self.broker, store=self.store,
                                     runners=self.runners, bus=bus)
+        self.instances = InstanceRegistry(instance_id=self.instance_id, store=self.store, settings=settings.cluster,
+                                          version=__version__, http_port=lambda: self.http.port,
+                                          activity=self._activity, bus=bus)
         self.monitor = Monitor(tenants=self.tenants, store=self.store, stream=self.stream, health=self.health,
                                http=settings.http, metrics_token=settings.metrics_token,
                                admin_token=settings.admin_token, stopping=stopping, bus=bus)
         self.http = HttpServer(host=settings.http_host, port=settings.http_port, limits=settings.http,
                                auth=Auth(self.tenants, settings.admin_token),
-                               routes=route_table(self.upload, self.monitor, StreamControlRoutes(self.stream)),
+                               routes=route_table(self.upload, self.monitor, StreamControlRoutes(self.stream),
+                                                  self.instances),
                                health=self.health, stopping=stopping, bus=bus)
         # start order (stop is the reverse): the runner stops after those that lease its workers;
         # the monitor starts last of the ingestion components (it watches them); the registry
         # starts after its listeners (starting it onboards every tenant); HTTP opens last
         self.components: list[Component] = [
-            self.store, self.broker, self.runners, self.batch, self.upload, self.stream, self.monitor,
-            self.tenants, self.http,
+            self.store, self.instances, self.broker, self.runners, self.batch, self.upload, self.stream,
+            self.monitor, self.tenants, self.http,
         ]
         self.drainers: list[Drainer] = [self.batch, self.upload, self.stream]
+
+    def _activity(self) -> dict[str, Any]:
+        """What this instance's heartbeat says it does: files loading, consumers per tenant, and the
+        stream tenants it serves (those a tenant's consumers are shared among)."""
+        streams = [t.id for t in self.tenants.all() if t.stream is not None]
+        consumers = {t: self.stream.consumer_count(t) for t in streams}
+        return {"loading": self.batch.loading(), "consumers": {t: n for t, n in consumers.items() if n},
+                "stream_tenants": streams}
 
     def health(self) -> dict[str, Any]:
         """``status`` is ``ok`` when every component is up, ``degraded`` (with reasons) otherwise."""
@@ -117,7 +136,7 @@ class Daemon:
                 components[c.name] = {"up": False, "reason": f"health check failed: {exc}"}
         down = [name for name, h in components.items() if not h.get("up")]
         status = "draining" if self.draining else ("degraded" if down else "ok")
-        return {"status": status, "version": __version__, "uptime_s": round(time.time() - self.started_at, 1),
+        return {"status": status, "instance": self.instance_id, "version": __version__, "uptime_s": round(time.time() - self.started_at, 1),
                 "down": down, "components": components}
 
     async def run(self) -> None:
@@ -130,9 +149,11 @@ class Daemon:
             for component in self.components:
                 await component.start()
                 stack.push_async_callback(self._stop, component)
+            await self.instances.beat()  # with the HTTP port, now that it is known
             self._log.emit(DaemonStarted(version=__version__, http_port=self.http.port, store_uri=self.store.uri,
                                          tenants=[t.id for t in self.tenants.all()],
-                                         arrow_memory_pool=self.batch.arrow_memory_pool))
+                                         arrow_memory_pool=self.batch.arrow_memory_pool,
+                                         instance=self.instance_id))
             await self.stop_event.wait()
             await self._drain()
 

@@ -278,3 +278,32 @@ async def test_a_batch_app_targeting_rejects_fails_the_file(
     assert (entry["state"], entry["code"]) == ("rejected", "app_failed")
     assert "declares an invalid target collection '_rejects'" in entry["reason"]
     assert await mongo[f"tenant_{tenant}"]["_rejects"].count_documents({}) == 0
+
+
+async def test_two_instances_on_one_staging_folder_load_each_file_once(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]], tmp_path: Path) -> None:
+    """Two daemons watch one folder: the ledger's claim, not the watcher, decides who loads a file.
+    Before claims, both loaded a file and the loser rolled back the winner's committed records."""
+    batch = {"stable_after_s": 0.2, "rescan_interval_s": 0.5, "max_concurrent_files": 2}
+    a = settings_factory(extra_apps=APPS, instance_id="inst-a", batch=batch)
+    b = settings_factory(extra_apps=APPS, instance_id="inst-b", var_dir=tmp_path / "var-b", batch=batch)
+    write_profile(a, tenant_id, "batch_slow", max_concurrent_files=3, max_staged_files=100)
+    names = [f"f{i:02d}.csv" for i in range(12)]
+    for i, name in enumerate(names):
+        drop(a, tenant_id, name, _csv(150, start=i * 1000))
+    await asyncio.gather(start_daemon(a), start_daemon(b))
+    for name in names:
+        [entry] = await wait_outcome(mongo, tenant_id, name, timeout=120)
+        assert entry["state"] == "committed" and entry["records_written"] == 150, entry
+    files = mongo["mysimbdp"]["files"]
+    entries = [d async for d in files.find({"tenant": tenant_id})]
+    assert sorted(d["name"] for d in entries) == names  # one entry per file, none rejected
+    owners = {d["owner"] for d in entries}
+    assert owners == {"inst-a", "inst-b"}, "the work is shared"
+    archived = [p.name for s in (a, b) for p in (s.archive_dir / tenant_id / "done").glob("*.csv")]
+    assert sorted(archived) == names  # one archive copy of each file, in its loader's archive
+    assert await mongo[f"tenant_{tenant_id}"].records.count_documents({}) == 12 * 150
+    assert sorted({d["n"] async for d in mongo[f"tenant_{tenant_id}"].records.find({}, {"n": 1})}) == sorted(
+        i * 1000 + r for i in range(12) for r in range(150))
+    assert not list((a.staging_dir / tenant_id).glob("*.csv"))

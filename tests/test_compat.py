@@ -3,6 +3,7 @@ upgrade changes one (the platform would otherwise fall back silently, or lose a 
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -62,3 +63,33 @@ def test_pamqp_decoders_are_where_compat_installs_them() -> None:
     assert decode.METHODS["timestamp"](struct.pack(">Q", 2**63)) == (8, None)
     assert decode.METHODS["shortstr"](b"\x02\xff\xfe") == (3, "\ufffd\ufffd")
     assert decode.TABLE_MAPPING[b"T"] is decode.METHODS["timestamp"]
+
+
+# -- where the embedded store differs from MongoDB: pinned, and what the platform does instead --
+
+_EMBEDDED_ONLY = pytest.mark.skipif(bool(os.environ.get("MYSIMBDP_TEST_MONGO_URI")),
+                                    reason="pins a behaviour of the embedded store, not of MongoDB")
+
+
+@_EMBEDDED_ONLY
+async def test_embedded_store_ignores_conditions_beside_an_or(mongo: Any, tenant_id: str) -> None:
+    """MongoDB ANDs ``$or`` with the other top-level conditions; the embedded store's
+    ``find_one_and_update`` drops them when an ``$exists: false`` is among the ``$or``'s branches.
+    So the ledger's claim tries its cases as separate conditional updates, never one ``$or``."""
+    col = mongo["pins"][tenant_id]
+    await col.insert_many([{"_id": "a", "state": "staged"}, {"_id": "b", "state": "loading", "until": 50.0}])
+    staged_or_no_lease = {"_id": "b", "$or": [{"state": "staged"}, {"until": {"$exists": False}}]}
+    assert [d["_id"] async for d in col.find(staged_or_no_lease)] == []  # find is right
+    updated = await col.find_one_and_update(staged_or_no_lease, {"$set": {"state": "taken"}})
+    assert updated is not None and updated["_id"] == "a"  # MongoDB: None (b is loading, with a lease)
+
+
+@_EMBEDDED_ONLY
+async def test_embedded_store_upsert_on_another_documents_id_returns_none(mongo: Any, tenant_id: str) -> None:
+    """MongoDB raises DuplicateKeyError when an upsert's filter misses an existing ``_id``; the
+    embedded store returns None. So the leases insert explicitly and treat both as 'taken'."""
+    col = mongo["pins"][tenant_id]
+    await col.insert_one({"_id": "lease", "until": 10.0})
+    assert await col.find_one_and_update({"_id": "lease", "until": {"$lt": 5.0}}, {"$set": {"holder": "x"}},
+                                         upsert=True) is None
+    assert await col.find_one({"_id": "lease"}) == {"_id": "lease", "until": 10.0}

@@ -169,6 +169,7 @@ async def test_one_route_table_of_the_components_handlers(settings_factory: Call
         ("GET", "/metrics"), ("HEAD", "/metrics"), ("GET", "/tenants/{id}/stats"), ("HEAD", "/tenants/{id}/stats"),
         ("POST", "/tenants/{id}/stream/start"), ("POST", "/tenants/{id}/stream/stop"),
         ("PUT", "/tenants/{id}/stream/consumers"), ("GET", "/tenants/{id}/stream"), ("HEAD", "/tenants/{id}/stream"),
+        ("GET", "/instances"), ("HEAD", "/instances"),
     }
     owners = {type(route.handler.__self__).__name__ for route in daemon.http.routes}  # type: ignore[attr-defined]
-    assert owners == {"UploadService", "Monitor", "StreamControlRoutes"}
+    assert owners == {"UploadService", "Monitor", "StreamControlRoutes", "InstanceRegistry"}

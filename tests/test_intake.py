@@ -362,7 +362,8 @@ async def test_over_quota_is_507(start_daemon: Callable[..., Any], settings_fact
     assert status == 507 and body["code"] == "over_quota"
     # committed bytes count against the quota
     entry_id = await env.daemon.ledger.stage(env.tenant, "old.csv", "0" * 64, 1900, source="upload")
-    await env.daemon.ledger.transition(entry_id, FileState.COMMITTED)
+    claim = await env.daemon.ledger.claim(entry_id, "test", 30)
+    assert claim is not None and await env.daemon.ledger.settle(claim, FileState.COMMITTED)
     status, body = await put(http, env, "c.csv", b"z" * 200)
     assert status == 507 and body["code"] == "over_quota"
     assert leftovers(env.folder) == []
@@ -371,7 +372,8 @@ async def test_over_quota_is_507(start_daemon: Callable[..., Any], settings_fact
 async def test_duplicate_of_committed_content_is_409(env: Env, http: aiohttp.ClientSession) -> None:
     sha = hashlib.sha256(CSV).hexdigest()
     entry_id = await env.daemon.ledger.stage(env.tenant, "before.csv", sha, len(CSV))
-    await env.daemon.ledger.transition(entry_id, FileState.COMMITTED)
+    claim = await env.daemon.ledger.claim(entry_id, "test", 30)
+    assert claim is not None and await env.daemon.ledger.settle(claim, FileState.COMMITTED)
     with capture_logs() as logs:
         status, body = await put(http, env, "again.csv")
     assert status == 409 and body["code"] == "duplicate"

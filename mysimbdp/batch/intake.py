@@ -328,15 +328,14 @@ class UploadService:
             try:
                 await asyncio.to_thread(_publish, part, up.folder / up.name)
             except FileExistsError:
-                await self.ledger.transition(file_id, FileState.REJECTED, code="exists",
-                                                    reason="a file of that name appeared in staging "
-                                                    "during the upload")
+                await self.ledger.reject_staged(file_id, code="exists", reason=(
+                    "a file of that name appeared in staging during the upload"))
                 raise _refusal("exists", f"{up.name!r} appeared in staging while it was being "
                                "uploaded; upload it again once that file is loaded") from None
             except Exception as exc:  # never leave a 'staged' entry without its file
                 with contextlib.suppress(Exception):
-                    await self.ledger.transition(file_id, FileState.REJECTED, code="internal",
-                                                        reason=f"the upload could not be completed: {exc}")
+                    await self.ledger.reject_staged(file_id, code="internal",
+                                                    reason=f"the upload could not be completed: {exc}")
                 raise
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -486,11 +485,13 @@ def _int_param(request: web.Request, key: str, default: int, low: int, high: int
 
 
 #: Ledger fields that are the platform's business (paths on its disks), not shown to tenants.
-_PRIVATE = frozenset({"_id", "archive_path"})
+#: what a tenant is not shown of its entries: server paths, and which instance holds the file
+#: under which lease (the platform's host names are not the tenants' business)
+_PRIVATE = frozenset({"_id", "archive_path", "owner", "lease", "lease_until", "claimed_epoch", "settled_epoch"})
 
 
 def _view(entry: dict[str, Any]) -> dict[str, Any]:
-    """A ledger entry as the tenant sees it: ``id`` instead of ``_id``, no server paths."""
+    """A ledger entry as the tenant sees it: ``id`` instead of ``_id``, no server paths, no claims."""
     view = {"id": entry.get("_id")}
     view.update((k, v) for k, v in entry.items() if k not in _PRIVATE)
     return view

@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mysimbdp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("cmd_"):
+            continue  # a helper of the commands (admin.py), not a command
         module = importlib.import_module(f"{__name__}.{info.name}")
         module.register(sub)
     return parser

@@ -127,6 +127,7 @@ class DaemonStarted(Event):
     store_uri: str
     tenants: list[str]
     arrow_memory_pool: str
+    instance: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -177,6 +178,41 @@ class DaemonStopFailed(Event):
 
     stopped_component: str
     error: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterInstanceJoined(Event):
+    """Another instance registered (its heartbeat appeared in ``mysimbdp.instances``)."""
+
+    NAME: ClassVar[str] = "cluster.instance.joined"
+    LEVEL: ClassVar[Level] = "info"
+
+    instance: str
+    host: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterInstanceGone(Event):
+    """An instance's heartbeat is older than the lease (or it stopped): its claims lapse."""
+
+    NAME: ClassVar[str] = "cluster.instance.gone"
+    LEVEL: ClassVar[Level] = "warning"
+
+    instance: str
+    last_heartbeat_s_ago: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterHeartbeatFailed(Event):
+    """This instance could not write its heartbeat (store unreachable); past the lease the
+    others count it gone."""
+
+    NAME: ClassVar[str] = "cluster.heartbeat.failed"
+    LEVEL: ClassVar[Level] = "warning"
+
+    instance: str
+    error: str
+    lease_s: float
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -732,6 +768,50 @@ class BatchFileReplaced(Event):
     tenant: str
     file: str
     reason: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchFileLeaseLost(Event):
+    """This instance no longer holds its claim on a file it was loading (paused or cut off
+    past the lease, and another instance took the file over): it stops without committing,
+    archiving or rolling back; the other instance finishes the file."""
+
+    NAME: ClassVar[str] = "batch.file.lease_lost"
+    LEVEL: ClassVar[Level] = "warning"
+
+    tenant: str
+    file: str
+    ledger_id: str
+    step: str
+    owner: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchFileClaimedElsewhere(Event):
+    """Another instance claimed the file first (its ledger claim won): this one leaves it."""
+
+    NAME: ClassVar[str] = "batch.file.claimed_elsewhere"
+    LEVEL: ClassVar[Level] = "debug"
+
+    tenant: str
+    file: str
+    ledger_id: str
+    owner: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchFileThrottled(Event):
+    """The tenant already loads ``max_concurrent_files`` files across all instances: the file
+    waits (its claim given back) and is tried again shortly."""
+
+    NAME: ClassVar[str] = "batch.file.throttled"
+    LEVEL: ClassVar[Level] = "debug"
+
+    tenant: str
+    file: str
+    ledger_id: str
+    loading: int
+    limit: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

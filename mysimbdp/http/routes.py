@@ -13,7 +13,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-__all__ = ["route_table", "UploadRoutes", "MonitorRoutes", "StreamRoutes"]
+__all__ = ["route_table", "UploadRoutes", "MonitorRoutes", "StreamRoutes", "ClusterRoutes"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,10 +46,18 @@ class StreamRoutes(Protocol):
     async def status(self, request: web.Request) -> web.Response: ...
 
 
+class ClusterRoutes(Protocol):
+    """The instances sharing the store (:class:`mysimbdp.cluster.instances.InstanceRegistry`)."""
+
+    async def get_instances(self, request: web.Request) -> web.Response: ...
+
+
 def route_table(upload: UploadRoutes | None, monitor: MonitorRoutes | None,
-                stream: StreamRoutes | None) -> list[web.AbstractRouteDef]:
+                stream: StreamRoutes | None, cluster: ClusterRoutes | None = None) -> list[web.AbstractRouteDef]:
     """Every route but ``/health``; a component left out (None) serves none of its routes."""
     routes: list[web.AbstractRouteDef] = []
+    if cluster is not None:
+        routes.append(web.get("/instances", cluster.get_instances))
     if upload is not None:
         routes += [
             web.get("/tenants/{id}/constraints", upload.get_constraints),

@@ -1,0 +1,53 @@
+"""Calls of the running daemon's operator endpoints with the admin token, for the commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import urllib.error
+import urllib.request
+from typing import Any
+
+from mysimbdp.errors import MysimbdpError
+
+__all__ = ["add_endpoint_arguments", "endpoint", "request"]
+
+
+def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--admin-token``."""
+    p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
+    p.add_argument("--admin-token", help="default: $MYSIMBDP_ADMIN_TOKEN")
+
+
+def endpoint(args: argparse.Namespace) -> tuple[str, str]:
+    """The daemon's base URL and the admin token: from the arguments, the environment, the settings."""
+    token = args.admin_token or os.environ.get("MYSIMBDP_ADMIN_TOKEN")
+    url = args.url
+    if not token or not url:
+        settings = args.settings_loader()
+        token = token or settings.admin_token
+        url = url or f"http://{settings.http_host}:{settings.http_port}"
+    if not token:
+        raise MysimbdpError("no admin token: pass --admin-token or set MYSIMBDP_ADMIN_TOKEN")
+    return url.rstrip("/"), token
+
+
+def request(method: str, url: str, token: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One JSON call; the daemon's refusal or an unreachable daemon as a :class:`MysimbdpError`."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            answer: dict[str, Any] = json.loads(resp.read() or b"{}")
+            return answer
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.loads(exc.read() or b"{}")
+        except ValueError:
+            err = {}
+        raise MysimbdpError(f"{err.get('message', exc.reason)} (HTTP {exc.code} {err.get('code', '')})".rstrip()) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MysimbdpError(f"cannot reach the daemon at {url}: {reason}; is mysimbdpd running? (--url)") from None
