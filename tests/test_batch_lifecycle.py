@@ -307,3 +307,36 @@ async def test_two_instances_on_one_staging_folder_load_each_file_once(
     assert sorted({d["n"] async for d in mongo[f"tenant_{tenant_id}"].records.find({}, {"n": 1})}) == sorted(
         i * 1000 + r for i in range(12) for r in range(150))
     assert not list((a.staging_dir / tenant_id).glob("*.csv"))
+
+
+async def test_a_file_taken_over_meanwhile_is_left_to_the_new_owner(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    """The fencing: while this instance loads, another takes the file over in the ledger (as it
+    would after this one paused past its lease). This one stops: no commit, no archive, no
+    rollback of what the other writes, and it says why."""
+    settings = settings_factory(extra_apps=APPS, instance_id="inst-a", cluster={"lease_s": 2, "heartbeat_s": 0.2})
+    write_profile(settings, tenant_id, "batch_slow")
+    await start_daemon(settings)
+    drop(settings, tenant_id, "slow.csv", _csv(3000))
+    files = mongo["mysimbdp"]["files"]
+    entry = await await_until(lambda: files.find_one({"tenant": tenant_id, "state": "loading"}), 30,
+                              "the file to load", 0.05)
+    await await_until(lambda: mongo[f"tenant_{tenant_id}"].records.find_one({}), 30, "a first write", 0.05)
+    taken = await files.find_one_and_update({"_id": entry["_id"], "lease": entry["lease"]},
+                                            {"$set": {"owner": "inst-b", "lease_until": 4e9}, "$inc": {"lease": 1}})
+    assert taken is not None
+    lost = await await_until(lambda: [e for e in events if e["event"] == "batch.file.lease_lost"] or None, 10,
+                             "batch.file.lease_lost", 0.05)
+    assert lost[0]["owner"] == "inst-b" and lost[0]["step"] == "renew" and lost[0]["ledger_id"] == entry["_id"]
+    await asyncio.sleep(1.0)
+    after = await files.find_one({"_id": entry["_id"]})
+    assert after is not None and (after["state"], after["owner"], after["lease"]) == ("loading", "inst-b",
+                                                                                      entry["lease"] + 1)
+    names = {e["event"] for e in events if e.get("file") == "slow.csv"}
+    assert not names & {"batch.file.committed", "batch.file.rejected", "batch.file.rolled_back",
+                        "batch.file.interrupted"}, names
+    assert (settings.staging_dir / tenant_id / "slow.csv").exists()  # the new owner archives it
+    assert not (settings.archive_dir / tenant_id / "done").exists() or not list(
+        (settings.archive_dir / tenant_id / "done").iterdir())
+    assert await mongo[f"tenant_{tenant_id}"].records.count_documents({}) > 0  # nothing rolled back

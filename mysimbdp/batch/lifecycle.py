@@ -465,9 +465,9 @@ class BatchManager:
                 "timeout", f"loading took longer than the limit of {timeout:g} s; split the file or ask for a "
                 "larger timeout_s"), started=started, staged=job.staged, claim=claim, purge=True)
             return
-        except FileRejected as exc:
+        except FileRejected as exc:  # what was written of it goes (its _rejects entries stay)
             await self._reject(job.tenant, job.path, job.size, job.sha256, job.ledger_id, exc, started=started,
-                               staged=job.staged, claim=claim)
+                               staged=job.staged, claim=claim, purge=True)
             return
         if job.staged is not None and await asyncio.to_thread(job.staged.changed):
             # what was loaded is not what the ledger's sha256 names

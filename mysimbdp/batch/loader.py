@@ -320,9 +320,9 @@ class FileLoader:
     async def load(self, job: FileJob) -> Counts:
         """Load ``job``; raises :class:`FileRejected` when the file fails as a whole.
 
-        On failure the documents already written for the file are removed again, so a
-        rejected file leaves nothing behind in the target collection (its ``_rejects``
-        entries stay, they explain the rejection).
+        The documents already written for a rejected file are not removed here: the caller
+        removes them (:meth:`purge`) once it has checked it still holds the file's claim, so
+        that an instance that lost the file to another never removes what that one wrote.
         """
         counts = Counts()
         ctx = BatchContext(job.tenant, job.app.name, job.name, job.sha256, job.fmt)
@@ -346,11 +346,9 @@ class FileLoader:
                                        f"of {job.max_error_rate:.1%}; see the tenant's _rejects collection",
                                        **counts.as_dict())
             except AppFailed as exc:
-                await self._rollback(job, collection)
                 raise FileRejected("app_failed", f"app {job.app.name!r} failed on the file: {exc}",
                                    **counts.as_dict()) from exc
             except FileRejected as exc:
-                await self._rollback(job, collection)
                 exc.details.update(counts.as_dict())
                 raise
         finally:
@@ -373,10 +371,6 @@ class FileLoader:
         if not healthy:
             session.kill()
         asyncio.get_running_loop().run_in_executor(None, self.runners.release, session)
-
-    async def rollback(self, job: FileJob) -> None:
-        """Remove the documents written for ``job`` (after a timeout, say), without asking the app."""
-        await self.purge(job.tenant, job.sha256, job.name)
 
     async def purge(self, tenant: str, sha256: str, name: str) -> None:
         """Remove the documents of the file with this sha256 from every collection of the tenant.
@@ -462,9 +456,6 @@ class FileLoader:
         counts.duplicates += result.duplicates
         counts.records_skipped += prepared.skipped
         counts.records_rejected += len(prepared.rejects)
-
-    async def _rollback(self, job: FileJob, collection: Any) -> None:
-        await self._delete_file(job.tenant, job.name, job.sha256, collection)
 
     async def _delete_file(self, tenant: str, name: str, sha256: str, collection: Any) -> None:
         prefix = id_prefix(sha256)
