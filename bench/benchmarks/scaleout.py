@@ -62,7 +62,6 @@ SIZE_ENV = "MYSIMBDP_BENCH_SCALEOUT_SIZE"
 #: workers across the instances and each instance has one (at most WARM_ROUNDS rounds); their
 #: rows come from the end of flights.csv, the measured files' from its start.
 WARM_ROWS, WARM_WORKERS, WARM_ROUNDS = 200, 2, 6
-WARM_AREA = WARM_ROWS * WARM_ROUNDS * 8
 _PARTIES = ("daemon", "workers", "store", "broker", "publisher", "bench", "other")
 
 
@@ -96,6 +95,9 @@ class Workload:
 #: Per scale: the full one keeps three repetitions of both phases and the ceiling under ten minutes.
 WORKLOADS = {"smoke": Workload(3, 4, 500, 600), "quick": Workload(3, 4, 2_500, 8_000),
              "full": Workload(4, 5, 5_000, 25_000)}
+#: The rows at the end of flights.csv the warm-up files may use (each round loads at most
+#: max(WARM_WORKERS, instances) files per tenant).
+WARM_AREA = WARM_ROWS * WARM_ROUNDS * max(WARM_WORKERS, len(INSTANCES)) * max(w.tenants for w in WORKLOADS.values())
 
 
 def workload(session: Session) -> Workload:
