@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Iterator
@@ -75,15 +76,15 @@ class Daemon:
         self.started_at = time.time()
         # one bus per daemon: the JSON log is its writer; the monitor, the metrics and the
         # statistics subscribe when the monitor starts
-        self.events = EventBus(write_event)
+        # this daemon among those sharing the store: every line it logs says which it is
+        self.instance_id = instance_id(settings.instance_id, settings.var_dir)
+        self.events = EventBus(functools.partial(write_event, instance=self.instance_id))
         self._log = self.events.emitter("daemon")
         bus, stopping = self.events, self.stop_event
         # tenant apps are never imported here: the runner finds them by name and runs them in
         # confined workers (or, for tenants marked trusted, imports them on first use)
-        self.runners = Runners(settings.runner, dict(settings.extra_apps), pm)
-        # this daemon among those sharing the store: its id, its leases, its heartbeat
-        self.instance_id = instance_id(settings.instance_id, settings.var_dir)
-        self.store = Store(settings.mongo_uri, settings.var_dir)
+        self.runners = Runners(settings.runner, dict(settings.extra_apps), pm, events=bus.emitter("runner"))
+        self.store = Store(settings.mongo_uri, settings.var_dir, events=bus.emitter("store"))
         self.leases = Leases(self.store, self.instance_id, settings.cluster.lease_s)
         self.broker = Broker(settings.amqp_url, settings.retry_max_s, bus=bus)
         self.ledger = Ledger(self.store)
@@ -152,8 +153,7 @@ class Daemon:
             await self.instances.beat()  # with the HTTP port, now that it is known
             self._log.emit(DaemonStarted(version=__version__, http_port=self.http.port, store_uri=self.store.uri,
                                          tenants=[t.id for t in self.tenants.all()],
-                                         arrow_memory_pool=self.batch.arrow_memory_pool,
-                                         instance=self.instance_id))
+                                         arrow_memory_pool=self.batch.arrow_memory_pool))
             await self.stop_event.wait()
             await self._drain()
 

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import structlog
 
-from mysimbdp.events import Event, current_bus, event_class
+from mysimbdp.events import Emitter, Event, EventBus, current_bus, event_class
 
 __all__ = ["configure_logging", "get_logger", "write_event", "EventLogger", "EventDict"]
 
@@ -122,9 +122,12 @@ def configure_logging(level: str = "info", log_file: Path | None = None,
     )
 
 
-def write_event(event: Event, component: str, exc_info: bool = False) -> None:
-    """Write one typed event as a JSON line (the writer of every :class:`~mysimbdp.events.EventBus`)."""
+def write_event(event: Event, component: str, exc_info: bool = False, instance: str | None = None) -> None:
+    """Write one typed event as a JSON line (the writer of every :class:`~mysimbdp.events.EventBus`);
+    a daemon's bus adds its ``instance_id`` to every line."""
     extra: dict[str, Any] = {"exc_info": True} if exc_info else {}
+    if instance is not None:
+        extra["instance_id"] = instance
     getattr(_component_logger(component), event.LEVEL)(event.NAME, **event.fields(), **extra)
 
 
@@ -185,6 +188,12 @@ class EventLogger:
     def critical(self, event: str, **fields: Any) -> None:
         """Log ``event`` at critical level."""
         self._log("critical", event, fields)
+
+
+def log_only(component: str) -> Emitter:
+    """An emitter whose events are only written to the log (a bus without subscribers): for a
+    component used outside a daemon (a test, a benchmark, a command)."""
+    return EventBus(write_event).emitter(component)
 
 
 def get_logger(component: str, **bound: Any) -> EventLogger:

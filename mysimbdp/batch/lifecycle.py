@@ -150,7 +150,8 @@ class BatchManager:
         self.arrow_memory_pool = use_lean_memory_pool()
         self._executor = ThreadPoolExecutor(max_workers=batch.max_concurrent_files + 1, thread_name_prefix="batch")
         self._loader = FileLoader(self.store, self.runners, batch.write_batch_size,
-                                  batch.progress_interval_s, retry_deadline_s=batch.write_retry_deadline_s)
+                                  batch.progress_interval_s, events=self.events,
+                                  retry_deadline_s=batch.write_retry_deadline_s)
         self._accepting = True
         with contextlib.suppress(PyMongoError):  # the store may come up later; indexes are an optimisation
             await self.ledger.ensure_indexes()

@@ -44,7 +44,14 @@ from mysimbdp.batch.readers import (
 )
 from mysimbdp.batch.staged import StagedFile
 from mysimbdp.errors import FileRejected, PluginError, Reject
-from mysimbdp.logs import get_logger
+from mysimbdp.events import Emitter
+from mysimbdp.events.catalog import (
+    BatchAppStuck,
+    BatchFileProgress,
+    BatchFileRollbackFailed,
+    BatchFileRolledBack,
+    BatchStoreRetry,
+)
 from mysimbdp.store.mongo import Store
 from mysimbdp.store.rejects import reject_document
 from mysimbdp.store.writes import (
@@ -58,7 +65,6 @@ from mysimbdp.store.writes import (
 
 __all__ = ["FileJob", "Counts", "FileLoader", "id_prefix", "ARROW_BLOCK_BYTES"]
 
-log = get_logger("batch")
 # CSV is parsed in blocks of ARROW_BLOCK_BYTES (Arrow's reader needs memory many times its
 # block) and wrangled and encoded in batches of about ARROW_BATCH_BYTES of column data
 # (each batch costs some hundred compute calls, whatever its rows).
@@ -309,13 +315,18 @@ class FileLoader:
     """Loads files into the tenants' databases; one instance per daemon."""
 
     def __init__(self, store: Store, runners: Runners, write_batch_size: int, progress_interval_s: float, *,
-                 retry_deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+                 events: Emitter, retry_deadline_s: float = DEFAULT_DEADLINE_S) -> None:
         self.store = store
+        self.events = events
         self.runners = runners
         self.write_batch_size = write_batch_size
         self.progress_interval_s = progress_interval_s
         # past the deadline the store's error propagates: the file is deferred and resumes later
         self._policy = RetryPolicy(max_delay_s=_RETRY_MAX_S, deadline_s=retry_deadline_s)
+
+    def _log_retry(self, attempt: int, delay: float, exc: BaseException) -> None:
+        """A write waits for the store (see :mod:`mysimbdp.store.writes`)."""
+        self.events.emit(BatchStoreRetry(error=str(exc)[:300], retry_in_s=delay))
 
     async def load(self, job: FileJob) -> Counts:
         """Load ``job``; raises :class:`FileRejected` when the file fails as a whole.
@@ -383,7 +394,7 @@ class FileLoader:
         try:
             names = await db.list_collection_names()
         except (PyMongoError, OperationFailure) as exc:
-            log.error("batch.file.rollback_failed", tenant=tenant, file=name, error=str(exc)[:300])
+            self.events.emit(BatchFileRollbackFailed(tenant=tenant, file=name, error=str(exc)[:300]))
             return
         for collection in sorted(names):
             if not collection.startswith(("_", "system.")):
@@ -393,7 +404,7 @@ class FileLoader:
         """The target collection, checked against the platform's rules, with the app's indexes."""
         try:
             return await ensure_target(self.store.tenant_db(job.tenant), target.collection, target.indexes,
-                                       policy=self._policy, on_retry=_log_retry)
+                                       policy=self._policy, on_retry=self._log_retry)
         except TargetRefused as exc:
             glue = " declares an " if exc.index is None else ": "
             raise FileRejected("app_failed", f"app {job.app.name!r}{glue}{exc}") from None
@@ -405,7 +416,7 @@ class FileLoader:
         db = self.store.tenant_db(job.tenant)
         pending: asyncio.Task[None] | None = None
         future: Future[Prepared | None] | None = None
-        progress = _Progress(job, counts, self.progress_interval_s)
+        progress = _Progress(job, counts, self.progress_interval_s, self.events)
         try:
             iterator = await loop.run_in_executor(executor, _guarded, producer.batches)
             while True:
@@ -437,11 +448,11 @@ class FileLoader:
         done, _ = await asyncio.wait({waiter}, timeout=_SETTLE_S)
         if done:
             return True
-        log.warning("batch.app.stuck", tenant=job.tenant, file=job.name, waited_s=_SETTLE_S)
+        self.events.emit(BatchAppStuck(tenant=job.tenant, file=job.name, waited_s=_SETTLE_S))
         return False
 
     async def _write(self, producer: _Producer, collection: Any, db: Any, prepared: Prepared, counts: Counts) -> None:
-        result = await write(collection, prepared.docs, self._policy, _log_retry)
+        result = await write(collection, prepared.docs, self._policy, self._log_retry)
         for index, reason in result.failed:
             raw = prepared.raws[index] if 0 <= index < len(prepared.raws) else None
             doc = prepared.docs[index] if 0 <= index < len(prepared.docs) else {}
@@ -450,7 +461,7 @@ class FileLoader:
                                                     raw if raw is not None else {k: str(v)[:200] for k, v in doc.items()},
                                                     document_id=str(doc.get("_id"))))
         if prepared.rejects:
-            await write_rejects(db, prepared.rejects, self._policy, _log_retry)
+            await write_rejects(db, prepared.rejects, self._policy, self._log_retry)
         counts.records_in += prepared.records_in
         counts.records_written += result.written
         counts.duplicates += result.duplicates
@@ -463,19 +474,19 @@ class FileLoader:
         try:
             result = await collection.delete_many({"_id": {"$gte": prefix, "$lt": prefix[:-1] + ";"}})
         except (PyMongoError, OperationFailure) as exc:
-            log.error("batch.file.rollback_failed", tenant=tenant, file=name, error=str(exc)[:300])
+            self.events.emit(BatchFileRollbackFailed(tenant=tenant, file=name, error=str(exc)[:300]))
             return
         if result.deleted_count:
-            log.info("batch.file.rolled_back", tenant=tenant, file=name, documents=result.deleted_count,
-                     seconds=round(time.monotonic() - started, 3))
+            self.events.emit(BatchFileRolledBack(tenant=tenant, file=name, documents=result.deleted_count,
+                                                 seconds=round(time.monotonic() - started, 3)))
 
 
 class _Progress:
     """Logs ``batch.file.progress`` at most every ``interval_s`` while a file loads, so that
     operators (and the benchmarks) can follow a long load without asking the store."""
 
-    def __init__(self, job: FileJob, counts: Counts, interval_s: float) -> None:
-        self.job, self.counts, self.interval_s = job, counts, interval_s
+    def __init__(self, job: FileJob, counts: Counts, interval_s: float, events: Emitter) -> None:
+        self.job, self.counts, self.interval_s, self.events = job, counts, interval_s, events
         self.started = self.last = time.monotonic()
 
     def maybe_log(self) -> None:
@@ -484,13 +495,10 @@ class _Progress:
         if now - self.last < self.interval_s:
             return
         self.last = now
-        log.info("batch.file.progress", tenant=self.job.tenant, file=self.job.name, ledger_id=self.job.ledger_id,
-                 seconds=round(now - self.started, 3), **self.counts.as_dict())
+        self.events.emit(BatchFileProgress(tenant=self.job.tenant, file=self.job.name, ledger_id=self.job.ledger_id,
+                                           seconds=round(now - self.started, 3), **self.counts.as_dict()))
 
 
-def _log_retry(attempt: int, delay: float, exc: BaseException) -> None:
-    """A write waits for the store (see :mod:`mysimbdp.store.writes`)."""
-    log.warning("batch.store_retry", error=str(exc)[:300], retry_in_s=delay)
 
 
 def _target_of(job: FileJob, session: AppSession) -> Target:

@@ -68,9 +68,10 @@ def _exit_despite_stuck_threads(grace_s: float = 2.0) -> None:
     stuck = [t.name for t in threading.enumerate()
              if t is not threading.main_thread() and not t.daemon and t.is_alive()]
     if stuck:
-        from mysimbdp.logs import get_logger
+        from mysimbdp.events.catalog import DaemonThreadsAbandoned
+        from mysimbdp.logs import log_only
 
-        get_logger("daemon").warning("daemon.threads_abandoned", threads=stuck)
+        log_only("daemon").emit(DaemonThreadsAbandoned(threads=stuck))
         logging.shutdown()
         os._exit(0)
 

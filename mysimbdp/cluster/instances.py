@@ -130,8 +130,7 @@ class InstanceRegistry:
             await self._notice_changes()
         except PyMongoError as exc:
             if self._beat_ok is not False:
-                self.events.emit(ClusterHeartbeatFailed(instance=self.id, error=str(exc)[:300],
-                                                        lease_s=self.settings.lease_s))
+                self.events.emit(ClusterHeartbeatFailed(error=str(exc)[:300], lease_s=self.settings.lease_s))
             self._beat_ok = False
 
     async def _notice_changes(self) -> None:

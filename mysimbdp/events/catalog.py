@@ -127,7 +127,6 @@ class DaemonStarted(Event):
     store_uri: str
     tenants: list[str]
     arrow_memory_pool: str
-    instance: str
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -210,7 +209,6 @@ class ClusterHeartbeatFailed(Event):
     NAME: ClassVar[str] = "cluster.heartbeat.failed"
     LEVEL: ClassVar[Level] = "warning"
 
-    instance: str
     error: str
     lease_s: float
 

@@ -24,7 +24,16 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from mysimbdp.logs import get_logger
+from mysimbdp.events import Emitter
+from mysimbdp.events.catalog import (
+    StoreConnected,
+    StoreEmbeddedDied,
+    StoreEmbeddedStale,
+    StoreEmbeddedStarted,
+    StoreEmbeddedStopped,
+    StoreUnavailable,
+)
+from mysimbdp.logs import log_only
 from mysimbdp.store.embedded import DEFAULT_CACHE_MIB
 
 __all__ = ["PLATFORM_DB", "EmbeddedMongo", "Store", "free_port"]
@@ -32,7 +41,6 @@ __all__ = ["PLATFORM_DB", "EmbeddedMongo", "Store", "free_port"]
 PLATFORM_DB = "mysimbdp"
 #: Longest wait between attempts to start an embedded store that keeps failing.
 RESTART_MAX_S = 30.0
-log = get_logger("store")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -54,7 +62,8 @@ class EmbeddedMongo:
     """NX-27017 as a child process on a free loopback port, with its own PID file and data dir."""
 
     def __init__(self, data_dir: Path, log_file: Path, host: str = "127.0.0.1", port: int | None = None,
-                 cache_mib: int = DEFAULT_CACHE_MIB) -> None:
+                 cache_mib: int = DEFAULT_CACHE_MIB, events: Emitter | None = None) -> None:
+        self.events = events or log_only("store")
         self.data_dir = data_dir
         self.log_file = log_file
         self.host = host
@@ -115,7 +124,7 @@ class EmbeddedMongo:
                     await asyncio.sleep(0.1)
         finally:
             await client.close()
-        log.info("store.embedded.started", uri=self.uri, pid=self._proc.pid, data_dir=str(self.data_dir))
+        self.events.emit(StoreEmbeddedStarted(uri=self.uri, pid=self._proc.pid, data_dir=str(self.data_dir)))
 
     def _replace_stale(self) -> None:
         """A previous daemon killed hard may have left its store running: stop it first."""
@@ -128,7 +137,7 @@ class EmbeddedMongo:
         except OSError:
             cmdline = b""
         if (b"mysimbdp.store.embedded" in cmdline or b"nx_27017" in cmdline) and str(self.data_dir).encode() in cmdline:
-            log.warning("store.embedded.stale", pid=pid)
+            self.events.emit(StoreEmbeddedStale(pid=pid))
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
             for _ in range(50):
@@ -154,7 +163,7 @@ class EmbeddedMongo:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-        log.info("store.embedded.stopped", pid=proc.pid)
+        self.events.emit(StoreEmbeddedStopped(pid=proc.pid))
 
 
 class Store:
@@ -166,8 +175,12 @@ class Store:
 
     name = "store"
 
-    def __init__(self, uri: str | None, var_dir: Path, check_interval_s: float = 2.0) -> None:
-        self.embedded = None if uri else EmbeddedMongo(var_dir / "store", var_dir / "log" / "store.log")
+    def __init__(self, uri: str | None, var_dir: Path, check_interval_s: float = 2.0,
+                 events: Emitter | None = None) -> None:
+        """``events``: the daemon's emitter for ``store`` (by default the events are only logged)."""
+        self.events = events or log_only("store")
+        self.embedded = None if uri else EmbeddedMongo(var_dir / "store", var_dir / "log" / "store.log",
+                                                       events=self.events)
         self._uri = uri
         self._check_interval = check_interval_s
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
@@ -211,7 +224,7 @@ class Store:
             await self._start_embedded()
         self._client = AsyncMongoClient(self.uri, serverSelectionTimeoutMS=3000, tz_aware=True)
         await self.check()
-        log.info("store.connected" if self.up else "store.unavailable", uri=_redact(self.uri), reason=self.reason)
+        self._say_up_or_not()
         self._task = asyncio.create_task(self._check_loop(), name="store.health")
 
     async def stop(self) -> None:
@@ -247,11 +260,14 @@ class Store:
             await self._restart_if_exited()
             await self.check()
             if self.up != was_up:
-                if self.up:
-                    log.info("store.connected", uri=_redact(self.uri))
-                else:
-                    log.error("store.unavailable", uri=_redact(self.uri), reason=self.reason)
+                self._say_up_or_not()
                 was_up = self.up
+
+    def _say_up_or_not(self) -> None:
+        if self.up:
+            self.events.emit(StoreConnected(uri=_redact(self.uri)))
+        else:
+            self.events.emit(StoreUnavailable(uri=_redact(self.uri), reason=self.reason))
 
     async def _start_embedded(self) -> bool:
         """Start the embedded server; on failure mark the store down and back off the next try."""
@@ -262,8 +278,8 @@ class Store:
             self.up, self.reason = False, f"embedded store failed to start: {exc}"[:300]
             self._restart_delay = min(self._restart_delay * 2, RESTART_MAX_S) if self._restart_delay else self._check_interval
             self._restart_at = time.monotonic() + self._restart_delay
-            log.error("store.unavailable", uri=_redact(self.uri), reason=self.reason,
-                      retry_in_s=round(self._restart_delay, 1))
+            self.events.emit(StoreUnavailable(uri=_redact(self.uri), reason=self.reason,
+                                              retry_in_s=round(self._restart_delay, 1)))
             return False
         self._restart_delay = 0.0
         return True
@@ -274,7 +290,7 @@ class Store:
         if self.embedded is None or self.embedded.running or time.monotonic() < self._restart_at:
             return
         if self.embedded.exited and not self._restart_delay:  # it ran until now (not a failed start)
-            log.error("store.embedded.died", pid=self.embedded.pid)
+            self.events.emit(StoreEmbeddedDied(pid=self.embedded.pid or 0))
         await self._start_embedded()
 
     def health(self) -> dict[str, object]:

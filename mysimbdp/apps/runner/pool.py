@@ -33,11 +33,12 @@ from mysimbdp.apps.runner.calls import AppError
 from mysimbdp.apps.runner.sessions import AppSession, ProcessSession, ThreadSession
 from mysimbdp.config import RunnerSettings
 from mysimbdp.errors import PluginError
-from mysimbdp.logs import get_logger
+from mysimbdp.events import Emitter
+from mysimbdp.events.catalog import RunnerThreadStuck, RunnerWorkerStarted
+from mysimbdp.logs import log_only
 
 __all__ = ["Runners", "Mode", "MAX_STUCK"]
 
-log = get_logger("runner")
 Mode = Literal["process", "thread"]
 #: Abandoned calls of one tenant's apps still running in daemon threads before it gets no more.
 MAX_STUCK = 4
@@ -49,8 +50,10 @@ class Runners:
     name = "runner"
 
     def __init__(self, settings: RunnerSettings, extra_apps: dict[str, str],
-                 pm: pluggy.PluginManager | None = None) -> None:
+                 pm: pluggy.PluginManager | None = None, events: Emitter | None = None) -> None:
+        """``events``: the daemon's emitter for ``runner`` (by default the events are only logged)."""
         self.settings = settings
+        self.events = events or log_only("runner")
         self._extra = dict(extra_apps)
         self._pm = pm
         self._thread_apps: dict[str, App] = {}
@@ -159,8 +162,9 @@ class Runners:
             with self._lock:
                 self._busy[tenant] -= 1
             raise
-        log.info("runner.worker.started", tenant=tenant, app=name, pid=session.proc.pid,
-                 landlock_abi=session.confinement.get("landlock_abi", 0), netns=session.confinement.get("netns", False))
+        self.events.emit(RunnerWorkerStarted(tenant=tenant, app=name, pid=session.proc.pid,
+                                             landlock_abi=int(session.confinement.get("landlock_abi", 0)),
+                                             netns=bool(session.confinement.get("netns", False))))
         return session
 
     def _spawn(self, *args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
@@ -208,4 +212,4 @@ class Runners:
         with self._lock:
             self._stuck[tenant] += delta
         if delta > 0:
-            log.warning("runner.thread.stuck", tenant=tenant, stuck=self._stuck[tenant])
+            self.events.emit(RunnerThreadStuck(tenant=tenant, stuck=self._stuck[tenant]))
