@@ -4,6 +4,7 @@ and ``mysimbdp instances``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -117,3 +118,17 @@ async def test_get_instances_needs_the_admin_token(start_daemon: Callable[..., A
     header, *rows = out.stdout.splitlines()
     assert header.split()[:4] == ["ID", "HOST", "VERSION", "STATE"]
     assert any(r.startswith(f"{d.daemon.instance_id}*") and " up " in r for r in rows), out.stdout
+
+
+async def test_every_line_a_daemon_logs_says_which_instance_wrote_it(start_daemon: Callable[..., Any],
+                                                                     settings_factory: Callable[..., Any]) -> None:
+    settings = settings_factory(instance_id="node-7")
+    d = await start_daemon(settings)
+    assert d.daemon.instance_id == "node-7"
+    d.daemon.request_stop("test")
+    await asyncio.wait_for(d.task, 30)
+    lines = [json.loads(line) for line in settings.log_file.read_text().splitlines()]
+    events = [e for e in lines if e.get("event", "").split(".")[0] in {"daemon", "store", "broker", "batch",
+                                                                     "stream", "monitor", "cluster", "http"}]
+    assert {e["event"] for e in events} >= {"daemon.started", "daemon.stopped", "store.connected"}
+    assert {e.get("instance_id") for e in events} == {"node-7"}, [e for e in events if e.get("instance_id") != "node-7"]
