@@ -104,10 +104,12 @@ class Daemon:
                                           activity=self._activity, bus=bus)
         self.monitor = Monitor(tenants=self.tenants, store=self.store, stream=self.stream, health=self.health,
                                http=settings.http, metrics_token=settings.metrics_token,
-                               admin_token=settings.admin_token, stopping=stopping, bus=bus)
+                               admin_token=settings.admin_token, stopping=stopping, bus=bus,
+                               leases=self.leases, instances=self.instances)
         self.http = HttpServer(host=settings.http_host, port=settings.http_port, limits=settings.http,
                                auth=Auth(self.tenants, settings.admin_token),
-                               routes=route_table(self.upload, self.monitor, StreamControlRoutes(self.stream),
+                               routes=route_table(self.upload, self.monitor,
+                                                  StreamControlRoutes(self.stream, self.monitor.cluster),
                                                   self.instances),
                                health=self.health, stopping=stopping, bus=bus)
         # start order (stop is the reverse): the runner stops after those that lease its workers;

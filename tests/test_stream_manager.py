@@ -47,7 +47,10 @@ async def test_start_stop_scale_and_status_over_http(
             assert (await resp.json())["to"] == 1
         async with http.put(base + "/consumers", headers=ADMIN, json={"count": 3}) as resp:
             assert resp.status == 200, await resp.text()
-            assert await resp.json() == {"tenant": tenant_id, "from": 1, "to": 3}
+            answer = await resp.json()
+        # the answer adds the cluster-wide total and this instance's share (all of it, alone)
+        assert answer == {"tenant": tenant_id, "from": 1, "to": 3, "total": 3, "share": 3,
+                          "decided_by": rd.daemon.instance_id}
         async with http.get(base, headers=ADMIN) as resp:
             status = await resp.json()
         assert status["state"] == "running" and status["consumers"] == 3

@@ -1,4 +1,9 @@
-"""``mysimbdp stream start|stop|scale|status <tenant>``: the stream manager over HTTP (admin token)."""
+"""``mysimbdp stream start|stop|scale|status <tenant>``: the stream manager over HTTP (admin token).
+
+Among several daemons, ``scale`` sets the tenant's cluster-wide consumer count and
+``start``/``stop`` its state on every instance (the daemon asked carries out its share at once,
+the others at their next evaluation); ``status`` shows the decision and each instance's share.
+"""
 
 from __future__ import annotations
 
@@ -16,10 +21,12 @@ ACTIONS = ("start", "stop", "scale", "status")
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("stream", help="start, stop, scale a tenant's stream consumers or show their status",
-                       description="Talks to the running daemon's operator endpoints with the admin token.")
+                       description="Talks to the running daemon's operator endpoints with the admin token. "
+                       "Among several daemons, scale sets the cluster-wide total and start/stop act on every "
+                       "instance.")
     p.add_argument("action", choices=ACTIONS)
     p.add_argument("tenant")
-    p.add_argument("count", nargs="?", type=int, help="consumers to run (scale only)")
+    p.add_argument("count", nargs="?", type=int, help="consumers to run across all instances (scale only)")
     p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
     p.add_argument("--admin-token", help="default: $MYSIMBDP_ADMIN_TOKEN")
     p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
@@ -66,5 +73,15 @@ def run(args: argparse.Namespace) -> int:
     if args.json or args.action == "status":
         print(json.dumps(answer, indent=2, default=str))
     else:
-        print(f"{args.tenant}: consumers {answer.get('from')} -> {answer.get('to')}")
+        print(describe(args.tenant, answer))
     return 0
+
+
+def describe(tenant: str, answer: dict[str, Any]) -> str:
+    """One line for a start, stop or scale answer: this instance's change and, among several
+    instances, the cluster-wide total and this instance's share of it."""
+    line = f"{tenant}: consumers {answer.get('from')} -> {answer.get('to')}"
+    if "total" in answer:
+        line += (f" on this instance (cluster total {answer['total']}, this instance's share {answer.get('share')}; "
+                 "the others follow at their next evaluation)")
+    return line

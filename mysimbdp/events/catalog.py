@@ -968,7 +968,9 @@ class StreamTenantRemoved(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class StreamConsumersChanged(Event):
-    """The number of the tenant's consumers changed (start, stop, scale, onboarding, drain)."""
+    """The number of the tenant's consumers changed (start, stop, scale, onboarding, drain).
+    ``decided_by``: the instance whose scaling decision this carries out (left out for a
+    change no decision made, e.g. onboarding or drain)."""
 
     NAME: ClassVar[str] = "stream.consumers.changed"
     LEVEL: ClassVar[Level] = "info"
@@ -977,6 +979,7 @@ class StreamConsumersChanged(Event):
     from_: int
     to: int
     reason: str | None
+    decided_by: str | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -1238,8 +1241,8 @@ class MonitorAlert(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MonitorScaled(Event):
-    """The monitor changed the consumer count (the manager logs the same change as
-    ``stream.consumers.changed``)."""
+    """The monitor decided the tenant's consumer count (the cluster-wide total, ``from`` and
+    ``to``) as ``decided_by``; each instance's ``stream.consumers.changed`` carries out its share."""
 
     NAME: ClassVar[str] = "monitor.scaled"
     LEVEL: ClassVar[Level] = "info"
@@ -1248,6 +1251,22 @@ class MonitorScaled(Event):
     from_: int
     to: int
     reason: str | None
+    decided_by: str | None = field(default=None, metadata=OMIT_NONE)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MonitorShareWaiting(Event):
+    """This instance's share grew, but the other live instances still run so many consumers
+    that starting more now would exceed the decided total: it waits for them to shrink."""
+
+    NAME: ClassVar[str] = "monitor.share.waiting"
+    LEVEL: ClassVar[Level] = "debug"
+
+    tenant: str
+    share: int
+    running: int
+    others: int
+    total: int
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -3,14 +3,14 @@ daemon, so its dependencies are the ones written here."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from pymongo.asynchronous.database import AsyncDatabase
 
 from mysimbdp.tenants import TenantDirectory
 
-__all__ = ["StreamControl", "HealthSource", "PlatformStore", "TenantDirectory"]
+__all__ = ["StreamControl", "HealthSource", "PlatformStore", "TenantDirectory", "LeaseHolder", "InstanceDirectory"]
 
 HealthSource = Callable[[], dict[str, Any]]  # the daemon's health report (``/health``)
 
@@ -39,6 +39,61 @@ class StreamControl(Protocol):
         """Includes ``tenants``: per tenant its ``state`` (``running``, ``stopped``, ``failed``)."""
         ...
 
-    async def scale(self, tenant: str, count: int, reason: str) -> tuple[int, int]:
-        """Run ``count`` consumers for ``tenant``; ``(from, to)``."""
+    def is_running(self, tenant: str) -> bool:
+        """Whether the tenant's stream runs here (started, even with 0 consumers)."""
+        ...
+
+    def bounds(self, tenant: str) -> tuple[int, int]:
+        """The tenant's ``(min_consumers, max_consumers)``."""
+        ...
+
+    async def scale(self, tenant: str, count: int, reason: str, *, decided_by: str | None = None,
+                    share: bool = False) -> tuple[int, int]:
+        """Run ``count`` consumers for ``tenant`` (with ``share``: 0 to ``max_consumers``); ``(from, to)``."""
+        ...
+
+    async def start_tenant(self, tenant: str, reason: str, *, count: int | None = None,
+                           decided_by: str | None = None) -> tuple[int, int]:
+        """Start the tenant's stream with ``count`` consumers; ``(from, to)``."""
+        ...
+
+    async def stop_tenant(self, tenant: str, reason: str, *, decided_by: str | None = None) -> tuple[int, int]:
+        """Stop the tenant's consumers; ``(from, 0)``."""
+        ...
+
+    def admit_with(self, admission: Callable[[str, int], Awaitable[int]]) -> None:
+        """Bound the consumers a tenant starts with as its stream comes up here."""
+        ...
+
+
+class LeaseHolder(Protocol):
+    """Named leases held by this instance (:class:`mysimbdp.cluster.leases.Leases`)."""
+
+    async def hold(self, name: str) -> bool:
+        """Take or renew ``name``; True if this instance holds it now."""
+        ...
+
+    async def release(self, name: str) -> None:
+        """Give ``name`` up at once (if held)."""
+        ...
+
+    async def holder_of(self, name: str) -> str | None:
+        """Who holds ``name`` now (None when nobody does)."""
+        ...
+
+
+class InstanceDirectory(Protocol):
+    """The instances sharing the store (:class:`mysimbdp.cluster.instances.InstanceRegistry`)."""
+
+    @property
+    def id(self) -> str:
+        """This instance's id."""
+        ...
+
+    async def live(self) -> list[dict[str, Any]]:
+        """The live instances' heartbeat documents (``consumers``: ``{tenant: n}``), by id."""
+        ...
+
+    async def live_ids(self) -> list[str]:
+        """The live instances' ids, sorted, this one among them."""
         ...

@@ -16,6 +16,13 @@ It is handed what it uses (:mod:`mysimbdp.monitor.ports`): the tenants, the repo
 collection, the bus, the stream manager it scales (None in a daemon without one), the
 daemon's health for the gauges, and the stop event (no scaling while the daemon drains).
 
+Among several daemons sharing the store (given this instance's leases and the instance
+registry), one monitor per tenant decides: the one holding the lease ``scale:<tenant>``
+evaluates the rules on every instance's latest reports (its own in memory, the others' from
+``mysimbdp.reports``) and publishes the cluster-wide total; every monitor then runs its
+instance's share (:mod:`mysimbdp.monitor.shares`). A draining daemon gives its leases up at
+once.
+
 What a tenant can make it hold is bounded: ``POST /reports`` is rate-limited per tenant (a
 token bucket; 429 past it), a report's window must be recent, and an instance no longer
 counts once it has been silent for a few periods, whatever its report said.
@@ -60,7 +67,14 @@ from mysimbdp.http.server import HttpError, json_response, require_tenant
 from mysimbdp.http.tokens import bearer_token
 from mysimbdp.monitor import stats
 from mysimbdp.monitor.metrics import CONTENT_TYPE_LATEST, Metrics
-from mysimbdp.monitor.ports import HealthSource, PlatformStore, StreamControl, TenantDirectory
+from mysimbdp.monitor.ports import (
+    HealthSource,
+    InstanceDirectory,
+    LeaseHolder,
+    PlatformStore,
+    StreamControl,
+    TenantDirectory,
+)
 from mysimbdp.monitor.reports import (
     Report,
     TokenBuckets,
@@ -70,6 +84,7 @@ from mysimbdp.monitor.reports import (
     window_problem,
 )
 from mysimbdp.monitor.rules import Decision, Limits, RuleState, Snapshot, evaluate
+from mysimbdp.monitor.shares import ClusterScaling, ScaleDecision
 from mysimbdp.tenants import TenantChange
 
 __all__ = ["Monitor", "REPORTS_COLLECTION", "STALE_AFTER_PERIODS", "MAX_INSTANCES"]
@@ -91,9 +106,13 @@ class Monitor:
     def __init__(self, *, tenants: TenantDirectory, store: PlatformStore, bus: EventBus,
                  http: HttpSettings, stream: StreamControl | None, health: HealthSource,
                  stopping: asyncio.Event, metrics_token: str | None = None,
-                 admin_token: str | None = None) -> None:
+                 admin_token: str | None = None, leases: LeaseHolder | None = None,
+                 instances: InstanceDirectory | None = None) -> None:
         """``store``: where the reports are kept (``mysimbdp.reports``); ``stopping``: set when the daemon drains (then nothing is scaled);
-        ``metrics_token``/``admin_token``: who may scrape ``/metrics`` (anyone without the first)."""
+        ``metrics_token``/``admin_token``: who may scrape ``/metrics`` (anyone without the first);
+        ``leases`` and ``instances``: this instance's leases and the registry of the instances
+        sharing the store; with both (and a stream manager) one instance per tenant decides
+        for all (:mod:`mysimbdp.monitor.shares`), without them this daemon decides alone."""
         self.tenants = tenants
         self.store = store
         self.bus = bus
@@ -121,6 +140,10 @@ class Monitor:
         self._stored_wakeup = asyncio.Event()
         self.counts = {"reports": 0, "invalid": 0, "rate_limited": 0, "dropped": 0, "stored": 0,
                        "store_failed": 0}
+        self.instance_id = instances.id if instances is not None else None
+        self.cluster = (ClusterScaling(store=store, leases=leases, instances=instances, stream=stream, bus=bus,
+                                       stopping=stopping)
+                        if leases is not None and instances is not None and stream is not None else None)
 
     def _known(self, tenant: str) -> bool:
         return tenant in self.tenants
@@ -136,8 +159,11 @@ class Monitor:
         self.bus.subscribe(self.live.observe, "stats")
         self.bus.subscribe(self._on_event, "monitor")
         self.tenants.add_listener(self._on_tenant)
+        if self.cluster is not None and self.stream is not None:  # before any tenant's stream comes up
+            self.stream.admit_with(self.cluster.admit)
         self._tasks = [asyncio.create_task(self._read_feed(), name="monitor.feed"),
-                       asyncio.create_task(self._store_loop(), name="monitor.store")]
+                       asyncio.create_task(self._store_loop(), name="monitor.store"),
+                       asyncio.create_task(self._release_at_drain(), name="monitor.release")]
 
     async def stop(self) -> None:
         """Leave the bus, stop evaluating, write the reports still held."""
@@ -150,6 +176,17 @@ class Monitor:
         self._tasks, self._loops = [], {}
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._store_pending(), 2.0)
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.cluster.release_all(), 2.0)
+
+    async def _release_at_drain(self) -> None:
+        """As the daemon starts draining, give up the scale leases: another instance decides at
+        once instead of after the lease (a rolling restart hands over without a gap)."""
+        await self._stopping.wait()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.cluster.release_all(), 5.0)
 
     def health(self) -> dict[str, object]:
         """Up while started; counts of reports seen, invalid, dropped and stored."""
@@ -228,7 +265,8 @@ class Monitor:
         heard[report.instance] = now
         self._received[report.tenant] = now
         doc = report.model_dump()
-        doc.update(source=source, received_at=datetime.now(UTC))
+        # daemon and received_s: the deciding instance reads the others' latest reports by them
+        doc.update(source=source, received_at=datetime.now(UTC), received_s=time.time(), daemon=self.instance_id)
         self._unstored.append(doc)
         if len(self._unstored) >= STORE_BATCH:
             self._stored_wakeup.set()
@@ -238,6 +276,7 @@ class Monitor:
     async def _store_loop(self) -> None:
         with contextlib.suppress(Exception):  # best effort: the collection works without it
             await self._collection().create_index([("tenant", 1), ("window_end", -1)])
+            await self._collection().create_index([("tenant", 1), ("received_s", -1)])
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stored_wakeup.wait(), 1.0)
@@ -279,6 +318,9 @@ class Monitor:
             self._heard.pop(change.tenant, None)
             self._states.pop(change.tenant, None)
             self._received.pop(change.tenant, None)
+            if self.cluster is not None:  # no share of the tenant for this instance any more
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.cluster.leave(change.tenant), 5.0)
             return
         self._loops[change.tenant] = asyncio.create_task(
             self._evaluate_loop(change.tenant), name=f"monitor.evaluate.{change.tenant}")
@@ -327,25 +369,66 @@ class Monitor:
         return tuple(latest.values())
 
     async def evaluate_tenant(self, tenant: str) -> Decision | None:
-        """One evaluation of ``tenant``: the rules, then the alerts and the decision carried out."""
+        """One evaluation of ``tenant``: the rules, then the alerts and the decision carried out.
+
+        Among several instances only the one holding the tenant's scale lease evaluates (its
+        decision is returned; the others return None); every instance then runs its share of
+        the published decision.
+        """
         profile = self.tenants.get(tenant)
         limits = Limits.of(profile) if profile is not None else None
         if profile is None or profile.stream is None or limits is None:
             return None
-        consumers, depth, running = await self._stream_state(tenant)
-        snap = Snapshot(self.snapshot_reports(tenant, profile.stream.report_interval_s), consumers, depth)
+        cluster = self.cluster
+        if cluster is None:
+            consumers, depth, running = await self._stream_state(tenant)
+            snap = Snapshot(self.snapshot_reports(tenant, profile.stream.report_interval_s), consumers, depth)
+            alone = self._decide(tenant, limits, snap)
+            await self._carry_out(alone, running, profile.monitor.autoscale, consumers, self._state(tenant))
+            return alone
+        decision: Decision | None = None
+        if await cluster.lead(tenant):
+            published = await cluster.decision(tenant)
+            if published is not None:
+                published = await cluster.reshare(tenant, published, limits.min_consumers, limits.max_consumers)
+            snap, running = await self._cluster_snapshot(tenant, profile.stream.report_interval_s, published)
+            decision = self._decide(tenant, limits, snap)
+            await self._carry_out(decision, running, profile.monitor.autoscale, snap.consumers, self._state(tenant))
+        await cluster.follow(tenant)
+        return decision
+
+    def _decide(self, tenant: str, limits: Limits, snap: Snapshot) -> Decision:
+        """The rules on ``snap``; what they saw and the alerts are logged."""
         state = self._state(tenant)
         decision = evaluate(tenant, limits, snap, state, time.monotonic())
         self.events.emit(MonitorEvaluated(
-            tenant=tenant, verdict=decision.verdict, consumers=consumers, instances=len(snap.reports),
+            tenant=tenant, verdict=decision.verdict, consumers=snap.consumers, instances=len(snap.reports),
             messages=snap.messages, avg_ingest_ms=round(snap.avg_ingest_ms, 3), p95_ingest_ms=snap.p95_ingest_ms,
             queue_depth=snap.backlog, utilization=round(snap.utilization, 3),
             breach_streak=state.breach_streak, idle_streak=state.idle_streak))
         for alert in decision.alerts:
             self.events.emit(MonitorAlert(tenant=tenant, rule=alert.rule, observed=alert.observed,
-                                          threshold=alert.threshold, consumers=consumers))
-        await self._carry_out(decision, running, profile.monitor.autoscale, consumers, state)
+                                          threshold=alert.threshold, consumers=snap.consumers))
         return decision
+
+    async def _cluster_snapshot(self, tenant: str, interval_s: float,
+                                published: ScaleDecision | None) -> tuple[Snapshot, bool]:
+        """What the deciding instance sees: every live instance's latest reports, the consumers
+        (the published total; before any decision, this instance's now plus the others' as
+        their heartbeats said) and the queue depth; and whether the tenant's stream runs (the
+        decision's state, else this instance's)."""
+        assert self.cluster is not None
+        own, depth, running = await self._stream_state(tenant)
+        peers = await self.cluster.peers()
+        others = self.cluster.reported(peers, tenant)
+        reports = [*self.snapshot_reports(tenant, interval_s),
+                   *await self.cluster.peer_reports(tenant, interval_s * STALE_AFTER_PERIODS, sorted(peers))]
+        consumers = own + sum(others.values())
+        if published is not None:
+            running = published.state == "running"
+            if running:  # what the cluster is meant to run: the heartbeats lag behind changes
+                consumers = published.total
+        return Snapshot(tuple(reports), consumers, depth), running
 
     async def _stream_state(self, tenant: str) -> tuple[int, int | None, bool]:
         """Consumers, queue depth and whether the tenant's stream is running (not stopped)."""
@@ -383,7 +466,11 @@ class Monitor:
                                                  reason=f"{decision.reason}; not applied: {why_not}"))
             return
         try:
-            before, after = await stream.scale(tenant, decision.target, decision.reason)
+            if self.cluster is None:
+                before, after = await stream.scale(tenant, decision.target, decision.reason)
+            else:  # the cluster-wide total; this instance's share runs at once, the others' at their ticks
+                before, after = consumers, decision.target
+                await self.cluster.set_total(tenant, decision.target, decision.reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # out of bounds after a profile edit, tenant gone, broker down
@@ -391,7 +478,8 @@ class Monitor:
                                                 reason=decision.reason, error=str(exc)))
             return
         state.note_change(time.monotonic())
-        self.events.emit(MonitorScaled(tenant=tenant, from_=before, to=after, reason=decision.reason))
+        self.events.emit(MonitorScaled(tenant=tenant, from_=before, to=after, reason=decision.reason,
+                                       decided_by=self.instance_id))
 
     # ---- HTTP ------------------------------------------------------------------------------
 

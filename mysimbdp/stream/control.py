@@ -8,6 +8,13 @@ Errors use the platform's shape ``{"code", "message"}``: 400 ``bad_request`` and
 ``out_of_bounds``, 404 ``no_stream``, 409 ``not_running``, 503 ``broker_unavailable``.
 The handlers are given the manager they drive (:class:`StreamControlRoutes`); the route
 table (:mod:`mysimbdp.http.routes`) mounts them.
+
+With the cluster's scaling decisions (:class:`mysimbdp.monitor.shares.ClusterScaling`), the
+operator acts on the tenant across every instance: ``scale`` sets the cluster-wide total,
+``start`` and ``stop`` the decision's state; this instance carries out its share at once, the
+others at their next evaluation. The answers add ``total`` and ``share`` (this instance's),
+the status a ``cluster`` section (the decision, who decides now). A decision needs the
+store: while it is unreachable these answer 503 ``store_unavailable``.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from pymongo.errors import PyMongoError
 
 from mysimbdp.errors import BrokerUnavailable
 from mysimbdp.http.server import HttpError, json_response, require_admin
+from mysimbdp.monitor.shares import ClusterScaling, ScaleDecision
 from mysimbdp.stream.manager import StreamError, StreamManager
 
 __all__ = ["StreamControlRoutes"]
@@ -29,8 +38,10 @@ _STATUS = {"no_stream": 404, "out_of_bounds": 400, "not_running": 409}
 class StreamControlRoutes:
     """The operators' stream endpoints, driving ``manager``."""
 
-    def __init__(self, manager: StreamManager) -> None:
+    def __init__(self, manager: StreamManager, cluster: ClusterScaling | None = None) -> None:
+        """``cluster``: the tenants' shared scaling decisions (None: this daemon alone)."""
         self.manager = manager
+        self.cluster = cluster
 
     async def _call(self, request: web.Request, action: Callable[[str], Awaitable[Any]]) -> Any:
         """Authenticate, run ``action(tenant)`` and map its errors to HTTP answers."""
@@ -42,19 +53,39 @@ class StreamControlRoutes:
             raise HttpError(_STATUS.get(exc.code, 400), exc.code, str(exc)) from None
         except BrokerUnavailable as exc:
             raise HttpError(503, "broker_unavailable", str(exc)) from None
+        except PyMongoError as exc:
+            raise HttpError(503, "store_unavailable", f"the scaling decision could not be read or written "
+                            f"(the store is unreachable: {str(exc)[:200]}); try again once it is back") from None
+
+    def _shared(self, answer: dict[str, Any], decision: ScaleDecision) -> dict[str, Any]:
+        assert self.cluster is not None
+        return {**answer, "total": decision.total, "share": decision.share_of(self.cluster.id),
+                "decided_by": decision.decided_by}
 
     async def start(self, request: web.Request) -> web.Response:
         """``POST /tenants/{id}/stream/start``."""
         async def act(tenant: str) -> dict[str, Any]:
-            before, after = await self.manager.start_tenant(tenant, "operator: start")
-            return {"tenant": tenant, "state": "running", "from": before, "to": after}
+            if self.cluster is None:
+                before, after = await self.manager.start_tenant(tenant, "operator: start")
+                return {"tenant": tenant, "state": "running", "from": before, "to": after}
+            low, high = self.manager.bounds(tenant)
+            if self.manager.is_running(tenant):  # already running: the decision stays as it is
+                n = self.manager.consumer_count(tenant)
+                return {"tenant": tenant, "state": "running", "from": n, "to": n}
+            before, after, decision = await self.cluster.set_state(
+                tenant, "running", min(max(low, 1), high), "operator: start")
+            return self._shared({"tenant": tenant, "state": "running", "from": before, "to": after}, decision)
         return json_response(await self._call(request, act))
 
     async def stop(self, request: web.Request) -> web.Response:
         """``POST /tenants/{id}/stream/stop``."""
         async def act(tenant: str) -> dict[str, Any]:
-            before, after = await self.manager.stop_tenant(tenant, "operator: stop")
-            return {"tenant": tenant, "state": "stopped", "from": before, "to": after}
+            if self.cluster is None:
+                before, after = await self.manager.stop_tenant(tenant, "operator: stop")
+                return {"tenant": tenant, "state": "stopped", "from": before, "to": after}
+            self.manager.bounds(tenant)  # no stream: 404 before anything is written
+            before, after, decision = await self.cluster.set_state(tenant, "stopped", 0, "operator: stop")
+            return self._shared({"tenant": tenant, "state": "stopped", "from": before, "to": after}, decision)
         return json_response(await self._call(request, act))
 
     async def scale(self, request: web.Request) -> web.Response:
@@ -69,10 +100,31 @@ class StreamControlRoutes:
             raise HttpError(400, "bad_request", f'"count" must be an integer, got {count!r}')
 
         async def act(tenant: str) -> dict[str, Any]:
-            before, after = await self.manager.scale(tenant, count, "operator: scale")
-            return {"tenant": tenant, "from": before, "to": after}
+            if self.cluster is None:
+                before, after = await self.manager.scale(tenant, count, "operator: scale")
+                return {"tenant": tenant, "from": before, "to": after}
+            self.manager.check_count(tenant, count)  # the bounds hold for the total
+            before, after, decision = await self.cluster.set_total(tenant, count, "operator: scale")
+            return self._shared({"tenant": tenant, "from": before, "to": after}, decision)
         return json_response(await self._call(request, act))
 
     async def status(self, request: web.Request) -> web.Response:
-        """``GET /tenants/{id}/stream``."""
-        return json_response(await self._call(request, self.manager.status))
+        """``GET /tenants/{id}/stream``: this instance's consumers, and the cluster's decision."""
+        async def act(tenant: str) -> dict[str, Any]:
+            status = await self.manager.status(tenant)
+            if self.cluster is not None:
+                status["cluster"] = await self._cluster_view(tenant)
+            return status
+        return json_response(await self._call(request, act))
+
+    async def _cluster_view(self, tenant: str) -> dict[str, Any]:
+        """This instance, who decides for the tenant now and the decision (None before the first)."""
+        assert self.cluster is not None
+        try:
+            decision = await self.cluster.decision(tenant)
+            deciding = await self.cluster.deciding(tenant)
+        except PyMongoError as exc:  # the status of this instance is still worth showing
+            return {"instance": self.cluster.id, "error": f"store unreachable: {str(exc)[:200]}"}
+        return {"instance": self.cluster.id, "deciding": deciding,
+                "decision": decision.view() if decision is not None else None,
+                "share": decision.share_of(self.cluster.id) if decision is not None else None}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -57,6 +57,10 @@ __all__ = ["StreamManager", "StreamError", "UnknownStream", "OutOfBounds", "NotR
            "TenantDatabases"]
 
 log = get_logger("stream")
+
+
+#: ``(tenant, wanted) -> how many consumers this instance may start now``.
+Admission = Callable[[str, int], Awaitable[int]]
 
 
 class BrokerLink(Protocol):
@@ -138,6 +142,7 @@ class StreamManager:
         self._query: AbstractChannel | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._draining = False
+        self._admission: Admission | None = None
 
     # ----------------------------------------------------------------- component
 
@@ -176,6 +181,12 @@ class StreamManager:
 
     # ----------------------------------------------------------------- the API (operators, monitor)
 
+    def admit_with(self, admission: Admission) -> None:
+        """Ask ``admission`` how many consumers a tenant may start when its stream comes up here
+        (onboarding, a profile change, the broker back): among several instances the cluster's
+        scaling decision bounds them (:meth:`mysimbdp.monitor.shares.ClusterScaling.admit`)."""
+        self._admission = admission
+
     def consumer_count(self, tenant: str) -> int:
         """Consumers running for ``tenant`` now (0 if none or unknown)."""
         t = self._tenants.get(tenant)
@@ -194,45 +205,68 @@ class StreamManager:
             self._query = None
             return None
 
-    async def scale(self, tenant: str, count: int, reason: str) -> tuple[int, int]:
+    async def scale(self, tenant: str, count: int, reason: str, *, decided_by: str | None = None,
+                    share: bool = False) -> tuple[int, int]:
         """Run ``count`` consumers for ``tenant``; returns ``(from, to)``.
 
         Raises :class:`StreamError` (a ``ValueError``) when the tenant has no stream, the
-        stream is stopped, or ``count`` is outside ``[min_consumers, max_consumers]``.
+        stream is stopped, or ``count`` is outside ``[min_consumers, max_consumers]``. With
+        ``share``, ``count`` is this instance's share of a cluster-wide total, which may be
+        anything from 0 to ``max_consumers`` (the bounds hold for the total, not the share).
+        ``decided_by``: the instance whose decision this carries out (in the event).
         """
+        t = self.check_count(tenant, count, share=share)
+        return await self._set_count(t, count, reason, decided_by)
+
+    def check_count(self, tenant: str, count: int, *, share: bool = False) -> _Tenant:
+        """The tenant's state if it may run ``count`` consumers now, else the :class:`StreamError`
+        that says why (no stream, stopped, out of bounds); changes nothing."""
         t = self._require(tenant)
         p = t.profile
-        if isinstance(count, bool) or not isinstance(count, int) or not p.min_consumers <= count <= p.max_consumers:
+        low = 0 if share else p.min_consumers
+        if isinstance(count, bool) or not isinstance(count, int) or not low <= count <= p.max_consumers:
             raise OutOfBounds(
                 f"tenant {tenant!r}: {count!r} consumers is outside the profile's bounds "
-                f"[{p.min_consumers}, {p.max_consumers}] (min_consumers, max_consumers in its [stream] section)")
+                f"[{low}, {p.max_consumers}] (min_consumers, max_consumers in its [stream] section)")
         if not t.running:
             raise NotRunning(f"the stream of tenant {tenant!r} is stopped; start it first "
                              f"(POST /tenants/{tenant}/stream/start or `mysimbdp stream start {tenant}`)")
-        return await self._set_count(t, count, reason)
+        return t
 
-    async def start_tenant(self, tenant: str, reason: str) -> tuple[int, int]:
-        """Start the tenant's stream with ``max(min_consumers, 1)`` consumers; returns ``(from, to)``.
+    def bounds(self, tenant: str) -> tuple[int, int]:
+        """The tenant's ``(min_consumers, max_consumers)``; :class:`UnknownStream` without a stream."""
+        p = self._require(tenant).profile
+        return p.min_consumers, p.max_consumers
 
-        Starting a running stream changes nothing.
+    def is_running(self, tenant: str) -> bool:
+        """Whether the tenant's stream runs here (started, even with 0 consumers)."""
+        t = self._tenants.get(tenant)
+        return t is not None and t.running
+
+    async def start_tenant(self, tenant: str, reason: str, *, count: int | None = None,
+                           decided_by: str | None = None) -> tuple[int, int]:
+        """Start the tenant's stream with ``count`` consumers (default ``max(min_consumers, 1)``,
+        at most ``max_consumers``; 0 is allowed: this instance's share may be none); returns
+        ``(from, to)``. Starting a running stream changes nothing.
         """
         t = self._require(tenant)
         if t.running:
             return len(t.consumers), len(t.consumers)
         if t.routes is None:
             raise NotRunning(f"the stream app of tenant {tenant!r} cannot be loaded: {t.error}")
+        wanted = _start_count(t.profile) if count is None else max(0, min(count, t.profile.max_consumers))
         t.running = True
         try:
-            return await self._set_count(t, _start_count(t.profile), reason)
+            return await self._set_count(t, wanted, reason, decided_by)
         except BaseException:
             t.running = bool(t.consumers)
             raise
 
-    async def stop_tenant(self, tenant: str, reason: str) -> tuple[int, int]:
+    async def stop_tenant(self, tenant: str, reason: str, *, decided_by: str | None = None) -> tuple[int, int]:
         """Stop the tenant's consumers (buffered messages are flushed first); returns ``(from, 0)``."""
         t = self._require(tenant)
         before = len(t.consumers)
-        await self._stop_all(t, self.drain_timeout_s, reason)
+        await self._stop_all(t, self.drain_timeout_s, reason, decided_by)
         return before, 0
 
     async def status(self, tenant: str) -> dict[str, Any]:
@@ -269,7 +303,8 @@ class StreamManager:
     def _state(t: _Tenant) -> str:
         return "running" if t.running else ("failed" if t.error else "stopped")
 
-    async def _set_count(self, t: _Tenant, count: int, reason: str) -> tuple[int, int]:
+    async def _set_count(self, t: _Tenant, count: int, reason: str,
+                         decided_by: str | None = None) -> tuple[int, int]:
         async with t.lock:
             before = len(t.consumers)
             t.desired = count
@@ -288,7 +323,8 @@ class StreamManager:
             finally:  # a failure half-way still reports the consumers that did change
                 after = len(t.consumers)
                 if after != before:
-                    self.events.emit(StreamConsumersChanged(tenant=t.id, from_=before, to=after, reason=reason))
+                    self.events.emit(StreamConsumersChanged(tenant=t.id, from_=before, to=after, reason=reason,
+                                                            decided_by=decided_by))
         return before, after
 
     async def _start_consumer(self, t: _Tenant, slot: int, connection: AbstractRobustConnection) -> None:
@@ -300,7 +336,7 @@ class StreamManager:
         await consumer.start()
         t.consumers[slot] = consumer
 
-    async def _stop_all(self, t: _Tenant, timeout: float, reason: str) -> int:
+    async def _stop_all(self, t: _Tenant, timeout: float, reason: str, decided_by: str | None = None) -> int:
         async with t.lock:
             before = len(t.consumers)
             stopping = list(t.consumers.values())
@@ -308,7 +344,8 @@ class StreamManager:
             t.running = False
             left = await asyncio.gather(*(c.stop(timeout) for c in stopping))
         if before:
-            self.events.emit(StreamConsumersChanged(tenant=t.id, from_=before, to=0, reason=reason))
+            self.events.emit(StreamConsumersChanged(tenant=t.id, from_=before, to=0, reason=reason,
+                                                    decided_by=decided_by))
         return sum(left)
 
     def _live_connection(self) -> AbstractRobustConnection:
@@ -396,7 +433,9 @@ class StreamManager:
             await declare_tenant(self._connection, self.stream_settings.exchange, t.id, t.profile, self.events)
             await self._ensure_indexes(t)
             if t.running and t.routes is not None and t.desired > len(t.consumers):
-                await self._set_count(t, t.desired, reason)
+                count = t.desired if self._admission is None else await self._admission(t.id, t.desired)
+                if count > len(t.consumers):
+                    await self._set_count(t, count, reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
