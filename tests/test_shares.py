@@ -296,3 +296,37 @@ async def test_a_stream_coming_up_starts_only_what_the_decision_leaves_room_for(
     await a.follow(TENANT)
     registry.beat()
     assert await b.admit(TENANT, 3) == 2
+
+
+# ---- one daemon: the operator endpoints write the decision -----------------------------------
+
+async def test_operators_set_the_decision_and_status_shows_it(
+        start_daemon: Any, settings_factory: Any, http: Any, tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    from tests.conftest import ADMIN_TOKEN
+    from tests.plugins.stream_support import ECHO_APPS, wait_stream_ready, write_profile
+
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    write_profile(settings, tenant_id, autostart=False, min_consumers=1, max_consumers=3)
+    rd = await start_daemon(settings)
+    me = rd.daemon.instance_id
+    base = f"{rd.url}/tenants/{tenant_id}/stream"
+    await wait_stream_ready(rd.daemon, tenant_id)
+    async with http.post(base + "/start", headers=admin) as resp:
+        started = await resp.json()
+    assert started["total"] == 1 and started["share"] == 1 and started["decided_by"] == me, started
+    async with http.put(base + "/consumers", headers=admin, json={"count": 2}) as resp:
+        assert (await resp.json())["total"] == 2
+    async with http.get(base, headers=admin) as resp:
+        cluster = (await resp.json())["cluster"]
+    assert cluster["instance"] == me and cluster["share"] == 2
+    assert cluster["decision"]["total"] == 2 and cluster["decision"]["shares"] == {me: 2}
+    assert cluster["decision"]["reason"] == "operator: scale" and cluster["decision"]["state"] == "running"
+    async with http.post(base + "/stop", headers=admin) as resp:
+        assert (await resp.json())["to"] == 0
+    doc = await mongo["mysimbdp"]["scaling"].find_one({"_id": tenant_id})
+    assert doc is not None and doc["state"] == "stopped" and doc["decided_by"] == me
+    # a stopped decision holds: the monitor's evaluations do not start the stream again
+    await rd.daemon.monitor.evaluate_tenant(tenant_id)
+    assert not rd.daemon.stream.is_running(tenant_id)
