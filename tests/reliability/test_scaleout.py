@@ -334,14 +334,16 @@ def _pause_round(cluster: Cluster, drop: Drop, tenant: str, name: str, rows: int
         before_cont = None if early else files.find_one({"_id": entry["_id"]})
     finally:
         cluster.resume(paused)
-    lost = wait_until(lambda: cluster[paused].log.first("batch.file.lease_lost", ledger_id=entry["_id"]), 30,
-                      f"{paused} to log batch.file.lease_lost after SIGCONT", where=cluster.where())
-    wait_until(lambda: state()[0] == "committed", 60, f"{other} to commit {name}", interval=0.2,
-               where=cluster.where())
+    problems = []
+    try:
+        lost = wait_until(lambda: cluster[paused].log.first("batch.file.lease_lost", ledger_id=entry["_id"]),
+                          15, f"{paused} to log batch.file.lease_lost after SIGCONT", where=cluster.where())
+    except TimeoutError as exc:
+        lost, problems = {}, [str(exc)]
+    wait_until(lambda: state()[0] == "committed", 60, f"{name} committed", interval=0.2, where=cluster.where())
     settled = files.find_one({"_id": entry["_id"]}) or {}
     in_archive = cluster.archived(tenant)
-    time.sleep(LEASE_S)  # what the paused instance would still do, it has done by now
-    problems = []
+    time.sleep(2 * cluster.settings.cluster.renew_every_s)  # what the paused one would still do, it has done
     after = files.find_one({"_id": entry["_id"]}) or {}
     if after != settled or (before_cont is not None and before_cont != settled):
         problems.append(f"{name}: the ledger entry changed after {other} committed it: "
@@ -355,7 +357,7 @@ def _pause_round(cluster: Cluster, drop: Drop, tenant: str, name: str, rows: int
                                      "batch.file.archived_late"), file=name)
     if mine:
         problems.append(f"{name}: the paused instance {paused} logged {[e['event'] for e in mine]}")
-    if lost.get("tenant") != tenant or lost.get("file") != name or lost.get("owner") not in (other, None):
+    if lost and (lost.get("tenant") != tenant or lost.get("file") != name or lost.get("owner") not in (other, None)):
         problems.append(f"{name}: batch.file.lease_lost fields {lost}")
     if not cluster[other].log.find("batch.file.resumed", ledger_id=entry["_id"]):
         problems.append(f"{name}: {other} logged no batch.file.resumed")
@@ -372,13 +374,13 @@ def _pause_round(cluster: Cluster, drop: Drop, tenant: str, name: str, rows: int
 def test_paused_daemon_is_fenced_off(tmp_path: Path, amqp_url: str, full: bool) -> None:
     tenant = f"ps{_suffix()}"
     cluster = Cluster(tmp_path, _template(tmp_path, amqp_url, batch={"write_batch_size": 20}), lease_s=LEASE_S)
-    _write_profiles(cluster, [(tenant, {"app": "rel_slow"})])  # 50 ms a record: 160 rows load for 8 s
+    _write_profiles(cluster, [(tenant, {"app": "rel_slow"})])  # 50 ms a record: 120 rows load for 6 s
     drop = Drop(cluster.settings.staging_dir)
-    rounds = 4 if full else 1
+    rounds = 4 if full else 2
     problems: list[str] = []
     with cluster:
-        for r in range(rounds):  # the full suite also resumes it while the other still loads the file
-            problems += _pause_round(cluster, drop, tenant, f"paused{r}.csv", 160, early=r % 2 == 1)
+        for r in range(rounds):  # resumed after the other committed the file, then while it loads it
+            problems += _pause_round(cluster, drop, tenant, f"paused{r}.csv", 120, early=r % 2 == 1)
         outcome = _check_files(cluster, drop.files)
         crashes = cluster.crashes()
         lease_lost = len(cluster.events("batch.file.lease_lost"))
@@ -471,7 +473,7 @@ async def test_rolling_restart_loses_nothing(tmp_path: Path, amqp_url: str, full
                     restarts.append(f"{instance} {time.monotonic() - began:.1f} s")
                     await asyncio.sleep(1.0)
 
-        keys = message_keys(stream, 4000 if full else 1600)
+        keys = message_keys(stream, 4000 if full else 1200)
         publisher = Publisher(amqp_url, cluster.settings.stream.exchange, stream)
         try:
             await asyncio.gather(publisher.publish(keys, rate=150.0 if full else 100.0), roll())
