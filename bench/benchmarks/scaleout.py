@@ -154,6 +154,7 @@ class Snapshot:
     broker: float | None
     machine_busy: float
     bench: float
+    processes: dict[int, tuple[int, float]]  # every process: pid -> (parent's pid, own CPU seconds)
 
 
 def _broker_pids() -> list[int]:
@@ -179,6 +180,40 @@ def _self_cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _processes() -> dict[int, tuple[int, float]]:
+    """Every process's parent and own CPU seconds (``/proc/<pid>/stat``)."""
+    found = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                found[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return found
+
+
+def _command(pid: int) -> str:
+    """A short name for a process: its program's base name and first arguments."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [Path(args[0].decode(errors="replace")).name, *(a.decode(errors="replace") for a in args[1:3])]
+    return " ".join(w for w in words if w)[:60]
+
+
+def _others(first: Snapshot, last: Snapshot, known: set[int]) -> list[dict[str, Any]]:
+    """The three other programs that used the most CPU between the snapshots (on a shared
+    machine: what *other* was), by command."""
+    spent: dict[str, float] = {}
+    for pid, (ppid, cpu) in last.processes.items():
+        if pid not in known and ppid not in known and pid in first.processes:
+            command = _command(pid)
+            spent[command] = spent.get(command, 0.0) + cpu - first.processes[pid][1]
+    top = sorted(spent.items(), key=lambda item: -item[1])[:3]
+    return [{"command": c, "cpu_s": round(v, 2)} for c, v in top if v >= 0.05]
+
+
 def snapshot(env: BenchEnv, daemons: Sequence[Instance]) -> Snapshot:
     """Read every party's CPU now (the broker's is None when its VM is not on this machine)."""
     broker_s: float | None = None
@@ -186,11 +221,12 @@ def snapshot(env: BenchEnv, daemons: Sequence[Instance]) -> Snapshot:
         broker = _broker_pids()
         broker_s = sum(cpu_seconds(pid) for pid in broker) if broker else None
     return Snapshot(time.time(), {d.instance_id: d.cpu() for d in daemons}, env.store_cpu(), broker_s,
-                    _machine_busy(), _self_cpu(resource.RUSAGE_SELF))
+                    _machine_busy(), _self_cpu(resource.RUSAGE_SELF), _processes())
 
 
-def where(first: Snapshot, last: Snapshot, publisher: float) -> dict[str, Any]:
-    """CPU seconds of each party between two snapshots, and the rest of the machine's."""
+def where(first: Snapshot, last: Snapshot, publisher: float, known: set[int]) -> dict[str, Any]:
+    """CPU seconds of each party between two snapshots, and the rest of the machine's
+    (``known``: the pids of the parties, whose children are theirs too)."""
     def delta(a: float | None, b: float | None) -> float | None:
         return b - a if a is not None and b is not None else None
 
@@ -204,7 +240,8 @@ def where(first: Snapshot, last: Snapshot, publisher: float) -> dict[str, Any]:
     wall = last.at - first.at
     return {"wall_s": round(wall, 3), "machine_busy_s": round(busy, 3),
             "cpu_s": {k: None if v is None else round(v, 3) for k, v in spent.items()},
-            "per_instance_cpu_s": {k: round((last.daemons[k] - first.daemons[k]).total, 3) for k in first.daemons}}
+            "per_instance_cpu_s": {k: round((last.daemons[k] - first.daemons[k]).total, 3) for k in first.daemons},
+            "other_programs": _others(first, last, known)}
 
 
 def _stage(shared: Path, tenants: Sequence[str], files: Sequence[DataFile]) -> list[tuple[Path, Path]]:
@@ -357,6 +394,12 @@ def _stream_share(daemons: Sequence[Instance], stream: str) -> dict[str, dict[st
         "consumers_started": len(d.log.find("stream.consumer.started", tenant=stream))} for d in daemons}
 
 
+def _known(env: BenchEnv, daemons: Sequence[Instance]) -> set[int]:
+    """The pids whose CPU the run counts by name: daemons, store, broker, this process."""
+    store = env.embedded.pid if env.embedded is not None else None
+    return {d.pid for d in daemons} | set(_broker_pids()) | {os.getpid()} | ({store} if store else set())
+
+
 async def _measure(env: BenchEnv, daemons: Sequence[Instance], pairs: Sequence[tuple[Path, Path]], stream: str,
                    weather: DataFile, prefix: str, timeout: float) -> dict[str, Any]:
     """The clock starts as the staged files are renamed and the publish tool is launched, and
@@ -381,7 +424,7 @@ async def _measure(env: BenchEnv, daemons: Sequence[Instance], pairs: Sequence[t
     # the stream's clock starts at its first message's publish stamp (the tool takes a moment to start)
     stream_start = min(max(first_msg["received_at"].timestamp(), t0), stream_end)
     return {"t0": t0, "batch_end": batch_end, "stream_start": stream_start, "stream_end": stream_end,
-            "cpu": where(first, last, publisher_cpu), "publisher": summary}
+            "cpu": where(first, last, publisher_cpu, _known(env, daemons)), "publisher": summary}
 
 
 async def _phase(session: Session, label: str, count: int, load: Workload, files: Sequence[DataFile],
