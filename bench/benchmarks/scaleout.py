@@ -258,17 +258,38 @@ def _stage(shared: Path, tenants: Sequence[str], files: Sequence[DataFile]) -> l
     return pairs
 
 
-async def _ready(daemons: Sequence[Instance], tenants: Sequence[str], stream: str, timeout: float) -> None:
+def _consumers(daemon: Instance, stream: str) -> int:
+    """The stream tenant's consumers the instance runs now (its last ``stream.consumers.changed``)."""
+    changes = daemon.log.find("stream.consumers.changed", tenant=stream)
+    return int(changes[-1].get("to") or 0) if changes else 0
+
+
+async def _ready(daemons: Sequence[Instance], tenants: Sequence[str], stream: str, timeout: float) -> dict[str, Any]:
     """Every instance watches every batch tenant and declared the stream tenant's queue, and
-    the tenant's consumers run somewhere."""
+    the tenant's consumers run; then up to ``timeout`` more for the cluster's consumers to
+    settle within ``max_consumers`` (every instance onboards a new tenant with
+    ``min_consumers`` until the first scaling decision splits the total). The consumers each
+    instance runs as the clock starts, and whether they settled."""
     def check() -> bool:
         return all(all(d.log.first("batch.tenant.watching", tenant=t) for t in tenants)
                    and d.log.first("stream.topology.declared", tenant=stream) for d in daemons) \
             and any(d.log.first("stream.consumer.started", tenant=stream) for d in daemons)
 
-    await await_until(check, timeout, "every instance to onboard the tenants", 0.1,
-                      lambda: all(d.alive() for d in daemons), f"; see {daemons[0].log.path} and beside it")
-    await asyncio.sleep(1.0)  # the other consumers of the pinned count start just after the first
+    def settled() -> bool:
+        return 0 < sum(_consumers(d, stream) for d in daemons) <= TENANT_STREAM["max_consumers"]
+
+    alive = lambda: all(d.alive() for d in daemons)  # noqa: E731
+    await await_until(check, timeout, "every instance to onboard the tenants", 0.1, alive,
+                      f"; see {daemons[0].log.path} and beside it")
+    onboarded = time.monotonic()
+    try:
+        await await_until(settled, timeout, "the stream's consumers to settle", 0.2, alive)
+        waited = round(time.monotonic() - onboarded, 1)
+        await asyncio.sleep(1.0)  # a share that grows does so just after another shrank
+    except TimeoutError:
+        waited = None  # measured as it is; the run records the consumers at the start
+    return {"consumers_at_start": {d.instance_id: _consumers(d, stream) for d in daemons},
+            "consumers_settled_after_s": waited}
 
 
 def _workers(daemon: Instance, tenant: str, since: float = 0.0) -> int:
@@ -443,7 +464,7 @@ async def _phase(session: Session, label: str, count: int, load: Workload, files
                 f"({load.tenants} tenants) and {load.messages:,} messages")
     try:
         await asyncio.gather(*(asyncio.to_thread(d.start, 90.0, (200,)) for d in daemons))
-        await _ready(daemons, tenants, stream, 120.0)
+        consumers = await _ready(daemons, tenants, stream, 60.0)
         warm = await _warm(daemons, shared, tenants, env.data_dir, timeout)
         m = await _measure(env, daemons, pairs, stream, weather, f"so{label}", timeout)
     except BaseException:
@@ -465,7 +486,7 @@ async def _phase(session: Session, label: str, count: int, load: Workload, files
             "batch_records_per_s": round(load.batch_records / (m["batch_end"] - t0), 1),
             "stream_msgs_per_s": round(load.messages / max(stream_s, 1e-3), 1),
             **m["cpu"], **_per_record(m["cpu"], load), "stream_share": _stream_share(daemons, stream),
-            "warm_up_files": warm, "workers_started_while_measured": sum(
+            **consumers, "warm_up_files": warm, "workers_started_while_measured": sum(
                 _workers(d, t, t0) for d in daemons for t in [*tenants, stream]),
             "publisher": m["publisher"], **checked}
 
@@ -608,7 +629,11 @@ def _notes(result: Result, one: list[dict[str, Any]], two: list[dict[str, Any]],
     last = two[-1]
     files = ", ".join(f"{k} {v}" for k, v in last["files_per_instance"].items())
     events = ", ".join(f"{k} {v}" for k, v in last["commit_events_per_instance"].items())
-    msgs = ", ".join(f"{k} {v['messages']:,}" for k, v in last["stream_share"].items())
+    msgs = ", ".join(f"{k} {v['messages']:,} ({last['consumers_at_start'].get(k)} consumers)"
+                     for k, v in last["stream_share"].items())
+    settle = [p["consumers_settled_after_s"] for p in two]
+    msgs += (f"; the consumers settled within max_consumers {median([s for s in settle if s is not None]) or 0:.0f} s "
+             f"after onboarding (median{'' if None not in settle else ', some never did'})")
     result.notes.append(f"work shared in the last two-daemon phase: files committed per instance {files} (ledger "
                         f"owner; `batch.file.committed` events: {events}); stream messages per instance {msgs}; "
                         "every phase checked: documents = rows, each file one committed ledger entry and one "
