@@ -415,9 +415,11 @@ async def _stream_settle(cluster: Cluster, tenant: str, want: int, timeout: floa
         await asyncio.sleep(0.3)
 
 
-def _wait_loading(cluster: Cluster, instance: str, tenant: str) -> None:
-    wait_until(lambda: _loading(cluster, tenant, owner=instance), 30, f"{instance} loading a file of {tenant}",
-               0.05, where=cluster.where())
+def _wait_loading(cluster: Cluster, instance: str, tenant: str, prefix: str) -> None:
+    """Until ``instance`` loads a file of ``tenant`` named ``prefix*`` (one just dropped: it has
+    seconds left, more than the drain)."""
+    wait_until(lambda: [e for e in _loading(cluster, tenant, owner=instance) if str(e["name"]).startswith(prefix)],
+               30, f"{instance} loading a file {tenant}/{prefix}*", 0.05, where=cluster.where())
 
 
 def _handovers(cluster: Cluster, tenant: str) -> tuple[list[float], list[str]]:
@@ -467,7 +469,7 @@ async def test_rolling_restart_loses_nothing(tmp_path: Path, amqp_url: str, full
                     for n in range(4):
                         drop.add(bulk, f"c{c}{instance}bulk{n}.csv", 6000 if full else 1500)
                     drop.release()
-                    await asyncio.to_thread(_wait_loading, cluster, instance, slow)
+                    await asyncio.to_thread(_wait_loading, cluster, instance, slow, f"c{c}{instance}slow")
                     began = time.monotonic()
                     exit_codes.append(await asyncio.to_thread(cluster.restart, instance))
                     restarts.append(f"{instance} {time.monotonic() - began:.1f} s")
