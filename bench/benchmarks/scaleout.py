@@ -629,7 +629,7 @@ def _notes(result: Result, one: list[dict[str, Any]], two: list[dict[str, Any]],
     last = two[-1]
     files = ", ".join(f"{k} {v}" for k, v in last["files_per_instance"].items())
     events = ", ".join(f"{k} {v}" for k, v in last["commit_events_per_instance"].items())
-    msgs = ", ".join(f"{k} {v['messages']:,} ({last['consumers_at_start'].get(k)} consumers)"
+    msgs = ", ".join(f"{k} {v['messages']:,} (consumers: {last['consumers_at_start'].get(k)})"
                      for k, v in last["stream_share"].items())
     settle = [p["consumers_settled_after_s"] for p in two]
     msgs += (f"; the consumers settled within max_consumers {median([s for s in settle if s is not None]) or 0:.0f} s "
@@ -650,15 +650,25 @@ def _notes(result: Result, one: list[dict[str, Any]], two: list[dict[str, Any]],
         result.notes.append(f"`batch.file.lease_lost` was logged {len(lost)} time(s) ({'; '.join(lost)}); "
                             + ("the phases' exactness checks passed all the same" if held
                                else "see the failed checks of those phases"))
+    ratio, store1, store2 = (result.figure(k) for k in ("ratio", "store_cpu_us_per_record_1",
+                                                         "store_cpu_us_per_record_2"))
+    if ratio and store1 and store2:
+        result.notes.append(
+            f"with the store the bound, its CPU per record sets the ratio: two daemons reach {ratio:.2f} of one "
+            f"daemon's records/s while the store spends {store1:.0f} µs per record serving one daemon and "
+            f"{store2:.0f} µs serving two ({store1 / store2:.2f}): the ledger claims, lease renewals, heartbeats "
+            "and scaling decisions of a second instance are store work")
     per_core, ceiling = result.figure("records_per_s_per_daemon_core"), result.figure("ceiling_records_per_s")
-    store_us = result.figure("store_cpu_us_per_record_2")
     if per_core and ceiling:
         result.notes.append(
             f"prediction for a cluster whose store is not the bound: each daemon core adds about {per_core:,.0f} "
             f"records/s of this mix, so N daemons of one core each ingest about N × {per_core:,.0f} records/s "
-            f"while the store takes it; this machine's store takes {ceiling:,.0f} records/s"
-            + (f" and spends {store_us:.0f} µs of its CPU per record" if store_us else "")
-            + f", so here {ceiling / per_core:.2f} daemon cores already reach its ceiling")
+            f"while the store and the broker take it; this machine's store takes {ceiling:,.0f} records/s, so "
+            f"here {ceiling / per_core:.2f} daemon cores already reach its ceiling"
+            + (f"; at {store2:.0f} µs of store CPU per record, each daemon core's records need about "
+               f"{per_core * store2 / 1e6:.1f} cores of this store (the embedded NX-27017; a MongoDB replica "
+               "set's or sharded cluster's cost per record is its own, measured by pointing "
+               "MYSIMBDP_BENCH_MONGO_URI at it)" if store2 else ""))
     result.add(Metric("checks_passed", "phases that passed every exactness check",
                       float(sum(p["ok"] for p in one + two)), f"of {len(one + two)}"))
     result.add(Metric("commit_events_passed", "phases with one `batch.file.committed` event per file",
