@@ -53,9 +53,11 @@ INSTANCES = ("a", "b")
 #: ``MYSIMBDP_CLUSTER__LEASE_S`` of every daemon: short, as a cluster that hands work over fast sets it.
 LEASE_S = 10.0
 #: The stream tenant: the stream benchmark's throughput settings, with the consumer count pinned
-#: (min = max) so that the monitor's timing does not change the figure between phases.
+#: (min = max) so that the monitor's timing does not change the figure between phases, and
+#: reports every 2 s so that the first scaling decision (which splits the count over the
+#: instances) comes a few seconds after onboarding rather than half a minute.
 TENANT_STREAM: dict[str, Any] = {"min_consumers": 2, "max_consumers": 2, "prefetch": 2000,
-                                 "batch_max_messages": 1000, "batch_max_wait_ms": 50}
+                                 "batch_max_messages": 1000, "batch_max_wait_ms": 50, "report_interval_s": 2.0}
 WRITE_BATCH_SIZE = BatchSettings().write_batch_size
 #: Multiplies the rows of every file and the messages of the stream (a float, default 1).
 SIZE_ENV = "MYSIMBDP_BENCH_SCALEOUT_SIZE"
@@ -650,14 +652,15 @@ def _notes(result: Result, one: list[dict[str, Any]], two: list[dict[str, Any]],
         result.notes.append(f"`batch.file.lease_lost` was logged {len(lost)} time(s) ({'; '.join(lost)}); "
                             + ("the phases' exactness checks passed all the same" if held
                                else "see the failed checks of those phases"))
-    ratio, store1, store2 = (result.figure(k) for k in ("ratio", "store_cpu_us_per_record_1",
-                                                         "store_cpu_us_per_record_2"))
-    if ratio and store1 and store2:
+    ratio, store1, store2, busy1, busy2 = (result.figure(k) for k in (
+        "ratio", "store_cpu_us_per_record_1", "store_cpu_us_per_record_2", "store_cpu_pct_1", "store_cpu_pct_2"))
+    if ratio and store1 and store2 and busy1 and busy2:
         result.notes.append(
-            f"with the store the bound, its CPU per record sets the ratio: two daemons reach {ratio:.2f} of one "
-            f"daemon's records/s while the store spends {store1:.0f} µs per record serving one daemon and "
-            f"{store2:.0f} µs serving two ({store1 / store2:.2f}): the ledger claims, lease renewals, heartbeats "
-            "and scaling decisions of a second instance are store work")
+            f"with the store the bound, records/s follow its CPU per record and how busy it was: it spent "
+            f"{store1:.0f} µs per record serving one daemon and {store2:.0f} µs serving two (what a second "
+            f"instance adds at the store per record: ledger claims, lease renewals, heartbeats, scaling "
+            f"decisions), and was {busy1:.0f} % and {busy2:.0f} % of a core busy: together "
+            f"{store1 / store2 * busy2 / busy1:.2f}, against the measured ratio of {ratio:.2f}")
     per_core, ceiling = result.figure("records_per_s_per_daemon_core"), result.figure("ceiling_records_per_s")
     if per_core and ceiling:
         result.notes.append(
