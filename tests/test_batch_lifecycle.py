@@ -340,3 +340,26 @@ async def test_a_file_taken_over_meanwhile_is_left_to_the_new_owner(
     assert not (settings.archive_dir / tenant_id / "done").exists() or not list(
         (settings.archive_dir / tenant_id / "done").iterdir())
     assert await mongo[f"tenant_{tenant_id}"].records.count_documents({}) > 0  # nothing rolled back
+
+
+async def test_renewing_while_settling_is_no_lost_lease(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        mongo: AsyncMongoClient[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    """Claims renewed all the time: a renewal that meets a file this instance has just committed
+    (no longer ``loading``) is no lost lease; it neither logs one nor stops the commit before
+    its archive and its ``batch.file.committed``."""
+    settings = settings_factory(extra_apps=APPS, instance_id="inst-a", cluster={"heartbeat_s": 0.01},
+                                batch={"stable_after_s": 0.1, "rescan_interval_s": 0.3, "max_concurrent_files": 4})
+    write_profile(settings, tenant_id, "batch_plain", max_concurrent_files=4, max_staged_files=100)
+    names = [f"r{i:02d}.csv" for i in range(16)]
+    for i, name in enumerate(names):
+        drop(settings, tenant_id, name, _csv(40, start=i * 100))
+    await start_daemon(settings)
+    for name in names:
+        await wait_outcome(mongo, tenant_id, name, timeout=60)
+    await await_until(lambda: sum(e["event"] in ("batch.file.committed", "batch.file.rejected") for e in events)
+                      >= len(names) or None, 30, "an outcome event for every file", 0.05)
+    assert not [e for e in events if e["event"] in ("batch.file.lease_lost", "batch.file.interrupted")]
+    committed = sorted(e["file"] for e in events if e["event"] == "batch.file.committed")
+    assert committed == names
+    assert sorted(p.name for p in (settings.archive_dir / tenant_id / "done").glob("*.csv")) == committed

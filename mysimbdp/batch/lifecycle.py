@@ -138,6 +138,7 @@ class BatchManager:
         self._loading: dict[str, str] = {}  # ledger id -> "tenant/name"
         self._claims: dict[str, tuple[Claim, asyncio.Task[Any]]] = {}  # ledger id -> claim, its load
         self._lost: set[str] = set()  # ledger ids whose claim another instance took over
+        self._settling: set[str] = set()  # ledger ids this instance commits or rejects: not renewed
         self._renewer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepting = False
@@ -388,10 +389,11 @@ class BatchManager:
             except asyncio.CancelledError:
                 if job.ledger_id in self._lost:
                     return  # the renewal found the file taken over and stopped the load (logged there)
-                self.events.emit(BatchFileInterrupted(
-                    tenant=job.tenant, file=job.name,
-                    reason="the daemon is stopping; the file resumes at the next start or on another instance"))
-                await self._give_up(job)
+                if self._claim_of(job) is not None:  # a file still waiting for a slot was never begun
+                    self.events.emit(BatchFileInterrupted(
+                        tenant=job.tenant, file=job.name,
+                        reason="the daemon is stopping; the file resumes at the next start or on another instance"))
+                    await self._give_up(job)
                 raise
             except PyMongoError as exc:  # the store is down: leave the file, retry at a later scan
                 self.events.emit(BatchFileDeferred(tenant=job.tenant, file=job.name, error=str(exc)[:300]))
@@ -407,6 +409,7 @@ class BatchManager:
                 self._loading.pop(job.ledger_id, None)
                 self._claims.pop(job.ledger_id, None)
                 self._lost.discard(job.ledger_id)
+                self._settling.discard(job.ledger_id)
                 self.watcher.release(job.tenant, job.name)
 
     async def _run_bound(self, job: FileJob, profile: BatchProfile, route: BatchRoute | None) -> None:
@@ -484,8 +487,8 @@ class BatchManager:
         dest = await asyncio.to_thread(_free_path, self.archive_dir / job.tenant / "done", job.name, job.ledger_id)
         # the quota counts content: decompressed bytes of a .gz file (its reader counted them all)
         content = job.staged.content_bytes if job.staged is not None and job.fmt.endswith(".gz") else job.size
-        settled = await self.ledger.settle(claim, FileState.COMMITTED, archive_path=str(dest), content_bytes=content,
-                                           seconds=round(seconds, 3), **counts.as_dict())
+        settled = await self._settle(claim, FileState.COMMITTED, archive_path=str(dest), content_bytes=content,
+                                     seconds=round(seconds, 3), **counts.as_dict())
         if settled is None:  # taken over while this instance was paused: the other one commits it
             await self._lease_lost(claim, job.tenant, job.name, "commit")
             return
@@ -500,16 +503,26 @@ class BatchManager:
         held = self._claims.get(job.ledger_id)
         return held[0] if held is not None else None
 
+    async def _settle(self, claim: Claim, state: FileState, **fields: Any) -> dict[str, Any] | None:
+        """The claim's last transition. From here on the renewal leaves the entry alone: a
+        renewal that finds it settled by this very instance is no lost lease."""
+        self._settling.add(claim.entry_id)
+        return await self.ledger.settle(claim, state, **fields)
+
     async def _renew_loop(self) -> None:
         """Renew the lease of every file this instance loads; stop a load whose claim was taken over."""
         while True:
             await asyncio.sleep(self.cluster.renew_every_s)
             for entry_id, (claim, task) in list(self._claims.items()):
+                if entry_id in self._settling:
+                    continue
                 try:
                     held = await self.ledger.renew(claim, self.cluster.lease_s)
                 except PyMongoError:
                     continue  # the store is away: the lease may lapse; the commit's fencing decides
-                if not held and entry_id in self._claims and entry_id not in self._lost:
+                if held or entry_id in self._settling or entry_id in self._lost:
+                    continue
+                if self._claims.get(entry_id, (None,))[0] is claim:
                     tenant, _, name = self._loading.get(entry_id, "?/?").partition("/")
                     await self._lease_lost(claim, tenant, name, "renew")
                     task.cancel()
@@ -592,7 +605,7 @@ class BatchManager:
         lapsed ``loading`` entry; False (the file is left alone) when another instance holds it."""
         ledger = self.ledger
         if claim is not None:
-            if await ledger.settle(claim, FileState.REJECTED, **fields) is not None:
+            if await self._settle(claim, FileState.REJECTED, **fields) is not None:
                 return True
             await self._lease_lost(claim, tenant, name, "reject")
             return False
