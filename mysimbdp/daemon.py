@@ -94,7 +94,9 @@ class Daemon:
                                   runners=self.runners, tenants=self.tenants, stop_event=stopping, bus=bus,
                                   instance_id=self.instance_id, cluster=settings.cluster)
         self.upload = UploadService(staging_dir=settings.staging_dir, ledger=self.ledger, batch=self.batch,
-                                    stopping=stopping, bus=bus)
+                                    stopping=stopping, bus=bus, instance_id=self.instance_id,
+                                    live_instances=lambda: self.instances.live_ids(),
+                                    lease_s=settings.cluster.lease_s)
         self.stream = StreamManager(settings=settings.stream, amqp_url=settings.amqp_url,
                                     drain_timeout_s=settings.drain_timeout_s, retry_max_s=settings.retry_max_s,
                                     tenants=self.tenants, broker=self.broker, store=self.store,

@@ -14,11 +14,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pymongo import AsyncMongoClient
 from structlog.testing import capture_logs
 from yarl import URL
 
 from mysimbdp.apps.plugins import get_plugin_manager
-from mysimbdp.batch.intake import remove_stale_parts, upload_name_of
+from mysimbdp.batch.intake import (
+    MAX_UPLOAD_NAME_BYTES,
+    instance_tag,
+    part_path,
+    remove_stale_parts,
+    upload_name_of,
+)
 from mysimbdp.batch.ledger import FileState
 from mysimbdp.config import Settings
 from mysimbdp.events import EventBus
@@ -58,6 +65,10 @@ class Env:
     token: str
     settings: Settings
     daemon: Any
+
+    def part(self, name: str) -> Path:
+        """Where this daemon writes an upload of ``name`` until it is complete."""
+        return part_path(self.folder, name, instance_tag(self.daemon.instance_id))
 
     @property
     def auth(self) -> dict[str, str]:
@@ -122,7 +133,7 @@ class HeldUpload:
                 f"Content-Length: {self.declared}\r\n\r\n")
         self.writer.write(head.encode() + self.first)
         await self.writer.drain()
-        part = self.env.folder / f".{self.name}.part"
+        part = self.env.part(self.name)
         await await_until(part.exists, 10, f"{part} to appear", 0.02)
         return self
 
@@ -428,7 +439,7 @@ async def test_interrupted_upload_leaves_nothing(env: Env) -> None:
     with capture_logs() as logs:
         held = await HeldUpload(env, "cut.csv", 4000, b"id\n" + b"1\n" * 500).open()
         await held.abort()
-        part = env.folder / ".cut.csv.part"
+        part = env.part("cut.csv")
         await await_until(lambda: not part.exists(), 10, "the .part file to be removed", 0.02)
         await await_until(lambda: any(e["event"] == "upload.interrupted" for e in logs),
                         10, "upload.interrupted", 0.02)
@@ -445,7 +456,7 @@ async def test_drain_cancels_inflight_upload_and_cleans_up(
     env = await start_env(start_daemon, settings_factory, tenant_id, settings=settings)
     held = await HeldUpload(env, "late.csv", 1000, b"id\n").open()
     env.daemon.request_stop("test")
-    await await_until(lambda: not (env.folder / ".late.csv.part").exists(), 10, "cleanup at drain", 0.02)
+    await await_until(lambda: not env.part("late.csv").exists(), 10, "cleanup at drain", 0.02)
     assert leftovers(env.folder) == []
     await held.abort()
 
@@ -453,27 +464,39 @@ async def test_drain_cancels_inflight_upload_and_cleans_up(
 # -- stale .part files -----------------------------------------------------------------------
 
 
+TAG, OTHER, GONE = instance_tag("inst-a"), instance_tag("inst-b"), instance_tag("inst-c")
+
+
 def test_upload_name_of_knows_only_the_uploads_part_files() -> None:
-    assert upload_name_of(".rows.csv.part") == "rows.csv"
-    assert upload_name_of(".Rows.JSONL.GZ.part") == "Rows.JSONL.GZ"
-    for other in ("rows.csv.part",       # no leading dot: not an upload's
-                  ".notes.part",         # no known format
-                  ".rows.csv.tmp", ".rows.csv", ".part", "..part",
-                  ".a..b.csv.part",      # a name the upload door refuses
-                  "..hidden.csv.part", ".x.csv.part.part"):
+    assert upload_name_of(f".rows.csv.{TAG}.part") == ("rows.csv", TAG)
+    assert upload_name_of(".Rows.JSONL.GZ.0123abcd.part") == ("Rows.JSONL.GZ", "0123abcd")
+    assert part_path(Path("f"), "rows.csv", TAG).name == f".rows.csv.{TAG}.part"
+    for other in (f"rows.csv.{TAG}.part",   # no leading dot: not an upload's
+                  f".notes.{TAG}.part",     # no known format
+                  ".rows.csv.part",         # a tenant's own temporary name: no tag
+                  ".rows.csv.0123ABCD.part", ".rows.csv.0123abc.part",
+                  f".rows.csv.{TAG}.tmp", ".rows.csv", ".part", "..part",
+                  f".a..b.csv.{TAG}.part",  # a name the upload door refuses
+                  f"..hidden.csv.{TAG}.part", f".x.csv.part.{TAG}.part"):
         assert upload_name_of(other) is None, other
 
 
-def _stale_site(staging: Path, now: float, tenant: str = "acme") -> dict[str, Path]:
-    """Files in two tenant folders: the uploads' stale parts and what is not to be touched."""
+def _stale_site(staging: Path, now: float, tenant: str = "acme",
+               tags: tuple[str, str, str] = (TAG, OTHER, GONE)) -> dict[str, Path]:
+    """Files in two tenant folders: the uploads' stale parts and what is not to be touched
+    (``tags``: of this instance, of another one up, of one gone)."""
+    TAG, OTHER, GONE = tags  # noqa: N806
     a, b = staging / tenant, staging / "beta"
     a.mkdir(parents=True)
     b.mkdir()
     paths = {
-        "stale": a / ".old.csv.part", "stale-other": b / ".b.jsonl.gz.part",
-        "being-written": a / ".new.csv.part",        # modified after the start: not stale
-        "no-dot": a / "own.csv.part", "no-format": a / ".notes.part", "tmp": a / ".old.csv.tmp",
-        "bad-name": a / ".a..b.csv.part", "waiting": a / "old.csv",
+        "stale": a / f".old.csv.{TAG}.part", "stale-other": b / f".b.jsonl.gz.{TAG}.part",
+        "stale-gone": a / f".g.csv.{GONE}.part",       # of an instance that is gone
+        "being-written": a / f".new.csv.{TAG}.part",   # modified after the start: not stale
+        "other-instance": a / f".up.csv.{OTHER}.part",  # an instance up now uploads it
+        "tenants-own": a / ".mine.csv.part",            # a tenant's copy: not the upload door's
+        "no-dot": a / f"own.csv.{TAG}.part", "no-format": a / f".notes.{TAG}.part", "tmp": a / ".old.csv.tmp",
+        "bad-name": a / f".a..b.csv.{TAG}.part", "waiting": a / "old.csv",
     }
     for path in paths.values():
         path.write_bytes(b"id\n1\n")
@@ -481,37 +504,88 @@ def _stale_site(staging: Path, now: float, tenant: str = "acme") -> dict[str, Pa
     os.utime(paths["being-written"], (now + 60, now + 60))
     target = staging.parent / "target.csv"
     target.write_bytes(b"id\n")
-    paths["link"] = a / ".link.csv.part"
+    paths["link"] = a / f".link.csv.{TAG}.part"
     paths["link"].symlink_to(target)
-    paths["folder"] = a / ".dir.csv.part"
+    paths["folder"] = a / f".dir.csv.{TAG}.part"
     paths["folder"].mkdir()
     return paths
 
 
 def test_remove_stale_parts_removes_only_the_uploads_leftovers(tmp_path: Path) -> None:
+    """This instance's own leftovers, and another's only once that one is gone."""
     now = time.time()
     paths = _stale_site(tmp_path / "staging", now)
+    emitter = EventBus(write_event).emitter("upload")
+    asked: list[tuple[str, float]] = []
+
+    def gone(tag: str, age_s: float) -> bool:
+        asked.append((tag, age_s))
+        return tag == GONE
+
     with capture_logs() as logs:
-        assert remove_stale_parts(tmp_path / "staging", now, EventBus(write_event).emitter("upload")) == 2
-    assert not paths["stale"].exists() and not paths["stale-other"].exists()
+        assert remove_stale_parts(tmp_path / "staging", now, emitter, TAG, gone) == 3
+    assert sorted(tag for tag, _ in asked) == [GONE, OTHER] and all(age >= 600 for _, age in asked)
+    assert not [k for k, p in paths.items() if k.startswith("stale") and p.exists()]
     assert all(p.exists() or p.is_symlink() for k, p in paths.items() if not k.startswith("stale"))
     assert (tmp_path / "target.csv").read_bytes() == b"id\n"
     events = sorted((e["tenant"], e["name"], e["bytes"]) for e in logs if e["event"] == "upload.part.removed")
-    assert events == [("acme", "old.csv", 5), ("beta", "b.jsonl.gz", 5)]
+    assert events == [("acme", "g.csv", 5), ("acme", "old.csv", 5), ("beta", "b.jsonl.gz", 5)]
     assert all(e["age_s"] >= 600 for e in logs if e["event"] == "upload.part.removed")
-    assert remove_stale_parts(tmp_path / "nowhere", now, EventBus(write_event).emitter("upload")) == 0
+    assert remove_stale_parts(tmp_path / "nowhere", now, emitter, TAG) == 0
+
+
+def test_without_a_view_of_the_instances_only_its_own_leftovers_go(tmp_path: Path) -> None:
+    now = time.time()
+    paths = _stale_site(tmp_path / "staging", now)
+    assert remove_stale_parts(tmp_path / "staging", now, EventBus(write_event).emitter("upload"), TAG) == 2
+    assert paths["stale-gone"].exists() and paths["other-instance"].exists()
 
 
 async def test_daemon_start_removes_parts_of_a_killed_daemon(
         start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
-        tenant_id: str, http: aiohttp.ClientSession) -> None:
-    settings = settings_factory(extra_apps={"upload_rows": APP_MODULE},
+        tenant_id: str, http: aiohttp.ClientSession, mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    """Its own leftovers and those of an instance gone; not those of one that is up."""
+    me, up = f"me-{tenant_id}", f"up-{tenant_id}"
+    settings = settings_factory(extra_apps={"upload_rows": APP_MODULE}, instance_id=me,
                                 batch={"stable_after_s": 30, "rescan_interval_s": 0.5})
-    paths = _stale_site(settings.staging_dir, time.time(), tenant_id)
+    await mongo["mysimbdp"]["instances"].insert_one({"_id": up, "heartbeat_at": time.time() + 60, "state": "up"})
+    paths = _stale_site(settings.staging_dir, time.time(), tenant_id,
+                        (instance_tag(me), instance_tag(up), instance_tag(f"gone-{tenant_id}")))
     env = await start_env(start_daemon, settings_factory, tenant_id, settings=settings,
                           formats=["csv"])
-    assert not paths["stale"].exists() and not paths["stale-other"].exists()
+    await mongo["mysimbdp"]["instances"].delete_one({"_id": up})
     kept = {k for k, p in paths.items() if p.exists() or p.is_symlink()}
-    assert kept == set(paths) - {"stale", "stale-other"}
+    assert kept == set(paths) - {"stale", "stale-other", "stale-gone"}
     status, body = await put(http, env, "fresh.csv")  # uploads work as before
     assert status == 201, body
+
+
+async def test_the_longest_upload_name_fits_its_temporary_name(env: Env, http: aiohttp.ClientSession) -> None:
+    longest = "x" * (MAX_UPLOAD_NAME_BYTES - len(".csv")) + ".csv"
+    status, body = await put(http, env, longest)
+    assert status == 201, body
+    status, body = await put(http, env, "y" + longest)
+    assert (status, body["code"]) == (400, "bad_name") and str(MAX_UPLOAD_NAME_BYTES) in body["message"]
+
+
+async def test_one_name_uploaded_to_two_instances_at_once_is_staged_once(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        tmp_path: Path) -> None:
+    """Two daemons on one staging folder, the same name uploaded to each at once: each writes
+    its own temporary file; the first to finish stages it, the other gets 409 ``exists``."""
+    batch = {"stable_after_s": 30, "rescan_interval_s": 0.5}
+    a = await start_env(start_daemon, settings_factory, tenant_id, formats=["csv"], settings=settings_factory(
+        extra_apps={"upload_rows": APP_MODULE}, instance_id=f"a-{tenant_id}", batch=batch))
+    b_settings = settings_factory(extra_apps={"upload_rows": APP_MODULE}, instance_id=f"b-{tenant_id}",
+                                  var_dir=tmp_path / "var-b", batch=batch)
+    assert b_settings.staging_dir == a.settings.staging_dir  # one staging folder, one tenants' folder
+    rd = await start_daemon(b_settings, pm=get_plugin_manager({"upload_rows": APP_MODULE}))
+    b = Env(rd.url, tenant_id, a.token, b_settings, rd.daemon)
+    first = await HeldUpload(a, "same.csv", len(CSV), CSV[:3]).open()
+    second = await HeldUpload(b, "same.csv", len(CSV), CSV[:3]).open()
+    assert a.part("same.csv").exists() and b.part("same.csv").exists()  # two temporary files, one each
+    assert b"201" in await first.finish(CSV[3:])
+    assert b"409" in await second.finish(CSV[3:])
+    assert leftovers(a.folder) == ["same.csv"]
+    entries = await a.daemon.ledger.find(tenant_id, name="same.csv")
+    assert sorted(e["state"] for e in entries) == ["rejected", "staged"]

@@ -1,13 +1,16 @@
 """The upload door: tenants send batch files over HTTP instead of writing into staging.
 
-``PUT /tenants/{id}/files/{name}`` streams the body to ``<staging>/<id>/.<name>.part``
+``PUT /tenants/{id}/files/{name}`` streams the body to ``<staging>/<id>/.<name>.<tag>.part``
+(``<tag>``: this instance's, so that daemons sharing the staging folder never touch each
+other's uploads)
 (hashing it on the way, never holding the whole file in memory), records the file in the
 ledger as ``staged`` and then renames it atomically to ``<staging>/<id>/<name>``, where the
 batch watcher picks it up. The tenant's constraints are checked with the same code the
 watcher uses (:mod:`mysimbdp.batch.constraints`), before the body is read when possible
 (``Content-Length``, ``Expect: 100-continue``) and again while it streams. Any failure,
 including a broken connection, leaves nothing behind; the ``.part`` files of a daemon killed
-mid-upload are removed when the next one starts. See ``docs/upload.md``.
+mid-upload are removed when it starts again (or, once it is gone from the instances, by the
+next instance that starts). See ``docs/upload.md``.
 
 The service is handed what it uses: the staging folder, the ledger, the batch manager's view
 of what a tenant has staged (:class:`StagedUsage`), the daemon's stop event and the event bus.
@@ -21,7 +24,9 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -45,7 +50,7 @@ from mysimbdp.http.server import HttpError, error_response, json_response, requi
 from mysimbdp.tenants import BatchProfile, TenantProfile
 
 __all__ = ["UploadService", "StagedUsage", "STATUS_BY_CODE", "CHUNK_BYTES", "part_path", "upload_name_of",
-           "remove_stale_parts"]
+           "remove_stale_parts", "instance_tag", "MAX_UPLOAD_NAME_BYTES"]
 
 #: HTTP status of each refusal code (the codes of :data:`~mysimbdp.batch.constraints.REASON_CODES`
 #: plus the door's own).
@@ -73,35 +78,52 @@ _LINGER_MAX_BYTES = 64 * 1024
 _MAX_LIST = 1000
 
 
-def part_path(folder: Path, name: str) -> Path:
-    """Where an upload of ``name`` is written until it is complete (hidden from the watcher)."""
-    return folder / f".{name}.part"
+_TAG_HEX = 8
+_PART = re.compile(r"\.(?P<name>.+)\.(?P<tag>[0-9a-f]{" + str(_TAG_HEX) + r"})\.part", re.DOTALL)
+#: The longest name an upload may have: its temporary name (``.<name>.<tag>.part``) must fit
+#: in the 255 bytes a file name may have.
+MAX_UPLOAD_NAME_BYTES = 255 - len(".") - len(".") - _TAG_HEX - len(".part")
 
 
-def upload_name_of(part_name: str) -> str | None:
-    """The upload name whose :func:`part_path` is ``part_name``, or None if it cannot be one.
+def instance_tag(instance_id: str) -> str:
+    """The short tag of an instance in its uploads' temporary names."""
+    return hashlib.sha256(instance_id.encode()).hexdigest()[:_TAG_HEX]
 
-    An upload writes ``.<name>.part`` only for a ``name`` that passed the name checks and has a
-    known format's extension; any other file (``.x.tmp``, ``x.csv.part``, ``.notes.part``) is
-    not the upload door's.
+
+def part_path(folder: Path, name: str, tag: str) -> Path:
+    """Where the instance tagged ``tag`` writes an upload of ``name`` until it is complete
+    (hidden from the watcher)."""
+    return folder / f".{name}.{tag}.part"
+
+
+def upload_name_of(part_name: str) -> tuple[str, str] | None:
+    """The upload name and instance tag whose :func:`part_path` is ``part_name``, or None.
+
+    An upload writes ``.<name>.<tag>.part`` only for a ``name`` that passed the name checks and
+    has a known format's extension; any other file (``.x.tmp``, ``x.csv.part``, ``.notes.part``,
+    a tenant's own ``.x.csv.part``) is not the upload door's.
     """
-    if not (part_name.startswith(".") and part_name.endswith(".part")) or len(part_name) <= 6:
+    match = _PART.fullmatch(part_name)
+    if match is None:
         return None
-    name = part_name[1:-len(".part")]
+    name = match["name"]
     try:
         check_name(name)
     except FileRejected:
         return None
-    return name if detect_format(name) is not None else None
+    return (name, match["tag"]) if detect_format(name) is not None else None
 
 
-def remove_stale_parts(staging: Path, started: float, events: Emitter) -> int:
-    """Delete the uploads' ``.<name>.part`` files in every tenant folder of ``staging`` that
-    were last written before ``started`` (a daemon killed mid-upload left them); the count.
+def remove_stale_parts(staging: Path, started: float, events: Emitter, own_tag: str,
+                       gone: Callable[[str, float], bool] = lambda tag, age: False) -> int:
+    """Delete the uploads' temporary files in every tenant folder of ``staging`` that no
+    upload writes any more; the count.
 
-    A file modified since ``started`` is left alone: it cannot be an upload of a daemon that
-    is not running, so it is someone else's copy in progress. Links and folders are never
-    touched. Each removal is logged as ``upload.part.removed``.
+    This instance's own (tag ``own_tag``) last written before ``started`` are left by its
+    previous run, killed mid-upload. Another instance's are removed only when ``gone(tag,
+    age_s)`` says that instance is no longer up (and the file not written for long enough).
+    A file modified since ``started`` is never removed; nor are links, folders and any file
+    that is not an upload's. Each removal is logged as ``upload.part.removed``.
     """
     removed = 0
     try:
@@ -114,12 +136,13 @@ def remove_stale_parts(staging: Path, started: float, events: Emitter) -> int:
         except OSError:
             continue
         for entry in entries:
-            name = upload_name_of(entry.name)
-            if name is None or not entry.is_file(follow_symlinks=False):
+            parsed = upload_name_of(entry.name)
+            if parsed is None or not entry.is_file(follow_symlinks=False):
                 continue
+            name, tag = parsed
             try:
                 st = entry.stat(follow_symlinks=False)
-                if st.st_mtime >= started:
+                if st.st_mtime >= started or (tag != own_tag and not gone(tag, started - st.st_mtime)):
                     continue
                 os.unlink(entry.path)
             except OSError:  # gone already, or not ours to delete
@@ -143,6 +166,10 @@ class _Upload:
     received: int = 0
 
 
+#: The ids of the instances up now (:meth:`mysimbdp.cluster.instances.InstanceRegistry.live_ids`).
+LiveInstances = Callable[[], Awaitable[Sequence[str]]]
+
+
 class StagedUsage(Protocol):
     """What a tenant has staged and committed (:meth:`mysimbdp.batch.lifecycle.BatchManager.usage`)."""
 
@@ -157,10 +184,17 @@ class UploadService:
     name = "upload"
 
     def __init__(self, *, staging_dir: Path, ledger: Ledger, batch: StagedUsage | None, stopping: asyncio.Event,
-                 bus: EventBus) -> None:
+                 bus: EventBus, instance_id: str = "", live_instances: LiveInstances | None = None,
+                 lease_s: float = 30.0) -> None:
         """``batch``: the batch manager's usage figures (None: the folder is counted here);
-        ``stopping``: once set, uploads are refused (503)."""
+        ``stopping``: once set, uploads are refused (503); ``instance_id``: this instance (its
+        uploads' temporary names carry its tag); ``live_instances``: the ids of the instances
+        up now, whose uploads in progress are left alone at start (None: this is the only one);
+        ``lease_s``: how long an instance is up without a heartbeat."""
         self.staging_dir = staging_dir
+        self.tag = instance_tag(instance_id)
+        self._live_instances = live_instances
+        self._lease_s = lease_s
         self.ledger = ledger
         self.batch = batch
         self._stopping = stopping
@@ -172,13 +206,22 @@ class UploadService:
     # -- component -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Remove the ``.part`` files of uploads a killed daemon left behind, then accept uploads.
+        """Remove the temporary files of uploads a killed daemon left behind, then accept uploads.
 
-        Only one daemon serves a staging root, so at start no upload is in flight: every
-        ``.<name>.part`` of :func:`upload_name_of` not written since this start is stale
-        (the HTTP server starts after this component).
+        None of this instance's uploads is in flight yet (the HTTP server starts after this
+        component), so its own are stale; another instance's only once that instance is gone.
         """
-        await asyncio.to_thread(remove_stale_parts, self.staging_dir, time.time(), self.events)
+        live: set[str] | None = set()
+        if self._live_instances is not None:
+            try:
+                live = {instance_tag(i) for i in await self._live_instances()}
+            except PyMongoError:
+                live = None  # the instances are unknown: only this instance's own leftovers go
+
+        def gone(tag: str, age_s: float) -> bool:
+            return live is not None and tag not in live and age_s > self._lease_s
+
+        await asyncio.to_thread(remove_stale_parts, self.staging_dir, time.time(), self.events, self.tag, gone)
         self._accepting = True
 
     async def stop(self) -> None:
@@ -256,6 +299,9 @@ class UploadService:
             check_name(name)
         except FileRejected as exc:
             raise _refusal(exc.code, exc.message) from None
+        if len(name.encode("utf-8", "surrogateescape")) > MAX_UPLOAD_NAME_BYTES:
+            raise _refusal("bad_name", f"an uploaded file's name may have at most {MAX_UPLOAD_NAME_BYTES} bytes "
+                           "(its temporary name needs the rest of the 255)")
         declared = request.content_length
         usage = await self.usage(tenant)
         # No await from here on: put_file registers the upload before anything else runs.
@@ -309,7 +355,7 @@ class UploadService:
     async def _receive(self, request: web.Request, up: _Upload) -> web.Response:
         t0 = time.monotonic()
         up.folder.mkdir(parents=True, exist_ok=True)
-        part = part_path(up.folder, up.name)
+        part = part_path(up.folder, up.name, self.tag)
         self.events.emit(UploadStarted(tenant=up.tenant, name=up.name, declared_bytes=up.declared))
         try:
             try:
@@ -498,7 +544,8 @@ def _view(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _open_part(part: Path) -> BinaryIO:
-    """A new, empty ``.part`` file (a stale one left by a crashed daemon is replaced)."""
+    """A new, empty ``.part`` file (a stale one this instance's killed run left is replaced;
+    another instance's never has this name)."""
     with contextlib.suppress(FileNotFoundError):
         part.unlink()
     # O_EXCL|O_NOFOLLOW: never write through a link someone placed at this path.

@@ -499,8 +499,8 @@ class UploadInterrupted(Event):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UploadPartRemoved(Event):
-    """At start, a ``.<name>.part`` file of an upload cut off by a daemon that was killed was
-    removed (see upload.md)."""
+    """At start, the temporary file (``.<name>.<tag>.part``) of an upload cut off by a daemon
+    that was killed (this one, or an instance no longer up) was removed (see upload.md)."""
 
     NAME: ClassVar[str] = "upload.part.removed"
     LEVEL: ClassVar[Level] = "info"
