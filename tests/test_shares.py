@@ -298,6 +298,23 @@ async def test_a_stream_coming_up_starts_only_what_the_decision_leaves_room_for(
     assert await b.admit(TENANT, 3) == 2
 
 
+async def test_instances_coming_up_together_stay_within_max_consumers(platform: Platform) -> None:
+    """Before any decision: the first to come up reserves what it starts under max_consumers,
+    the next only the room left (it used to start its minimum all the same)."""
+    registry, seen = Registry(), []
+    a, sa = instance(platform, registry, "a", seen)
+    b, sb = instance(platform, registry, "b", seen)
+    assert await a.admit(TENANT, MAX - 1) == MAX - 1
+    sa.running.add(TENANT)
+    sa.counts[TENANT] = MAX - 1
+    assert await b.admit(TENANT, 2) == 1  # from a's entry in running, before its heartbeat says so
+    registry.beat()
+    c, _ = instance(platform, registry, "c", seen)
+    assert await c.admit(TENANT, 1) == 0
+    assert await a.decision(TENANT) is None  # reservations are no decision
+    assert [e for e in seen if isinstance(e, MonitorShareWaiting)]
+
+
 # ---- one daemon: the operator endpoints write the decision -----------------------------------
 
 async def test_operators_set_the_decision_and_status_shows_it(

@@ -305,18 +305,17 @@ class ClusterScaling:
 
     async def admit(self, tenant: str, wanted: int) -> int:
         """How many of ``wanted`` consumers this instance may start as the tenant's stream comes
-        up here (onboarding, a profile change, the broker back): all of them before any
-        decision (or without the store: as a lone daemon would), else at most its share and
-        only into room the others leave (so a joining instance never takes the cluster past
-        the total)."""
+        up here (onboarding, a profile change, the broker back): at most its share of the
+        decision (before any, all of them), and only into room the others leave under the total
+        (before any decision, under ``max_consumers``), so instances coming up together never
+        take the cluster past it. Without the store: all of them, as a lone daemon would."""
         try:
             async with self._lock(tenant):
                 decision = await self.decision(tenant)
-                if decision is None:
-                    return wanted
                 high = self.stream.bounds(tenant)[1]
                 running = self.stream.consumer_count(tenant)
-                return await self._reserve(tenant, min(wanted, decision.share_of(self.id), high), running, high)
+                share = wanted if decision is None else decision.share_of(self.id)
+                return await self._reserve(tenant, min(wanted, share, high), running, high)
         except asyncio.CancelledError:
             raise
         except Exception:  # the store unreachable: the stream starts as it would alone
@@ -350,17 +349,24 @@ class ClusterScaling:
 
     async def _reserve(self, tenant: str, share: int, running: int, high: int) -> int:
         """Write this instance's new count into ``running`` if the others leave room for it
-        under the total (and ``high``, the profile's ``max_consumers`` now); the count it may
-        run (compare-and-swap on ``rev``: a concurrent writer makes it retry)."""
+        under the total (and ``high``, the profile's ``max_consumers`` now; before any
+        decision, under ``high``); the count it may run (compare-and-swap on ``rev``: a
+        concurrent writer makes it retry)."""
         for _ in range(CAS_TRIES):
             doc = await self.collection.find_one({"_id": tenant})
-            if doc is None:
-                return running
+            if doc is None:  # the first instance to serve the tenant
+                allowed = min(share, high)
+                try:
+                    await self.collection.insert_one({"_id": tenant, "running": _as_pairs({self.id: allowed}),
+                                                      "rev": 1})
+                    return allowed
+                except DuplicateKeyError:  # another instance wrote first: read it again
+                    continue
             decision = ScaleDecision.from_doc(doc)
             peers = await self.peers()
             heard = self.reported(peers, tenant)
             others = sum(max(heard.get(i, 0), decision.running.get(i, 0)) for i in peers)
-            total = min(decision.total, high)
+            total = min(decision.total, high) if "state" in doc else high
             allowed = admissible(share, running, others, total)
             if allowed < share:
                 self.events.emit(MonitorShareWaiting(tenant=tenant, share=share, running=running,
