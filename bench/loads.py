@@ -137,13 +137,19 @@ class BenchDaemon(Daemon):
 
     def keep_logs(self) -> None:
         """Copy the daemon's logs to ``<data>/failures/`` (the run's folder is removed at its end)."""
-        target = self.env.data_dir / "failures" / f"{self.base.name}-{self.env.run_id}"
-        with contextlib.suppress(OSError):
-            target.mkdir(parents=True, exist_ok=True)
-            for source in (self.log.path, *self.logs):
-                if source.exists():
-                    shutil.copy2(source, target / source.name)
-            print(f"[bench] the failed daemon's logs are kept in {target}", file=sys.stderr, flush=True)
+        keep_logs(self, self.env, self.base.name, "the failed daemon's")
+
+
+def keep_logs(daemon: Daemon, env: BenchEnv, folder: str, whose: str) -> None:
+    """Copy ``daemon``'s logs to ``<data>/failures/<folder>-<run id>/`` and say where (``whose``
+    logs), so that they outlive the run's folder."""
+    target = env.data_dir / "failures" / f"{folder}-{env.run_id}"
+    with contextlib.suppress(OSError):
+        target.mkdir(parents=True, exist_ok=True)
+        for source in (daemon.log.path, *daemon.logs):
+            if source.exists():
+                shutil.copy2(source, target / source.name)
+        print(f"[bench] {whose} logs are kept in {target}", file=sys.stderr, flush=True)
 
 
 @dataclass

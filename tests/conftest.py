@@ -16,8 +16,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from pymongo import AsyncMongoClient, MongoClient
-from pymongo.errors import PyMongoError
+from pymongo import AsyncMongoClient
 
 from mysimbdp.config import Settings, load_settings
 from mysimbdp.daemon import Daemon
@@ -26,7 +25,8 @@ from mysimbdp.logs import configure_logging
 from mysimbdp.store.mongo import EmbeddedMongo
 from mysimbdp.stream.broker_admin import BrokerAdmin
 from tests.harness.daemon import Daemon as ChildDaemon
-from tests.harness.wait import DaemonExited, await_until, wait_until
+from tests.harness.store import wait_for_ping
+from tests.harness.wait import DaemonExited, await_until
 from tests.reliability.results import note_report
 
 MANAGEMENT_URL = os.environ.get("MYSIMBDP_TEST_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672")
@@ -41,25 +41,6 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     the tests under its folder, and ``tests/test_fuzz_*.py`` record rows too.
     """
     note_report(report)
-
-
-def wait_for_ping(uri: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
-                  log_file: Path | None = None) -> None:
-    """Wait until the store at ``uri`` answers ``ping``; fail early if ``proc`` (its server) exits."""
-    client: MongoClient[dict[str, Any]] = MongoClient(uri, serverSelectionTimeoutMS=500)
-
-    def answers() -> bool:
-        try:
-            client.admin.command("ping")
-            return True
-        except PyMongoError:
-            return False
-
-    try:
-        wait_until(answers, timeout, f"the store at {uri} to answer ping", 0.1,
-                   alive=None if proc is None else lambda: proc.poll() is None, where=f"; see {log_file}")
-    finally:
-        client.close()
 
 
 @pytest.fixture(scope="session")

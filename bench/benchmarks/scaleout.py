@@ -10,7 +10,6 @@ import contextlib
 import os
 import resource
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ from bench.loads import (
     copy_indexes,
     event_time,
     insert_many_rate,
+    keep_logs,
     read_documents,
     stream_profile,
 )
@@ -132,14 +132,8 @@ class Instance(Daemon):
 
     def keep_logs(self) -> None:
         """Copy the logs to ``<data>/failures/`` (the run's folder is removed at its end)."""
-        target = (self.env.data_dir / "failures"
-                  / f"{self.settings.var_dir.parent.name}-{self.instance_id}-{self.env.run_id}")
-        with contextlib.suppress(OSError):
-            target.mkdir(parents=True, exist_ok=True)
-            for source in (self.log.path, *self.logs):
-                if source.exists():
-                    shutil.copy2(source, target / source.name)
-            print(f"[bench] instance {self.instance_id}'s logs are kept in {target}", file=sys.stderr, flush=True)
+        keep_logs(self, self.env, f"{self.settings.var_dir.parent.name}-{self.instance_id}",
+                  f"instance {self.instance_id}'s")
 
     def committed(self, tenants: set[str]) -> list[dict[str, Any]]:
         """This instance's ``batch.file.committed`` events of ``tenants``."""

@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -29,12 +28,10 @@ from types import TracebackType
 from typing import Any
 
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
 
 from mysimbdp.config import ClusterSettings, Settings
-from mysimbdp.store.mongo import EmbeddedMongo
 from tests.harness.daemon import Daemon
-from tests.harness.wait import wait_until
+from tests.harness.store import StoreServer
 
 __all__ = ["Cluster", "descendants", "DEFAULT_ADMIN_TOKEN"]
 
@@ -69,46 +66,6 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-class _Store:
-    """A private NX-27017 for the cluster, started and stopped synchronously."""
-
-    def __init__(self, base: Path) -> None:
-        self.server = EmbeddedMongo(base / "data", base / "store.log")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        return self.server.uri
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.server.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(self.server.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client: MongoClient[dict[str, Any]] = MongoClient(self.uri, serverSelectionTimeoutMS=500)
-
-        def answers() -> bool:
-            try:
-                client.admin.command("ping")
-                return True
-            except PyMongoError:
-                return False
-
-        try:
-            wait_until(answers, timeout, f"the cluster's store at {self.uri} to answer ping", 0.1,
-                       alive=lambda: self.proc is not None and self.proc.poll() is None,
-                       where=f"; see {self.server.log_file}")
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 class Cluster:
     """One store and ``n`` daemons ``a``, ``b``, ... sharing it, the broker and the staging folder.
 
@@ -120,7 +77,7 @@ class Cluster:
     def __init__(self, base: Path, template: Settings, n: int = 2, *, lease_s: float = 3.0,
                  heartbeat_s: float = 1.0) -> None:
         self.base = base
-        self.store = _Store(base / "store")
+        self.store = StoreServer(base / "store")
         self.ids = [chr(ord("a") + i) for i in range(n)]
         self.admin_token = template.admin_token or DEFAULT_ADMIN_TOKEN
         self.settings = template.model_copy(update={

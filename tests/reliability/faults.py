@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from mysimbdp.store.mongo import EmbeddedMongo, free_port
-from tests.conftest import wait_for_ping
+from mysimbdp.store.mongo import free_port
+from tests.harness.store import StoreServer
 
 __all__ = ["RabbitNode", "StoreServer", "rabbitmq_available", "kill_pid"]
 
@@ -155,39 +155,3 @@ class RabbitNode:
                 kill_pid(pid)
 
 
-class StoreServer:
-    """A private NX-27017 that can be SIGKILLed and started again on the same port and data."""
-
-    def __init__(self, base: Path) -> None:
-        self.server = EmbeddedMongo(base / "data", base / "store.log")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        """The URI the daemon and the checks use."""
-        return self.server.uri
-
-    def start(self, timeout: float = 30.0) -> None:
-        """Start the server and wait for ``ping``."""
-        self.server.data_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            self.server.pid_file.unlink()  # left by a SIGKILLed predecessor
-        self.proc = subprocess.Popen(self.server.command(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        wait_for_ping(self.uri, timeout, self.proc, self.server.log_file)
-
-    def kill(self) -> None:
-        """SIGKILL the server (no chance to flush or say goodbye)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        """Terminate the server (teardown)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
