@@ -80,11 +80,14 @@ class InstanceRegistry:
         self._task = asyncio.create_task(self._beat_loop(), name="cluster.heartbeat")
 
     async def stop(self) -> None:
-        """Stop beating and say at once that this instance stopped."""
+        """Stop beating and say at once that this instance stopped (unless the store did not
+        answer the last heartbeat: a stop never waits for a store that is away)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        with contextlib.suppress(PyMongoError):
+        if self._beat_ok is False:
+            return  # the store did not answer the last heartbeat: the others see this one gone after the lease
+        with contextlib.suppress(PyMongoError, TimeoutError):
             await asyncio.wait_for(self.collection.update_one(
                 {"_id": self.id, "incarnation": self.incarnation},
                 {"$set": {"state": "stopped", "stopped_at": time.time(), "loading": [], "consumers": {}}}), 5)

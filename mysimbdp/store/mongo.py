@@ -166,6 +166,9 @@ class EmbeddedMongo:
         self.events.emit(StoreEmbeddedStopped(pid=proc.pid))
 
 
+_STOP_WAIT_S = 1.0  # how long the stop waits for the health check to end, before and after closing
+
+
 class Store:
     """The platform's MongoDB client and its health.
 
@@ -229,12 +232,17 @@ class Store:
 
     async def stop(self) -> None:
         """Stop health checks, close the client, stop the embedded server."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # a ping waiting to select an unreachable server may not see its cancellation
+            # until the client closes: never wait for it longer than this
+            await asyncio.wait({task}, timeout=_STOP_WAIT_S)
         if self._client is not None:
             await self._client.close()
             self._client = None
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=_STOP_WAIT_S)
         if self.embedded is not None:
             await self.embedded.stop()
         self.up = False
