@@ -147,8 +147,7 @@ class Daemon:
     async def run(self) -> None:
         """Start everything, serve until SIGINT/SIGTERM (or :meth:`request_stop`), then drain."""
         async with contextlib.AsyncExitStack() as stack:
-            # exits run in reverse: components stop, daemon.stopped, signals restored, bus closed
-            stack.enter_context(self.events.activate())
+            # exits run in reverse: components stop, daemon.stopped, signals restored
             stack.enter_context(self._signals())
             stack.callback(self._log.emit, DaemonStopped())
             for component in self.components:

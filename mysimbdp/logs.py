@@ -3,13 +3,11 @@
 Every event carries ``ts`` (ISO-8601 UTC), ``level``, ``event`` (a stable dotted name),
 ``component`` and, where one applies, ``tenant``. See ``docs/logging.md``.
 
-Two ways in, one log. Components emit typed events (:mod:`mysimbdp.events`) on their daemon's
-bus, whose writer is :func:`write_event`. Code that logs by name through :func:`get_logger`
-(``log.info("batch.file.progress", **fields)``) writes its line as before and also hands the
-typed event of that name to the bus of the daemon it runs for (:func:`~mysimbdp.events.current_bus`),
-so the subscribers hear every event the log holds, whichever way it was emitted and whatever
-level the log is written at. Nothing here decides what the platform does: the log
-configuration only says what is written where.
+One way in. Components emit typed events (:mod:`mysimbdp.events`) through the emitter of their
+daemon's bus, whose writer is :func:`write_event`: the bus writes the line, then hands the event
+to its subscribers, so they hear every event the log holds, whatever level the log is written
+at. Code used outside a daemon emits through :func:`log_only`. Nothing here decides what the
+platform does: the log configuration only says what is written where.
 """
 
 from __future__ import annotations
@@ -25,9 +23,9 @@ from typing import Any
 import orjson
 import structlog
 
-from mysimbdp.events import Emitter, Event, EventBus, current_bus, event_class
+from mysimbdp.events import Emitter, Event, EventBus
 
-__all__ = ["configure_logging", "get_logger", "write_event", "EventLogger", "EventDict"]
+__all__ = ["configure_logging", "write_event", "log_only", "EventDict"]
 
 EventDict = MutableMapping[str, Any]
 
@@ -137,65 +135,7 @@ def _component_logger(component: str) -> Any:
     return structlog.get_logger(component=component)
 
 
-class EventLogger:
-    """A logger by event name whose events carry ``component`` (and any bound fields).
-
-    Each call writes the line through structlog, then hands the typed event of that name (its
-    fields taken from the call, the bound fields and the context variables) to the bus of the
-    daemon it runs for. Names no event type has are only written.
-    """
-
-    __slots__ = ("_logger", "_bound")
-
-    def __init__(self, component: str, **bound: Any) -> None:
-        self._bound = {"component": component, **bound}
-        # a lazy proxy: it picks up the configuration the CLI makes after this module is imported
-        self._logger = structlog.get_logger(**self._bound)
-
-    def bind(self, **fields: Any) -> EventLogger:
-        """A logger with ``fields`` added to every event."""
-        return EventLogger(**{**self._bound, **fields})
-
-    def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
-        getattr(self._logger, method)(event, **fields)
-        bus = current_bus()
-        if bus is None:
-            return
-        cls = event_class(event)
-        if cls is not None:
-            bus.deliver(cls.from_fields({**structlog.contextvars.get_contextvars(), **self._bound, **fields}))
-
-    def debug(self, event: str, **fields: Any) -> None:
-        """Log ``event`` at debug level."""
-        self._log("debug", event, fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        """Log ``event`` at info level."""
-        self._log("info", event, fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        """Log ``event`` at warning level."""
-        self._log("warning", event, fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        """Log ``event`` at error level."""
-        self._log("error", event, fields)
-
-    def exception(self, event: str, **fields: Any) -> None:
-        """Log ``event`` at error level with the current exception's traceback."""
-        self._log("exception", event, fields)
-
-    def critical(self, event: str, **fields: Any) -> None:
-        """Log ``event`` at critical level."""
-        self._log("critical", event, fields)
-
-
 def log_only(component: str) -> Emitter:
     """An emitter whose events are only written to the log (a bus without subscribers): for a
     component used outside a daemon (a test, a benchmark, a command)."""
     return EventBus(write_event).emitter(component)
-
-
-def get_logger(component: str, **bound: Any) -> EventLogger:
-    """A logger whose events carry ``component`` (and any other ``bound`` fields)."""
-    return EventLogger(component, **bound)

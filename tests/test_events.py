@@ -1,10 +1,9 @@
-"""Typed events: docs/logging.md and the event types agree both ways; the bus delivers, counts
-and logs a failing subscriber; events logged by name reach the bus of the daemon they run for."""
+"""Typed events: docs/logging.md and the event types agree both ways; the package emits only
+event types, never logs by name; the bus delivers, counts and logs a failing subscriber."""
 
 from __future__ import annotations
 
 import ast
-import asyncio
 import dataclasses
 import json
 import re
@@ -14,15 +13,16 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from mysimbdp.events import EVENTS, Event, EventBus, current_bus
+from mysimbdp.events import EVENTS, Event, EventBus
 from mysimbdp.events.bus import FAILURE_LOG_EVERY_S
 from mysimbdp.events.catalog import (
     BatchFileCommitted,
+    StreamAckFailed,
     StreamConsumersChanged,
     StreamReport,
     UploadRejected,
 )
-from mysimbdp.logs import configure_logging, get_logger, write_event
+from mysimbdp.logs import configure_logging, write_event
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = (REPO / "docs" / "logging.md").read_text()
@@ -133,11 +133,59 @@ def test_the_docs_check_fails_on_a_changed_field() -> None:
 LOG_METHODS = {"debug", "info", "warning", "error", "exception", "critical"}
 
 
-def _names_logged_by_name() -> dict[str, str]:
-    """Every event name passed to a logger call in the package (``log.info("x.y", ...)``)."""
+def _package_trees() -> list[tuple[str, ast.AST]]:
+    return [(str(path.relative_to(REPO)), ast.parse(path.read_text(), str(path)))
+            for path in sorted((REPO / "mysimbdp").rglob("*.py"))]
+
+
+def _names_bound(tree: ast.AST) -> dict[str, set[str]]:
+    """What each name of a module may stand for: what it imports (``from mysimbdp.events.catalog import X as Y``), and the
+    names a plain assignment gives it (``starting = BatchFileResumed if resumed else BatchFileLoading``,
+    or the values of a table ``{"added": TenantAdded, ...}``)."""
+    bound: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("mysimbdp.events.catalog", "mysimbdp.events"):
+            for alias in node.names:
+                bound[alias.asname or alias.name] = {alias.name}
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = node.value
+            values = ([value.body, value.orelse] if isinstance(value, ast.IfExp)
+                      else list(value.values) if isinstance(value, ast.Dict) else [value])
+            if all(isinstance(v, ast.Name) for v in values):
+                bound[node.targets[0].id] = {v.id for v in values if isinstance(v, ast.Name)}
+    return bound
+
+
+def _resolve(name: str, bound: dict[str, set[str]], depth: int = 3) -> set[str]:
+    """The names ``name`` stands for, following assignments and imports a few steps."""
+    if depth == 0 or name not in bound or bound[name] == {name}:
+        return {name}
+    return {r for n in bound[name] for r in _resolve(n, bound, depth - 1)}
+
+
+def _emitted_types(trees: list[tuple[str, ast.AST]]) -> dict[str, str]:
+    """The event type made in each emit call (``events.emit(StreamReport(...))``), as the name it
+    has in the catalog when its module imports it from there, else as the code calls it."""
     found: dict[str, str] = {}
-    for path in (REPO / "mysimbdp").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for where, tree in trees:
+        bound = _names_bound(tree)
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "emit"
+                    and node.args and isinstance(node.args[0], ast.Call)):
+                made = node.args[0].func
+                if isinstance(made, ast.Subscript):  # one of a table's: _CHANGE_EVENTS[kind](...)
+                    made = made.value
+                name = made.id if isinstance(made, ast.Name) else made.attr if isinstance(made, ast.Attribute) else "?"
+                for resolved in _resolve(name, bound):
+                    found.setdefault(resolved, where)
+    return found
+
+
+def _names_logged_by_name(trees: list[tuple[str, ast.AST]]) -> dict[str, str]:
+    """Every event name passed to a logger call (``log.info("x.y", ...)``)."""
+    found: dict[str, str] = {}
+    for where, tree in trees:
+        for node in ast.walk(tree):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in LOG_METHODS and node.args):
                 arg = node.args[0]
@@ -145,16 +193,34 @@ def _names_logged_by_name() -> dict[str, str]:
                 for value in values:
                     if isinstance(value, ast.Constant) and isinstance(value.value, str) \
                             and re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", value.value):
-                        found.setdefault(value.value, str(path.relative_to(REPO)))
+                        found.setdefault(value.value, where)
     return found
 
 
-def test_every_event_logged_by_name_has_a_type() -> None:
-    """A name logged through get_logger reaches the bus only if a type has it."""
-    logged = _names_logged_by_name()
-    assert len(logged) > 10, "the scan found too few logger calls: the pattern no longer matches the code"
-    unknown = {name: where for name, where in logged.items() if name not in EVENTS}
-    assert not unknown, f"events logged by name without an event type (and docs): {unknown}"
+def test_every_event_emitted_is_a_catalog_type() -> None:
+    """What the package emits is an event of the catalog (so documented), never another class."""
+    emitted = _emitted_types(_package_trees())
+    assert len(emitted) > 50, "the scan found too few emit calls: the pattern no longer matches the code"
+    types = {cls.__name__ for cls in EVENTS.values()}
+    unknown = {name: where for name, where in emitted.items() if name not in types}
+    assert not unknown, f"emitted but not event types of mysimbdp.events.catalog: {unknown}"
+    assert {"StreamBatchCommitted", "StreamReport", "StreamConsumerStarted", "StreamIndexFailed"} <= set(emitted)
+    # the scan itself: names resolve through imports and assignments; a class of elsewhere stays itself
+    sample = [("sample.py", ast.parse("from mysimbdp.events.catalog import HttpError as Failed\n"
+                                      "kind = Failed if x else Mystery\n"
+                                      "events.emit(kind(path='/'))\n"))]
+    assert set(_emitted_types(sample)) == {"HttpError", "Mystery"}
+
+
+def test_no_event_is_logged_by_name() -> None:
+    """An event logged by name (``log.info("stream.report", ...)``) would be written but reach no
+    subscriber: every event goes through an emitter."""
+    logged = _names_logged_by_name(_package_trees())
+    assert not logged, f"events logged by name, not emitted: {logged}"
+    # the scan itself finds such a call
+    sample = [("sample.py", ast.parse('log.info("stream.report", tenant="t")\n'
+                                      'log.warning("a.b" if x else "c.d")\n'))]
+    assert _names_logged_by_name(sample) == {"stream.report": "sample.py", "a.b": "sample.py", "c.d": "sample.py"}
 
 
 # ---- the events themselves -------------------------------------------------------------------
@@ -209,40 +275,18 @@ def test_a_failing_subscriber_is_counted_and_logged_and_the_others_still_hear() 
     assert failed[0]["event_name"] == "stream.consumers.changed" and failed[0]["log_level"] == "error"
 
 
-async def test_events_logged_by_name_reach_the_current_bus_in_tasks_and_threads() -> None:
-    configure_logging("info", None, console=False)
-    mine, other = EventBus(write_event), EventBus(write_event)
-    heard: list[Event] = []
-    mine.subscribe(heard.append)
-    log = get_logger("stream")
-
-    def in_thread() -> None:
-        log.info("stream.consumers.changed", tenant="b", **{"from": 1, "to": 2}, reason="thread")
-
-    async def in_task() -> None:
-        log.info("stream.consumers.changed", tenant="a", **{"from": 0, "to": 1}, reason="task")
-        await asyncio.to_thread(in_thread)
-
-    with mine.activate():
-        await asyncio.create_task(in_task())
-        with other.activate():  # two daemons: events follow their context, never the other's bus
-            log.info("stream.consumers.changed", tenant="c", **{"from": 0, "to": 1}, reason="other")
-    log.info("stream.consumers.changed", tenant="d", **{"from": 0, "to": 1}, reason="after")
-    assert current_bus() is None
-    assert [(type(e), e.tenant, e.reason) for e in heard if isinstance(e, StreamConsumersChanged)] == [
-        (StreamConsumersChanged, "a", "task"), (StreamConsumersChanged, "b", "thread")]
-
-
 def test_events_reach_the_bus_whatever_the_log_level(tmp_path: Path) -> None:
     log_file = tmp_path / "quiet.jsonl"
     configure_logging("warning", log_file, console=False)
     bus = EventBus(write_event)
     heard: list[Event] = []
     bus.subscribe(heard.append)
+    stream = bus.emitter("stream")
     try:
-        with bus.activate():
-            get_logger("stream").info("stream.report", tenant="t1", messages=7)
-            get_logger("stream").warning("stream.ack.failed", tenant="t1", consumer="t1-c1", error="x")
+        stream.emit(StreamReport(tenant="t1", app="a", instance="t1-c1", window_start="2026-01-01T00:00:00Z",
+                                 window_end="2026-01-01T00:00:01Z", messages=7, documents=7, bytes=70, rejected=0,
+                                 avg_ingest_ms=1.0, p95_ingest_ms=2.0, avg_processing_ms=0.5, queue_depth=0))
+        stream.emit(StreamAckFailed(tenant="t1", consumer="t1-c1", error="x"))
     finally:
         configure_logging("info", None, console=False)
     assert [e.NAME for e in heard] == ["stream.report", "stream.ack.failed"]

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mysimbdp.config import Settings, load_settings
 from mysimbdp.errors import ConfigError, TenantProfileError
-from mysimbdp.logs import get_logger
+from mysimbdp.events.catalog import BatchFileCommitted
 from mysimbdp.monitor.metrics import UNKNOWN_TENANT
 from mysimbdp.tenants import load_profile
 from tests.conftest import ADMIN_TOKEN
@@ -79,9 +79,9 @@ async def test_made_up_tenant_ids_never_become_metric_labels(
         async with http.put(f"{rd.url}/tenants/{tenant}/files/a.csv", data=b"n\n1\n",
                             headers=auth("guess")) as resp:
             assert resp.status in (401, 403, 404)
-    get_logger("batch").info("batch.file.committed", tenant=tenant_id, file="f.csv", sha256="0" * 64, bytes=10,
-                             records_in=1, records_written=1, records_rejected=0, duplicates=0, records_skipped=0,
-                             seconds=0.1, records_per_s=10.0, mb_per_s=0.0, app="a", ledger_id="l")
+    rd.daemon.events.emitter("batch").emit(BatchFileCommitted(
+        tenant=tenant_id, file="f.csv", sha256="0" * 64, bytes=10, records_in=1, records_written=1, records_rejected=0,
+        duplicates=0, records_skipped=0, seconds=0.1, records_per_s=10.0, mb_per_s=0.0, app="a", ledger_id="l"))
     async with http.get(rd.url + "/metrics") as resp:
         text = await resp.text()
     second = _series(text)
@@ -113,14 +113,14 @@ async def test_tenant_stats_come_from_memory_not_the_log(
         http: aiohttp.ClientSession) -> None:
     settings = settings_factory()
     rd = await _started(start_daemon, settings, tenant_id)
-    batch = get_logger("batch")
+    batch = rd.daemon.events.emitter("batch")
     for n in (100, 300):
-        batch.info("batch.file.committed", tenant=tenant_id, file=f"f{n}.csv", sha256="0" * 64, bytes=n, records_in=n,
-                   records_written=n, records_rejected=0, duplicates=0, records_skipped=0, seconds=1.0,
-                   records_per_s=float(n), mb_per_s=0.0, app="a", ledger_id="l")
-    batch.info("batch.file.committed", tenant="nobody", file="o.csv", sha256="0" * 64, bytes=1, records_in=7,
-               records_written=7, records_rejected=0, duplicates=0, records_skipped=0, seconds=1.0,
-               records_per_s=7.0, mb_per_s=0.0, app="a", ledger_id="l")
+        batch.emit(BatchFileCommitted(tenant=tenant_id, file=f"f{n}.csv", sha256="0" * 64, bytes=n, records_in=n,
+                                      records_written=n, records_rejected=0, duplicates=0, records_skipped=0,
+                                      seconds=1.0, records_per_s=float(n), mb_per_s=0.0, app="a", ledger_id="l"))
+    batch.emit(BatchFileCommitted(tenant="nobody", file="o.csv", sha256="0" * 64, bytes=1, records_in=7,
+                                  records_written=7, records_rejected=0, duplicates=0, records_skipped=0, seconds=1.0,
+                                  records_per_s=7.0, mb_per_s=0.0, app="a", ledger_id="l"))
     # the log is gone: a daemon that read it for each request would now answer nothing
     os.truncate(settings.log_file, 0)
     url = f"{rd.url}/tenants/{tenant_id}/stats"

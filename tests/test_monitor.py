@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from mysimbdp.config import Settings
+from mysimbdp.events.catalog import BatchFileCommitted, BatchFileRejected, StreamReport
 from mysimbdp.http.tokens import hash_token
-from mysimbdp.logs import get_logger
 from tests.harness.wait import await_until
 
 TOKEN = "monitor-tenant-token"
@@ -128,9 +128,9 @@ async def test_log_reports_feed_the_monitor_and_breaches_raise_alerts(
     settings = settings_factory()
     write_profile(settings, tenant_id, monitor="max_avg_ingest_ms = 500\nbreaches_before_alert = 2")
     rd = await start_daemon(settings)
-    log = get_logger("stream", tenant=tenant_id)
+    stream = rd.daemon.events.emitter("stream")
     for _ in range(12):  # a consumer falling behind, reporting every 0.3 s
-        log.info("stream.report", **report_body(tenant_id, "c1", avg_ingest_ms=2400.0, p95_ingest_ms=4000.0))
+        stream.emit(StreamReport(**report_body(tenant_id, "c1", avg_ingest_ms=2400.0, p95_ingest_ms=4000.0)))
         await asyncio.sleep(0.3)
         if any(e["event"] == "monitor.alert" and e.get("tenant") == tenant_id for e in events):
             break
@@ -149,15 +149,15 @@ async def test_breaches_count_reports_not_evaluations(
     so the alert needs ``breaches_before_alert`` reports, however often the monitor looks."""
     settings = settings_factory()
     write_profile(settings, tenant_id, monitor="max_avg_ingest_ms = 500\nbreaches_before_alert = 3")
-    await start_daemon(settings)
-    log = get_logger("stream", tenant=tenant_id)
+    rd = await start_daemon(settings)
+    stream = rd.daemon.events.emitter("stream")
 
     def alerted() -> bool:
         return any(e["event"] == "monitor.alert" and e.get("tenant") == tenant_id for e in events)
 
     sent = 0
     while not alerted() and sent < 6:  # one report every 3 periods of 0.3 s
-        log.info("stream.report", **report_body(tenant_id, "c1", avg_ingest_ms=2400.0, p95_ingest_ms=4000.0))
+        stream.emit(StreamReport(**report_body(tenant_id, "c1", avg_ingest_ms=2400.0, p95_ingest_ms=4000.0)))
         sent += 1
         deadline = time.monotonic() + 0.9
         while time.monotonic() < deadline and not alerted():
@@ -173,7 +173,8 @@ async def test_an_invalid_log_report_is_counted_not_fatal(
     settings = settings_factory()
     write_profile(settings, tenant_id)
     rd = await start_daemon(settings)
-    get_logger("stream").info("stream.report", tenant=tenant_id, messages="lots")
+    # a report whose figures are not numbers: the type does not check its values
+    rd.daemon.events.emitter("stream").emit(StreamReport.from_fields({"tenant": tenant_id, "messages": "lots"}))
     await await_until(lambda: rd.daemon.monitor.counts["invalid"] == 1, 10, "the invalid report counted", 0.05)
     bad = [e for e in events if e["event"] == "monitor.report.invalid"]
     assert bad and bad[0]["tenant"] == tenant_id
@@ -192,17 +193,18 @@ async def test_tenant_stats_endpoint(
     other = f"{tenant_id}b"
     write_profile(settings, other, token=OTHER_TOKEN)
     rd = await start_daemon(settings)
-    batch = get_logger("batch")
+    batch = rd.daemon.events.emitter("batch")
     for n, seconds in ((100, 1.0), (300, 2.0)):
-        batch.info("batch.file.committed", tenant=tenant_id, file=f"f{n}.csv", sha256="0" * 64, bytes=n * 10,
-                   records_in=n, records_written=n, records_rejected=0, duplicates=0, records_skipped=0,
-                   seconds=seconds, records_per_s=n / seconds, mb_per_s=0.001, app="a", ledger_id="l")
-    batch.info("batch.file.rejected", tenant=tenant_id, file="x.pdf", sha256=None, code="format", reason="not allowed",
-               bytes=9, records_in=0, records_written=0, records_rejected=0, duplicates=0, records_skipped=0,
-               seconds=0.01, records_per_s=0.0, mb_per_s=0.0, ledger_id="l")
-    batch.info("batch.file.committed", tenant=other, file="o.csv", sha256="1" * 64, bytes=1, records_in=7,
-               records_written=7, records_rejected=0, duplicates=0, records_skipped=0, seconds=1.0,
-               records_per_s=7.0, mb_per_s=0.0, app="a", ledger_id="l")
+        batch.emit(BatchFileCommitted(tenant=tenant_id, file=f"f{n}.csv", sha256="0" * 64, bytes=n * 10, records_in=n,
+                                      records_written=n, records_rejected=0, duplicates=0, records_skipped=0,
+                                      seconds=seconds, records_per_s=n / seconds, mb_per_s=0.001, app="a",
+                                      ledger_id="l"))
+    batch.emit(BatchFileRejected(tenant=tenant_id, file="x.pdf", sha256=None, code="format", reason="not allowed",
+                                 bytes=9, records_in=0, records_written=0, records_rejected=0, duplicates=0,
+                                 records_skipped=0, seconds=0.01, records_per_s=0.0, mb_per_s=0.0, ledger_id="l"))
+    batch.emit(BatchFileCommitted(tenant=other, file="o.csv", sha256="1" * 64, bytes=1, records_in=7, records_written=7,
+                                  records_rejected=0, duplicates=0, records_skipped=0, seconds=1.0, records_per_s=7.0,
+                                  mb_per_s=0.0, app="a", ledger_id="l"))
     url = f"{rd.url}/tenants/{tenant_id}/stats"
     async with http.get(url, headers=auth(TOKEN)) as resp:
         assert resp.status == 200, await resp.text()

@@ -9,38 +9,51 @@ from typing import Any
 import pytest
 
 from mysimbdp.cli import main
-from mysimbdp.logs import configure_logging, get_logger
+from mysimbdp.events.catalog import (
+    BatchFileCommitted,
+    BatchFileRejected,
+    DaemonStopped,
+    MonitorAlert,
+    StreamBatchCommitted,
+    StreamConsumersChanged,
+    StreamReport,
+    UploadRejected,
+)
+from mysimbdp.logs import configure_logging, log_only
 from mysimbdp.monitor import stats
 
 
 def record_log(log_file: Path) -> None:
     """A small but complete day of the platform, written by the real logging into rotated files."""
     configure_logging("info", log_file, max_bytes=4096, backups=20, console=False)
-    batch, stream, monitor = get_logger("batch"), get_logger("stream"), get_logger("monitor")
+    batch, stream, monitor = log_only("batch"), log_only("stream"), log_only("monitor")
     for i, (n, seconds) in enumerate([(1000, 1.0), (2000, 2.0), (3000, 1.5), (100, 0.1)]):
-        batch.info("batch.file.committed", tenant="acme", file=f"f{i}.csv", sha256="0" * 64, bytes=n * 100,
-                   records_in=n + 5, records_written=n, records_rejected=5, duplicates=0, seconds=seconds,
-                   records_per_s=round(n / seconds, 3), mb_per_s=1.0)
-    batch.info("batch.file.rejected", tenant="acme", file="x.pdf", code="format", reason="not allowed",
-               bytes=10, records_in=0, records_written=0, records_rejected=0, duplicates=0, seconds=0.0)
-    batch.info("batch.file.rejected", tenant="acme", file="dup.csv", code="duplicate", reason="seen",
-               bytes=20, records_in=0, records_written=0, records_rejected=0, duplicates=0, seconds=0.0)
-    batch.info("batch.file.committed", tenant="zeta", file="z.csv", bytes=50, records_in=10,
-               records_written=10, records_rejected=0, duplicates=0, seconds=0.5, records_per_s=20.0)
-    get_logger("upload").info("upload.rejected", tenant="zeta", code="too_big")
+        batch.emit(BatchFileCommitted(tenant="acme", file=f"f{i}.csv", sha256="0" * 64, bytes=n * 100,
+                                      records_in=n + 5, records_written=n, records_rejected=5, duplicates=0,
+                                      records_skipped=0, seconds=seconds, records_per_s=round(n / seconds, 3),
+                                      mb_per_s=1.0, app="a", ledger_id=f"l{i}"))
+    for file, code, reason, size in (("x.pdf", "format", "not allowed", 10), ("dup.csv", "duplicate", "seen", 20)):
+        batch.emit(BatchFileRejected(tenant="acme", file=file, sha256=None, bytes=size, records_in=0,
+                                     records_written=0, records_rejected=0, duplicates=0, records_skipped=0,
+                                     seconds=0.0, records_per_s=0.0, mb_per_s=0.0, code=code, reason=reason,
+                                     ledger_id=None))
+    batch.emit(BatchFileCommitted(tenant="zeta", file="z.csv", sha256=None, bytes=50, records_in=10,
+                                  records_written=10, records_rejected=0, duplicates=0, records_skipped=0,
+                                  seconds=0.5, records_per_s=20.0, mb_per_s=0.0, app="a", ledger_id="lz"))
+    log_only("upload").emit(UploadRejected(tenant="zeta", code="too_big", status=413, reason="too big"))
     for k in range(30):  # enough volume to rotate several times
-        stream.info("stream.batch.committed", tenant="zeta", consumer="zeta-c1", batches=1, messages=10,
-                    documents=9, rejected=1, duplicates=0, bytes=1000, seconds=0.05,
-                    oldest_latency_ms=float(100 + k))
+        stream.emit(StreamBatchCommitted(tenant="zeta", consumer="zeta-c1", batches=1, messages=10, documents=9,
+                                         rejected=1, duplicates=0, bytes=1000, seconds=0.05,
+                                         oldest_latency_ms=float(100 + k)))
     for avg, messages in ((100.0, 100), (400.0, 300)):
-        stream.info("stream.report", tenant="zeta", app="s", instance="zeta-c1",
-                    window_start="2026-01-01T00:00:00Z", window_end="2026-01-01T00:00:10Z",
-                    messages=messages, documents=messages, bytes=1, rejected=0, avg_ingest_ms=avg,
-                    p95_ingest_ms=avg * 2, avg_processing_ms=1.0, queue_depth=0)
-    monitor.warning("monitor.alert", tenant="zeta", rule="latency", observed=400.0, threshold=300.0)
-    stream.info("stream.consumers.changed", tenant="zeta", **{"from": 1, "to": 2}, reason="monitor scale-up: x")
-    stream.info("stream.consumers.changed", tenant="zeta", **{"from": 2, "to": 1}, reason="monitor scale-down: y")
-    get_logger("daemon").info("daemon.stopped")
+        stream.emit(StreamReport(tenant="zeta", app="s", instance="zeta-c1", window_start="2026-01-01T00:00:00Z",
+                                 window_end="2026-01-01T00:00:10Z", messages=messages, documents=messages, bytes=1,
+                                 rejected=0, avg_ingest_ms=avg, p95_ingest_ms=avg * 2, avg_processing_ms=1.0,
+                                 queue_depth=0))
+    monitor.emit(MonitorAlert(tenant="zeta", rule="latency", observed=400.0, threshold=300.0, consumers=1))
+    stream.emit(StreamConsumersChanged(tenant="zeta", from_=1, to=2, reason="monitor scale-up: x"))
+    stream.emit(StreamConsumersChanged(tenant="zeta", from_=2, to=1, reason="monitor scale-down: y"))
+    log_only("daemon").emit(DaemonStopped())
     configure_logging("info", None, console=False)  # close the file
 
 

@@ -14,6 +14,7 @@ from pymongo import AsyncMongoClient
 from structlog.testing import capture_logs
 
 from mysimbdp.config import Settings
+from mysimbdp.logs import log_only
 from mysimbdp.store.mongo import EmbeddedMongo
 from mysimbdp.stream.consumer import Consumer
 from mysimbdp.stream.topology import dead_name
@@ -201,8 +202,6 @@ async def test_a_stop_step_that_ignores_cancellation_is_left_behind() -> None:
     (and with it a scale-down): the step is left behind after the timeout, and logged."""
     from types import SimpleNamespace
 
-    from mysimbdp.stream.consumer import _Fields
-
     release = asyncio.Event()
 
     async def stubborn() -> None:
@@ -212,7 +211,7 @@ async def test_a_stop_step_that_ignores_cancellation_is_left_behind() -> None:
             except asyncio.CancelledError:
                 continue  # ignores the cancellation, as a call waiting on a silent peer may
 
-    owner = SimpleNamespace(_log=_Fields(tenant="t", consumer="t-c1"))
+    owner = SimpleNamespace(tenant="t", instance="t-c1", events=log_only("stream"))
     loop = asyncio.get_running_loop()
     with capture_logs() as events:
         t0 = loop.time()

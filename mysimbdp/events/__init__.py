@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mysimbdp.events.bus import Emitter, EventBus, Subscriber, current_bus
+from mysimbdp.events.bus import Emitter, EventBus, Subscriber
 from mysimbdp.events.catalog import EVENTS, Event, event_class
 
-__all__ = ["EVENTS", "Event", "EventBus", "Emitter", "Subscriber", "current_bus", "event_class"]
+__all__ = ["EVENTS", "Event", "EventBus", "Emitter", "Subscriber", "event_class"]

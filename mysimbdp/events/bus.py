@@ -9,41 +9,25 @@ A subscriber that raises does not stop the others: its failures are counted
 (:attr:`EventBus.failures`) and logged as ``events.subscriber_failed``, at most once a minute per
 subscriber with the number of failures since the last time. Never silently.
 
-Code that logs through :func:`mysimbdp.logs.get_logger` reaches the bus too: the call writes its
-line as it always did, then hands the typed event to :func:`current_bus` (the bus of the daemon
-whose task or thread made the call), whose subscribers get it like any other.
+Events reach a bus only through the emitters it hands out, one to each component of its daemon;
+code used outside a daemon (a test, a benchmark, a command) emits through
+:func:`mysimbdp.logs.log_only`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
 
 from mysimbdp.events.catalog import Event, EventsSubscriberFailed
 
-__all__ = ["EventBus", "Emitter", "Subscriber", "Writer", "current_bus", "FAILURE_LOG_EVERY_S"]
+__all__ = ["EventBus", "Emitter", "Subscriber", "Writer", "FAILURE_LOG_EVERY_S"]
 
 Subscriber = Callable[[Event], None]
 Writer = Callable[[Event, str, bool], None]  # (event, component, with the current traceback)
 FAILURE_LOG_EVERY_S = 60.0
-
-_current: ContextVar[EventBus | None] = ContextVar("mysimbdp_event_bus", default=None)
-_active: list[EventBus] = []  # buses of the daemons running in this process
-_active_lock = threading.Lock()
-
-
-def current_bus() -> EventBus | None:
-    """The bus of the daemon this code runs for: the one its task or thread inherited, else the
-    only daemon's of the process (a thread started without a context); None otherwise."""
-    bus = _current.get()
-    if bus is not None:
-        return bus
-    with _active_lock:
-        return _active[0] if len(_active) == 1 else None
 
 
 class EventBus:
@@ -101,19 +85,6 @@ class EventBus:
             failed = EventsSubscriberFailed(subscriber=name, event_name=event.NAME, failures=count,
                                             error=f"{type(exc).__name__}: {exc}"[:300])
             self._writer(failed, "events", False)
-
-    @contextlib.contextmanager
-    def activate(self) -> Iterator[EventBus]:
-        """Make this the bus of the current context (and of the process while it is its only one)."""
-        token = _current.set(self)
-        with _active_lock:
-            _active.append(self)
-        try:
-            yield self
-        finally:
-            with _active_lock:
-                _active.remove(self)
-            _current.reset(token)
 
 
 class Emitter:

@@ -7,7 +7,7 @@ log line when it is None (an optional field that only some emissions carry). The
 of an event whose class sets ``TRACEBACK`` is logged as ``exception``, not held as a field.
 
 :data:`EVENTS` maps each name to its class; :meth:`Event.from_fields` makes the typed event
-of a ``log.info(name, **fields)`` call, :meth:`Event.from_log_line` that of a line read back.
+of a mapping of its fields (values as given), :meth:`Event.from_log_line` that of a line read back.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ class Event:
 
     @classmethod
     def from_fields(cls, data: Mapping[str, Any]) -> Event:
-        """The event of a logging call's fields (``log.info(name, **fields)``), values as given:
-        keys that are not fields are ignored, a field left out is None."""
+        """The event of a mapping of its fields by their logged names, values as given (not
+        checked): keys that are not fields are ignored, a field left out is None."""
         return cls(**{spec.attr: data.get(spec.key) for spec in _specs(cls)})
 
     @classmethod

@@ -22,12 +22,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from mysimbdp.tenants import TENANT_ID_RE
 
 __all__ = [
-    "REPORT_EVENT", "REPORT_FIELDS", "SCHEMA_ID", "Report", "ReportWindow", "report_schema",
+    "REPORT_FIELDS", "SCHEMA_ID", "Report", "ReportWindow", "report_schema",
     "report_from_event", "validation_problem", "window_problem", "clamp_ms", "TokenBuckets",
     "MAX_COUNT", "MAX_MS", "MAX_WINDOW_S", "MAX_AHEAD_S", "MAX_AGE_S", "percentile",
 ]
 
-REPORT_EVENT = "stream.report"
 SCHEMA_ID = "/schemas/report.json"
 _P95_SAMPLES = 2048  # reservoir size: bounded memory whatever the message rate
 MAX_COUNT = 10**15  # counts fit a BSON int64 with room to add them up

@@ -41,8 +41,23 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from mysimbdp.apps.runner import AppSession, Mode, Runners
 from mysimbdp.compat import install_pamqp_decoders
-from mysimbdp.logs import get_logger
-from mysimbdp.monitor.reports import REPORT_EVENT, ReportWindow, clamp_ms
+from mysimbdp.events import Emitter
+from mysimbdp.events.catalog import (
+    StreamAckFailed,
+    StreamAppTimeout,
+    StreamBatchCommitted,
+    StreamBatchFailed,
+    StreamBatchRetry,
+    StreamConsumerAbandoned,
+    StreamConsumerCancelFailed,
+    StreamConsumerStarted,
+    StreamConsumerStopped,
+    StreamConsumerStopStepLeft,
+    StreamConsumerWarmUpFailed,
+    StreamReport,
+    StreamTickFailed,
+)
+from mysimbdp.monitor.reports import ReportWindow, clamp_ms
 from mysimbdp.store.rejects import REJECTS, reject_document
 from mysimbdp.store.writes import (
     RetryHook,
@@ -68,7 +83,6 @@ from mysimbdp.tenants import StreamProfile
 
 __all__ = ["Consumer", "Routes"]
 
-log = get_logger("stream")
 DepthProbe = Callable[[], Awaitable[int | None]]
 
 
@@ -115,13 +129,18 @@ def _published_ms(message: AbstractIncomingMessage) -> float | None:
 
 
 class Consumer:
-    """One consumer of a tenant's queue; ``instance`` is its id, e.g. ``<tenant>-c3``."""
+    """One consumer of a tenant's queue; ``instance`` is its id, e.g. ``<tenant>-c3``.
+
+    Its events go through ``events``, the emitter of the manager that runs it (component ``stream``).
+    """
 
     def __init__(self, *, tenant: str, instance: str, profile: StreamProfile, routes: Routes,
                  connection: AbstractConnection, database: AsyncDatabase[dict[str, Any]],
-                 depth: DepthProbe, runners: Runners, runner: Mode = "process", retry_max_s: float = 30.0) -> None:
+                 depth: DepthProbe, runners: Runners, events: Emitter, runner: Mode = "process",
+                 retry_max_s: float = 30.0) -> None:
         self.tenant = tenant
         self.instance = instance
+        self.events = events
         self.profile = profile
         self.routes = routes
         self._connection = connection
@@ -144,7 +163,6 @@ class Consumer:
         self._summary = CommitSummary()
         self.delivered = RateMeter()
         self.committed = RateMeter()
-        self._log = _Fields(tenant=tenant, consumer=instance)
 
     def _new_executor(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(1, thread_name_prefix=f"{self.instance}-app")
@@ -166,7 +184,8 @@ class Consumer:
         except BaseException:
             await self.stop(0)
             raise
-        self._log.info("stream.consumer.started", prefetch=self.profile.prefetch)
+        self.events.emit(StreamConsumerStarted(tenant=self.tenant, consumer=self.instance,
+                                               prefetch=self.profile.prefetch))
 
     async def _warm_up(self, timeout: float = 10.0) -> None:
         """Start the default app's session before taking messages: the first batch then does not
@@ -175,8 +194,9 @@ class Consumer:
         try:
             await asyncio.wait_for(asyncio.shield(work), timeout)
         except Exception as exc:
-            self._log.warning("stream.consumer.warm_up_failed", app=self.routes.default.app,
-                              error=f"{type(exc).__name__}: {exc}"[:300])
+            self.events.emit(StreamConsumerWarmUpFailed(tenant=self.tenant, consumer=self.instance,
+                                                        app=self.routes.default.app,
+                                                        error=f"{type(exc).__name__}: {exc}"[:300]))
 
     async def stop(self, timeout: float) -> int:
         """Cancel the consumer tag, flush what is buffered within ``timeout``, close the channel.
@@ -195,7 +215,8 @@ class Consumer:
                 left = len(self._buffer) + self._in_flight
                 flusher.cancel()
                 await self._bounded("flush", flusher, timeout)
-                self._log.warning("stream.consumer.abandoned", unacked=left, timeout_s=timeout)
+                self.events.emit(StreamConsumerAbandoned(tenant=self.tenant, consumer=self.instance,
+                                                         unacked=left, timeout_s=timeout))
         if ticker is not None:
             ticker.cancel()
             await self._bounded("report", ticker, timeout)
@@ -205,7 +226,7 @@ class Consumer:
             await self._bounded("channel close", self._channel.close(), timeout)
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._release_sessions(kill=left > 0)
-        self._log.info("stream.consumer.stopped", unacked=left)
+        self.events.emit(StreamConsumerStopped(tenant=self.tenant, consumer=self.instance, unacked=left))
         return left
 
     async def _cancel_tag(self, timeout: float) -> None:
@@ -225,9 +246,11 @@ class Consumer:
         if not done:
             task.cancel()
             task.add_done_callback(_retrieve)
-            self._log.warning("stream.consumer.stop_step_left", step=step, timeout_s=timeout)
+            self.events.emit(StreamConsumerStopStepLeft(tenant=self.tenant, consumer=self.instance, step=step,
+                                                        timeout_s=timeout))
         elif not task.cancelled() and task.exception() is not None:
-            self._log.debug("stream.consumer.cancel_failed", step=step, error=str(task.exception()))
+            self.events.emit(StreamConsumerCancelFailed(tenant=self.tenant, consumer=self.instance, step=step,
+                                                        error=str(task.exception())))
 
     @property
     def buffered(self) -> int:
@@ -282,7 +305,8 @@ class Consumer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._log.exception("stream.batch.failed", messages=len(batch), error=str(exc))
+            self.events.emit(StreamBatchFailed(tenant=self.tenant, consumer=self.instance, messages=len(batch),
+                                               error=str(exc)), exc_info=True)
             for delivery in batch:
                 await self._safely(delivery.message.nack(requeue=True))
             return
@@ -337,9 +361,9 @@ class Consumer:
                 continue
             poison.append(start + stuck)
             message = batch[start + stuck].message
-            self._log.error("stream.app.timeout", app=work[start + stuck][1].app,
-                            message_id=message.message_id, timeout_s=limit,
-                            redelivered=bool(message.redelivered))
+            self.events.emit(StreamAppTimeout(tenant=self.tenant, consumer=self.instance,
+                                              app=work[start + stuck][1].app, message_id=message.message_id,
+                                              timeout_s=limit, redelivered=bool(message.redelivered)))
             start += stuck + 1
         return outcomes, poison
 
@@ -469,8 +493,9 @@ class Consumer:
     def _on_retry(self, collection: str, documents: int) -> RetryHook:
         """Logs each retry of a write while the store is unreachable."""
         def retrying(attempt: int, delay: float, exc: BaseException) -> None:
-            self._log.warning("stream.batch.retry", collection=collection, documents=documents,
-                              attempt=attempt, retry_in_s=delay, error=f"{type(exc).__name__}: {exc}"[:300])
+            self.events.emit(StreamBatchRetry(tenant=self.tenant, consumer=self.instance, collection=collection,
+                                              documents=documents, attempt=attempt, retry_in_s=delay,
+                                              error=f"{type(exc).__name__}: {exc}"[:300]))
         return retrying
 
     # ----------------------------------------------------------------- acknowledging
@@ -498,7 +523,8 @@ class Consumer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the channel closed: the broker redelivers, the write deduplicates
-            self._log.warning("stream.ack.failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            self.events.emit(StreamAckFailed(tenant=self.tenant, consumer=self.instance,
+                                             error=f"{type(exc).__name__}: {exc}"[:300]))
 
     # ----------------------------------------------------------------- reports
 
@@ -520,19 +546,19 @@ class Consumer:
                 try:
                     self._emit_summary()
                 except Exception as exc:  # one bad tick must not end the consumer's summaries
-                    _tick_failed(self._log, "summary", exc)
+                    self._tick_failed("summary", exc)
             if now >= next_report:
                 # after a stall, start the schedule again rather than report in a burst
                 next_report = next_report + interval if now - next_report < interval else now + interval
                 try:
                     await self._report()
                 except Exception as exc:  # nor its reports
-                    _tick_failed(self._log, "report", exc)
+                    self._tick_failed("report", exc)
 
     def _emit_summary(self) -> None:
         fields = self._summary.take()
         if fields is not None:
-            self._log.info("stream.batch.committed", **fields)
+            self.events.emit(StreamBatchCommitted(tenant=self.tenant, consumer=self.instance, **fields))
 
     async def _report(self) -> None:
         try:
@@ -544,23 +570,15 @@ class Consumer:
         except Exception as exc:
             # the window cannot make a valid report: start a fresh one, or every later report fails too
             self._window = ReportWindow(self.tenant, self.profile.app, self.instance)
-            _tick_failed(self._log, "report", exc)
+            self._tick_failed("report", exc)
             return
-        log.info(REPORT_EVENT, **report.to_event())
+        self.events.emit(StreamReport(**report.to_event()))
 
-
-class _Fields:
-    """Adds fixed fields to every event, resolving the logger at each call.
-
-    (``log.bind`` would freeze the logging configuration of the moment the consumer starts.)
-    """
-
-    def __init__(self, **fields: Any) -> None:
-        self.fields = fields
-
-    def __getattr__(self, level: str) -> Callable[..., Any]:
-        method = getattr(log, level)
-        return lambda event, **kw: method(event, **self.fields, **kw)
+    def _tick_failed(self, step: str, exc: Exception) -> None:
+        """Log a failed summary or report; the tick loop goes on (even if logging fails)."""
+        with contextlib.suppress(Exception):
+            self.events.emit(StreamTickFailed(tenant=self.tenant, consumer=self.instance, step=step,
+                                              error=f"{type(exc).__name__}: {exc}"[:300]), exc_info=True)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -603,12 +621,6 @@ def _latency_ms(now_ms: float, since_ms: float) -> float:
     """Milliseconds from ``since_ms`` to ``now_ms``, clamped as in reports (0 to a day): one odd
     publish time can neither make a negative latency nor swamp the summaries and reports."""
     return clamp_ms(now_ms - since_ms)
-
-
-def _tick_failed(fields: _Fields, step: str, exc: Exception) -> None:
-    """Log a failed summary or report; the tick loop goes on (even if logging fails)."""
-    with contextlib.suppress(Exception):
-        fields.exception("stream.tick.failed", step=step, error=f"{type(exc).__name__}: {exc}"[:300])
 
 
 def _release_all(runners: Runners, sessions: list[AppSession]) -> None:

@@ -34,12 +34,12 @@ from mysimbdp.events.catalog import (
     StreamConsumersChanged,
     StreamDepthFailed,
     StreamDrained,
+    StreamIndexFailed,
     StreamProvisionDone,
     StreamProvisionFailed,
     StreamTenantFailed,
     StreamTenantRemoved,
 )
-from mysimbdp.logs import get_logger
 from mysimbdp.stream.apprun import AppRoute
 from mysimbdp.stream.broker_admin import BrokerAdmin
 from mysimbdp.stream.consumer import Consumer, Routes
@@ -55,8 +55,6 @@ from mysimbdp.tenants import StreamProfile, TenantChange, TenantDirectory
 
 __all__ = ["StreamManager", "StreamError", "UnknownStream", "OutOfBounds", "NotRunning", "BrokerLink",
            "TenantDatabases"]
-
-log = get_logger("stream")
 
 
 #: ``(tenant, wanted) -> how many consumers this instance may start now``.
@@ -332,7 +330,7 @@ class StreamManager:
         consumer = Consumer(tenant=t.id, instance=f"{t.id}-c{slot}", profile=t.profile, routes=t.routes,
                             connection=connection, database=self.store.tenant_db(t.id),
                             depth=lambda: self.queue_depth(t.id), runners=self.runners,
-                            runner=t.runner, retry_max_s=self.retry_max_s)
+                            runner=t.runner, retry_max_s=self.retry_max_s, events=self.events)
         await consumer.start()
         t.consumers[slot] = consumer
 
@@ -453,8 +451,8 @@ class StreamManager:
             try:
                 await ensure_target(db, route.collection, route.indexes)
             except Exception as exc:  # the documents matter more than the index: go on
-                log.warning("stream.index.failed", tenant=t.id, collection=route.collection,
-                            index=getattr(exc, "index", None), error=str(exc)[:300])
+                self.events.emit(StreamIndexFailed(tenant=t.id, collection=route.collection,
+                                                   index=getattr(exc, "index", None), error=str(exc)[:300]))
 
     async def _provision(self, tenant: str) -> None:
         s = self.stream_settings
