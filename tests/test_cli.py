@@ -47,12 +47,23 @@ def _profile(dir_: Path, tid: str, body: str = "") -> Path:
 
 
 def test_tenants_check_reports_invalid_profiles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _profile(tmp_path, "good", '[batch]\napp = "x"\n')
-    _profile(tmp_path, "bad", '[batch]\napp = "x"\nmax_file_bytes = -5\n')
+    _profile(tmp_path, "good", '[batch]\napp = "flights"\n')
+    _profile(tmp_path, "bad", '[batch]\napp = "flights"\nmax_file_bytes = -5\n')
     code, out, _ = run(capsys, "--config-dir", str(tmp_path), "tenants", "check")
     assert code == 1
     assert "ok       good" in out
     assert "batch.max_file_bytes" in out and "bad.toml" in out
+
+
+def test_tenants_check_warns_of_apps_not_installed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A valid profile naming an app that is not installed: a warning per app, not a failure."""
+    _profile(tmp_path, "lost", '[batch]\napp = "nowhere"\n[[batch.routes]]\npattern = "*.jsonl"\n'
+             'app = "flights"\n[stream]\napp = "weather_stream"\n[stream.apps]\nalerts = "gone_too"\n')
+    code, out, _ = run(capsys, "--config-dir", str(tmp_path), "tenants", "check")
+    assert code == 0
+    warnings = [line for line in out.splitlines() if line.startswith("warn")]
+    assert len(warnings) == 2 and "ok       lost" not in out
+    assert "[batch] names app 'nowhere'" in warnings[0] and "[stream] type 'alerts' names app 'gone_too'" in warnings[1]
 
 
 def test_tenants_token_stores_only_the_hash(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,6 +8,8 @@ misspelt hook early); each app is then called through a plugin manager of its ow
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -17,7 +19,7 @@ from mysimbdp.apps import hookspecs
 from mysimbdp.apps.app import App
 from mysimbdp.errors import PluginError
 
-__all__ = ["ENTRY_POINT_GROUP", "get_plugin_manager", "AppInfo", "list_apps"]
+__all__ = ["ENTRY_POINT_GROUP", "get_plugin_manager", "AppInfo", "list_apps", "installed_app_names"]
 
 #: The entry-point group tenant apps register under (pluggy's project name).
 ENTRY_POINT_GROUP = hookspecs.PROJECT
@@ -74,3 +76,8 @@ def list_apps(pm: pluggy.PluginManager) -> list[AppInfo]:
         infos.append(AppInfo(name, tuple(app.kinds), dist[0] if dist else None,
                              dist[1] if dist else None))
     return sorted(infos, key=lambda a: a.name)
+
+
+def installed_app_names(extra: Iterable[str] = ()) -> set[str]:
+    """The names of the installed apps (their entry points, none imported) and ``extra``'s."""
+    return {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)} | set(extra)

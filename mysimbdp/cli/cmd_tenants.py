@@ -10,9 +10,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+from mysimbdp.apps.plugins import installed_app_names
 from mysimbdp.errors import TenantProfileError
 from mysimbdp.http.tokens import hash_token, new_token
-from mysimbdp.tenants import load_profile, load_profiles
+from mysimbdp.tenants import TenantProfile, load_profile, load_profiles
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,13 +38,34 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def check_profiles(args: argparse.Namespace) -> int:
+    """Every profile valid (exit 1 if one is not); a warning for each app a profile names that
+    is not installed (its files and messages would be rejected until it is)."""
     settings = args.settings_loader()
     profiles, errors = load_profiles(settings.tenants_dir)
+    installed = installed_app_names(settings.extra_apps)
     for tid in sorted(profiles):
-        print(f"ok       {tid}")
+        missing = [(section, app) for section, app in apps_named(profiles[tid]) if app not in installed]
+        if not missing:
+            print(f"ok       {tid}")
+        for section, app in missing:
+            print(f"warn     {tid}: {section} names app {app!r}, which is not installed (`mysimbdp apps` "
+                  "lists those that are); until it is installed and the daemon restarted, files for it are "
+                  "rejected (no_app) and a stream using it does not start")
     for err in errors:
         print(f"invalid  {err.path}: {err.key}: {err.problem}")
     return 1 if errors else 0
+
+
+def apps_named(profile: TenantProfile) -> list[tuple[str, str]]:
+    """``(section, app)`` for every app ``profile`` names."""
+    named: list[tuple[str, str]] = []
+    if profile.batch is not None:
+        named.append(("[batch]", profile.batch.app))
+        named += [(f"[batch] route {r.pattern!r}", r.app) for r in profile.batch.routes]
+    if profile.stream is not None:
+        named.append(("[stream]", profile.stream.app))
+        named += [(f"[stream] type {t!r}", app) for t, app in sorted(profile.stream.apps.items())]
+    return named
 
 
 def list_tenants(args: argparse.Namespace) -> int:
