@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from yarl import URL
 
 from mysimbdp.client import uploader as fetch
 from mysimbdp.client.uploader import FetchError, UploadOutcome, collect, plan, read_token
@@ -147,8 +148,8 @@ async def test_run_with_bad_token_is_an_error(env: Env, tmp_path: Path) -> None:
         await fetch.run(env.url, env.tenant, "wrong", [tmp_path], stream=io.StringIO())
 
 
-async def _cli(*args: str, cwd: Path) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MYSIMBDP_")}
+async def _cli(*args: str, cwd: Path, extra_env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MYSIMBDP_")} | (extra_env or {})
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from mysimbdp.cli import main; main()", *args, cwd=cwd, env=env,
@@ -156,6 +157,19 @@ async def _cli(*args: str, cwd: Path) -> tuple[int, str, str]:
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_reaches_the_configured_port_without_url(env: Env, tmp_path: Path) -> None:
+    """Without --url the command asks the daemon the settings configure, as `mysimbdp stream` does."""
+    (tmp_path / "one.csv").write_bytes(b"id,name\n1,a\n")
+    token_file = tmp_path / "token"
+    token_file.write_text(env.token + "\n")
+    token_file.chmod(0o600)
+    port = str(URL(env.url).port)
+    code, out, err = await _cli("upload", "--tenant", env.tenant, "--token-file", str(token_file),
+                                str(tmp_path / "one.csv"), cwd=tmp_path, extra_env={"MYSIMBDP_HTTP_PORT": port})
+    assert code == 0, out + err
+    assert [e["name"] for e in await env.daemon.ledger.find(env.tenant)] == ["one.csv"]
 
 
 async def test_cli_skips_uploads_and_summarises(env: Env, tmp_path: Path) -> None:

@@ -9,15 +9,24 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from mysimbdp.config import Settings
 from mysimbdp.errors import MysimbdpError
 
-__all__ = ["add_endpoint_arguments", "endpoint", "request"]
+__all__ = ["add_endpoint_arguments", "endpoint", "request", "daemon_url"]
 
 
 def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
     """``--url`` and ``--admin-token``."""
     p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
     p.add_argument("--admin-token", help="default: $MYSIMBDP_ADMIN_TOKEN")
+
+
+def daemon_url(settings: Settings) -> str:
+    """The daemon's HTTP endpoint as the settings configure it (``http_host``, ``http_port``)."""
+    host = settings.http_host
+    if host in ("0.0.0.0", "::", ""):  # the daemon listens everywhere: reach it here
+        host = "127.0.0.1"
+    return f"http://{host}:{settings.http_port}"
 
 
 def endpoint(args: argparse.Namespace) -> tuple[str, str]:
@@ -27,7 +36,7 @@ def endpoint(args: argparse.Namespace) -> tuple[str, str]:
     if not token or not url:
         settings = args.settings_loader()
         token = token or settings.admin_token
-        url = url or f"http://{settings.http_host}:{settings.http_port}"
+        url = url or daemon_url(settings)
     if not token:
         raise MysimbdpError("no admin token: pass --admin-token or set MYSIMBDP_ADMIN_TOKEN")
     return url.rstrip("/"), token

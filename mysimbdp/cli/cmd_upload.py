@@ -7,6 +7,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from mysimbdp.cli.admin import daemon_url
 from mysimbdp.client import uploader as fetch
 
 
@@ -19,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--tenant", required=True, help="the tenant id")
     p.add_argument("--token-file", required=True, type=Path,
                    help="file holding the tenant's token (from `mysimbdp tenants token`)")
-    p.add_argument("--url", default=fetch.DEFAULT_URL, help=f"the platform (default {fetch.DEFAULT_URL})")
+    p.add_argument("--url", help="the platform (default: http://<http_host>:<http_port> of the settings, "
+                   f"as for `mysimbdp stream`; {fetch.DEFAULT_URL} with the default settings)")
     p.add_argument("--jobs", type=_positive, default=4, help="uploads at once (default 4)")
     p.add_argument("--wait", action="store_true",
                    help="follow each file until it is committed or rejected and print the outcome")
@@ -40,7 +42,8 @@ def _positive(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     token = fetch.read_token(args.token_file)
     paths = fetch.default_paths(args.paths)
-    outcomes = asyncio.run(fetch.run(args.url, args.tenant, token, paths, jobs=args.jobs,
+    url = args.url or daemon_url(args.settings_loader())
+    outcomes = asyncio.run(fetch.run(url, args.tenant, token, paths, jobs=args.jobs,
                                      wait=args.wait, wait_timeout=args.wait_timeout))
     if not outcomes:
         print("nothing to upload", file=sys.stderr)
