@@ -90,8 +90,8 @@ def test_figures_per_tenant_and_platform(recorded: Path, capsys: pytest.CaptureF
     assert acme["rejected_by_reason"] == {"duplicate": 1, "format": 1}
     assert acme["records_written"] == 6100 and acme["records_rejected"] == 20
     assert acme["bytes"] == 610_000
-    assert acme["throughput_records_per_s"] == {"mean": 1250.0, "p50": 1000.0, "p95": 2000.0,
-                                                 "overall": round(6100 / 4.6, 3)}
+    assert acme["throughput_records_per_s"] == {"min": 1000.0, "mean": 1250.0, "p50": 1000.0, "p95": 2000.0,
+                                                 "max": 2000.0, "overall": round(6100 / 4.6, 3)}
     assert acme["file_seconds"] == {"count": 4, "min": 0.1, "mean": 1.15, "p50": 1.0, "p95": 2.0, "max": 2.0}
     zeta = data["tenants"]["zeta"]
     assert zeta["stream"]["messages"] == 300 and zeta["stream"]["documents"] == 270
@@ -121,6 +121,9 @@ def test_plain_tables(recorded: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "platform (all tenants)" in out and "tenant acme" in out and "tenant zeta" in out
     assert "duplicate" in out and "1 -> 2  monitor scale-up: x" in out
     assert "1 unparsable line" in out
+    rates = next(line for line in out.splitlines() if line.startswith("records/s per file"))
+    assert rates.split()[-6:] == ["5", "20.0", "1,004.0", "1,000.0", "2,000.0", "2,000.0"]  # platform: min to max
+    assert "already present" in out  # a batch file's duplicates: what an interrupted attempt wrote
 
 
 def test_errors_are_one_line(tmp_path: Path, recorded: Path, capsys: pytest.CaptureFixture[str]) -> None:

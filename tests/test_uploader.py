@@ -272,3 +272,12 @@ async def test_cli_flights_done_when(start_daemon: Callable[..., Any], settings_
     assert "loaded   flights.csv: 300 records in, 300 written" in out, out + err
     assert "1 of 2 files ok, 1 refused or failed" in out
     assert await mongo[f"tenant_{tenant_id}"]["flights"].count_documents({}) == 300
+
+
+def test_counts_say_what_a_resumed_load_found_already_written() -> None:
+    entry = {"state": "committed", "records_in": 599_640, "records_written": 382_961, "records_rejected": 0,
+             "duplicates": 216_679, "records_skipped": 0}
+    assert fetch.counts(entry) == ("599,640 records in, 382,961 written, 0 rejected, "
+                                   "216,679 already present from the interrupted attempt")
+    assert fetch.counts({**entry, "duplicates": 0}) == "599,640 records in, 382,961 written, 0 rejected"
+

@@ -314,15 +314,19 @@ async def _follow(client: UploadClient, out: UploadOutcome, timeout: float, prog
         progress.say(f"loaded   {out.name}: {out.detail}")
 
 
-#: Ledger count fields and how the client names them.
+#: Ledger count fields and how the client names them. A file's duplicates are the records an
+#: interrupted attempt at loading it had already written (the load resumed): no data is lost.
 _COUNTS = {"records_in": "records in", "records_written": "written", "records_rejected": "rejected",
-           "duplicates": "duplicates", "records_skipped": "skipped"}
+           "duplicates": "already present from the interrupted attempt", "records_skipped": "skipped"}
+#: counts said only when there are some
+_IF_ANY = frozenset({"duplicates", "records_skipped"})
 
 
 def counts(entry: dict[str, Any]) -> str:
     """The record counts a ledger entry carries, e.g. ``10 records in, 9 written, 1 rejected``."""
-    parts = [f"{entry[k]} {label}" for k, label in _COUNTS.items()
-             if isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool)]
+    parts = [f"{entry[k]:,} {label}" for k, label in _COUNTS.items()
+             if isinstance(entry.get(k), int) and not isinstance(entry.get(k), bool)
+             and not (k in _IF_ANY and entry[k] == 0)]
     return ", ".join(parts) or str(entry.get("state", ""))
 
 

@@ -247,7 +247,7 @@ class _Totals:
                 "records_rejected": c["records_rejected"], "duplicates": c["duplicates"],
                 "bytes": c["bytes"], "rejected_bytes": c["rejected_bytes"],
                 "throughput_records_per_s": {
-                    **self.rates.summary(("mean", "p50", "p95")),
+                    **self.rates.summary(("min", "mean", "p50", "p95", "max")),
                     "overall": _r(c["records_written"] / total_seconds) if total_seconds > 0 else None},
                 "file_seconds": self.seconds.summary(("count", "min", "mean", "p50", "p95", "max")),
             },
@@ -437,7 +437,8 @@ def _section_lines(title: str, s: dict[str, Any]) -> list[str]:
     tp, fs = b["throughput_records_per_s"], b["file_seconds"]
     lines = [title, "=" * len(title)]
     lines += _table([
-        ("batch", "files ok", "files rejected", "records in", "written", "rejected", "duplicates", "bytes"),
+        # a file's "duplicates" are records an interrupted attempt had already written
+        ("batch", "files ok", "files rejected", "records in", "written", "rejected", "already present", "bytes"),
         ("", *(_fmt(b[k]) for k in ("files_committed", "files_rejected", "records_in", "records_written",
                                      "records_rejected", "duplicates", "bytes")))])
     if b["rejected_by_reason"] or u["rejected_by_reason"]:
@@ -447,7 +448,8 @@ def _section_lines(title: str, s: dict[str, Any]) -> list[str]:
         lines += ["", *_table(rows)]
     lines += ["", *_table([
         ("distribution", "count", "min", "mean", "p50", "p95", "max"),
-        ("records/s per file", _fmt(fs["count"]), "-", _fmt(tp["mean"]), _fmt(tp["p50"]), _fmt(tp["p95"]), "-"),
+        ("records/s per file", _fmt(fs["count"]), _fmt(tp["min"]), _fmt(tp["mean"]), _fmt(tp["p50"]),
+         _fmt(tp["p95"]), _fmt(tp["max"])),
         ("seconds per file", _fmt(fs["count"]), _fmt(fs["min"]), _fmt(fs["mean"]), _fmt(fs["p50"]),
          _fmt(fs["p95"]), _fmt(fs["max"])),
         ("stream ingest ms (reports)", _fmt(st["reports"]), "-", _fmt(st["ingest_ms"]["mean"]),
