@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     mongo_uri: str | None = None
+    store_port: int = Field(27027, ge=0, le=65535, description=(
+        "the embedded store's port when mongo_uri is unset (0: any free port); not 27017, so that "
+        "it never clashes with a MongoDB on the same machine; its URI is written to <var>/store/uri"))
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_max_bytes: int = Field(50 * 1024 * 1024, ge=1024)

@@ -84,7 +84,8 @@ class Daemon:
         # tenant apps are never imported here: the runner finds them by name and runs them in
         # confined workers (or, for tenants marked trusted, imports them on first use)
         self.runners = Runners(settings.runner, dict(settings.extra_apps), pm, events=bus.emitter("runner"))
-        self.store = Store(settings.mongo_uri, settings.var_dir, events=bus.emitter("store"))
+        self.store = Store(settings.mongo_uri, settings.var_dir, events=bus.emitter("store"),
+                           port=settings.store_port)
         self.leases = Leases(self.store, self.instance_id, settings.cluster.lease_s)
         self.broker = Broker(settings.amqp_url, settings.retry_max_s, bus=bus)
         self.ledger = Ledger(self.store)

@@ -109,6 +109,7 @@ def settings_factory(tmp_path: Path, mongo_uri: str, amqp_url: str) -> Callable[
         values: dict[str, Any] = dict(
             staging_dir=tmp_path / "staging", var_dir=tmp_path / "var", http_port=0,
             mongo_uri=mongo_uri, amqp_url=amqp_url, admin_token=ADMIN_TOKEN, drain_timeout_s=5.0,
+            store_port=0,  # a test's embedded store never takes the port of one an operator runs
             log_level="debug",
             batch={"stable_after_s": 0.2, "rescan_interval_s": 0.5},
             stream={"management_url": MANAGEMENT_URL},

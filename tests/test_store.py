@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
-from mysimbdp.store.mongo import EmbeddedMongo, Store
+from mysimbdp.store.mongo import EmbeddedMongo, Store, free_port
 from mysimbdp.store.writes import _clash_on_id, insert_idempotent
 
 
@@ -204,6 +204,26 @@ async def test_embedded_store_that_cannot_start_is_reported_and_retried(tmp_path
         assert store.up, store.reason
         await store.tenant_db("acme")["things"].insert_one({"_id": 1})
         assert await store.tenant_db("acme")["things"].count_documents({}) == 1
+    finally:
+        await store.stop()
+
+
+async def test_embedded_store_listens_on_its_port_and_says_where(tmp_path: Path) -> None:
+    """The configured port, and the URI written to <var>/store/uri for analysts; a second
+    store wanting the same port is down with a reason that names the setting."""
+    port = free_port()
+    store = Store(None, tmp_path / "a", port=port)
+    await store.start()
+    try:
+        assert store.up and store.uri == f"mongodb://127.0.0.1:{port}/"
+        assert (tmp_path / "a" / "store" / "uri").read_text() == store.uri + "\n"
+        other = Store(None, tmp_path / "b", port=port, check_interval_s=60)
+        await other.start()
+        try:
+            assert other.up is False and "MYSIMBDP_STORE_PORT" in str(other.reason)
+            assert not (tmp_path / "b" / "store" / "uri").exists()
+        finally:
+            await other.stop()
     finally:
         await store.stop()
 

@@ -79,3 +79,22 @@ async def test_a_nan_from_an_app_is_refused_with_the_stores_reason(mongo: AsyncM
     assert result.written == 1 and [i for i, _ in result.failed] == [1, 2]
     assert all("Invalid JSON document" in reason for _, reason in result.failed)
     await mongo.drop_database(f"pins_{tenant_id}")
+
+
+def test_store_uri_prints_the_configured_or_the_embedded_stores(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MYSIMBDP_MONGO_URI", raising=False)
+    monkeypatch.setenv("MYSIMBDP_VAR_DIR", str(tmp_path / "var"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config-dir", str(tmp_path), "store", "uri"])
+    assert exit_.value.code == 1 and "has not run here yet" in capsys.readouterr().err
+    (tmp_path / "var" / "store").mkdir(parents=True)
+    (tmp_path / "var" / "store" / "uri").write_text("mongodb://127.0.0.1:27027/\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config-dir", str(tmp_path), "store", "uri"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == "mongodb://127.0.0.1:27027/\n"
+    monkeypatch.setenv("MYSIMBDP_MONGO_URI", "mongodb://db1,db2/?replicaSet=rs0")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config-dir", str(tmp_path), "store", "uri"])
+    assert capsys.readouterr().out == "mongodb://db1,db2/?replicaSet=rs0\n"
+

@@ -1,9 +1,10 @@
-"""``mysimbdp store check``: where the configured store answers differently from MongoDB.
+"""``mysimbdp store uri``: the store's connection string; ``mysimbdp store check``: where
+the configured store answers differently from MongoDB.
 
 Runs the probes of :mod:`mysimbdp.store.probes` (scratch collections in the platform's
 database, dropped afterwards) against ``--uri``, else ``MYSIMBDP_MONGO_URI``, else a
-temporary embedded store started for the check (the daemon's own is on a port of its
-choosing). The differences are information, not failures: the exit code is 0 once the probes
+temporary embedded store started for the check (the same server as the daemon's, without
+touching the daemon's data). The differences are information, not failures: the exit code is 0 once the probes
 ran, 1 when the store could not be reached.
 """
 
@@ -20,14 +21,14 @@ from pymongo.errors import PyMongoError
 
 from mysimbdp.errors import MysimbdpError
 from mysimbdp.events import EventBus
-from mysimbdp.store.mongo import PLATFORM_DB, EmbeddedMongo
+from mysimbdp.store.mongo import PLATFORM_DB, URI_FILE, EmbeddedMongo
 from mysimbdp.store.probes import ProbeResult, run_probes
 
-__all__ = ["register", "check"]
+__all__ = ["register", "check", "uri"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("store", help="the platform's store: where it differs from MongoDB",
+    p = sub.add_parser("store", help="the platform's store: its connection string, where it differs from MongoDB",
                        description="`store check` asks the store the questions on which the embedded store "
                        "and MongoDB answer differently (README: 'The embedded store and MongoDB').")
     actions = p.add_subparsers(dest="store_action", required=True)
@@ -36,6 +37,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          "embedded store)")
     check_p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     check_p.set_defaults(func=check)
+    uri_p = actions.add_parser("uri", help="print the store's connection string, for pymongo or mongosh")
+    uri_p.set_defaults(func=uri)
+
+
+def uri(args: argparse.Namespace) -> int:
+    """``MYSIMBDP_MONGO_URI`` when set, else the embedded store's (written at its start)."""
+    settings = args.settings_loader()
+    if settings.mongo_uri:
+        print(settings.mongo_uri)
+        return 0
+    path = settings.var_dir / "store" / URI_FILE
+    try:
+        print(path.read_text(encoding="utf-8").strip())
+    except OSError:
+        raise MysimbdpError(f"no {path}: the embedded store has not run here yet; start mysimbdpd (make run), "
+                            f"it listens on 127.0.0.1:{settings.store_port or '<a free port>'}") from None
+    return 0
 
 
 def check(args: argparse.Namespace) -> int:

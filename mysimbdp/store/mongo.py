@@ -36,7 +36,7 @@ from mysimbdp.events.catalog import (
 from mysimbdp.logs import log_only
 from mysimbdp.store.embedded import DEFAULT_CACHE_MIB
 
-__all__ = ["PLATFORM_DB", "EmbeddedMongo", "Store", "free_port"]
+__all__ = ["PLATFORM_DB", "EmbeddedMongo", "Store", "free_port", "URI_FILE"]
 
 PLATFORM_DB = "mysimbdp"
 #: Longest wait between attempts to start an embedded store that keeps failing.
@@ -48,6 +48,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+#: Where the embedded store's URI is written once it answers (``mysimbdp store uri`` reads it).
+URI_FILE = "uri"
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether nothing listens on ``host:port`` now (a stale store of this data dir was stopped)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _write_uri(path: Path, uri: str) -> None:
+    """Write ``uri`` to ``path`` atomically (readers never see half of it); a failure is not fatal."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_text(uri + "\n", encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -104,6 +127,9 @@ class EmbeddedMongo:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self._replace_stale()
+        if not _port_free(self.host, self.port):
+            raise RuntimeError(f"port {self.port} on {self.host} is in use by another program; choose another "
+                               "with MYSIMBDP_STORE_PORT (0: any free port)")
         self._proc = await asyncio.create_subprocess_exec(
             *self.command(), stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -125,6 +151,7 @@ class EmbeddedMongo:
         finally:
             await client.close()
         self.events.emit(StoreEmbeddedStarted(uri=self.uri, pid=self._proc.pid, data_dir=str(self.data_dir)))
+        _write_uri(self.data_dir / URI_FILE, self.uri)
 
     def _replace_stale(self) -> None:
         """A previous daemon killed hard may have left its store running: stop it first."""
@@ -179,11 +206,12 @@ class Store:
     name = "store"
 
     def __init__(self, uri: str | None, var_dir: Path, check_interval_s: float = 2.0,
-                 events: Emitter | None = None) -> None:
-        """``events``: the daemon's emitter for ``store`` (by default the events are only logged)."""
+                 events: Emitter | None = None, port: int | None = None) -> None:
+        """``events``: the daemon's emitter for ``store`` (by default the events are only logged);
+        ``port``: the embedded store's port (None or 0: a free one)."""
         self.events = events or log_only("store")
         self.embedded = None if uri else EmbeddedMongo(var_dir / "store", var_dir / "log" / "store.log",
-                                                       events=self.events)
+                                                       port=port or None, events=self.events)
         self._uri = uri
         self._check_interval = check_interval_s
         self._client: AsyncMongoClient[dict[str, Any]] | None = None
