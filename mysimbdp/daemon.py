@@ -22,6 +22,7 @@ import pluggy
 
 from mysimbdp import __version__
 from mysimbdp.apps.runner import Runners
+from mysimbdp.batch.data import TenantData
 from mysimbdp.batch.intake import UploadService
 from mysimbdp.batch.ledger import Ledger
 from mysimbdp.batch.lifecycle import BatchManager
@@ -113,7 +114,7 @@ class Daemon:
                                auth=Auth(self.tenants, settings.admin_token),
                                routes=route_table(self.upload, self.monitor,
                                                   StreamControlRoutes(self.stream, self.monitor.cluster),
-                                                  self.instances),
+                                                  self.instances, TenantData(store=self.store, ledger=self.ledger)),
                                health=self.health, stopping=stopping, bus=bus)
         # start order (stop is the reverse): the runner stops after those that lease its workers;
         # the monitor starts last of the ingestion components (it watches them); the registry

@@ -209,6 +209,12 @@ class Ledger:
         cursor = self.collection.find({"tenant": tenant}).sort("staged_at", -1).limit(limit)
         return [doc async for doc in cursor]
 
+    async def last_committed(self, tenant: str) -> dict[str, Any] | None:
+        """The tenant's most recently committed entry, if any."""
+        cursor = self.collection.find({"tenant": tenant, "state": FileState.COMMITTED.value}).sort(
+            "committed_at", -1).limit(1)
+        return next(iter([doc async for doc in cursor]), None)
+
     async def committed_bytes(self, tenant: str) -> int:
         """Bytes of the tenant's committed files: the usage counted against its storage quota.
 

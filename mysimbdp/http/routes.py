@@ -13,7 +13,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-__all__ = ["route_table", "UploadRoutes", "MonitorRoutes", "StreamRoutes", "ClusterRoutes"]
+__all__ = ["route_table", "UploadRoutes", "MonitorRoutes", "StreamRoutes", "ClusterRoutes", "DataRoutes"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -52,10 +52,19 @@ class ClusterRoutes(Protocol):
     async def get_instances(self, request: web.Request) -> web.Response: ...
 
 
+class DataRoutes(Protocol):
+    """What a tenant has in the store (:class:`mysimbdp.batch.data.TenantData`)."""
+
+    async def get_data(self, request: web.Request) -> web.Response: ...
+
+
 def route_table(upload: UploadRoutes | None, monitor: MonitorRoutes | None,
-                stream: StreamRoutes | None, cluster: ClusterRoutes | None = None) -> list[web.AbstractRouteDef]:
+                stream: StreamRoutes | None, cluster: ClusterRoutes | None = None,
+                data: DataRoutes | None = None) -> list[web.AbstractRouteDef]:
     """Every route but ``/health``; a component left out (None) serves none of its routes."""
     routes: list[web.AbstractRouteDef] = []
+    if data is not None:
+        routes.append(web.get("/tenants/{id}/data", data.get_data))
     if cluster is not None:
         routes.append(web.get("/instances", cluster.get_instances))
     if upload is not None:

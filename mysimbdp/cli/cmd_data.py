@@ -1,0 +1,49 @@
+"""``mysimbdp data --tenant T``: the tenant's collections in the store, for the tenant
+(``GET /tenants/{id}/data`` with its token; the admin token works too)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from mysimbdp.cli.admin import daemon_url, request
+from mysimbdp.client.uploader import read_token
+
+__all__ = ["register", "run", "describe"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("data", help="the tenant's collections: estimated counts, indexes, last file committed")
+    p.add_argument("--tenant", required=True, help="the tenant id")
+    p.add_argument("--token-file", required=True, type=Path,
+                   help="file holding the tenant's token (from `mysimbdp tenants token`), or the admin token")
+    p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    token = read_token(args.token_file)
+    url = (args.url or daemon_url(args.settings_loader())).rstrip("/")
+    answer = request("GET", f"{url}/tenants/{args.tenant}/data", token)
+    print(json.dumps(answer, indent=2, default=str) if args.json else describe(answer))
+    return 0
+
+
+def describe(answer: dict[str, Any]) -> str:
+    """The collections as a table, then the last file."""
+    rows = [("COLLECTION", "DOCUMENTS", "INDEXES")]
+    for c in answer.get("collections", []):
+        indexes = ", ".join(str(i.get("name")) for i in c.get("indexes", []))
+        rows.append((str(c.get("name")), f"{c.get('estimated_count', 0):,}", indexes))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"database {answer.get('database')}"]
+    lines += [f"{r[0].ljust(widths[0])}  {r[1].rjust(widths[1])}  {r[2]}".rstrip() for r in rows]
+    if answer.get("more_collections"):
+        lines.append(f"... and {answer['more_collections']} more collections")
+    last = answer.get("last_file")
+    lines.append("last file committed: " + (f"{last.get('name')} at {last.get('committed_at')} "
+                                            f"({last.get('records_written')} records written)" if last else "none yet"))
+    return "\n".join(lines)
