@@ -38,6 +38,19 @@ def test_every_handled_type_matches_pymongo() -> None:
     assert [d.raw for d in docs] == _expected(batch, ids)
 
 
+def test_nan_is_stored_as_null_as_the_per_row_path_does() -> None:
+    """NaN means "missing": the columnar path writes null where the per-row path
+    (:func:`mysimbdp.store.writes.without_nan`) does, the same bytes."""
+    batch = pa.RecordBatch.from_pydict({"real": pa.array([1.5, float("nan"), None, -float("nan")]),
+                                        "f32": pa.array([float("nan"), 2.0, 3.0, 4.0], pa.float32())})
+    ids = [f"f:{n}" for n in range(4)]
+    docs = encode_rows(batch, ids)
+    assert docs is not None
+    assert [bson.decode(d.raw) for d in docs] == [
+        {"_id": "f:0", "real": 1.5, "f32": None}, {"_id": "f:1", "real": None, "f32": 2.0},
+        {"_id": "f:2", "real": None, "f32": 3.0}, {"_id": "f:3", "real": None, "f32": 4.0}]
+
+
 @pytest.mark.parametrize("column", [
     pa.array([[1], [2]], pa.list_(pa.int64())),
     pa.array([1, 2**64 - 1], pa.uint64()),  # BSON has no unsigned 64-bit integers

@@ -67,17 +67,27 @@ def test_store_check_says_when_the_store_is_away(capsys: pytest.CaptureFixture[s
 
 
 
-@_EMBEDDED_ONLY
-async def test_a_nan_from_an_app_is_refused_with_the_stores_reason(mongo: AsyncMongoClient[dict[str, Any]],
-                                                                   tenant_id: str) -> None:
-    """What the platform does with such a document on the embedded store: the others of the
-    batch are written, it is in ``failed`` with the store's reason (it becomes a ``write``
-    reject with the raw record), as the README says."""
+async def test_a_nan_from_an_app_is_stored_as_null(mongo: AsyncMongoClient[dict[str, Any]], tenant_id: str) -> None:
+    """The platform's choice, the same on every store: NaN (what pandas gives for a missing
+    number) is stored as null, at any depth; the other values of the document are kept."""
     col = mongo[f"pins_{tenant_id}"]["docs"]
-    result = await insert_idempotent(col, [{"_id": "a", "v": 1.0}, {"_id": "b", "v": math.nan},
-                                           {"_id": "c", "v": -math.inf}])
-    assert result.written == 1 and [i for i, _ in result.failed] == [1, 2]
-    assert all("Invalid JSON document" in reason for _, reason in result.failed)
+    result = await insert_idempotent(col, [{"_id": "a", "v": 1.0},
+                                           {"_id": "b", "v": math.nan, "deep": [{"w": -math.nan, "k": "x"}]}])
+    assert result.written == 2 and result.failed == []
+    assert await col.find_one({"_id": "b"}) == {"_id": "b", "v": None, "deep": [{"w": None, "k": "x"}]}
+    await mongo.drop_database(f"pins_{tenant_id}")
+
+
+@_EMBEDDED_ONLY
+async def test_an_infinite_number_is_refused_by_the_embedded_store(mongo: AsyncMongoClient[dict[str, Any]],
+                                                                   tenant_id: str) -> None:
+    """Infinity is a number, not a missing value: kept as it is, which MongoDB stores and the
+    embedded store refuses; the document is then in ``failed`` with the store's reason (a
+    ``write`` reject with the raw record), the others written."""
+    col = mongo[f"pins_{tenant_id}"]["docs"]
+    result = await insert_idempotent(col, [{"_id": "a", "v": 1.0}, {"_id": "c", "v": -math.inf}])
+    assert result.written == 1 and [i for i, _ in result.failed] == [1]
+    assert "Invalid JSON document" in result.failed[0][1]
     await mongo.drop_database(f"pins_{tenant_id}")
 
 

@@ -44,6 +44,7 @@ _TERMINATOR = pa.scalar(b"\x00", pa.binary())
 _ONE, _FIVE = pa.scalar(1, pa.int32()), pa.scalar(5, pa.int32())
 _I64 = {v: pa.scalar(v, pa.int64()) for v in (0, 1000, _INT32_MIN, _INT32_MAX, *(u for u in _UNIT_PER_MS.values() if u))}
 _F64_ZERO, _FALSE = pa.scalar(0.0, pa.float64()), pa.scalar(False, pa.bool_())
+_F64_NULL = pa.scalar(None, pa.float64())
 
 
 def encode_rows(batch: pa.RecordBatch, ids: Sequence[str] | pa.Array) -> list[RawBSONDocument] | None:
@@ -90,7 +91,10 @@ def _element(name: str, column: pa.Array) -> list[Part] | None:
             return None
         parts = integers
     elif pa.types.is_floating(kind):
-        parts = [_binary(b"\x01" + key), _fixed(pc.cast(column, pa.float64()).fill_null(_F64_ZERO))]
+        column = pc.cast(column, pa.float64())
+        if pc.any(pc.is_nan(column)).as_py():  # NaN means missing: stored as null, as by the per-row path
+            column = pc.if_else(pc.is_nan(column), _F64_NULL, column)
+        parts = [_binary(b"\x01" + key), _fixed(column.fill_null(_F64_ZERO))]
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
         text = pc.cast(column, pa.binary()).fill_null(_NOTHING)
         lengths = pc.cast(pc.add(pc.binary_length(text), _ONE), pa.int32())

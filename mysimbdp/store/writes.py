@@ -27,6 +27,8 @@ never loses data, refusing it for good would.
 from __future__ import annotations
 
 import asyncio
+import math
+import struct
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -344,6 +346,10 @@ def _encoded(documents: Sequence[Mapping[str, Any]], options: Any
         else:
             try:
                 encoded = RawBSONDocument(bson.encode(doc, codec_options=options))
+                if _NAN in encoded.raw or _NEGATIVE_NAN in encoded.raw:  # rare: look closer
+                    cleaned = without_nan(doc)
+                    if cleaned is not doc:
+                        encoded = RawBSONDocument(bson.encode(cleaned, codec_options=options))
             except (BSONError, OverflowError, TypeError, ValueError) as exc:
                 failed.append((index, f"the document cannot be stored: {exc}"[:500]))
                 continue
@@ -355,6 +361,28 @@ def _encoded(documents: Sequence[Mapping[str, Any]], options: Any
         sizes.append(size)
         positions.append(index)
     return raws, sizes, positions, failed
+
+
+#: The bytes of a double NaN as Python, NumPy and pandas make it (little-endian): a document
+#: whose BSON holds neither has no NaN of theirs, so most documents are never walked.
+_NAN = struct.pack("<d", math.nan)
+_NEGATIVE_NAN = struct.pack("<d", -math.nan)
+
+
+def without_nan(value: Any) -> Any:
+    """``value`` with every NaN float (in mappings and lists, at any depth) replaced by None:
+    the platform stores NaN, which means "missing" to pandas and most apps, as null on every
+    store (the embedded store refuses NaN; MongoDB would keep it). The same object when it
+    holds none."""
+    if isinstance(value, float):
+        return None if value != value else value
+    if isinstance(value, Mapping):
+        changed = {k: without_nan(v) for k, v in value.items()}
+        return changed if any(changed[k] is not v for k, v in value.items()) else value
+    if isinstance(value, list | tuple):
+        items = [without_nan(v) for v in value]
+        return items if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    return value
 
 
 def _command_slices(sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
