@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -13,6 +15,7 @@ from structlog.testing import capture_logs
 
 from mysimbdp.cli import main
 from mysimbdp.config import Settings
+from mysimbdp.http.tokens import hash_token
 from mysimbdp.stream.manager import OutOfBounds, UnknownStream
 from tests.conftest import ADMIN_TOKEN
 from tests.harness.wait import await_until
@@ -68,20 +71,47 @@ async def test_start_stop_scale_and_status_over_http(
     assert changes == [(0, 1, "operator: start"), (1, 3, "operator: scale"), (3, 0, "operator: stop")]
 
 
-async def test_operator_endpoints_need_the_admin_token(
+async def test_a_tenant_controls_its_own_stream_within_its_bounds(
         start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings],
         http: aiohttp.ClientSession, tenant_id: str) -> None:
+    """The tenant's token starts, scales (within [min, max]) and stops its stream; another
+    tenant's token is refused; every change says who made it; the tenant is not shown the
+    platform's instance ids."""
     settings = settings_factory(extra_apps=ECHO_APPS)
-    write_profile(settings, tenant_id, autostart=False)
+    path = write_profile(settings, tenant_id, autostart=False, min_consumers=1, max_consumers=2)
+    other = f"{tenant_id}o"
+    other_path = write_profile(settings, other, autostart=False)
+    for profile, token in ((path, f"tok-{tenant_id}"), (other_path, f"tok-{other}")):
+        profile.write_text(f'token_sha256 = "{hash_token(token)}"\n' + profile.read_text())
+    mine, theirs = ({"Authorization": f"Bearer tok-{t}"} for t in (tenant_id, other))
     rd = await start_daemon(settings)
     base = f"{rd.url}/tenants/{tenant_id}/stream"
+    await wait_stream_ready(rd.daemon, tenant_id)
     async with http.post(base + "/start") as resp:
         assert resp.status == 401
     async with http.post(base + "/start", headers={"Authorization": "Bearer nope"}) as resp:
-        assert resp.status == 403
-    async with http.get(f"{rd.url}/tenants/nosuch/stream", headers=ADMIN) as resp:
-        assert resp.status == 404 and (await resp.json())["code"] == "no_stream"
+        assert resp.status == 401
+    for method, url in (("POST", base + "/start"), ("PUT", base + "/consumers"), ("GET", base)):
+        async with http.request(method, url, headers=theirs, json={"count": 1}) as resp:
+            assert resp.status == 403, (method, url)
     assert rd.daemon.stream.consumer_count(tenant_id) == 0
+    with capture_logs() as events:
+        async with http.post(base + "/start", headers=mine) as resp:
+            assert resp.status == 200 and (await resp.json())["to"] == 1
+        async with http.put(base + "/consumers", headers=mine, json={"count": 3}) as resp:
+            assert resp.status == 400 and (await resp.json())["code"] == "out_of_bounds"
+        async with http.put(base + "/consumers", headers=mine, json={"count": 2}) as resp:
+            answer = await resp.json()
+        assert resp.status == 200 and answer == {"tenant": tenant_id, "from": 1, "to": 2, "total": 2}
+        async with http.get(base, headers=mine) as resp:
+            status = await resp.json()
+        assert status["consumers"] == 2 and rd.daemon.instance_id not in json.dumps(status)
+        async with http.post(base + "/stop", headers=ADMIN) as resp:  # the admin's token still works
+            assert resp.status == 200 and "decided_by" in await resp.json()
+    changes = [(e["from"], e["to"], e["reason"]) for e in events if e["event"] == "stream.consumers.changed"]
+    assert changes == [(0, 1, "tenant: start"), (1, 2, "tenant: scale"), (2, 0, "operator: stop")]
+    async with http.get(f"{rd.url}/tenants/nosuch/stream", headers=ADMIN) as resp:
+        assert resp.status == 404 and (await resp.json())["code"] == "unknown_tenant"
 
 
 async def test_python_api_bounds_and_unknown_tenant(
@@ -127,6 +157,33 @@ async def test_cli_drives_the_daemon(start_daemon: Callable[..., Any], settings_
     code, out, _ = await asyncio.to_thread(cli, "stop", tenant_id)
     assert code == 0 and "2 -> 0" in out
     assert rd.daemon.stream.consumer_count(tenant_id) == 0
+
+
+async def test_cli_acts_as_the_tenant_with_its_token_file(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    settings = settings_factory(extra_apps=ECHO_APPS)
+    path = write_profile(settings, tenant_id, autostart=False, max_consumers=2)
+    path.write_text(f'token_sha256 = "{hash_token("tok")}"\n' + path.read_text())
+    token_file = tmp_path / "tenant.token"
+    token_file.write_text("tok\n")
+    token_file.chmod(0o600)
+    rd = await start_daemon(settings)
+    await wait_stream_ready(rd.daemon, tenant_id)
+
+    def cli(*argv: str) -> tuple[int, str, str]:
+        with pytest.raises(SystemExit) as info:
+            main(["stream", *argv, "--url", rd.url, "--token-file", str(token_file)])
+        out, err = capsys.readouterr()
+        return int(info.value.code or 0), out, err
+
+    code, out, _ = await asyncio.to_thread(cli, "start", tenant_id)
+    assert code == 0 and "0 -> 1" in out and "all instances together: 1" in out
+    code, _, err = await asyncio.to_thread(cli, "scale", tenant_id, "3")
+    assert code == 1 and "HTTP 400" in err
+    code, _, err = await asyncio.to_thread(cli, "stop", f"{tenant_id}-other")
+    assert code == 1 and ("HTTP 403" in err or "HTTP 401" in err)
+    assert rd.daemon.stream.consumer_count(tenant_id) == 1
 
 
 def test_cli_says_when_the_daemon_is_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
