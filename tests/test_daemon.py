@@ -175,6 +175,7 @@ async def test_one_route_table_of_the_components_handlers(settings_factory: Call
         ("POST", "/tenants/{id}/stream/start"), ("POST", "/tenants/{id}/stream/stop"),
         ("PUT", "/tenants/{id}/stream/consumers"), ("GET", "/tenants/{id}/stream"), ("HEAD", "/tenants/{id}/stream"),
         ("GET", "/instances"), ("HEAD", "/instances"),
+        ("GET", "/tenants/{id}/data"), ("HEAD", "/tenants/{id}/data"),
     }
     owners = {type(route.handler.__self__).__name__ for route in daemon.http.routes}  # type: ignore[attr-defined]
-    assert owners == {"UploadService", "Monitor", "StreamControlRoutes", "InstanceRegistry"}
+    assert owners == {"UploadService", "Monitor", "StreamControlRoutes", "InstanceRegistry", "TenantData"}
