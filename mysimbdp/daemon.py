@@ -42,6 +42,7 @@ from mysimbdp.http.routes import route_table
 from mysimbdp.http.server import Auth, HttpServer
 from mysimbdp.logs import write_event
 from mysimbdp.monitor.scaling import Monitor
+from mysimbdp.store.browse import TenantRejects
 from mysimbdp.store.mongo import Store
 from mysimbdp.stream.broker import Broker
 from mysimbdp.stream.control import StreamControlRoutes
@@ -114,7 +115,8 @@ class Daemon:
                                auth=Auth(self.tenants, settings.admin_token),
                                routes=route_table(self.upload, self.monitor,
                                                   StreamControlRoutes(self.stream, self.monitor.cluster),
-                                                  self.instances, TenantData(store=self.store, ledger=self.ledger)),
+                                                  self.instances, TenantData(store=self.store, ledger=self.ledger),
+                                                  TenantRejects(store=self.store)),
                                health=self.health, stopping=stopping, bus=bus)
         # start order (stop is the reverse): the runner stops after those that lease its workers;
         # the monitor starts last of the ingestion components (it watches them); the registry

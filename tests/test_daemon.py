@@ -176,6 +176,9 @@ async def test_one_route_table_of_the_components_handlers(settings_factory: Call
         ("PUT", "/tenants/{id}/stream/consumers"), ("GET", "/tenants/{id}/stream"), ("HEAD", "/tenants/{id}/stream"),
         ("GET", "/instances"), ("HEAD", "/instances"),
         ("GET", "/tenants/{id}/data"), ("HEAD", "/tenants/{id}/data"),
+        ("GET", "/tenants/{id}/rejects"), ("HEAD", "/tenants/{id}/rejects"), ("DELETE", "/tenants/{id}/rejects"),
+        ("GET", "/tenants/{id}/rejects/{reject_id}"), ("HEAD", "/tenants/{id}/rejects/{reject_id}"),
     }
     owners = {type(route.handler.__self__).__name__ for route in daemon.http.routes}  # type: ignore[attr-defined]
-    assert owners == {"UploadService", "Monitor", "StreamControlRoutes", "InstanceRegistry", "TenantData"}
+    assert owners == {"UploadService", "Monitor", "StreamControlRoutes", "InstanceRegistry", "TenantData",
+                      "TenantRejects"}

@@ -16,15 +16,16 @@ from pymongo import AsyncMongoClient
 from mysimbdp.config import Settings
 from tests.batch_support import wait_outcome
 from tests.conftest import ADMIN_TOKEN
-from tests.test_intake import CSV, put, start_env, write_tenant
+from tests.test_intake import APP_MODULE, CSV, put, start_env, write_tenant
 
 
 async def test_a_tenant_sees_its_collections_and_last_file(
         start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
         http: aiohttp.ClientSession, mongo: AsyncMongoClient[dict[str, Any]], tmp_path: Path) -> None:
-    env = await start_env(start_daemon, settings_factory, tenant_id, formats=["csv"])
+    settings = settings_factory(extra_apps={"upload_rows": APP_MODULE})
     other = f"{tenant_id}x"
-    write_tenant(env.settings, other, f"token-{other}")
+    write_tenant(settings, other, f"token-{other}")  # known to the daemon from its start
+    env = await start_env(start_daemon, settings_factory, tenant_id, settings=settings, formats=["csv"])
     status, body = await put(http, env, "rows.csv")
     assert status == 201, body
     await wait_outcome(mongo, tenant_id, "rows.csv")

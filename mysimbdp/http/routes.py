@@ -13,7 +13,8 @@ from typing import Protocol
 
 from aiohttp import web
 
-__all__ = ["route_table", "UploadRoutes", "MonitorRoutes", "StreamRoutes", "ClusterRoutes", "DataRoutes"]
+__all__ = ["route_table", "UploadRoutes", "MonitorRoutes", "StreamRoutes", "ClusterRoutes", "DataRoutes",
+           "RejectsRoutes"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -58,11 +59,25 @@ class DataRoutes(Protocol):
     async def get_data(self, request: web.Request) -> web.Response: ...
 
 
+class RejectsRoutes(Protocol):
+    """The tenant's rejects (:class:`mysimbdp.store.browse.TenantRejects`)."""
+
+    async def list_rejects(self, request: web.Request) -> web.Response: ...
+    async def get_reject(self, request: web.Request) -> web.Response: ...
+    async def purge_rejects(self, request: web.Request) -> web.Response: ...
+
+
 def route_table(upload: UploadRoutes | None, monitor: MonitorRoutes | None,
                 stream: StreamRoutes | None, cluster: ClusterRoutes | None = None,
-                data: DataRoutes | None = None) -> list[web.AbstractRouteDef]:
+                data: DataRoutes | None = None, rejects: RejectsRoutes | None = None) -> list[web.AbstractRouteDef]:
     """Every route but ``/health``; a component left out (None) serves none of its routes."""
     routes: list[web.AbstractRouteDef] = []
+    if rejects is not None:
+        routes += [
+            web.get("/tenants/{id}/rejects", rejects.list_rejects),
+            web.delete("/tenants/{id}/rejects", rejects.purge_rejects),
+            web.get("/tenants/{id}/rejects/{reject_id:.+}", rejects.get_reject),  # ids hold ":" and maybe "/"
+        ]
     if data is not None:
         routes.append(web.get("/tenants/{id}/data", data.get_data))
     if cluster is not None:

@@ -1,0 +1,75 @@
+"""``mysimbdp rejects list|show|purge --tenant T``: the tenant's rejects, with its token
+(``GET``/``DELETE /tenants/{id}/rejects``; the admin token works too)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from mysimbdp.cli.admin import daemon_url, request
+from mysimbdp.client.uploader import read_token
+from mysimbdp.errors import MysimbdpError
+
+__all__ = ["register", "run"]
+
+ACTIONS = ("list", "show", "purge")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("rejects", help="list, show or purge a tenant's rejects (records and messages not stored)")
+    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("reject_id", nargs="?", help="the reject to show (show only)")
+    p.add_argument("--tenant", required=True, help="the tenant id")
+    p.add_argument("--token-file", required=True, type=Path, help="file holding the tenant's token, or the admin token")
+    p.add_argument("--file", help="only the rejects of this file (its ledger id)")
+    p.add_argument("--reason", help="only rejects of this kind (parse, wrangle, check, write, malformed, ...)")
+    p.add_argument("--source", choices=("file", "stream"), help="only rejects of files, or of messages")
+    p.add_argument("--since", help="only rejects at or after this ISO-8601 time")
+    p.add_argument("--limit", type=int, default=100, help="rejects per page (list; at most 500)")
+    p.add_argument("--after", help="the page after this reject id (list: the 'next' of the previous page)")
+    p.add_argument("--yes", action="store_true", help="purge without asking (purge deletes for good)")
+    p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    token = read_token(args.token_file)
+    base = f"{(args.url or daemon_url(args.settings_loader())).rstrip('/')}/tenants/{args.tenant}/rejects"
+    filters = {k: v for k, v in (("file", args.file), ("reason", args.reason), ("source", args.source),
+                                 ("since", args.since)) if v is not None}
+    if args.action == "show":
+        if not args.reject_id:
+            raise MysimbdpError("give the reject's id: mysimbdp rejects show <id> --tenant T --token-file F")
+        print(json.dumps(request("GET", f"{base}/{urllib.parse.quote(args.reject_id, safe='')}", token),
+                         indent=2, default=str))
+        return 0
+    if args.action == "purge":
+        if not args.yes:
+            what = ", ".join(f"{k} {v}" for k, v in filters.items()) or "every reject of the tenant"
+            raise MysimbdpError(f"purge deletes {what} for good; add --yes to do it")
+        answer = request("DELETE", f"{base}?{urllib.parse.urlencode(filters)}", token)
+        print(json.dumps(answer) if args.json else f"{answer.get('deleted', 0)} rejects deleted")
+        return 0
+    params = {**filters, "limit": str(args.limit), **({"after": args.after} if args.after else {})}
+    answer = request("GET", f"{base}?{urllib.parse.urlencode(params)}", token)
+    print(json.dumps(answer, indent=2, default=str) if args.json else describe(answer))
+    return 0
+
+
+def describe(answer: dict[str, Any]) -> str:
+    """A line per reject (id, kind, where from, reason), then how to get the next page."""
+    lines = []
+    for r in answer.get("rejects", []):
+        where = (f"{r.get('file')} record {r.get('record_number')}" if r.get("source") == "file"
+                 else f"message {r.get('message_id')}")
+        reason = str(r.get("reason") or "").replace("\n", " ")
+        lines.append(f"{r.get('_id')}  {r.get('kind')}  {where}  {reason[:120]}")
+    if not lines:
+        lines.append("no rejects")
+    if answer.get("next"):
+        lines.append(f"more: --after {answer['next']}")
+    return "\n".join(lines)
