@@ -56,6 +56,13 @@ async def test_a_tenant_lists_shows_and_purges_its_rejects(
     assert [r["record_number"] for r in parse["rejects"]] == [1, 2]
     _, recent = await get(f"{base}?since=2026-12-02T00:00:00Z")
     assert {r["source"] for r in recent["rejects"]} == {"stream"}
+    assert "raw" not in page["rejects"][0] and "record" not in page["rejects"][0]  # a page stays small
+    assert (await get(f"{base}?kind=parse"))[1]["code"] == "bad_parameter"  # a misspelt filter
+    async with http.delete(f"{base}?kind=parse", headers=env.auth) as resp:
+        assert resp.status == 400  # never a purge of everything
+    async with http.delete(base, headers=env.auth) as resp:
+        assert resp.status == 400 and (await resp.json())["code"] == "no_filter"
+    assert (await get(f"{base}?after={'x' * 5000}"))[1]["code"] == "bad_after"
     status, one = await get(f"{base}/{'a' * 20}:3")
     assert status == 200 and one["kind"] == "check" and one["raw"] == "raw 3"
     assert (await get(f"{base}/nope"))[0] == 404

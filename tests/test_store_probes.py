@@ -103,8 +103,11 @@ def test_store_uri_prints_the_configured_or_the_embedded_stores(tmp_path: Path, 
     with pytest.raises(SystemExit) as exit_:
         main(["--config-dir", str(tmp_path), "store", "uri"])
     assert exit_.value.code == 0 and capsys.readouterr().out == "mongodb://127.0.0.1:27027/\n"
-    monkeypatch.setenv("MYSIMBDP_MONGO_URI", "mongodb://db1,db2/?replicaSet=rs0")
+    monkeypatch.setenv("MYSIMBDP_MONGO_URI", "mongodb://ops:s3cret@db1,db2/?replicaSet=rs0")
     with pytest.raises(SystemExit) as exit_:
         main(["--config-dir", str(tmp_path), "store", "uri"])
-    assert capsys.readouterr().out == "mongodb://db1,db2/?replicaSet=rs0\n"
+    assert capsys.readouterr().out == "mongodb://***@db1,db2/?replicaSet=rs0\n"  # no password on a screen
+    with pytest.raises(SystemExit) as exit_:
+        main(["--config-dir", str(tmp_path), "store", "uri", "--show-password"])
+    assert capsys.readouterr().out == "mongodb://ops:s3cret@db1,db2/?replicaSet=rs0\n"
 

@@ -12,7 +12,7 @@ from typing import Any
 from mysimbdp.config import Settings
 from mysimbdp.errors import MysimbdpError
 
-__all__ = ["add_endpoint_arguments", "endpoint", "request", "daemon_url"]
+__all__ = ["add_endpoint_arguments", "endpoint", "request", "daemon_url", "printable"]
 
 
 def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,3 +60,10 @@ def request(method: str, url: str, token: str, body: dict[str, Any] | None = Non
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise MysimbdpError(f"cannot reach the daemon at {url}: {reason}; is mysimbdpd running? (--url)") from None
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with control characters (escape sequences a tenant put in a name or a reason)
+    shown as ``?``, but those in ``keep``: safe to print on an operator's terminal."""
+    return "".join(c if c.isprintable() or c in keep else "?" for c in text)
+

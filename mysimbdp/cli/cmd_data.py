@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from mysimbdp.cli.admin import daemon_url, request
+from mysimbdp.cli.admin import daemon_url, printable, request
 from mysimbdp.client.uploader import read_token
 
 __all__ = ["register", "run", "describe"]
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     token = read_token(args.token_file)
     url = (args.url or daemon_url(args.settings_loader())).rstrip("/")
-    answer = request("GET", f"{url}/tenants/{args.tenant}/data", token)
+    answer = request("GET", f"{url}/tenants/{urllib.parse.quote(args.tenant, safe='')}/data", token)
     print(json.dumps(answer, indent=2, default=str) if args.json else describe(answer))
     return 0
 
@@ -46,4 +47,4 @@ def describe(answer: dict[str, Any]) -> str:
     last = answer.get("last_file")
     lines.append("last file committed: " + (f"{last.get('name')} at {last.get('committed_at')} "
                                             f"({last.get('records_written')} records written)" if last else "none yet"))
-    return "\n".join(lines)
+    return printable("\n".join(lines), keep="\n")

@@ -9,7 +9,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from mysimbdp.cli.admin import daemon_url, request
+from mysimbdp.cli.admin import daemon_url, printable, request
 from mysimbdp.client.uploader import read_token
 from mysimbdp.errors import MysimbdpError
 
@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     token = read_token(args.token_file)
-    base = f"{(args.url or daemon_url(args.settings_loader())).rstrip('/')}/tenants/{args.tenant}/rejects"
+    tenant = urllib.parse.quote(args.tenant, safe="")
+    base = f"{(args.url or daemon_url(args.settings_loader())).rstrip('/')}/tenants/{tenant}/rejects"
     filters = {k: v for k, v in (("file", args.file), ("reason", args.reason), ("source", args.source),
                                  ("since", args.since)) if v is not None}
     if args.action == "show":
@@ -51,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.yes:
             what = ", ".join(f"{k} {v}" for k, v in filters.items()) or "every reject of the tenant"
             raise MysimbdpError(f"purge deletes {what} for good; add --yes to do it")
-        answer = request("DELETE", f"{base}?{urllib.parse.urlencode(filters)}", token)
+        answer = request("DELETE", f"{base}?{urllib.parse.urlencode(filters or {'all': 'true'})}", token)
         print(json.dumps(answer) if args.json else f"{answer.get('deleted', 0)} rejects deleted")
         return 0
     params = {**filters, "limit": str(args.limit), **({"after": args.after} if args.after else {})}
@@ -66,8 +67,8 @@ def describe(answer: dict[str, Any]) -> str:
     for r in answer.get("rejects", []):
         where = (f"{r.get('file')} record {r.get('record_number')}" if r.get("source") == "file"
                  else f"message {r.get('message_id')}")
-        reason = str(r.get("reason") or "").replace("\n", " ")
-        lines.append(f"{r.get('_id')}  {r.get('kind')}  {where}  {reason[:120]}")
+        reason = printable(str(r.get("reason") or ""))
+        lines.append(printable(f"{r.get('_id')}  {r.get('kind')}  {where}  ") + reason[:120])
     if not lines:
         lines.append("no rejects")
     if answer.get("next"):

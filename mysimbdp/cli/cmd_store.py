@@ -21,7 +21,7 @@ from pymongo.errors import PyMongoError
 
 from mysimbdp.errors import MysimbdpError
 from mysimbdp.events import EventBus
-from mysimbdp.store.mongo import PLATFORM_DB, URI_FILE, EmbeddedMongo
+from mysimbdp.store.mongo import PLATFORM_DB, URI_FILE, EmbeddedMongo, redact
 from mysimbdp.store.probes import ProbeResult, run_probes
 
 __all__ = ["register", "check", "uri"]
@@ -37,7 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                          "embedded store)")
     check_p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     check_p.set_defaults(func=check)
-    uri_p = actions.add_parser("uri", help="print the store's connection string, for pymongo or mongosh")
+    uri_p = actions.add_parser("uri", help="print the store's connection string, for pymongo or mongosh "
+                               "(an operator's command: the embedded store has no password)")
+    uri_p.add_argument("--show-password", action="store_true",
+                       help="print MYSIMBDP_MONGO_URI's password too (hidden by default)")
     uri_p.set_defaults(func=uri)
 
 
@@ -45,7 +48,7 @@ def uri(args: argparse.Namespace) -> int:
     """``MYSIMBDP_MONGO_URI`` when set, else the embedded store's (written at its start)."""
     settings = args.settings_loader()
     if settings.mongo_uri:
-        print(settings.mongo_uri)
+        print(settings.mongo_uri if args.show_password else redact(settings.mongo_uri))
         return 0
     path = settings.var_dir / "store" / URI_FILE
     try:

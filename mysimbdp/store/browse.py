@@ -5,8 +5,10 @@ batch and stream), read from the tenant's own ``_rejects`` and nowhere else.
 
 Filters: ``file`` (the file's ledger id), ``reason`` (the reject's ``kind``: ``parse``,
 ``wrangle``, ``check``, ``write``, ``malformed``, ...), ``source`` (``file`` or ``stream``),
-``since`` (ISO-8601: rejects at or after it). A page is at most :data:`MAX_PAGE` rejects in
-``_id`` order; ``next`` is the cursor of the following page (``after``).
+``since`` (ISO-8601: rejects at or after it); another parameter is a 400, and a purge
+without a filter needs ``all=true``. A page is at most :data:`MAX_PAGE` rejects in ``_id``
+order, without their ``record`` and ``raw`` (one reject's ``GET`` has them); ``next`` is the
+cursor of the following page (``after``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ __all__ = ["TenantRejects", "MAX_PAGE", "rejects_filter"]
 MAX_PAGE = 500
 _DEFAULT_PAGE = 100
 _TEXT_MAX = 200  # longest filter value accepted
+_ID_MAX = 4096  # longest reject id a cursor may name (stream ids hold a message id, or a document's _id)
+_QUERY_TIME_MS = 10_000  # a query of a tenant's rejects never holds the store longer
+#: a list leaves the bulky fields out (``show`` has them): a page stays small whatever was rejected
+_LIST_PROJECTION = {"record": 0, "raw": 0}
+_FILTERS = frozenset({"file", "reason", "source", "since"})
 
 
 class TenantDatabases(Protocol):
@@ -34,9 +41,14 @@ class TenantDatabases(Protocol):
     def tenant_db(self, tenant: str) -> AsyncDatabase[dict[str, Any]]: ...
 
 
-def rejects_filter(query: dict[str, str]) -> dict[str, Any]:
+def rejects_filter(query: dict[str, str], allowed: frozenset[str] = _FILTERS) -> dict[str, Any]:
     """The store filter of the request's ``file``, ``reason``, ``source`` and ``since``; 400 for
-    a value that cannot be one."""
+    a value that cannot be one, and for a parameter that is none of ``allowed`` (a misspelt
+    filter must not widen a purge)."""
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        raise HttpError(400, "bad_parameter", f"unknown parameter {unknown[0]!r}; the filters are "
+                        f"{', '.join(sorted(_FILTERS))}")
     found: dict[str, Any] = {}
     for param, field in (("file", "ledger_id"), ("reason", "kind"), ("source", "source")):
         value = query.get(param)
@@ -68,13 +80,16 @@ class TenantRejects:
     async def list_rejects(self, request: web.Request) -> web.Response:
         """A page of the tenant's rejects that match the filters, in ``_id`` order."""
         col = self._collection(request)
-        query = rejects_filter(dict(request.query))
+        query = rejects_filter(dict(request.query), _FILTERS | {"limit", "after"})
         limit = _limit(request.query.get("limit"))
         after = request.query.get("after")
         if after is not None:
-            query["_id"] = {"$gt": after[:_TEXT_MAX]}
+            if not after or len(after) > _ID_MAX:
+                raise HttpError(400, "bad_after", "after must be the 'next' of the previous page")
+            query["_id"] = {"$gt": after}
         try:
-            page = [doc async for doc in col.find(query).sort("_id", 1).limit(limit + 1)]
+            cursor = col.find(query, _LIST_PROJECTION).sort("_id", 1).limit(limit + 1).max_time_ms(_QUERY_TIME_MS)
+            page = [doc async for doc in cursor]
         except PyMongoError as exc:
             raise _unavailable(exc) from None
         more = len(page) > limit
@@ -97,7 +112,10 @@ class TenantRejects:
     async def purge_rejects(self, request: web.Request) -> web.Response:
         """Delete the tenant's rejects that match the filters (all of them without one)."""
         col = self._collection(request)
-        query = rejects_filter(dict(request.query))
+        query = rejects_filter(dict(request.query), _FILTERS | {"all"})
+        if not query and request.query.get("all") != "true":
+            raise HttpError(400, "no_filter", "a purge without a filter deletes every reject of the tenant: "
+                            "add all=true to mean it")
         try:
             result = await col.delete_many(query)
         except PyMongoError as exc:

@@ -36,7 +36,7 @@ from mysimbdp.events.catalog import (
 from mysimbdp.logs import log_only
 from mysimbdp.store.embedded import DEFAULT_CACHE_MIB
 
-__all__ = ["PLATFORM_DB", "EmbeddedMongo", "Store", "free_port", "URI_FILE"]
+__all__ = ["PLATFORM_DB", "EmbeddedMongo", "Store", "free_port", "URI_FILE", "redact"]
 
 PLATFORM_DB = "mysimbdp"
 #: Longest wait between attempts to start an embedded store that keeps failing.
@@ -301,9 +301,9 @@ class Store:
 
     def _say_up_or_not(self) -> None:
         if self.up:
-            self.events.emit(StoreConnected(uri=_redact(self.uri)))
+            self.events.emit(StoreConnected(uri=redact(self.uri)))
         else:
-            self.events.emit(StoreUnavailable(uri=_redact(self.uri), reason=self.reason))
+            self.events.emit(StoreUnavailable(uri=redact(self.uri), reason=self.reason))
 
     async def _start_embedded(self) -> bool:
         """Start the embedded server; on failure mark the store down and back off the next try."""
@@ -314,7 +314,7 @@ class Store:
             self.up, self.reason = False, f"embedded store failed to start: {exc}"[:300]
             self._restart_delay = min(self._restart_delay * 2, RESTART_MAX_S) if self._restart_delay else self._check_interval
             self._restart_at = time.monotonic() + self._restart_delay
-            self.events.emit(StoreUnavailable(uri=_redact(self.uri), reason=self.reason,
+            self.events.emit(StoreUnavailable(uri=redact(self.uri), reason=self.reason,
                                               retry_in_s=round(self._restart_delay, 1)))
             return False
         self._restart_delay = 0.0
@@ -334,7 +334,8 @@ class Store:
         return {"up": self.up, "reason": self.reason, "embedded": self.embedded is not None}
 
 
-def _redact(uri: str) -> str:
+def redact(uri: str) -> str:
+    """``uri`` with its user and password replaced by ``***``."""
     if "@" in uri and "://" in uri:
         scheme, rest = uri.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"

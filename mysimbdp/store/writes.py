@@ -350,7 +350,7 @@ def _encoded(documents: Sequence[Mapping[str, Any]], options: Any
                     cleaned = without_nan(doc)
                     if cleaned is not doc:
                         encoded = RawBSONDocument(bson.encode(cleaned, codec_options=options))
-            except (BSONError, OverflowError, TypeError, ValueError) as exc:
+            except (BSONError, OverflowError, TypeError, ValueError, RecursionError) as exc:
                 failed.append((index, f"the document cannot be stored: {exc}"[:500]))
                 continue
         size = len(encoded.raw)

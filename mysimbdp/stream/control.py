@@ -55,16 +55,20 @@ class StreamControlRoutes:
         tenant = request.match_info["id"]
         require_tenant(request, tenant)
         who = "operator" if is_admin(request) else "tenant"
+        operator = who == "operator"
         try:
             answer = await action(tenant, who)
-            return answer if who == "operator" else _for_tenant(answer)
+            return answer if operator else _for_tenant(answer)
         except StreamError as exc:
             raise HttpError(_STATUS.get(exc.code, 400), exc.code, str(exc)) from None
-        except BrokerUnavailable as exc:
-            raise HttpError(503, "broker_unavailable", str(exc)) from None
+        except (BrokerUnavailable, TimeoutError) as exc:  # the broker's hosts are the operators' business
+            detail = f": {exc}" if operator else ""
+            raise HttpError(503, "broker_unavailable", f"the message broker cannot be reached{detail}; "
+                            "try again later") from None
         except PyMongoError as exc:
-            raise HttpError(503, "store_unavailable", f"the scaling decision could not be read or written "
-                            f"(the store is unreachable: {str(exc)[:200]}); try again once it is back") from None
+            detail = f" (the store is unreachable: {str(exc)[:200]})" if operator else ""
+            raise HttpError(503, "store_unavailable", f"the scaling decision could not be read or written"
+                            f"{detail}; try again once the store is back") from None
 
     def _shared(self, answer: dict[str, Any], decision: ScaleDecision) -> dict[str, Any]:
         assert self.cluster is not None
