@@ -298,6 +298,20 @@ async def test_a_stream_coming_up_starts_only_what_the_decision_leaves_room_for(
     assert await b.admit(TENANT, 3) == 2
 
 
+async def test_the_monitors_total_does_not_undo_a_stop(platform: Platform) -> None:
+    """A stop published after the monitor looked: its scale-up leaves the decision stopped."""
+    registry, seen = Registry(), []
+    a, sa = instance(platform, registry, "a", seen)
+    await a.set_state(TENANT, "running", 1, "tenant: start")
+    await a.set_state(TENANT, "stopped", 0, "tenant: stop")
+    before, after, decision = await a.set_total(TENANT, 3, "monitor scale-up: backlog", unless_stopped=True)
+    assert (before, after, decision.state) == (0, 0, "stopped")
+    assert (await a.decision(TENANT) or pytest.fail("no decision")).state == "stopped"
+    assert sa.consumer_count(TENANT) == 0
+    _, _, decision = await a.set_total(TENANT, 2, "operator: scale")  # an operator's total still starts it
+    assert decision.state == "running"
+
+
 async def test_instances_coming_up_together_stay_within_max_consumers(platform: Platform) -> None:
     """Before any decision: the first to come up reserves what it starts under max_consumers,
     the next only the room left (it used to start its minimum all the same)."""

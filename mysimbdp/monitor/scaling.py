@@ -470,7 +470,7 @@ class Monitor:
                 before, after = await stream.scale(tenant, decision.target, decision.reason)
             else:  # the cluster-wide total; this instance's share runs at once, the others' at their ticks
                 before, after = consumers, decision.target
-                await self.cluster.set_total(tenant, decision.target, decision.reason)
+                await self.cluster.set_total(tenant, decision.target, decision.reason, unless_stopped=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # out of bounds after a profile edit, tenant gone, broker down

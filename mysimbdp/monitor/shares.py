@@ -267,10 +267,17 @@ class ClusterScaling:
             reason = reason.partition("); ")[2]
         return await self.publish(tenant, total, f"{RESHARED}{why}); {reason}"[:500])
 
-    async def set_total(self, tenant: str, total: int, reason: str) -> tuple[int, int, ScaleDecision]:
+    async def set_total(self, tenant: str, total: int, reason: str,
+                        unless_stopped: bool = False) -> tuple[int, int, ScaleDecision]:
         """Publish ``total`` (state running) and run this instance's share at once; ``(from, to,
-        decision)`` of this instance's consumers."""
+        decision)`` of this instance's consumers. ``unless_stopped`` (the monitor's scaling):
+        leave a decision that is ``stopped`` as it is, so that a stop made since the monitor
+        looked is not undone by it."""
         async with self._lock(tenant):
+            current = await self.decision(tenant) if unless_stopped else None
+            if current is not None and current.state == "stopped":
+                n = self.stream.consumer_count(tenant)
+                return n, n, current
             decision = await self.publish(tenant, total, reason)
             before, after = await self._apply(decision)
         return before, after, decision
