@@ -76,6 +76,7 @@ CHUNK_BYTES = 1024 * 1024
 #: A refused body larger than this is not read to the end: the connection is closed instead.
 _LINGER_MAX_BYTES = 64 * 1024
 _MAX_LIST = 1000
+_LIVE_WAIT_S = 1.0  # how long the start waits for the list of instances up (a store that is away)
 
 
 _TAG_HEX = 8
@@ -214,8 +215,8 @@ class UploadService:
         live: set[str] | None = set()
         if self._live_instances is not None:
             try:
-                live = {instance_tag(i) for i in await self._live_instances()}
-            except PyMongoError:
+                live = {instance_tag(i) for i in await asyncio.wait_for(self._live_instances(), _LIVE_WAIT_S)}
+            except (PyMongoError, TimeoutError):
                 live = None  # the instances are unknown: only this instance's own leftovers go
 
         def gone(tag: str, age_s: float) -> bool:

@@ -154,8 +154,9 @@ class BatchManager:
                                   batch.progress_interval_s, events=self.events,
                                   retry_deadline_s=batch.write_retry_deadline_s)
         self._accepting = True
-        with contextlib.suppress(PyMongoError):  # the store may come up later; indexes are an optimisation
-            await self.ledger.ensure_indexes()
+        if self.store.up:  # else not waited for now: the store may come up later; indexes are an optimisation
+            with contextlib.suppress(PyMongoError):
+                await self.ledger.ensure_indexes()
         self.tenants.add_listener(self._on_tenant)
         await self.watcher.start()
         self._renewer = asyncio.create_task(self._renew_loop(), name="batch.renew")

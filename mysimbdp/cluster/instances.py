@@ -72,11 +72,14 @@ class InstanceRegistry:
         return self.store.platform_db[COLLECTION]
 
     async def start(self) -> None:
-        """Refuse an id alive elsewhere, register, then beat every ``heartbeat_s``."""
-        with contextlib.suppress(PyMongoError):  # the store may come up later: the heartbeat retries
-            await self._refuse_duplicate()
-            await self.collection.create_index([("heartbeat_at", ASCENDING)])
-        await self.beat()
+        """Refuse an id alive elsewhere, register, then beat every ``heartbeat_s``. With the
+        store down at start none of it waits for it (the daemon's HTTP side opens at once):
+        the heartbeat loop registers this instance once the store answers."""
+        if getattr(self.store, "up", True):
+            with contextlib.suppress(PyMongoError):  # the store may come up later: the heartbeat retries
+                await self._refuse_duplicate()
+                await self.collection.create_index([("heartbeat_at", ASCENDING)])
+            await self.beat()
         self._task = asyncio.create_task(self._beat_loop(), name="cluster.heartbeat")
 
     async def stop(self) -> None:

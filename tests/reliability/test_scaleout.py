@@ -376,11 +376,13 @@ def test_paused_daemon_is_fenced_off(tmp_path: Path, amqp_url: str, full: bool) 
     cluster = Cluster(tmp_path, _template(tmp_path, amqp_url, batch={"write_batch_size": 20}), lease_s=LEASE_S)
     _write_profiles(cluster, [(tenant, {"app": "rel_slow"})])  # 50 ms a record: 120 rows load for 6 s
     drop = Drop(cluster.settings.staging_dir)
-    rounds = 4 if full else 2
+    rounds = 4 if full else 1
     problems: list[str] = []
     with cluster:
         for r in range(rounds):  # resumed after the other committed the file, then while it loads it
-            problems += _pause_round(cluster, drop, tenant, f"paused{r}.csv", 120, early=r % 2 == 1)
+            # (make test: only the second, where the paused one's commit meets the other's claim)
+            early = r % 2 == 1 if full else True
+            problems += _pause_round(cluster, drop, tenant, f"paused{r}.csv", 120, early=early)
         outcome = _check_files(cluster, drop.files)
         crashes = cluster.crashes()
         lease_lost = len(cluster.events("batch.file.lease_lost"))
