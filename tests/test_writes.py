@@ -147,6 +147,12 @@ async def test_ensure_target_creates_the_indexes_once_per_process(mongo: Db, ten
     assert ("code",) in await _indexed_fields(target)
 
 
+async def test_a_target_brings_the_indexes_tenants_filter_their_rejects_by(mongo: Db, tenant_id: str) -> None:
+    db = mongo[f"tenant_{tenant_id}"]
+    await ensure_target(db, "things")
+    assert {("ledger_id",), ("kind",), ("at",)} <= set(await _indexed_fields(db["_rejects"]))
+
+
 async def test_an_index_the_store_refuses_is_named_and_the_others_are_made(mongo: Db, tenant_id: str) -> None:
     db = mongo[f"tenant_{tenant_id}"]
     await db["things"].insert_many([{"code": "A"}, {"code": "A"}])

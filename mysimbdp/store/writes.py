@@ -246,8 +246,28 @@ async def ensure_target(db: AsyncDatabase[Any], collection: str, indexes: Sequen
                                                index.name or str(list(index.keys)))
     if refused is not None:
         raise refused
+    await _ensure_rejects_indexes(db, done)
     done.add(key)
     return target
+
+
+#: What a tenant filters its rejects by (``GET /tenants/{id}/rejects``): indexed, so that a
+#: filter that matches little does not read the whole collection.
+REJECTS_INDEXES = (Index([("ledger_id", 1)]), Index([("kind", 1)]), Index([("at", 1)]))
+
+
+async def _ensure_rejects_indexes(db: AsyncDatabase[Any], done: set[tuple[str, str, tuple[Any, ...]]]) -> None:
+    """The indexes of the tenant's ``_rejects`` (once per process; best effort: they only speed
+    up the tenant's reads)."""
+    key = (db.name, REJECTS, ())
+    if key in done:
+        return
+    try:
+        for index in REJECTS_INDEXES:
+            await _create_index(db[REJECTS], index)
+    except PyMongoError:
+        return  # tried again with the next target
+    done.add(key)
 
 
 async def _create_index(target: AsyncCollection[Any], index: Index) -> None:
