@@ -7,7 +7,7 @@ data arrived and where to query it without an operator (README: "Query your data
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
 from pymongo.asynchronous.database import AsyncDatabase
@@ -15,17 +15,12 @@ from pymongo.errors import PyMongoError
 
 from mysimbdp.batch.ledger import Ledger
 from mysimbdp.http.server import HttpError, json_response, require_tenant
+from mysimbdp.store.browse import TenantDatabases
 
 __all__ = ["TenantData", "MAX_COLLECTIONS", "MAX_INDEXES"]
 
 MAX_COLLECTIONS = 200
 MAX_INDEXES = 64
-
-
-class TenantDatabases(Protocol):
-    """The store as this view uses it (:class:`mysimbdp.store.mongo.Store`)."""
-
-    def tenant_db(self, tenant: str) -> AsyncDatabase[dict[str, Any]]: ...
 
 
 class TenantData:

@@ -9,10 +9,11 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from mysimbdp.client.uploader import read_token
 from mysimbdp.config import Settings
 from mysimbdp.errors import MysimbdpError
 
-__all__ = ["add_endpoint_arguments", "endpoint", "request", "daemon_url", "printable"]
+__all__ = ["add_endpoint_arguments", "endpoint", "tenant_endpoint", "request", "daemon_url", "printable"]
 
 
 def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +28,12 @@ def daemon_url(settings: Settings) -> str:
     if host in ("0.0.0.0", "::", ""):  # the daemon listens everywhere: reach it here
         host = "127.0.0.1"
     return f"http://{host}:{settings.http_port}"
+
+
+def tenant_endpoint(args: argparse.Namespace) -> tuple[str, str]:
+    """The daemon's base URL (``--url``, else the settings') and the token in ``--token-file``."""
+    token = read_token(args.token_file)
+    return (args.url or daemon_url(args.settings_loader())).rstrip("/"), token
 
 
 def endpoint(args: argparse.Namespace) -> tuple[str, str]:

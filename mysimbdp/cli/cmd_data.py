@@ -9,8 +9,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from mysimbdp.cli.admin import daemon_url, printable, request
-from mysimbdp.client.uploader import read_token
+from mysimbdp.cli.admin import printable, request, tenant_endpoint
 
 __all__ = ["register", "run", "describe"]
 
@@ -26,8 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    token = read_token(args.token_file)
-    url = (args.url or daemon_url(args.settings_loader())).rstrip("/")
+    url, token = tenant_endpoint(args)
     answer = request("GET", f"{url}/tenants/{urllib.parse.quote(args.tenant, safe='')}/data", token)
     print(json.dumps(answer, indent=2, default=str) if args.json else describe(answer))
     return 0

@@ -9,8 +9,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from mysimbdp.cli.admin import daemon_url, printable, request
-from mysimbdp.client.uploader import read_token
+from mysimbdp.cli.admin import printable, request, tenant_endpoint
 from mysimbdp.errors import MysimbdpError
 
 __all__ = ["register", "run"]
@@ -37,9 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    token = read_token(args.token_file)
-    tenant = urllib.parse.quote(args.tenant, safe="")
-    base = f"{(args.url or daemon_url(args.settings_loader())).rstrip('/')}/tenants/{tenant}/rejects"
+    url, token = tenant_endpoint(args)
+    base = f"{url}/tenants/{urllib.parse.quote(args.tenant, safe='')}/rejects"
     filters = {k: v for k, v in (("file", args.file), ("reason", args.reason), ("source", args.source),
                                  ("since", args.since)) if v is not None}
     if args.action == "show":

@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mysimbdp.cli.admin import add_endpoint_arguments, daemon_url, endpoint, request
-from mysimbdp.client.uploader import read_token
+from mysimbdp.cli.admin import add_endpoint_arguments, endpoint, request, tenant_endpoint
 from mysimbdp.errors import MysimbdpError
 
 ACTIONS = ("start", "stop", "scale", "status")
@@ -38,8 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     if args.token_file is not None:
-        token = read_token(args.token_file)
-        url = (args.url or daemon_url(args.settings_loader())).rstrip("/")
+        url, token = tenant_endpoint(args)
     else:
         url, token = endpoint(args)
     if (args.action == "scale") != (args.count is not None):

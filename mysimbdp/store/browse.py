@@ -23,7 +23,7 @@ from pymongo.errors import PyMongoError
 from mysimbdp.http.server import HttpError, json_response, require_tenant
 from mysimbdp.store.rejects import REJECTS
 
-__all__ = ["TenantRejects", "MAX_PAGE", "rejects_filter"]
+__all__ = ["TenantRejects", "TenantDatabases", "MAX_PAGE", "rejects_filter"]
 
 MAX_PAGE = 500
 _DEFAULT_PAGE = 100
@@ -36,7 +36,7 @@ _FILTERS = frozenset({"file", "reason", "source", "since"})
 
 
 class TenantDatabases(Protocol):
-    """The store as this view uses it (:class:`mysimbdp.store.mongo.Store`)."""
+    """The store as the tenant's views use it (:class:`mysimbdp.store.mongo.Store`)."""
 
     def tenant_db(self, tenant: str) -> AsyncDatabase[dict[str, Any]]: ...
 
