@@ -140,3 +140,10 @@ def test_the_daemon_freezes_its_start_up_objects_and_collects_young_ones_less_of
             "print(before[0], gc.get_threshold()[0], GC_YOUNG_THRESHOLD, gc.get_freeze_count() > 1000)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "700" and out[1] == out[2] and out[3] == "True"
+
+
+def test_a_tenants_control_characters_never_reach_the_terminal() -> None:
+    from mysimbdp.cli.admin import printable
+
+    assert printable("bad\x1b[2J row\x07") == "bad?[2J row?"
+    assert printable("a\nb", keep="\n") == "a\nb"

@@ -179,3 +179,17 @@ async def test_a_permanent_error_outside_an_insert_command_is_raised_typed(
     monkeypatch.setattr(writes, "_ids_present", refused)
     with pytest.raises(WriteRefused, match="not authorized"):
         await asyncio.wait_for(write(coll, [{"_id": "b", "code": "A"}], RetryPolicy(deadline_s=None)), 10)
+
+
+def test_a_document_nested_too_deep_fails_alone() -> None:
+    """Nested past Python's recursion limit, with the bytes of a NaN in it (an int64 holding them):
+    that one document is reported, the others are encoded."""
+    import bson
+
+    from mysimbdp.store.writes import _encoded
+
+    deep: dict[str, Any] = {"v": 9221120237041090560}  # the bytes of a NaN double, as an integer
+    for _ in range(1200):
+        deep = {"d": deep}
+    raws, _, positions, failed = _encoded([{"_id": 1}, deep, {"_id": 3}], bson.DEFAULT_CODEC_OPTIONS)
+    assert positions == [0, 2] and [i for i, _ in failed] == [1]
