@@ -39,6 +39,11 @@ class BatchSettings(BaseModel):
     write_retry_deadline_s: float = Field(
         300.0, gt=0, le=86_400, description="how long a file's write is retried while the store is unreachable; "
         "then the file is deferred (it stays loading and resumes at a later scan)")
+    try_max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="largest body of a dry-run (POST "
+                               "/tenants/{id}/try); the tenant's max_file_bytes bounds it too")
+    try_timeout_s: float = Field(120.0, gt=0, le=3600, description="longest dry-run (the route's timeout_s bounds "
+                                 "it too); past it the app's worker is stopped and the answer says so")
+    max_concurrent_tries: int = Field(2, ge=1, le=64, description="dry-runs at once, all tenants (one per tenant)")
 
 
 class StreamSettings(BaseModel):

@@ -63,7 +63,8 @@ from mysimbdp.store.writes import (
     write_rejects,
 )
 
-__all__ = ["FileJob", "Counts", "FileLoader", "id_prefix", "ARROW_BLOCK_BYTES"]
+__all__ = ["FileJob", "Counts", "FileLoader", "BatchProducer", "Prepared", "AppFailed", "id_prefix",
+           "lease_session", "give_back", "target_of", "guarded", "ARROW_BLOCK_BYTES"]
 
 # CSV is parsed in blocks of ARROW_BLOCK_BYTES (Arrow's reader needs memory many times its
 # block) and wrangled and encoded in batches of about ARROW_BATCH_BYTES of column data
@@ -146,7 +147,7 @@ def _cut(raw: Any) -> Any:
     return raw
 
 
-class _Producer:
+class BatchProducer:
     """Runs in the worker thread: reads, wrangles and yields :class:`Prepared` batches."""
 
     def __init__(self, job: FileJob, ctx: BatchContext, chunk_size: int, session: AppSession) -> None:
@@ -344,8 +345,8 @@ class FileLoader:
         session: AppSession | None = None
         healthy = False
         try:
-            session = await loop.run_in_executor(executor, self._lease, job)
-            target = await loop.run_in_executor(executor, _target_of, job, session)
+            session = await loop.run_in_executor(executor, lease_session, self.runners, job)
+            target = await loop.run_in_executor(executor, target_of, job, session)
             collection = await self._collection(job, target)
             try:
                 await self._pipeline(job, ctx, collection, counts, session, executor)
@@ -364,24 +365,10 @@ class FileLoader:
                 raise
         finally:
             if session is not None:
-                self._give_back(session, healthy)
+                give_back(self.runners, session, healthy)
             executor.shutdown(wait=False)
         return counts
 
-    def _lease(self, job: FileJob) -> AppSession:
-        """The app's session for this file (in the file's thread: a worker may have to start)."""
-        try:
-            return self.runners.lease(job.tenant, job.app.name, job.app.mode, "batch")
-        except PluginError as exc:
-            raise FileRejected("no_app", str(exc)) from None
-        except AppError as exc:
-            raise FileRejected("app_failed", f"app {job.app.name!r} cannot start: {exc}") from None
-
-    def _give_back(self, session: AppSession, healthy: bool) -> None:
-        """Return the session; one interrupted mid-call (time limit, failure) is killed first."""
-        if not healthy:
-            session.kill()
-        asyncio.get_running_loop().run_in_executor(None, self.runners.release, session)
 
     async def purge(self, tenant: str, sha256: str, name: str) -> None:
         """Remove the documents of the file with this sha256 from every collection of the tenant.
@@ -412,15 +399,15 @@ class FileLoader:
     async def _pipeline(self, job: FileJob, ctx: BatchContext, collection: Any, counts: Counts,
                         session: AppSession, executor: ThreadPoolExecutor) -> None:
         loop = asyncio.get_running_loop()
-        producer = _Producer(job, ctx, self.write_batch_size, session)
+        producer = BatchProducer(job, ctx, self.write_batch_size, session)
         db = self.store.tenant_db(job.tenant)
         pending: asyncio.Task[None] | None = None
         future: Future[Prepared | None] | None = None
         progress = _Progress(job, counts, self.progress_interval_s, self.events)
         try:
-            iterator = await loop.run_in_executor(executor, _guarded, producer.batches)
+            iterator = await loop.run_in_executor(executor, guarded, producer.batches)
             while True:
-                future = executor.submit(_guarded, next, iterator, None)
+                future = executor.submit(guarded, next, iterator, None)
                 prepared = await asyncio.wrap_future(future)
                 if pending is not None:
                     await pending
@@ -451,7 +438,7 @@ class FileLoader:
         self.events.emit(BatchAppStuck(tenant=job.tenant, file=job.name, waited_s=_SETTLE_S))
         return False
 
-    async def _write(self, producer: _Producer, collection: Any, db: Any, prepared: Prepared, counts: Counts) -> None:
+    async def _write(self, producer: BatchProducer, collection: Any, db: Any, prepared: Prepared, counts: Counts) -> None:
         result = await write(collection, prepared.docs, self._policy, self._log_retry)
         for index, reason in result.failed:
             raw = prepared.raws[index] if 0 <= index < len(prepared.raws) else None
@@ -501,7 +488,24 @@ class _Progress:
 
 
 
-def _target_of(job: FileJob, session: AppSession) -> Target:
+def lease_session(runners: Runners, job: FileJob) -> AppSession:
+    """The app's session for this file (in the file's thread: a worker may have to start)."""
+    try:
+        return runners.lease(job.tenant, job.app.name, job.app.mode, "batch")
+    except PluginError as exc:
+        raise FileRejected("no_app", str(exc)) from None
+    except AppError as exc:
+        raise FileRejected("app_failed", f"app {job.app.name!r} cannot start: {exc}") from None
+
+
+def give_back(runners: Runners, session: AppSession, healthy: bool) -> None:
+    """Return the session (on the event loop); one interrupted mid-call (time limit, failure) is killed first."""
+    if not healthy:
+        session.kill()
+    asyncio.get_running_loop().run_in_executor(None, runners.release, session)
+
+
+def target_of(job: FileJob, session: AppSession) -> Target:
     """The app's target (in the file's thread, never on the event loop)."""
     try:
         return session.target("batch")
@@ -509,7 +513,7 @@ def _target_of(job: FileJob, session: AppSession) -> Target:
         raise FileRejected("app_failed", f"app {job.app.name!r}: {exc}") from None
 
 
-def _guarded(fn: Any, *args: Any) -> Any:
+def guarded(fn: Any, *args: Any) -> Any:
     """Run app code in the worker thread; even ``SystemExit`` from an app only fails the file."""
     try:
         return fn(*args)

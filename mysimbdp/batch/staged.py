@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
 import io
 import os
 import stat
@@ -93,6 +94,11 @@ class StagedFile:
     def size(self) -> int:
         """The size it was admitted with."""
         return self.admitted.st_size
+
+    def sha256(self) -> str:
+        """The hex sha256 of the admitted content (blocking I/O: call it in a thread)."""
+        with self.open_reader() as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
 
     def open_reader(self) -> io.BufferedReader:
         """A new binary reader of the admitted inode at offset 0, independent of any other.

@@ -1,0 +1,98 @@
+"""``mysimbdp try --tenant T FILE [--limit N]``: a dry-run of a file with the tenant's token
+(``POST /tenants/{id}/try``): admission, reader, app and contract as in a load; nothing is written."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from mysimbdp.cli.admin import printable, tenant_endpoint
+from mysimbdp.errors import MysimbdpError
+
+__all__ = ["register", "run", "describe"]
+
+_SHOWN_REJECTS = 20
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("try", help="dry-run a file through the tenant's checks and app; nothing is written")
+    p.add_argument("file", type=Path, help="the file (its name decides its format and route, as in staging)")
+    p.add_argument("--tenant", required=True, help="the tenant id")
+    p.add_argument("--token-file", required=True, type=Path, help="file holding the tenant's token, or the admin token")
+    p.add_argument("--name", help="the name to judge the file by (default: the file's own name)")
+    p.add_argument("--limit", type=int, default=5, help="documents to show as they would be stored (at most 1000)")
+    p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    url, token = tenant_endpoint(args)
+    name = args.name or args.file.name
+    query = urllib.parse.urlencode({"name": name, "limit": str(args.limit)})
+    target = f"{url}/tenants/{urllib.parse.quote(args.tenant, safe='')}/try?{query}"
+    try:
+        size = args.file.stat().st_size
+        with args.file.open("rb") as body:
+            answer = _post(target, token, body, size)
+    except OSError as exc:
+        raise MysimbdpError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    print(json.dumps(answer, indent=2, default=str) if args.json else describe(answer))
+    return 0 if answer.get("admitted") and answer.get("verdict") == "commit" else 1
+
+
+def _post(url: str, token: str, body: Any, size: int) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream", "Content-Length": str(size)})
+    try:
+        with urllib.request.urlopen(req, timeout=3600) as resp:
+            answer: dict[str, Any] = json.loads(resp.read() or b"{}")
+            return answer
+    except urllib.error.HTTPError as exc:
+        try:
+            err = json.loads(exc.read() or b"{}")
+        except ValueError:
+            err = {}
+        raise MysimbdpError(f"{err.get('message', exc.reason)} (HTTP {exc.code} {err.get('code', '')})".rstrip()) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise MysimbdpError(f"cannot reach the daemon at {url}: {reason}; is mysimbdpd running? (--url)") from None
+
+
+def describe(answer: dict[str, Any]) -> str:
+    """The verdict, the counts, the fields, the first documents and rejects, the estimate."""
+    name = printable(str(answer.get("name")))
+    if not answer.get("admitted"):
+        return f"{name}: not admitted ({answer.get('code')}): {printable(str(answer.get('reason')))}"
+    counts = answer.get("counts", {})
+    lines = [f"{name}: {answer.get('format')} -> app {answer.get('app')}, collection {answer.get('collection')}"]
+    verdict = answer.get("verdict")
+    lines.append("verdict: would commit" if verdict == "commit" else
+                 f"verdict: would be rejected ({answer.get('code')}): {printable(str(answer.get('reason')))}")
+    lines.append(f"records {counts.get('records_in', 0):,}, documents {counts.get('documents', 0):,}, "
+                 f"rejected {counts.get('rejected', 0):,}, skipped {counts.get('skipped', 0):,}")
+    if answer.get("fields"):
+        lines.append("fields:")
+        for key, f in answer["fields"].items():
+            types = ", ".join(f"{t} {n}" for t, n in f.get("types", {}).items())
+            bounds = "" if f.get("min") is None else f"  min {f['min']}  max {f['max']}"
+            lines.append(printable(f"  {key}: {types}; missing {f.get('missing')}, nulls {f.get('nulls')}{bounds}"))
+    for doc in answer.get("documents", []):
+        lines.append(printable("  " + json.dumps(doc, default=str)[:300]))
+    rejects = answer.get("rejects", [])
+    if rejects:
+        lines.append(f"rejects ({answer.get('rejects_by_kind')}):")
+        for r in rejects[:_SHOWN_REJECTS]:
+            lines.append(printable(f"  record {r.get('record_number')} {r.get('kind')}: {r.get('reason')}")[:300])
+        if len(rejects) > _SHOWN_REJECTS:
+            lines.append(f"  ... {counts.get('rejected', 0) - _SHOWN_REJECTS:,} more (--json shows {len(rejects)})")
+    est = answer.get("estimate", {})
+    if est.get("load_s") is not None:
+        lines.append(f"estimated load: {est['load_s']:,} s at {est.get('recent_loads_records_per_s') or est.get('dry_run_records_per_s'):,} "
+                     f"records/s ({'the tenant recent loads' if est.get('based_on') == 'recent_loads' else 'this dry-run'})")
+    return "\n".join(lines)
