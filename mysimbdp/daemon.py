@@ -26,6 +26,8 @@ from mysimbdp.batch.data import TenantData
 from mysimbdp.batch.intake import UploadService
 from mysimbdp.batch.ledger import Ledger
 from mysimbdp.batch.lifecycle import BatchManager
+from mysimbdp.batch.trial import FileTrial
+from mysimbdp.batch.undo import FileUndo
 from mysimbdp.cluster.identity import instance_id
 from mysimbdp.cluster.instances import InstanceRegistry
 from mysimbdp.cluster.leases import Leases
@@ -107,6 +109,8 @@ class Daemon:
         self.instances = InstanceRegistry(instance_id=self.instance_id, store=self.store, settings=settings.cluster,
                                           version=__version__, http_port=lambda: self.http.port,
                                           activity=self._activity, bus=bus)
+        self.undo = FileUndo(store=self.store, ledger=self.ledger, instance_id=self.instance_id,
+                             lease_s=settings.cluster.lease_s, bus=bus)
         self.monitor = Monitor(tenants=self.tenants, store=self.store, stream=self.stream, health=self.health,
                                http=settings.http, metrics_token=settings.metrics_token,
                                admin_token=settings.admin_token, stopping=stopping, bus=bus,
@@ -116,13 +120,16 @@ class Daemon:
                                routes=route_table(self.upload, self.monitor,
                                                   StreamControlRoutes(self.stream, self.monitor.cluster),
                                                   self.instances, TenantData(store=self.store, ledger=self.ledger),
-                                                  TenantRejects(store=self.store)),
+                                                  TenantRejects(store=self.store), self.undo,
+                                                  FileTrial(settings=settings.batch, runners=self.runners,
+                                                            ledger=self.ledger, usage=self.batch,
+                                                            var_dir=settings.var_dir)),
                                health=self.health, stopping=stopping, bus=bus)
         # start order (stop is the reverse): the runner stops after those that lease its workers;
         # the monitor starts last of the ingestion components (it watches them); the registry
         # starts after its listeners (starting it onboards every tenant); HTTP opens last
         self.components: list[Component] = [
-            self.store, self.instances, self.broker, self.runners, self.batch, self.upload, self.stream,
+            self.store, self.instances, self.broker, self.runners, self.batch, self.upload, self.undo, self.stream,
             self.monitor, self.tenants, self.http,
         ]
         self.drainers: list[Drainer] = [self.batch, self.upload, self.stream]

@@ -2,7 +2,8 @@
 that moves a file from state to state.
 
 States: ``staged -> loading -> committed | rejected`` (and ``staged -> rejected`` for a
-file refused at admission). The ledger is how exactly-once loading survives a crash (a file
+file refused at admission), then ``committed -> undoing -> undone`` when the tenant undoes
+a load (:mod:`mysimbdp.batch.undo`). The ledger is how exactly-once loading survives a crash (a file
 left ``loading`` is resumed) and how duplicates are refused (a sha256 already committed for
 the tenant). Several daemons may share it: every transition is one conditional update on
 the state it expects (``find_one_and_update``), so of two instances trying the same
@@ -15,7 +16,10 @@ transition exactly one wins, and the others only propose:
 * :meth:`Ledger.settle` ``loading -> committed | rejected``, only with the token the claim
   gave: a daemon paused past its lease (the file taken over meanwhile) cannot settle;
 * :meth:`Ledger.reject_staged` ``staged -> rejected`` at admission;
-* :meth:`Ledger.release` gives a claim up at once (shutdown, cluster-wide limit).
+* :meth:`Ledger.release` gives a claim up at once (shutdown, cluster-wide limit);
+* :meth:`Ledger.claim_undo` ``committed -> undoing`` (or takes over an ``undoing`` entry whose
+  lease lapsed, or that this instance left), with the same owner, lease and fencing token;
+* :meth:`Ledger.finish_undo` ``undoing -> undone``, only while that claim holds.
 
 Every timestamp (``staged_at``, ``loading_at``, ``committed_at``, ``rejected_at``) is a BSON
 date in UTC: ``staged_at`` from the daemon's clock, the others from the store's.
@@ -47,6 +51,8 @@ class FileState(StrEnum):
     LOADING = "loading"
     COMMITTED = "committed"
     REJECTED = "rejected"
+    UNDOING = "undoing"
+    UNDONE = "undone"
 
 
 def _now() -> datetime:
@@ -63,11 +69,12 @@ class Claim:
     lease: int
     resumed: bool  # the entry was ``loading`` already (a crash, a lapsed lease, a handover)
     entry: dict[str, Any]
+    state: str = FileState.LOADING.value  # the state the claim holds the entry in
 
     @property
     def held(self) -> dict[str, Any]:
         """The query that matches the entry only while this claim holds it."""
-        return {"_id": self.entry_id, "state": FileState.LOADING.value, "owner": self.owner, "lease": self.lease}
+        return {"_id": self.entry_id, "state": self.state, "owner": self.owner, "lease": self.lease}
 
 
 class Ledger:
@@ -117,22 +124,56 @@ class Ledger:
         Each case is its own conditional update: an ``$or`` of them would be one, but the
         embedded store ignores the other conditions of a query beside an ``$or``."""
         now = time.time()
-        loading = FileState.LOADING.value
-        update = {"$set": {"state": loading, "owner": owner, "lease_until": now + lease_s, "claimed_epoch": now,
-                           **fields},
+        update = {"$set": {"state": FileState.LOADING.value, "owner": owner, "lease_until": now + lease_s,
+                           "claimed_epoch": now, **fields},
                   "$inc": {"lease": 1, "attempts": 1}, "$currentDate": {"loading_at": {"$type": "date"}}}
+        return await self._take(entry_id, {"state": FileState.STAGED.value}, FileState.LOADING, owner, now, update)
+
+    async def claim_undo(self, entry_id: str, owner: str, lease_s: float, **fields: Any) -> Claim | None:
+        """``committed -> undoing`` for ``owner`` (``fields``: who asked), or take over an
+        ``undoing`` entry whose lease lapsed or that ``owner`` left; None otherwise."""
+        now = time.time()
+        update = {"$set": {"state": FileState.UNDOING.value, "owner": owner, "lease_until": now + lease_s,
+                           "claimed_epoch": now, **fields},
+                  "$inc": {"lease": 1}, "$currentDate": {"undoing_at": {"$type": "date"}}}
+        return await self._take(entry_id, {"state": FileState.COMMITTED.value}, FileState.UNDOING, owner, now, update)
+
+    async def _take(self, entry_id: str, fresh: dict[str, Any], state: FileState, owner: str, now: float,
+                    update: dict[str, Any]) -> Claim | None:
+        """Apply ``update`` to the entry if it is in ``fresh``, or in ``state`` held by ``owner``
+        or under a lapsed lease: each case is its own conditional update (an ``$or`` of them
+        would be one, but the embedded store ignores the other conditions of a query beside an ``$or``)."""
+        held = state.value
         cases: list[tuple[dict[str, Any], bool]] = [
-            ({"state": FileState.STAGED.value}, False),
-            ({"state": loading, "owner": owner}, True),
-            ({"state": loading, "lease_until": {"$lt": now}}, True),
-            ({"state": loading, "lease_until": None}, True),
+            (fresh, False),
+            ({"state": held, "owner": owner}, True),
+            ({"state": held, "lease_until": {"$lt": now}}, True),
+            ({"state": held, "lease_until": None}, True),
         ]
         for condition, resumed in cases:
             doc = await self.collection.find_one_and_update({"_id": entry_id, **condition}, update,
                                                             return_document=ReturnDocument.AFTER)
             if doc is not None:
-                return Claim(entry_id, owner, int(doc["lease"]), resumed, doc)
+                return Claim(entry_id, owner, int(doc["lease"]), resumed, doc, held)
         return None
+
+    async def finish_undo(self, claim: Claim, **fields: Any) -> dict[str, Any] | None:
+        """``undoing -> undone`` with ``fields`` (what was removed), only while ``claim`` holds."""
+        return await self.collection.find_one_and_update(
+            claim.held, _to(FileState.UNDONE, {**fields, "lease_until": 0.0}), return_document=ReturnDocument.AFTER)
+
+    async def update_held(self, claim: Claim, **fields: Any) -> bool:
+        """Set ``fields`` on the entry while ``claim`` holds it; False if it no longer does."""
+        result = await self.collection.update_one(claim.held, {"$set": fields})
+        return bool(result.matched_count)
+
+    async def lapsed(self, state: FileState, owner: str) -> list[str]:
+        """Ids of the entries in ``state`` (any tenant) whose lease lapsed or that ``owner`` holds."""
+        now = time.time()
+        ids: list[str] = []
+        for condition in ({"owner": owner}, {"lease_until": {"$lt": now}}, {"lease_until": None}):
+            ids += [str(d["_id"]) async for d in self.collection.find({"state": state.value, **condition}, {"_id": 1})]
+        return sorted(set(ids))
 
     async def renew(self, claim: Claim, lease_s: float) -> bool:
         """Extend the claim's lease; False if it no longer holds the entry (taken over, settled)."""

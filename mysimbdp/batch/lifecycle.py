@@ -99,16 +99,12 @@ def route_for(profile: BatchProfile, name: str) -> BatchRoute | None:
     return None
 
 
-def entry_id_of(tenant: str, name: str, st: os.stat_result) -> str:
+def entry_id_of(tenant: str, name: str, st: os.stat_result, after: str = "") -> str:
     """The ledger id of a file found in staging: what every instance watching the folder sees
-    of it (tenant, name, inode, size, modification time), so that they all propose one entry."""
-    key = f"{tenant}\0{name}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8", "surrogateescape")
-    return hashlib.sha256(key).hexdigest()[:32]
-
-
-def _sha256(staged: StagedFile) -> str:
-    with staged.open_reader() as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    of it (tenant, name, inode, size, modification time), so that they all propose one entry.
+    ``after``: the id of an undone entry of the same file, which a new load must not reuse."""
+    key = f"{tenant}\0{name}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}" + (f"\0{after}" if after else "")
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 class BatchManager:
@@ -275,7 +271,7 @@ class BatchManager:
             resumable = _resumable_format(entry)
             # constraints first: a file too big is refused without being read
             fmt = resumable or await self._check_constraints(tenant, profile, name, size)
-            sha = await loop.run_in_executor(self._executor, _sha256, staged)
+            sha = await loop.run_in_executor(self._executor, staged.sha256)
             if entry is not None and entry.get("sha256") not in (None, sha):
                 if resumable is not None:  # not the file that was loading: a new one
                     fmt = await self._check_constraints(tenant, profile, name, size)
@@ -293,6 +289,9 @@ class BatchManager:
         except FileRejected as exc:
             if exc.code == "hard_link" and await self._archived_late(tenant, path, st):
                 return None
+            if exc.code == "undoing":
+                _close(staged)
+                return None  # the same content is being undone: looked at again once it is undone
             if exc.code != "archived":
                 # a duplicate's documents are those of the copy loading or committed: never remove them
                 await self._reject(tenant, path, size, sha, entry_id, exc, purge=resumed and exc.code != "duplicate",
@@ -306,6 +305,10 @@ class BatchManager:
             if entry_id is None:
                 entry_id = entry_id_of(tenant, name, st)
                 staged_entry = await ledger.stage_once(entry_id, tenant, name, sha, size, source="staging")
+                while staged_entry.get("state") == FileState.UNDONE.value:
+                    # the very file a tenant loaded, undid and put back: a new entry, the same on every instance
+                    entry_id = entry_id_of(tenant, name, st, after=entry_id)
+                    staged_entry = await ledger.stage_once(entry_id, tenant, name, sha, size, source="staging")
                 if staged_entry.get("state") in (FileState.COMMITTED.value, FileState.REJECTED.value):
                     _close(staged)  # another instance finished it since this one looked
                     return None
@@ -339,6 +342,8 @@ class BatchManager:
                                 for d in await self.ledger.live_claims(tenant))
         if loading_elsewhere or any(s == sha for _, s in self._inflight.get(tenant, {}).values()):
             raise FileRejected("duplicate", "a file with the same content is loading right now", sha256=sha)
+        if await self.ledger.find(tenant, sha256=sha, states=[FileState.UNDOING]):
+            raise FileRejected("undoing", "the same content is being undone; it loads once the undo is done")
         for done in await self.ledger.find(tenant, sha256=sha, states=[FileState.COMMITTED]):
             archived = done.get("archive_path")
             if (done.get("name") == name and archived and self._may_finish_archiving(done)

@@ -656,6 +656,54 @@ class BatchFileRolledBack(Event):
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class BatchFileUndoing(Event):
+    """A tenant (or an operator) asked to undo a committed file: its documents and rejects are
+    being removed (``documents``, ``rejects``: how many there are to remove)."""
+
+    NAME: ClassVar[str] = "batch.file.undoing"
+    LEVEL: ClassVar[Level] = "info"
+
+    tenant: str
+    file: str
+    ledger_id: str
+    by: str
+    documents: int
+    rejects: int
+    resumed: bool
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchFileUndone(Event):
+    """Every document and reject of the file is removed; its ledger entry is ``undone`` and the
+    same content may be loaded again."""
+
+    NAME: ClassVar[str] = "batch.file.undone"
+    LEVEL: ClassVar[Level] = "info"
+
+    tenant: str
+    file: str
+    ledger_id: str
+    by: str
+    documents: int
+    rejects: int
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BatchFileUndoFailed(Event):
+    """An undo stopped (the store went away, another instance took it over); it is taken up
+    again once its lease lapses, by this instance or another."""
+
+    NAME: ClassVar[str] = "batch.file.undo_failed"
+    LEVEL: ClassVar[Level] = "warning"
+
+    tenant: str
+    file: str
+    ledger_id: str
+    error: str
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class BatchFileRollbackFailed(Event):
     """The removal failed (the store was down); the documents carry the file's ``_id`` prefix
     ``<sha256[:20]>:``."""

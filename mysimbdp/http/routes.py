@@ -14,7 +14,7 @@ from typing import Protocol
 from aiohttp import web
 
 __all__ = ["route_table", "UploadRoutes", "MonitorRoutes", "StreamRoutes", "ClusterRoutes", "DataRoutes",
-           "RejectsRoutes"]
+           "RejectsRoutes", "UndoRoutes", "TrialRoutes"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,11 +67,28 @@ class RejectsRoutes(Protocol):
     async def purge_rejects(self, request: web.Request) -> web.Response: ...
 
 
+class UndoRoutes(Protocol):
+    """Undoing a committed file (:class:`mysimbdp.batch.undo.FileUndo`)."""
+
+    async def undo_file(self, request: web.Request) -> web.Response: ...
+
+
+class TrialRoutes(Protocol):
+    """Dry-runs of files (:class:`mysimbdp.batch.trial.FileTrial`)."""
+
+    async def try_file(self, request: web.Request) -> web.Response: ...
+
+
 def route_table(upload: UploadRoutes | None, monitor: MonitorRoutes | None,
                 stream: StreamRoutes | None, cluster: ClusterRoutes | None = None,
-                data: DataRoutes | None = None, rejects: RejectsRoutes | None = None) -> list[web.AbstractRouteDef]:
+                data: DataRoutes | None = None, rejects: RejectsRoutes | None = None,
+                undo: UndoRoutes | None = None, trial: TrialRoutes | None = None) -> list[web.AbstractRouteDef]:
     """Every route but ``/health``; a component left out (None) serves none of its routes."""
     routes: list[web.AbstractRouteDef] = []
+    if trial is not None:
+        routes.append(web.post("/tenants/{id}/try", trial.try_file))
+    if undo is not None:
+        routes.append(web.delete("/tenants/{id}/files/{ledger_id}", undo.undo_file))
     if rejects is not None:
         routes += [
             web.get("/tenants/{id}/rejects", rejects.list_rejects),
