@@ -46,6 +46,7 @@ from mysimbdp.logs import write_event
 from mysimbdp.monitor.scaling import Monitor
 from mysimbdp.store.browse import TenantRejects
 from mysimbdp.store.mongo import Store
+from mysimbdp.store.schemas import SchemaHistory
 from mysimbdp.stream.broker import Broker
 from mysimbdp.stream.control import StreamControlRoutes
 from mysimbdp.stream.manager import StreamManager
@@ -93,11 +94,12 @@ class Daemon:
         self.leases = Leases(self.store, self.instance_id, settings.cluster.lease_s)
         self.broker = Broker(settings.amqp_url, settings.retry_max_s, bus=bus)
         self.ledger = Ledger(self.store)
+        self.schemas = SchemaHistory(store=self.store)
         self.tenants = TenantRegistry(settings.tenants_dir, stopping, settings.batch.rescan_interval_s, bus=bus)
         self.batch = BatchManager(settings=settings.batch, staging_dir=settings.staging_dir,
                                   archive_dir=settings.archive_dir, store=self.store, ledger=self.ledger,
                                   runners=self.runners, tenants=self.tenants, stop_event=stopping, bus=bus,
-                                  instance_id=self.instance_id, cluster=settings.cluster)
+                                  instance_id=self.instance_id, cluster=settings.cluster, schemas=self.schemas)
         self.upload = UploadService(staging_dir=settings.staging_dir, ledger=self.ledger, batch=self.batch,
                                     stopping=stopping, bus=bus, instance_id=self.instance_id,
                                     live_instances=lambda: self.instances.live_ids(),
@@ -105,7 +107,7 @@ class Daemon:
         self.stream = StreamManager(settings=settings.stream, amqp_url=settings.amqp_url,
                                     drain_timeout_s=settings.drain_timeout_s, retry_max_s=settings.retry_max_s,
                                     tenants=self.tenants, broker=self.broker, store=self.store,
-                                    runners=self.runners, bus=bus)
+                                    runners=self.runners, bus=bus, schemas=self.schemas)
         self.instances = InstanceRegistry(instance_id=self.instance_id, store=self.store, settings=settings.cluster,
                                           version=__version__, http_port=lambda: self.http.port,
                                           activity=self._activity, bus=bus)
@@ -123,7 +125,7 @@ class Daemon:
                                                   TenantRejects(store=self.store), self.undo,
                                                   FileTrial(settings=settings.batch, runners=self.runners,
                                                             ledger=self.ledger, usage=self.batch,
-                                                            var_dir=settings.var_dir)),
+                                                            var_dir=settings.var_dir), self.schemas),
                                health=self.health, stopping=stopping, bus=bus)
         # start order (stop is the reverse): the runner stops after those that lease its workers;
         # the monitor starts last of the ingestion components (it watches them); the registry

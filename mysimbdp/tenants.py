@@ -29,6 +29,7 @@ from mysimbdp.events.catalog import (
     TenantReloadFailed,
     TenantRemoved,
 )
+from mysimbdp.store.contracts import Contract
 
 __all__ = [
     "TENANT_ID_RE", "TenantProfile", "BatchProfile", "BatchRoute", "StreamProfile",
@@ -57,6 +58,7 @@ class BatchRoute(_ProfileSection):
     app: str
     max_concurrent_files: int = Field(1, ge=1, le=64)
     timeout_s: float = Field(3600.0, gt=0, le=DAY_S)
+    contract: Contract | None = Field(None, description="the schema contract of these files (replaces the batch one)")
 
 
 class BatchProfile(_ProfileSection):
@@ -71,6 +73,13 @@ class BatchProfile(_ProfileSection):
     max_error_rate: float = Field(0.10, ge=0.0, le=1.0)
     timeout_s: float = Field(3600.0, gt=0, le=DAY_S)
     routes: tuple[BatchRoute, ...] = ()
+    contract: Contract | None = Field(None, description="the schema contract of the tenant's files")
+
+    def contract_of(self, route: BatchRoute | None) -> tuple[str, Contract | None]:
+        """The schema history's scope of a file of ``route`` (None: no route matched) and its contract."""
+        if route is not None and route.contract is not None:
+            return f"route:{route.pattern}", route.contract
+        return "batch", self.contract
 
 
 class StreamProfile(_ProfileSection):
@@ -94,6 +103,7 @@ class StreamProfile(_ProfileSection):
     max_records_per_message: int = Field(10_000, ge=1, le=1_000_000,
                                          description="a message holding more records is rejected whole")
     autostart: bool = True
+    contract: Contract | None = Field(None, description="the schema contract of the stream's documents")
 
     @model_validator(mode="after")
     def _bounds(self) -> StreamProfile:

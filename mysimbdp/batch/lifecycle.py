@@ -27,7 +27,8 @@ instance once the lease lapses; at shutdown the claims are given up at once. A t
 ``max_concurrent_files`` and ``max_staged_files`` count every instance's live claims.
 
 It is handed what it uses: the ``[batch]`` settings and folders, the store, the ledger, the
-app runners, the tenants, the daemon's stop event and the event bus.
+app runners, the tenants, the daemon's stop event, the event bus and the schema history
+(where an ``evolve`` contract records the fields it accepted).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ from mysimbdp.events.catalog import (
     BatchTenantWatching,
 )
 from mysimbdp.store.mongo import Store
+from mysimbdp.store.schemas import SchemaRecorder
 from mysimbdp.tenants import FORMATS, BatchProfile, BatchRoute, TenantChange, TenantDirectory
 
 __all__ = ["BatchManager", "route_for", "entry_id_of"]
@@ -114,8 +116,10 @@ class BatchManager:
 
     def __init__(self, *, settings: BatchSettings, staging_dir: Path, archive_dir: Path, store: Store,
                  ledger: Ledger, runners: Runners, tenants: TenantDirectory, stop_event: asyncio.Event,
-                 bus: EventBus, instance_id: str = "local", cluster: ClusterSettings | None = None) -> None:
+                 bus: EventBus, instance_id: str = "local", cluster: ClusterSettings | None = None,
+                 schemas: SchemaRecorder | None = None) -> None:
         self.settings = settings
+        self.schemas = schemas
         self.instance_id = instance_id
         self.cluster = cluster or ClusterSettings()
         self.staging_dir = staging_dir
@@ -148,7 +152,7 @@ class BatchManager:
         self._executor = ThreadPoolExecutor(max_workers=batch.max_concurrent_files + 1, thread_name_prefix="batch")
         self._loader = FileLoader(self.store, self.runners, batch.write_batch_size,
                                   batch.progress_interval_s, events=self.events,
-                                  retry_deadline_s=batch.write_retry_deadline_s)
+                                  retry_deadline_s=batch.write_retry_deadline_s, schemas=self.schemas)
         self._accepting = True
         if self.store.up:  # else not waited for now: the store may come up later; indexes are an optimisation
             with contextlib.suppress(PyMongoError):
@@ -316,8 +320,10 @@ class BatchManager:
             _close(staged)
             raise
         inflight[name] = (size, sha)
+        scope, contract = profile.contract_of(route)
         return FileJob(tenant, name, path, entry_id, sha, size, fmt, app, profile.max_file_bytes,
-                       profile.max_error_rate, route.pattern if route else None, staged=staged), route
+                       profile.max_error_rate, route.pattern if route else None, staged=staged,
+                       contract=contract, contract_scope=scope), route
 
     async def _check_constraints(self, tenant: str, profile: BatchProfile, name: str, size: int) -> str:
         """The profile's admission constraints (:func:`check_file`) against what the tenant has now,

@@ -52,8 +52,10 @@ from mysimbdp.events.catalog import (
     BatchFileRolledBack,
     BatchStoreRetry,
 )
+from mysimbdp.store.contracts import Contract, check_document
 from mysimbdp.store.mongo import Store
 from mysimbdp.store.rejects import reject_document
+from mysimbdp.store.schemas import SchemaRecorder
 from mysimbdp.store.writes import (
     DEFAULT_DEADLINE_S,
     RetryPolicy,
@@ -75,6 +77,7 @@ ARROW_BATCH_BYTES = 512 * 1024
 _RETRY_MAX_S = 5.0
 _EMPTY = pa.scalar("", pa.string())
 _SETTLE_S = 5.0
+_MAX_EVOLVED = 500  # new fields one file may add to the tenant's schema history
 
 
 def id_prefix(sha256: str) -> str:
@@ -101,6 +104,9 @@ class FileJob:
     staged: StagedFile | None = None
     #: decompressed bytes the tenant's storage quota leaves for this file (None: no limit)
     quota_bytes: int | None = None
+    #: the schema contract of the file's documents (None: none) and its scope in the schema history
+    contract: Contract | None = None
+    contract_scope: str = "batch"
 
 
 @dataclass
@@ -156,6 +162,8 @@ class BatchProducer:
         self._prefix_scalar = pa.scalar(self.prefix, pa.string())
         self.now = datetime.now(UTC)
         self.stream = open_stream(job.staged or job.path, job.fmt, job.max_file_bytes, job.quota_bytes)
+        #: fields (and their types) the contract's ``evolve`` accepted in this file
+        self.evolved: dict[str, set[str]] = {}
 
     def close(self) -> None:
         self.stream.close()
@@ -168,6 +176,21 @@ class BatchProducer:
                                tenant=job.tenant, app=job.app.name, at=self.now, file=job.name,
                                ledger_id=job.ledger_id, sha256=job.sha256, record_number=number, raw=_cut(raw),
                                document_id=document_id)
+
+    def contracted(self, doc: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+        """``doc`` as the contract lets it be written (None, and why: rejected). A violation
+        under ``reject_file`` fails the whole file."""
+        contract = self.job.contract
+        if contract is None:
+            return doc, ""
+        checked = check_document(contract, doc)
+        if checked.reject_file:
+            raise FileRejected("contract", f"document {doc.get('_id')} violates the contract "
+                               f"(on_violation = reject_file): {checked.reason}"[:1000])
+        for name, kind in checked.evolved.items():
+            if name in self.evolved or len(self.evolved) < _MAX_EVOLVED:
+                self.evolved.setdefault(name, set()).add(kind)
+        return checked.document, checked.reason
 
     def batches(self) -> Iterator[Prepared]:
         """Columnar for CSV when the app has the table hook, else record by record."""
@@ -196,8 +219,12 @@ class BatchProducer:
                 fate = fates[id(item)]
                 if fate.doc is not None:
                     fate.doc["_id"] = f"{prefix}{item.number}"
-                    docs.append(fate.doc)
-                    raws.append(item.value)
+                    doc, violation = self.contracted(fate.doc)
+                    if doc is not None:
+                        docs.append(doc)
+                        raws.append(item.value)
+                    else:
+                        rejects.append(self.reject(item.number, "contract", violation, item.value))
                 elif fate.stage is not None:
                     rejects.append(self.reject(item.number, fate.stage, fate.reason or "", item.value))
                 else:
@@ -232,7 +259,7 @@ class BatchProducer:
                 out = out.drop_columns(["_reject"])
             # BSON for the whole block at once (per-call costs of the kernels amortised), unless
             # the app checks each document (it needs dicts) or a column type is not handled
-            encoded = None if check else encode_rows(out, self._id_array(ab, 0, out.num_rows))
+            encoded = None if check or self.job.contract else encode_rows(out, self._id_array(ab, 0, out.num_rows))
             if encoded is None:
                 out = _naive_utc(out)
             # slices of write_batch_size rows: bounded memory and one write in flight per slice
@@ -275,8 +302,12 @@ class BatchProducer:
             for (i, doc), problem in zip(rows, problems, strict=True):
                 if problem is not None:
                     mine[i] = ("check", problem)
+                    continue
+                kept, violation = self.contracted(doc)
+                if kept is None:
+                    mine[i] = ("contract", violation)
                 else:
-                    prep.docs.append(doc)
+                    prep.docs.append(kept)
         prep.raws = [None] * len(prep.docs)
         if mine:
             as_read = {i: raw for i, _, raw in ab.bad}  # the text of values that did not parse
@@ -316,8 +347,10 @@ class FileLoader:
     """Loads files into the tenants' databases; one instance per daemon."""
 
     def __init__(self, store: Store, runners: Runners, write_batch_size: int, progress_interval_s: float, *,
-                 events: Emitter, retry_deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+                 events: Emitter, retry_deadline_s: float = DEFAULT_DEADLINE_S,
+                 schemas: SchemaRecorder | None = None) -> None:
         self.store = store
+        self.schemas = schemas
         self.events = events
         self.runners = runners
         self.write_batch_size = write_batch_size
@@ -349,7 +382,7 @@ class FileLoader:
             target = await loop.run_in_executor(executor, target_of, job, session)
             collection = await self._collection(job, target)
             try:
-                await self._pipeline(job, ctx, collection, counts, session, executor)
+                evolved = await self._pipeline(job, ctx, collection, counts, session, executor)
                 rate = counts.records_rejected / counts.records_in if counts.records_in else 0.0
                 healthy = True
                 if rate > job.max_error_rate:
@@ -357,6 +390,9 @@ class FileLoader:
                                        f"({rate:.1%}) were malformed or rejected, over the tenant's max_error_rate "
                                        f"of {job.max_error_rate:.1%}; see the tenant's _rejects collection",
                                        **counts.as_dict())
+                if evolved and self.schemas is not None and job.contract is not None:
+                    await self.schemas.record(job.tenant, job.contract_scope, evolved, f"file {job.name}",
+                                              job.contract.fields)
             except AppFailed as exc:
                 raise FileRejected("app_failed", f"app {job.app.name!r} failed on the file: {exc}",
                                    **counts.as_dict()) from exc
@@ -397,7 +433,8 @@ class FileLoader:
             raise FileRejected("app_failed", f"app {job.app.name!r}{glue}{exc}") from None
 
     async def _pipeline(self, job: FileJob, ctx: BatchContext, collection: Any, counts: Counts,
-                        session: AppSession, executor: ThreadPoolExecutor) -> None:
+                        session: AppSession, executor: ThreadPoolExecutor) -> dict[str, set[str]]:
+        """Prepare (in the file's thread) and write every batch; the fields the contract evolved."""
         loop = asyncio.get_running_loop()
         producer = BatchProducer(job, ctx, self.write_batch_size, session)
         db = self.store.tenant_db(job.tenant)
@@ -426,6 +463,7 @@ class FileLoader:
                 session.kill()  # interrupted (time limit): a worker's call ends at once, a thread's is abandoned
             if await self._thread_finished(job, future):
                 producer.close()  # never while the thread still reads: a generator is not shareable
+        return producer.evolved
 
     async def _thread_finished(self, job: FileJob, future: Future[Prepared | None] | None) -> bool:
         """Wait (bounded) for the batch the worker thread is preparing; False if the app is stuck."""

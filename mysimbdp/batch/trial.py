@@ -12,6 +12,7 @@ ledger entry, no document, no reject, no archive. The answer:
 * ``documents``: the first ``limit`` documents as they would be stored (``_id`` included);
 * ``rejects``: every reject with its reason (the first :data:`MAX_REJECTS`);
 * ``fields``: per field of the documents, how many have it, nulls, the types seen, min/max;
+* ``evolved``: the fields an ``evolve`` contract would add to the schema history;
 * ``estimate``: records/s of this dry-run (reading and the app, no writes) and of the
   tenant's recent loads, and the time a load of this file would take at the latter.
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import time
 import uuid
@@ -61,6 +61,7 @@ from mysimbdp.batch.staged import StagedFile
 from mysimbdp.config import BatchSettings
 from mysimbdp.errors import FileRejected, PluginError
 from mysimbdp.http.server import HttpError, json_response, require_tenant
+from mysimbdp.store.contracts import type_name
 from mysimbdp.store.writes import without_nan
 from mysimbdp.tenants import BatchProfile, BatchRoute, TenantProfile
 
@@ -179,8 +180,10 @@ class FileTrial:
             self.runners.check(app)
         except PluginError as exc:
             raise FileRejected("no_app", str(exc)) from None
+        scope, contract = batch.contract_of(route)
         job = FileJob(profile.id, name, Path(name), "try", sha, staged.size, fmt, AppRef(app, profile.runner),
-                      batch.max_file_bytes, batch.max_error_rate, route.pattern if route else None, staged=staged)
+                      batch.max_file_bytes, batch.max_error_rate, route.pattern if route else None, staged=staged,
+                      contract=contract, contract_scope=scope)
         return job, route
 
     async def _run(self, job: FileJob, limit: int, timeout: float) -> Trial:
@@ -199,6 +202,7 @@ class FileTrial:
             future = executor.submit(guarded, _collect, producer, trial)
             try:
                 await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+                trial.evolved = {k: sorted(v) for k, v in producer.evolved.items()}
                 healthy = True
             except TimeoutError:
                 trial.fail("timeout", f"the dry-run ran past {timeout:g} s (try_timeout_s, or the route's "
@@ -267,29 +271,6 @@ class FieldSummary:
                 "types": dict(self.types.most_common()), "min": self.min, "max": self.max}
 
 
-def type_name(value: Any) -> str:
-    """The BSON type name of a value as the store would hold it (``$type``'s names)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int" if -(2**31) <= value < 2**31 else "long"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dt.datetime | dt.date):
-        return "date"
-    if isinstance(value, Mapping):
-        return "object"
-    if isinstance(value, list | tuple):
-        return "array"
-    if isinstance(value, bytes | bytearray):
-        return "binData"
-    return type(value).__name__
-
-
 class Trial:
     """What a dry-run saw, collected in its thread."""
 
@@ -303,6 +284,7 @@ class Trial:
         self.more_fields = 0
         self.failure: tuple[str, str] | None = None
         self.collection: str | None = None
+        self.evolved: dict[str, list[str]] = {}  # fields an ``evolve`` contract would accept
         self.seconds = 0.0
 
     def fail(self, code: str, reason: str) -> None:
@@ -351,7 +333,7 @@ class Trial:
                 "rejects_by_kind": dict(self.by_kind), "documents": self.documents,
                 "rejects": self.rejects, "rejects_shown": len(self.rejects),
                 "fields": {k: s.view(self.documents_count) for k, s in self.fields.items()},
-                "more_fields": self.more_fields}
+                "more_fields": self.more_fields, "evolved": self.evolved}
 
 
 def _collect(producer: BatchProducer, trial: Trial) -> None:

@@ -94,6 +94,10 @@ class FileUndo:
                 return json_response(_answer(entry), status=200)
             if state not in (FileState.COMMITTED.value, FileState.UNDOING.value):
                 raise HttpError(409, "not_committed", _not_undoable(str(state)), state=state)
+            if state == FileState.UNDOING.value and file_id in self._running:
+                # this instance undoes it now: claiming it again (its own entry) would take it
+                # from the running undo, which would stop until the next sweep
+                return json_response(_answer(entry), status=202)
             claim = await self.ledger.claim_undo(file_id, self.instance_id, self.lease_s, undo_by=who)
         except PyMongoError as exc:
             raise HttpError(503, "store_unavailable", "the platform's database cannot be reached; retry later "

@@ -14,7 +14,7 @@ from typing import Protocol
 from aiohttp import web
 
 __all__ = ["route_table", "UploadRoutes", "MonitorRoutes", "StreamRoutes", "ClusterRoutes", "DataRoutes",
-           "RejectsRoutes", "UndoRoutes", "TrialRoutes"]
+           "RejectsRoutes", "UndoRoutes", "TrialRoutes", "SchemaRoutes"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -79,12 +79,21 @@ class TrialRoutes(Protocol):
     async def try_file(self, request: web.Request) -> web.Response: ...
 
 
+class SchemaRoutes(Protocol):
+    """The tenant's schema and its history (:class:`mysimbdp.store.schemas.SchemaHistory`)."""
+
+    async def get_schema(self, request: web.Request) -> web.Response: ...
+
+
 def route_table(upload: UploadRoutes | None, monitor: MonitorRoutes | None,
                 stream: StreamRoutes | None, cluster: ClusterRoutes | None = None,
                 data: DataRoutes | None = None, rejects: RejectsRoutes | None = None,
-                undo: UndoRoutes | None = None, trial: TrialRoutes | None = None) -> list[web.AbstractRouteDef]:
+                undo: UndoRoutes | None = None, trial: TrialRoutes | None = None,
+                schema: SchemaRoutes | None = None) -> list[web.AbstractRouteDef]:
     """Every route but ``/health``; a component left out (None) serves none of its routes."""
     routes: list[web.AbstractRouteDef] = []
+    if schema is not None:
+        routes.append(web.get("/tenants/{id}/schema", schema.get_schema))
     if trial is not None:
         routes.append(web.post("/tenants/{id}/try", trial.try_file))
     if undo is not None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from mysimbdp.apps.contract import Index
 from mysimbdp.apps.runner import AppSession, WorkerFailed
+from mysimbdp.store.contracts import Contract, check_document
 from mysimbdp.store.rejects import conform
 from mysimbdp.stream.records import (
     Incoming,
@@ -38,6 +39,7 @@ __all__ = ["AppRoute", "AppRun", "failed_outcome", "incoming_doc", "PER_FRAME"]
 
 #: Messages a worker answers for in one frame (at most 20 ms apart): fewer frames, less CPU.
 PER_FRAME = 64
+_MAX_EVOLVED = 500  # new fields one batch of messages may add to the tenant's schema history
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,12 @@ class AppRun:
     """
 
     def __init__(self, items: list[tuple[Incoming, AppRoute]], min_quality: float, max_records: int,
-                 session_of: Callable[[str], AppSession], per_frame: int = 1) -> None:
+                 session_of: Callable[[str], AppSession], per_frame: int = 1,
+                 contract: Contract | None = None) -> None:
         self.items = items
+        self.contract = contract
+        #: fields (and types) the contract's ``evolve`` accepted in these messages
+        self.evolved: dict[str, set[str]] = {}
         self.min_quality = min_quality
         self.max_records = max_records
         self._session_of = session_of
@@ -160,4 +166,40 @@ class AppRun:
         # the one schema of rejects, whose and from where set here, not by the worker
         rejects = [conform(r, source="stream", tenant=incoming.tenant, app=route.app,
                            routing_key=incoming.routing_key, message_id=msg_id) for r in rejects]
+        if self.contract is not None and docs:
+            docs, whole = self._contracted(incoming, route, msg_id, docs, rejects)
+            if whole is not None:
+                return failed_outcome(incoming, route.app, "contract", whole)
         return Outcome(documents={route.collection: docs} if docs else {}, rejects=rejects)
+
+    def _contracted(self, incoming: Incoming, route: AppRoute, msg_id: str, docs: list[dict[str, Any]],
+                    rejects: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str | None]:
+        """The documents the contract lets through, its rejects added to ``rejects`` (the
+        message's raw body kept once); or why the whole message is rejected (``reject_file``)."""
+        assert self.contract is not None
+        kept: list[dict[str, Any]] = []
+        refused: list[dict[str, Any]] = []
+        for k, doc in enumerate(docs):
+            checked = check_document(self.contract, doc)
+            if checked.reject_file:
+                return [], f"a record of the message violates the contract (on_violation = reject_file): " \
+                           f"{checked.reason}"
+            for name, kind in checked.evolved.items():
+                if name in self.evolved or len(self.evolved) < _MAX_EVOLVED:
+                    self.evolved.setdefault(name, set()).add(kind)
+            if checked.document is not None:
+                kept.append(checked.document)
+                continue
+            reject = stream_reject(incoming, msg_id, route.app, "contract", checked.reason, record=doc)
+            reject["_id"] = f"stream:{msg_id}:contract:{k}"
+            refused.append(reject)
+        if refused:
+            holder = next((r for r in rejects if r.get("raw") is not None), None)
+            if holder is None:
+                refused[0].update(raw_fields(incoming.body, incoming.body_bytes))
+                holder = refused[0]
+            for reject in refused:
+                if reject is not holder:
+                    reject["raw_in"] = holder["_id"]
+            rejects.extend(refused)
+        return kept, None

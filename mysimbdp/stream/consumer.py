@@ -59,6 +59,7 @@ from mysimbdp.events.catalog import (
 )
 from mysimbdp.monitor.reports import ReportWindow, clamp_ms
 from mysimbdp.store.rejects import REJECTS, reject_document
+from mysimbdp.store.schemas import SchemaRecorder
 from mysimbdp.store.writes import (
     RetryHook,
     RetryPolicy,
@@ -137,8 +138,10 @@ class Consumer:
     def __init__(self, *, tenant: str, instance: str, profile: StreamProfile, routes: Routes,
                  connection: AbstractConnection, database: AsyncDatabase[dict[str, Any]],
                  depth: DepthProbe, runners: Runners, events: Emitter, runner: Mode = "process",
-                 retry_max_s: float = 30.0) -> None:
+                 retry_max_s: float = 30.0, schemas: SchemaRecorder | None = None) -> None:
         self.tenant = tenant
+        self._schemas = schemas
+        self._evolved: dict[str, set[str]] = {}  # what the contract's evolve accepted, not yet recorded
         self.instance = instance
         self.events = events
         self.profile = profile
@@ -300,6 +303,11 @@ class Consumer:
             t0 = time.monotonic()
             outcomes, poison = await self._run_app(batch)
             stats = await self._write(batch, outcomes)
+            contract = self.profile.contract
+            if self._evolved and self._schemas is not None and contract is not None:
+                # before the ack: a redelivery records it again
+                await self._schemas.record(self.tenant, "stream", self._evolved, "stream", contract.fields)
+                self._evolved = {}
             stats.seconds = time.monotonic() - t0
             await self._settle(batch, poison)
         except asyncio.CancelledError:
@@ -333,7 +341,7 @@ class Consumer:
         per_frame = PER_FRAME
         while start < len(work):
             run = AppRun(work[start:], self.profile.min_quality, self.profile.max_records_per_message, self._session,
-                         per_frame)
+                         per_frame, self.profile.contract)
             future = loop.run_in_executor(self._executor, run)
             stuck: int | None = None
             while True:
@@ -348,6 +356,8 @@ class Consumer:
                     stuck, run.abandoned = index, True
                     self._abandon(run)
                     break
+            for name, kinds in run.evolved.items():
+                self._evolved.setdefault(name, set()).update(kinds)
             taken = run.results[: stuck if stuck is not None else len(run.results)]
             for offset, outcome in enumerate(taken):
                 outcomes[start + offset] = outcome

@@ -40,6 +40,7 @@ from mysimbdp.events.catalog import (
     StreamTenantFailed,
     StreamTenantRemoved,
 )
+from mysimbdp.store.schemas import SchemaRecorder
 from mysimbdp.stream.apprun import AppRoute
 from mysimbdp.stream.broker_admin import BrokerAdmin
 from mysimbdp.stream.consumer import Consumer, Routes
@@ -125,8 +126,9 @@ class StreamManager:
 
     def __init__(self, *, settings: StreamSettings, amqp_url: str, drain_timeout_s: float, retry_max_s: float,
                  tenants: TenantDirectory, broker: BrokerLink, store: TenantDatabases, runners: Runners,
-                 bus: EventBus) -> None:
+                 bus: EventBus, schemas: SchemaRecorder | None = None) -> None:
         self.stream_settings = settings
+        self.schemas = schemas
         self.amqp_url = amqp_url
         self.drain_timeout_s = drain_timeout_s
         self.retry_max_s = retry_max_s
@@ -330,7 +332,8 @@ class StreamManager:
         consumer = Consumer(tenant=t.id, instance=f"{t.id}-c{slot}", profile=t.profile, routes=t.routes,
                             connection=connection, database=self.store.tenant_db(t.id),
                             depth=lambda: self.queue_depth(t.id), runners=self.runners,
-                            runner=t.runner, retry_max_s=self.retry_max_s, events=self.events)
+                            runner=t.runner, retry_max_s=self.retry_max_s, events=self.events,
+                            schemas=self.schemas)
         await consumer.start()
         t.consumers[slot] = consumer
 
