@@ -348,9 +348,11 @@ class BatchManager:
                                 for d in await self.ledger.live_claims(tenant))
         if loading_elsewhere or any(s == sha for _, s in self._inflight.get(tenant, {}).values()):
             raise FileRejected("duplicate", "a file with the same content is loading right now", sha256=sha)
-        if await self.ledger.find(tenant, sha256=sha, states=[FileState.UNDOING]):
+        # one read of both states: an undo that begins between two reads must not let the copy through
+        found = await self.ledger.find(tenant, sha256=sha, states=[FileState.COMMITTED, FileState.UNDOING])
+        if any(d.get("state") == FileState.UNDOING.value for d in found):
             raise FileRejected("undoing", "the same content is being undone; it loads once the undo is done")
-        for done in await self.ledger.find(tenant, sha256=sha, states=[FileState.COMMITTED]):
+        for done in found:
             archived = done.get("archive_path")
             if (done.get("name") == name and archived and self._may_finish_archiving(done)
                     and not await asyncio.to_thread(os.path.lexists, archived)):

@@ -98,7 +98,8 @@ class FileUndo:
                 # this instance undoes it now: claiming it again (its own entry) would take it
                 # from the running undo, which would stop until the next sweep
                 return json_response(_answer(entry), status=202)
-            claim = await self.ledger.claim_undo(file_id, self.instance_id, self.lease_s, undo_by=who)
+            asked = {"undo_by": who} if state == FileState.COMMITTED.value else {}  # who asked first stays
+            claim = await self.ledger.claim_undo(file_id, self.instance_id, self.lease_s, **asked)
         except PyMongoError as exc:
             raise HttpError(503, "store_unavailable", "the platform's database cannot be reached; retry later "
                             f"({type(exc).__name__})") from None
