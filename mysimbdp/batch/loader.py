@@ -161,12 +161,15 @@ class BatchProducer:
         self.prefix = id_prefix(job.sha256)
         self._prefix_scalar = pa.scalar(self.prefix, pa.string())
         self.now = datetime.now(UTC)
-        self.stream = open_stream(job.staged or job.path, job.fmt, job.max_file_bytes, job.quota_bytes)
+        self.stream: IO[bytes] | None = None  # opened by batches()
         #: fields (and their types) the contract's ``evolve`` accepted in this file
         self.evolved: dict[str, set[str]] = {}
+        #: a ``reject_file`` contract fails the file (False: rejects the record, for a replay)
+        self.whole_file = True
 
     def close(self) -> None:
-        self.stream.close()
+        if self.stream is not None:
+            self.stream.close()
 
     def reject(self, number: int | None, stage: str, reason: str, raw: Any, key: str | None = None,
                document_id: str | None = None) -> dict[str, Any]:
@@ -184,7 +187,7 @@ class BatchProducer:
         if contract is None:
             return doc, ""
         checked = check_document(contract, doc)
-        if checked.reject_file:
+        if checked.reject_file and self.whole_file:
             raise FileRejected("contract", f"document {doc.get('_id')} violates the contract "
                                f"(on_violation = reject_file): {checked.reason}"[:1000])
         for name, kind in checked.evolved.items():
@@ -195,6 +198,8 @@ class BatchProducer:
     def batches(self) -> Iterator[Prepared]:
         """Columnar for CSV when the app has the table hook, else record by record."""
         session = self.session
+        job = self.job
+        self.stream = open_stream(job.staged or job.path, job.fmt, job.max_file_bytes, job.quota_bytes)
         if self.job.fmt.startswith("csv") and session.has("mysimbdp_batch_wrangle_table"):
             return self._columnar()
         if not session.has("mysimbdp_batch_wrangle"):
@@ -204,32 +209,66 @@ class BatchProducer:
 
     # -- per-record path -------------------------------------------------------------------
     def _per_record(self) -> Iterator[Prepared]:
-        ctx, prefix = self.ctx, self.prefix
+        assert self.stream is not None
         for chunk in iter_records(self.stream, self.job.fmt, self.chunk_size):
-            out = Prepared([], [], records_in=len(chunk))
-            docs, raws, rejects = out.docs, out.raws, out.rejects
-            records = [item for item in chunk if type(item) is Record]
-            results = self._app(self.session.wrangle_records, [item.value for item in records], ctx) if records else []
-            fates = dict(zip((id(item) for item in records), results, strict=True))
-            for item in chunk:
-                if type(item) is Malformed:
-                    rejects.append(self.reject(item.number, "parse", item.reason, item.raw))
-                    continue
-                assert isinstance(item, Record)
-                fate = fates[id(item)]
-                if fate.doc is not None:
-                    fate.doc["_id"] = f"{prefix}{item.number}"
-                    doc, violation = self.contracted(fate.doc)
-                    if doc is not None:
-                        docs.append(doc)
-                        raws.append(item.value)
-                    else:
-                        rejects.append(self.reject(item.number, "contract", violation, item.value))
-                elif fate.stage is not None:
-                    rejects.append(self.reject(item.number, fate.stage, fate.reason or "", item.value))
+            yield self.wrangle_chunk(chunk)
+
+    def wrangle_chunk(self, chunk: Sequence[Record | Malformed]) -> Prepared:
+        """Records through the app's record hook, then the contract: documents and rejects."""
+        out = Prepared([], [], records_in=len(chunk))
+        docs, raws, rejects = out.docs, out.raws, out.rejects
+        records = [item for item in chunk if type(item) is Record]
+        results = self._app(self.session.wrangle_records, [item.value for item in records], self.ctx) \
+            if records else []
+        fates = dict(zip((id(item) for item in records), results, strict=True))
+        for item in chunk:
+            if type(item) is Malformed:
+                rejects.append(self.reject(item.number, "parse", item.reason, item.raw))
+                continue
+            assert isinstance(item, Record)
+            fate = fates[id(item)]
+            if fate.doc is not None:
+                fate.doc["_id"] = f"{self.prefix}{item.number}"
+                doc, violation = self.contracted(fate.doc)
+                if doc is not None:
+                    docs.append(doc)
+                    raws.append(item.value)
                 else:
-                    out.skipped += 1
-            yield out
+                    rejects.append(self.reject(item.number, "contract", violation, item.value))
+            elif fate.stage is not None:
+                rejects.append(self.reject(item.number, fate.stage, fate.reason or "", item.value))
+            else:
+                out.skipped += 1
+        return out
+
+    def wrangle_rows(self, records: Sequence[Record]) -> Prepared:
+        """Records (values as a columnar read parsed them) through the app's table hook, its
+        check hook and the contract: for an app that has no record hook (a replay)."""
+        out = Prepared([], [], records_in=len(records))
+        if not records:
+            return out
+        table = self._app(self.session.wrangle_table, pa.RecordBatch.from_pylist([r.value for r in records]),
+                          self.ctx)
+        if table.num_rows != len(records):
+            raise AppFailed(f"mysimbdp_batch_wrangle_table returned {table.num_rows} rows for {len(records)}")
+        marks = table.column("_reject").to_pylist() if "_reject" in table.schema.names else [None] * len(records)
+        if "_reject" in table.schema.names:
+            table = table.drop_columns(["_reject"])
+        rows = [{"_id": f"{self.prefix}{r.number}", **row} for r, row in zip(records, table.to_pylist(), strict=True)]
+        check = self.session.has("mysimbdp_batch_check")
+        problems = self._app(self.session.check_documents, rows, self.ctx) if check else [None] * len(rows)
+        for record, row, mark, problem in zip(records, rows, marks, problems, strict=True):
+            if mark is not None or problem is not None:
+                stage, why = ("wrangle", str(mark)) if mark is not None else ("check", str(problem))
+                out.rejects.append(self.reject(record.number, stage, why, record.value))
+                continue
+            doc, violation = self.contracted(row)
+            if doc is None:
+                out.rejects.append(self.reject(record.number, "contract", violation, record.value))
+            else:
+                out.docs.append(doc)
+                out.raws.append(record.value)
+        return out
 
     @staticmethod
     def _app(fn: Any, *args: Any) -> Any:
@@ -248,10 +287,11 @@ class BatchProducer:
         check = self.session.has("mysimbdp_batch_check")
 
         def reopen() -> IO[bytes]:
-            self.stream.close()  # the columnar reader gave up on it: read the file again
+            self.close()  # the columnar reader gave up on it: read the file again
             self.stream = open_stream(job.staged or job.path, job.fmt, job.max_file_bytes, job.quota_bytes)
             return self.stream
 
+        assert self.stream is not None
         for ab in iter_arrow_batches(self.stream, schema, ARROW_BLOCK_BYTES, ARROW_BATCH_BYTES, reopen):
             out = self._app(self.session.wrangle_table, ab.batch, self.ctx)
             refused = self._refused(ab, out)
