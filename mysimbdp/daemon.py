@@ -46,6 +46,7 @@ from mysimbdp.logs import write_event
 from mysimbdp.monitor.scaling import Monitor
 from mysimbdp.store.browse import TenantRejects
 from mysimbdp.store.mongo import Store
+from mysimbdp.store.replay import RejectsReplay
 from mysimbdp.store.schemas import SchemaHistory
 from mysimbdp.stream.broker import Broker
 from mysimbdp.stream.control import StreamControlRoutes
@@ -125,7 +126,9 @@ class Daemon:
                                                   TenantRejects(store=self.store), self.undo,
                                                   FileTrial(settings=settings.batch, runners=self.runners,
                                                             ledger=self.ledger, usage=self.batch,
-                                                            var_dir=settings.var_dir), self.schemas),
+                                                            var_dir=settings.var_dir), self.schemas,
+                                                  RejectsReplay(store=self.store, ledger=self.ledger,
+                                                                runners=self.runners, schemas=self.schemas)),
                                health=self.health, stopping=stopping, bus=bus)
         # start order (stop is the reverse): the runner stops after those that lease its workers;
         # the monitor starts last of the ingestion components (it watches them); the registry

@@ -178,7 +178,9 @@ async def test_one_route_table_of_the_components_handlers(settings_factory: Call
         ("GET", "/tenants/{id}/data"), ("HEAD", "/tenants/{id}/data"),
         ("GET", "/tenants/{id}/rejects"), ("HEAD", "/tenants/{id}/rejects"), ("DELETE", "/tenants/{id}/rejects"),
         ("GET", "/tenants/{id}/rejects/{reject_id}"), ("HEAD", "/tenants/{id}/rejects/{reject_id}"),
+        ("POST", "/tenants/{id}/rejects/replay"), ("DELETE", "/tenants/{id}/files/{ledger_id}"),
+        ("POST", "/tenants/{id}/try"), ("GET", "/tenants/{id}/schema"), ("HEAD", "/tenants/{id}/schema"),
     }
     owners = {type(route.handler.__self__).__name__ for route in daemon.http.routes}  # type: ignore[attr-defined]
     assert owners == {"UploadService", "Monitor", "StreamControlRoutes", "InstanceRegistry", "TenantData",
-                      "TenantRejects"}
+                      "TenantRejects", "FileUndo", "FileTrial", "SchemaHistory", "RejectsReplay"}

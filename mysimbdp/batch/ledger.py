@@ -206,6 +206,11 @@ class Ledger:
         result = await self.collection.update_one(claim.held, update)
         return bool(result.matched_count)
 
+    async def add_replayed(self, entry_id: str, documents: int) -> None:
+        """Count documents a replay of the file's rejects wrote (``records_replayed``)."""
+        await self.collection.update_one({"_id": entry_id, "state": FileState.COMMITTED.value},
+                                         {"$inc": {"records_replayed": documents}})
+
     async def set_archive_path(self, entry_id: str, path: str) -> None:
         """Where the file was archived, when another name than the one settled with was free."""
         await self.collection.update_one({"_id": entry_id}, {"$set": {"archive_path": path}})

@@ -14,7 +14,7 @@ from typing import Protocol
 from aiohttp import web
 
 __all__ = ["route_table", "UploadRoutes", "MonitorRoutes", "StreamRoutes", "ClusterRoutes", "DataRoutes",
-           "RejectsRoutes", "UndoRoutes", "TrialRoutes", "SchemaRoutes"]
+           "RejectsRoutes", "UndoRoutes", "TrialRoutes", "SchemaRoutes", "ReplayRoutes"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,6 +67,12 @@ class RejectsRoutes(Protocol):
     async def purge_rejects(self, request: web.Request) -> web.Response: ...
 
 
+class ReplayRoutes(Protocol):
+    """Replaying the tenant's rejects (:class:`mysimbdp.store.replay.RejectsReplay`)."""
+
+    async def replay(self, request: web.Request) -> web.Response: ...
+
+
 class UndoRoutes(Protocol):
     """Undoing a committed file (:class:`mysimbdp.batch.undo.FileUndo`)."""
 
@@ -89,9 +95,11 @@ def route_table(upload: UploadRoutes | None, monitor: MonitorRoutes | None,
                 stream: StreamRoutes | None, cluster: ClusterRoutes | None = None,
                 data: DataRoutes | None = None, rejects: RejectsRoutes | None = None,
                 undo: UndoRoutes | None = None, trial: TrialRoutes | None = None,
-                schema: SchemaRoutes | None = None) -> list[web.AbstractRouteDef]:
+                schema: SchemaRoutes | None = None, replay: ReplayRoutes | None = None) -> list[web.AbstractRouteDef]:
     """Every route but ``/health``; a component left out (None) serves none of its routes."""
     routes: list[web.AbstractRouteDef] = []
+    if replay is not None:  # before the reject route, whose id pattern would take "replay"
+        routes.append(web.post("/tenants/{id}/rejects/replay", replay.replay))
     if schema is not None:
         routes.append(web.get("/tenants/{id}/schema", schema.get_schema))
     if trial is not None:

@@ -1,0 +1,427 @@
+"""Replaying rejects: ``POST /tenants/{id}/rejects/replay`` (``mysimbdp rejects replay``).
+
+The kept raw input of the tenant's rejects (those the filters ``file``, ``reason``,
+``source``, ``since`` select, at most ``limit`` from the cursor ``after``, in ``_id`` order)
+goes through the tenant's *current* app — typically after the tenant fixed it — and its
+current schema contract, in the app's worker as in production. What now passes is written
+with the ``_id`` a first attempt would have had (a file's ``<sha256[:20]>:<record number>``,
+a message's ``m:<message_id>[:<index>]``): replaying twice writes nothing twice. Its rejects
+are removed; what still fails stays, with the new ``kind`` and ``reason`` (and ``at`` the
+time of the replay).
+
+Which rejects can be replayed:
+
+* files: those with the record as read (``wrangle``, ``check``, ``contract``, ``write``), of
+  a file that is ``committed`` (a rejected file is loaded again instead; an undone one is
+  gone). A ``parse`` reject is the reader's verdict on the text, which no app changes; a
+  record cut to 256 KiB cannot be replayed either;
+* stream: those of one record (``rejected``, ``app_error``, ``quality``, ``contract``,
+  ``write_failed``: the record is kept in ``record``) and those of a whole message an app
+  failed on (``app_error``, ``app_failed``: its body is kept in ``raw``, or in the reject
+  ``raw_in`` names). ``malformed``, ``too_large`` and ``too_many_records`` are not (the
+  body is what it is).
+
+The answer counts what happened: ``examined``, ``written``, ``already_present``,
+``skipped`` (the app now returns None for it: removed), ``still_rejected``,
+``not_replayable`` by reason, and ``next``, the cursor of the following page. One replay at
+a time per tenant; each app call is bounded by :data:`APP_TIMEOUT_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections import Counter
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pymongo.errors import PyMongoError
+
+from mysimbdp.apps.contract import BatchContext
+from mysimbdp.apps.runner import AppError, AppRef, AppSession, Runners
+from mysimbdp.batch.constraints import detect_format
+from mysimbdp.batch.ledger import FileState, Ledger
+from mysimbdp.batch.lifecycle import route_for
+from mysimbdp.batch.loader import (
+    AppFailed,
+    BatchProducer,
+    FileJob,
+    Prepared,
+    lease_session,
+    target_of,
+)
+from mysimbdp.batch.readers import Record
+from mysimbdp.errors import FileRejected, PluginError
+from mysimbdp.http.server import HttpError, json_response, require_tenant
+from mysimbdp.store.browse import TenantDatabases, rejects_filter
+from mysimbdp.store.rejects import REJECTS
+from mysimbdp.store.schemas import SchemaRecorder
+from mysimbdp.store.writes import RetryPolicy, TargetRefused, ensure_target, write, write_rejects
+from mysimbdp.stream.apprun import AppRoute, AppRun
+from mysimbdp.stream.records import Incoming, document_id
+from mysimbdp.stream.topology import type_of
+from mysimbdp.tenants import BatchProfile, StreamProfile, TenantProfile
+
+__all__ = ["RejectsReplay", "MAX_REPLAY", "APP_TIMEOUT_S"]
+
+MAX_REPLAY = 1000
+APP_TIMEOUT_S = 300.0
+_DEFAULT = 500
+_ID_MAX = 4096
+FILE_KINDS = frozenset({"wrangle", "check", "contract", "write"})
+RECORD_KINDS = frozenset({"rejected", "app_error", "quality", "contract", "write_failed"})
+MESSAGE_KINDS = frozenset({"app_error", "app_failed"})
+_POLICY = RetryPolicy(max_delay_s=5.0, deadline_s=60.0)
+
+
+@dataclass
+class Tally:
+    """What one replay did."""
+
+    examined: int = 0
+    written: int = 0
+    already_present: int = 0
+    skipped: int = 0
+    still_rejected: int = 0
+    not_replayable: Counter[str] = field(default_factory=Counter)
+
+    def view(self) -> dict[str, Any]:
+        """As the answer shows it."""
+        return {"examined": self.examined, "written": self.written, "already_present": self.already_present,
+                "skipped": self.skipped, "still_rejected": self.still_rejected,
+                "not_replayable": dict(self.not_replayable)}
+
+
+@dataclass
+class _Fates:
+    """Per reject ``_id``: resolved (its reject removed) or still failing (its new kind and reason)."""
+
+    resolved: list[str] = field(default_factory=list)
+    failing: dict[str, tuple[str, str]] = field(default_factory=dict)
+    new_rejects: list[dict[str, Any]] = field(default_factory=list)  # a whole message's, replacing its reject
+
+
+class RejectsReplay:
+    """The handler of ``POST /tenants/{id}/rejects/replay`` (the tenant's token, or the admin's)."""
+
+    def __init__(self, *, store: TenantDatabases, ledger: Ledger, runners: Runners,
+                 schemas: SchemaRecorder | None = None) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.runners = runners
+        self.schemas = schemas
+        self._running: set[str] = set()
+
+    async def replay(self, request: web.Request) -> web.Response:
+        """Replay a page of the tenant's rejects that match the filters."""
+        tenant = request.match_info["id"]
+        profile = require_tenant(request, tenant)
+        query = rejects_filter(dict(request.query), frozenset({"file", "reason", "source", "since", "limit", "after"}))
+        limit = _limit(request.query.get("limit"))
+        after = request.query.get("after")
+        if after is not None:
+            if not after or len(after) > _ID_MAX:
+                raise HttpError(400, "bad_after", "after must be the 'next' of the previous answer")
+            query["_id"] = {"$gt": after}
+        if tenant in self._running:
+            raise HttpError(429, "replay_running", "a replay of this tenant's rejects is running; wait for its answer",
+                            headers={"Retry-After": "5"})
+        self._running.add(tenant)
+        try:
+            db = self.store.tenant_db(tenant)
+            page = [d async for d in db[REJECTS].find(query).sort("_id", 1).limit(limit + 1)]
+            more = len(page) > limit
+            page = page[:limit]
+            tally = Tally(examined=len(page))
+            await self._replay_page(profile, page, tally)
+        except PyMongoError as exc:
+            raise HttpError(503, "store_unavailable", "the platform's database cannot be reached; what was "
+                            f"replayed so far stays done, retry later ({type(exc).__name__})") from None
+        finally:
+            self._running.discard(tenant)
+        return json_response({"tenant": tenant, **tally.view(), "next": str(page[-1]["_id"]) if more else None})
+
+    async def _replay_page(self, profile: TenantProfile, page: list[dict[str, Any]], tally: Tally) -> None:
+        by_file: dict[str, list[dict[str, Any]]] = {}
+        messages: list[dict[str, Any]] = []
+        for reject in page:
+            if reject.get("source") == "file":
+                by_file.setdefault(str(reject.get("ledger_id")), []).append(reject)
+            else:
+                messages.append(reject)
+        for ledger_id, rejects in by_file.items():
+            await self._settle(profile.id, await self._replay_file(profile, ledger_id, rejects, tally), tally)
+        if messages:
+            await self._settle(profile.id, await self._replay_stream(profile, messages, tally), tally)
+
+    # -- files -------------------------------------------------------------------------------
+    async def _replay_file(self, profile: TenantProfile, ledger_id: str, rejects: list[dict[str, Any]],
+                           tally: Tally) -> _Fates:
+        fates = _Fates()
+        entry = await self.ledger.get(ledger_id, tenant=profile.id)
+        if profile.batch is None or entry is None or entry.get("state") != FileState.COMMITTED.value:
+            tally.not_replayable["file_not_committed"] += len(rejects)
+            return fates
+        records: list[Record] = []
+        for reject in rejects:
+            why = _file_unreplayable(reject)
+            if why is not None:
+                tally.not_replayable[why] += 1
+            else:
+                records.append(Record(int(reject["record_number"]), reject["raw"]))
+        if not records:
+            return fates
+        job = _file_job(profile, profile.batch, entry)
+        by_number = {int(r["record_number"]): str(r["_id"]) for r in rejects if r.get("record_number") is not None}
+        try:
+            prepared, collection, indexes, evolved = await _in_thread(self._prepare_file, job, records)
+        except (AppFailed, FileRejected, AppError, PluginError, TimeoutError) as exc:
+            reason = _failure(exc)
+            for record in records:
+                fates.failing[by_number[record.number]] = ("app_failed", reason)
+            return fates
+        try:
+            target = await ensure_target(self.store.tenant_db(profile.id), collection, indexes, policy=_POLICY)
+        except TargetRefused as exc:
+            for record in records:
+                fates.failing[by_number[record.number]] = ("app_failed", f"app {job.app.name!r}: {exc}")
+            return fates
+        result = await write(target, prepared.docs, _POLICY)
+        tally.written += result.written
+        tally.already_present += result.duplicates
+        refused = {index: reason for index, reason in result.failed}
+        failing_numbers = {int(r["record_number"]): (str(r["kind"]), str(r["reason"])) for r in prepared.rejects
+                           if r.get("record_number") is not None}
+        for index, doc in enumerate(prepared.docs):
+            number = int(str(doc["_id"]).rsplit(":", 1)[-1])
+            if index in refused:
+                failing_numbers[number] = ("write", refused[index])
+        for record in records:
+            reject_id = by_number[record.number]
+            if record.number in failing_numbers:
+                fates.failing[reject_id] = failing_numbers[record.number]
+            else:
+                fates.resolved.append(reject_id)
+        tally.skipped += prepared.skipped
+        if result.written:
+            await self.ledger.add_replayed(entry["_id"], result.written)
+        if evolved and self.schemas is not None and job.contract is not None:
+            await self.schemas.record(profile.id, job.contract_scope, evolved, f"replay of file {entry.get('name')}",
+                                      job.contract.fields)
+        return fates
+
+    def _prepare_file(self, leased: list[AppSession], job: FileJob,
+                      records: list[Record]) -> tuple[Prepared, str, Any, dict[str, set[str]]]:
+        """In a thread: the records through the app (its record hook, else its table hook) and the contract."""
+        session = lease_session(self.runners, job)
+        leased.append(session)
+        healthy = False
+        try:
+            target = target_of(job, session)
+            ctx = BatchContext(job.tenant, job.app.name, job.name, job.sha256, job.fmt)
+            producer = BatchProducer(job, ctx, len(records), session)
+            producer.whole_file = False  # a replay judges records, never the file
+            if session.has("mysimbdp_batch_wrangle"):
+                prepared = producer.wrangle_chunk(records)
+            elif session.has("mysimbdp_batch_wrangle_table"):
+                prepared = producer.wrangle_rows(records)
+            else:
+                raise AppFailed(f"app {job.app.name!r} has no batch hook")
+            healthy = True
+            return prepared, target.collection, target.indexes, producer.evolved
+        finally:
+            _give_back(self.runners, session, healthy)
+
+    # -- stream ------------------------------------------------------------------------------
+    async def _replay_stream(self, profile: TenantProfile, rejects: list[dict[str, Any]], tally: Tally) -> _Fates:
+        fates = _Fates()
+        stream = profile.stream
+        if stream is None:
+            tally.not_replayable["no_stream"] += len(rejects)
+            return fates
+        db = self.store.tenant_db(profile.id)
+        items: list[tuple[dict[str, Any], Incoming, int | None]] = []
+        for reject in rejects:
+            incoming, why = await _incoming_of(profile.id, reject, db)
+            if incoming is None:
+                tally.not_replayable[why] += 1
+            else:
+                index = reject.get("index") if reject.get("record") is not None else None
+                items.append((reject, incoming, index if isinstance(index, int) else None))
+        if not items:
+            return fates
+        try:
+            outcomes, evolved = await _in_thread(self._run_stream, profile.id, profile.runner, stream,
+                                                 [incoming for _, incoming, _ in items])
+        except (AppError, PluginError, TimeoutError) as exc:
+            for reject, _, _ in items:
+                fates.failing[str(reject["_id"])] = ("app_failed", _failure(exc))
+            return fates
+        for (reject, _incoming, index), (outcome, route) in zip(items, outcomes, strict=True):
+            docs = outcome.documents.get(route.collection, [])
+            if index is not None:  # one record of an array body: the id its first attempt had
+                fallback = document_id(str(reject.get("message_id")), None)
+                for doc in docs:
+                    if doc.get("_id") == fallback:
+                        doc["_id"] = document_id(str(reject.get("message_id")), index)
+            target = await ensure_target(db, route.collection, route.indexes, policy=_POLICY)
+            result = await write(target, docs, _POLICY)
+            tally.written += result.written
+            tally.already_present += result.duplicates
+            tally.skipped += outcome.skipped
+            problems = [(str(r["kind"]), str(r["reason"])) for r in outcome.rejects]
+            problems += [("write_failed", reason) for _, reason in result.failed]
+            if reject.get("record") is None:  # a whole message: its new rejects replace the old one
+                fates.resolved.append(str(reject["_id"]))
+                fates.new_rejects += outcome.rejects
+                tally.still_rejected += 1 if outcome.rejects else 0
+            elif problems:
+                fates.failing[str(reject["_id"])] = problems[0]
+            else:
+                fates.resolved.append(str(reject["_id"]))
+        contract = stream.contract
+        if evolved and self.schemas is not None and contract is not None:
+            await self.schemas.record(profile.id, "stream", evolved, "replay of stream rejects", contract.fields)
+        return fates
+
+    def _run_stream(self, leased: list[AppSession], tenant: str, runner: Any, stream: StreamProfile,
+                    messages: list[Incoming]) -> tuple[list[tuple[Any, AppRoute]], dict[str, set[str]]]:
+        """In a thread: the messages through the stream apps of their routing keys, and the contract."""
+        sessions: dict[str, AppSession] = {}
+        routes: dict[str, AppRoute] = {}
+        healthy = False
+
+        def session_of(app: str) -> AppSession:
+            if app not in sessions:
+                sessions[app] = self.runners.lease(tenant, app, runner, "stream")
+                leased.append(sessions[app])
+            return sessions[app]
+
+        try:
+            items = []
+            for incoming in messages:
+                kind = type_of(tenant, incoming.routing_key)
+                app = stream.apps.get(kind, stream.app) if kind else stream.app
+                if app not in routes:
+                    target = session_of(app).target("stream")
+                    routes[app] = AppRoute(app, target.collection, tuple(target.indexes))
+                items.append((incoming, routes[app]))
+            run = AppRun(items, stream.min_quality, stream.max_records_per_message, session_of, 1, stream.contract)
+            run()
+            healthy = True
+            return [(outcome, route) for outcome, (_, route) in zip(run.results, items, strict=True)], run.evolved
+        finally:
+            for session in sessions.values():
+                _give_back(self.runners, session, healthy)
+
+    # -- the rejects -------------------------------------------------------------------------
+    async def _settle(self, tenant: str, fates: _Fates, tally: Tally) -> None:
+        """Remove the resolved rejects; give those still failing their new kind and reason."""
+        col = self.store.tenant_db(tenant)[REJECTS]
+        now = datetime.now(UTC)
+        if fates.new_rejects:
+            await write_rejects(self.store.tenant_db(tenant), fates.new_rejects, _POLICY)
+        if fates.resolved:
+            await col.delete_many({"_id": {"$in": fates.resolved}})
+        for reject_id, (kind, reason) in fates.failing.items():
+            await col.update_one({"_id": reject_id}, {"$set": {"kind": kind, "reason": reason[:2000], "at": now}})
+        tally.still_rejected += len(fates.failing)
+
+
+def _file_unreplayable(reject: Mapping[str, Any]) -> str | None:
+    """Why a file's reject cannot be replayed (None: it can)."""
+    if reject.get("kind") not in FILE_KINDS:
+        return f"kind_{reject.get('kind')}"
+    if reject.get("record_number") is None:
+        return "no_record_number"
+    if not isinstance(reject.get("raw"), dict):
+        return "raw_not_kept"  # cut to size, or never kept
+    return None
+
+
+async def _incoming_of(tenant: str, reject: Mapping[str, Any], db: Any) -> tuple[Incoming | None, str]:
+    """The message to replay a stream reject with, or why there is none."""
+    kind = str(reject.get("kind"))
+    message_id = reject.get("message_id")
+    key = reject.get("routing_key")
+    if not isinstance(message_id, str) or not isinstance(key, str) or not (key == tenant or key.startswith(tenant + ".")):
+        return None, "no_message"
+    record = reject.get("record")
+    if isinstance(record, dict) and kind in RECORD_KINDS:
+        return Incoming(tenant, key, orjson.dumps(record), message_id, None, {}), ""
+    if kind not in MESSAGE_KINDS:
+        return None, f"kind_{kind}"
+    holder: Mapping[str, Any] | None = reject
+    if reject.get("raw") is None and isinstance(reject.get("raw_in"), str):
+        holder = await db[REJECTS].find_one({"_id": reject["raw_in"]})
+    raw = None if holder is None else holder.get("raw")
+    if holder is None or not isinstance(raw, str):
+        return None, "raw_not_kept"
+    try:
+        body = base64.b64decode(raw, validate=True) if holder.get("raw_encoding") == "base64" else raw.encode()
+    except (binascii.Error, ValueError):
+        return None, "raw_not_kept"
+    if isinstance(holder.get("raw_bytes"), int) and holder["raw_bytes"] > len(body):
+        return None, "raw_cut"
+    return Incoming(tenant, key, body, message_id, None, {}), ""
+
+
+def _file_job(profile: TenantProfile, batch: BatchProfile, entry: Mapping[str, Any]) -> FileJob:
+    """The job a replay of this file's rejects runs as: the route's current app and contract."""
+    name = str(entry.get("name"))
+    route = route_for(batch, name)
+    scope, contract = batch.contract_of(route)
+    fmt = str(entry.get("format") or detect_format(name) or "jsonl")
+    return FileJob(profile.id, name, Path(name), str(entry["_id"]), str(entry.get("sha256")), int(entry.get("bytes") or 0),
+                   fmt, AppRef(route.app if route else batch.app, profile.runner), batch.max_file_bytes,
+                   batch.max_error_rate, route.pattern if route else None, contract=contract, contract_scope=scope)
+
+
+async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(leased, *args)`` in a thread of its own, at most :data:`APP_TIMEOUT_S`; past it the
+    sessions it leased (appended to ``leased``) are killed, which ends a worker's call."""
+    executor = ThreadPoolExecutor(1, thread_name_prefix="replay")
+    leased: list[AppSession] = []
+    try:
+        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(executor, fn, leased, *args),
+                                      APP_TIMEOUT_S)
+    except TimeoutError:
+        for session in leased:
+            session.kill()
+        raise
+    finally:
+        executor.shutdown(wait=False)
+
+
+def _give_back(runners: Runners, session: AppSession, healthy: bool) -> None:
+    """In the replay's thread: a session that failed mid-call is killed, every one released."""
+    if not healthy:
+        session.kill()
+    runners.release(session)
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"the app did not finish the replay within {APP_TIMEOUT_S:g} s"
+    if isinstance(exc, FileRejected):
+        return exc.message
+    return str(exc)[:1000] or type(exc).__name__
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return _DEFAULT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(400, "bad_limit", "limit must be an integer") from None
+    if not 1 <= value <= MAX_REPLAY:
+        raise HttpError(400, "bad_limit", f"limit must be between 1 and {MAX_REPLAY}")
+    return value
