@@ -122,7 +122,8 @@ class Daemon:
                                auth=Auth(self.tenants, settings.admin_token),
                                routes=route_table(self.upload, self.monitor,
                                                   StreamControlRoutes(self.stream, self.monitor.cluster),
-                                                  self.instances, TenantData(store=self.store, ledger=self.ledger),
+                                                  self.instances, TenantData(store=self.store, ledger=self.ledger,
+                                                                                  instances=self.instances),
                                                   TenantRejects(store=self.store), self.undo,
                                                   FileTrial(settings=settings.batch, runners=self.runners,
                                                             ledger=self.ledger, usage=self.batch,
@@ -144,8 +145,9 @@ class Daemon:
         stream tenants it serves (those a tenant's consumers are shared among)."""
         streams = [t.id for t in self.tenants.all() if t.stream is not None]
         consumers = {t: self.stream.consumer_count(t) for t in streams}
+        ingested = {t: self.stream.last_ingest(t) for t in streams}
         return {"loading": self.batch.loading(), "consumers": {t: n for t, n in consumers.items() if n},
-                "stream_tenants": streams}
+                "stream_tenants": streams, "last_ingest": {t: at for t, at in ingested.items() if at is not None}}
 
     def health(self) -> dict[str, Any]:
         """``status`` is ``ok`` when every component is up, ``degraded`` (with reasons) otherwise."""

@@ -135,6 +135,14 @@ async def test_stream_rejects_become_documents_once_the_app_is_fixed(
         return await db["events"].count_documents({}) == 2 and await db["_rejects"].count_documents({}) == 4
     await await_until(landed, what="the first attempt's documents and rejects")
 
+    async def data() -> Any:  # the stream's last ingest, from the instances' heartbeats
+        async with http.get(f"{rd.url}/tenants/{tenant_id}/data",
+                            headers={"Authorization": f"Bearer token-{tenant_id}"}) as resp:
+            body = await resp.json()
+        return body if body.get("last_stream_ingest") else None
+    seen = await await_until(data, what="the stream's last ingest time in /data")
+    assert {c["name"] for c in seen["collections"]} >= {"events", "_rejects"}
+
     fixable.FIXED["on"] = True
     status, answer = await _replay(http, rd.url, tenant_id, source="stream")
     assert status == 200, answer

@@ -1,13 +1,16 @@
 """``GET /tenants/{id}/data``: what a tenant has in the store, for the tenant itself.
 
 Its collections in ``tenant_<id>`` (the store's estimated count, the indexes, at most
-:data:`MAX_COLLECTIONS`) and when its last file was committed, so that a tenant can see its
-data arrived and where to query it without an operator (README: "Query your data").
+:data:`MAX_COLLECTIONS`), when its last file was committed and when its stream last wrote
+documents (``last_stream_ingest``: the latest any instance reported in its heartbeat, so at
+most a heartbeat old), so that a tenant can see its data arrived and where to query it
+without an operator (README: "Query your data").
 """
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from aiohttp import web
 from pymongo.asynchronous.database import AsyncDatabase
@@ -23,12 +26,19 @@ MAX_COLLECTIONS = 200
 MAX_INDEXES = 64
 
 
+class Heartbeats(Protocol):
+    """The instances' heartbeat documents (:class:`mysimbdp.cluster.instances.InstanceRegistry`)."""
+
+    async def last_ingest(self, tenant: str) -> float | None: ...
+
+
 class TenantData:
     """The handler of ``GET /tenants/{id}/data`` (tenant token, or the admin's)."""
 
-    def __init__(self, *, store: TenantDatabases, ledger: Ledger) -> None:
+    def __init__(self, *, store: TenantDatabases, ledger: Ledger, instances: Heartbeats | None = None) -> None:
         self.store = store
         self.ledger = ledger
+        self.instances = instances
 
     async def get_data(self, request: web.Request) -> web.Response:
         """The tenant's collections, their estimated counts and indexes; its last committed file."""
@@ -39,6 +49,7 @@ class TenantData:
             names = sorted(await db.list_collection_names())
             collections = [await _collection(db, name) for name in names[:MAX_COLLECTIONS]]
             last = await self.ledger.last_committed(tenant)
+            stream_at = await self._last_stream_ingest(tenant)
         except PyMongoError as exc:
             raise HttpError(503, "store_unavailable", "the platform's database cannot be reached; retry later "
                             f"({type(exc).__name__})") from None
@@ -48,7 +59,12 @@ class TenantData:
             "last_file": None if last is None else {
                 "id": last.get("_id"), "name": last.get("name"), "committed_at": last.get("committed_at"),
                 "records_written": last.get("records_written")},
+            "last_stream_ingest": None if stream_at is None else datetime.fromtimestamp(stream_at, UTC),
         })
+
+    async def _last_stream_ingest(self, tenant: str) -> float | None:
+        """The latest time any instance's consumers of ``tenant`` wrote documents."""
+        return None if self.instances is None else await self.instances.last_ingest(tenant)
 
 
 async def _collection(db: AsyncDatabase[dict[str, Any]], name: str) -> dict[str, Any]:

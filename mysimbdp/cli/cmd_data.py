@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def describe(answer: dict[str, Any]) -> str:
-    """The collections as a table, then the last file."""
+    """The collections as a table, then the last file and the stream's last ingest."""
     rows = [("COLLECTION", "DOCUMENTS", "INDEXES")]
     for c in answer.get("collections", []):
         indexes = ", ".join(str(i.get("name")) for i in c.get("indexes", []))
@@ -45,4 +45,6 @@ def describe(answer: dict[str, Any]) -> str:
     last = answer.get("last_file")
     lines.append("last file committed: " + (f"{last.get('name')} at {last.get('committed_at')} "
                                             f"({last.get('records_written')} records written)" if last else "none yet"))
+    if answer.get("last_stream_ingest"):
+        lines.append(f"stream last wrote documents at {answer['last_stream_ingest']}")
     return printable("\n".join(lines), keep="\n")

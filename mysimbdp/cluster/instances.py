@@ -178,6 +178,16 @@ class InstanceRegistry:
                         "consumers": doc.get("consumers") or {}, "this": doc["_id"] == self.id})
         return out
 
+    async def last_ingest(self, tenant: str) -> float | None:
+        """The latest time (epoch seconds) any instance's heartbeat says the tenant's stream wrote."""
+        times = []
+        async for doc in self.collection.find({}, {"last_ingest": 1}).limit(_MAX_LISTED):
+            seen = doc.get("last_ingest")
+            at = seen.get(tenant) if isinstance(seen, dict) else None
+            if isinstance(at, int | float) and not isinstance(at, bool):
+                times.append(float(at))
+        return max(times) if times else None
+
     async def get_instances(self, request: web.Request) -> web.Response:
         """``GET /instances`` (admin token): every instance, this one marked ``this``."""
         require_admin(request)

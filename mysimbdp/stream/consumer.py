@@ -166,6 +166,7 @@ class Consumer:
         self._summary = CommitSummary()
         self.delivered = RateMeter()
         self.committed = RateMeter()
+        self.last_ingest: float | None = None  # when a batch last wrote documents (epoch seconds)
 
     def _new_executor(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(1, thread_name_prefix=f"{self.instance}-app")
@@ -328,6 +329,8 @@ class Consumer:
                          bytes=stats.bytes, rejected=stats.rejected)
         self._summary.add(stats)
         self.committed.add(stats.messages)
+        if stats.documents:
+            self.last_ingest = time.time()
 
     async def _run_app(self, batch: list[_Delivery]) -> tuple[list[Outcome | None], list[int]]:
         """Run the apps over the batch from the app thread; returns outcomes and stuck indexes."""

@@ -143,6 +143,7 @@ class StreamManager:
         self._background: set[asyncio.Task[Any]] = set()
         self._draining = False
         self._admission: Admission | None = None
+        self._last_ingest: dict[str, float] = {}  # kept when the consumers that wrote stop
 
     # ----------------------------------------------------------------- component
 
@@ -186,6 +187,14 @@ class StreamManager:
         (onboarding, a profile change, the broker back): among several instances the cluster's
         scaling decision bounds them (:meth:`mysimbdp.monitor.shares.ClusterScaling.admit`)."""
         self._admission = admission
+
+    def last_ingest(self, tenant: str) -> float | None:
+        """When this instance's consumers of ``tenant`` last wrote documents (epoch seconds)."""
+        t = self._tenants.get(tenant)
+        seen = [c.last_ingest for c in t.consumers.values() if c.last_ingest is not None] if t else []
+        if seen:
+            self._last_ingest[tenant] = max(seen + [self._last_ingest.get(tenant, 0.0)])
+        return self._last_ingest.get(tenant)
 
     def consumer_count(self, tenant: str) -> int:
         """Consumers running for ``tenant`` now (0 if none or unknown)."""
