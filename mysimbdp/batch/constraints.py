@@ -29,6 +29,7 @@ REASON_CODES = {
     "hard_link": "the file has more than one name (a hard link): it may be a file the tenant must not read",
     "changed": "the file was written to while it loaded (its size or modification time changed)",
     "no_app": "the app the tenant's profile names is not installed or is not a batch app",
+    "contract": "a document violates the route's schema contract, whose on_violation is reject_file",
     "internal": "the platform failed on the file (a bug: the reason names it)",
 }
 

@@ -93,6 +93,8 @@ def describe(answer: dict[str, Any]) -> str:
             lines.append(f"  ... {counts.get('rejected', 0) - _SHOWN_REJECTS:,} more (--json shows {len(rejects)})")
     est = answer.get("estimate", {})
     if est.get("load_s") is not None:
-        lines.append(f"estimated load: {est['load_s']:,} s at {est.get('recent_loads_records_per_s') or est.get('dry_run_records_per_s'):,} "
-                     f"records/s ({'the tenant recent loads' if est.get('based_on') == 'recent_loads' else 'this dry-run'})")
+        recent = est.get("based_on") == "recent_loads"
+        rate = est.get("recent_loads_records_per_s") if recent else est.get("dry_run_records_per_s")
+        basis = "the tenant's recent loads" if recent else "this dry-run"
+        lines.append(f"estimated load: {est['load_s']:,} s at {rate:,} records/s ({basis})")
     return "\n".join(lines)
