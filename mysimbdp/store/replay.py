@@ -23,8 +23,9 @@ Which rejects can be replayed:
 
 The answer counts what happened: ``examined``, ``written``, ``already_present``,
 ``skipped`` (the app now returns None for it: removed), ``still_rejected``,
-``not_replayable`` by reason, and ``next``, the cursor of the following page. One replay at
-a time per tenant; each app call is bounded by :data:`APP_TIMEOUT_S`.
+``not_replayable`` by reason, and ``next``, the cursor of the following page (a page ends
+early past :data:`PAGE_BYTES` of kept input). One replay at a time per tenant; each app call
+is bounded by :data:`APP_TIMEOUT_S`.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ __all__ = ["RejectsReplay", "MAX_REPLAY", "APP_TIMEOUT_S"]
 
 MAX_REPLAY = 1000
 APP_TIMEOUT_S = 300.0
+PAGE_BYTES = 32 * 1024 * 1024  # kept input replayed in one call, about
 _DEFAULT = 500
 _ID_MAX = 4096
 FILE_KINDS = frozenset({"wrangle", "check", "contract", "write"})
@@ -135,10 +137,7 @@ class RejectsReplay:
                             headers={"Retry-After": "5"})
         self._running.add(tenant)
         try:
-            db = self.store.tenant_db(tenant)
-            page = [d async for d in db[REJECTS].find(query).sort("_id", 1).limit(limit + 1)]
-            more = len(page) > limit
-            page = page[:limit]
+            page, more = await _page(self.store.tenant_db(tenant)[REJECTS], query, limit)
             tally = Tally(examined=len(page))
             await self._replay_page(profile, page, tally)
         except PyMongoError as exc:
@@ -333,6 +332,20 @@ class RejectsReplay:
         for reject_id, (kind, reason) in fates.failing.items():
             await col.update_one({"_id": reject_id}, {"$set": {"kind": kind, "reason": reason[:2000], "at": now}})
         tally.still_rejected += len(fates.failing)
+
+
+async def _page(col: Any, query: dict[str, Any], limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """At most ``limit`` rejects in ``_id`` order, and at most about :data:`PAGE_BYTES` of kept
+    input (a page of large message bodies ends early); whether more follow."""
+    page: list[dict[str, Any]] = []
+    size = 0
+    async for doc in col.find(query).sort("_id", 1).limit(limit + 1):
+        if len(page) >= limit or (page and size >= PAGE_BYTES):
+            return page, True
+        page.append(doc)
+        size += len(doc["raw"]) if isinstance(doc.get("raw"), str) else 0
+        size += len(orjson.dumps(doc.get("record"), default=str)) if doc.get("record") is not None else 0
+    return page, False
 
 
 def _file_unreplayable(reject: Mapping[str, Any]) -> str | None:
