@@ -152,3 +152,39 @@ async def test_stream_rejects_become_documents_once_the_app_is_fixed(
     assert [d["_id"] async for d in db["_rejects"].find({})] == ["stream:d"]
     status, again = await _replay(http, rd.url, tenant_id, source="stream")
     assert again["written"] == 0 and await db["events"].count_documents({}) == 5
+
+
+async def test_a_contract_reject_replays_under_the_current_contract(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        http: aiohttp.ClientSession, mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str) -> None:
+    settings = settings_factory(extra_apps=APPS, batch={"rescan_interval_s": 0.5})
+    fields = {"v": "string", "k": "int", "fixed": "bool"}
+
+    def profile(contract_fields: dict[str, str]) -> None:
+        _profile(settings, tenant_id, stream={
+            "app": "fixable", "min_consumers": 1, "max_consumers": 1, "batch_max_wait_ms": 50,
+            "contract": {"on_violation": "reject_record", "fields": contract_fields}})
+    profile(fields)
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    await publish_raw(amqp_url, tenant_id, [[{"v": "ok", "k": 1}, {"v": "ok", "k": 2, "extra": 7}]], ["a"])
+    db = mongo[f"tenant_{tenant_id}"]
+
+    async def landed() -> bool:
+        return await db["_rejects"].count_documents({"kind": "contract"}) == 1
+    await await_until(landed, what="the contract's reject")
+    reject = await db["_rejects"].find_one({})
+    assert reject["_id"] == "stream:a:1" and reject["record"] == {"v": "ok", "k": 2, "extra": 7}
+
+    status, answer = await _replay(http, rd.url, tenant_id)  # the same contract: still rejected
+    assert answer["still_rejected"] == 1 and await db["events"].count_documents({}) == 1
+    profile({**fields, "extra": "int"})  # the tenant widens its contract
+
+    async def reloaded() -> bool:
+        profile_now = rd.daemon.tenants.get(tenant_id)
+        return profile_now is not None and "extra" in profile_now.stream.contract.fields
+    await await_until(reloaded, what="the new contract")
+    status, answer = await _replay(http, rd.url, tenant_id)
+    assert status == 200 and answer["written"] == 1, answer
+    assert sorted([d["_id"] async for d in db["events"].find({})]) == ["m:a:0", "m:a:1"]
+    assert await db["_rejects"].count_documents({}) == 0

@@ -16,9 +16,11 @@ Which rejects can be replayed:
   gone). A ``parse`` reject is the reader's verdict on the text, which no app changes; a
   record cut to 256 KiB cannot be replayed either;
 * stream: those of one record (``rejected``, ``app_error``, ``quality``, ``contract``,
-  ``write_failed``: the record is kept in ``record``) and those of a whole message an app
-  failed on (``app_error``, ``app_failed``: its body is kept in ``raw``, or in the reject
-  ``raw_in`` names). ``malformed``, ``too_large`` and ``too_many_records`` are not (the
+  ``write_failed``: the record is kept in ``record``) and those of a whole message (an app
+  failed on it, ``app_error``, ``app_failed``; a ``contract`` reject of a document whose
+  record is not known, or of a message ``reject_file`` refused): its body is kept in ``raw``,
+  or in the reject ``raw_in`` names, and the whole message is replayed (what of it was
+  written already counts as ``already_present``). ``malformed``, ``too_large`` and ``too_many_records`` are not (the
   body is what it is).
 
 The answer counts what happened: ``examined``, ``written``, ``already_present``,
@@ -79,7 +81,7 @@ _DEFAULT = 500
 _ID_MAX = 4096
 FILE_KINDS = frozenset({"wrangle", "check", "contract", "write"})
 RECORD_KINDS = frozenset({"rejected", "app_error", "quality", "contract", "write_failed"})
-MESSAGE_KINDS = frozenset({"app_error", "app_failed"})
+MESSAGE_KINDS = frozenset({"app_error", "app_failed", "contract"})
 _POLICY = RetryPolicy(max_delay_s=5.0, deadline_s=60.0)
 
 

@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from mysimbdp.apps.contract import Index
 from mysimbdp.apps.runner import AppSession, WorkerFailed
 from mysimbdp.store.contracts import Contract, check_document
@@ -40,6 +42,29 @@ __all__ = ["AppRoute", "AppRun", "failed_outcome", "incoming_doc", "PER_FRAME"]
 #: Messages a worker answers for in one frame (at most 20 ms apart): fewer frames, less CPU.
 PER_FRAME = 64
 _MAX_EVOLVED = 500  # new fields one batch of messages may add to the tenant's schema history
+_UNKNOWN = object()
+
+
+def _record_index(doc: dict[str, Any], msg_id: str) -> int | None | object:
+    """The index in its message's body of the record a document came from, from its default
+    ``_id`` (None: a one-object body); ``_UNKNOWN`` when the app set another ``_id``."""
+    base = document_id(msg_id, None)
+    doc_id = doc.get("_id")
+    if doc_id == base:
+        return None
+    tail = doc_id[len(base) + 1:] if isinstance(doc_id, str) and doc_id.startswith(base + ":") else ""
+    return int(tail) if tail.isdigit() and len(tail) < 10 else _UNKNOWN
+
+
+def _input_record(body: bytes, index: int | None) -> Any:
+    """The record at ``index`` of a JSON body (the body itself for None); None if not there."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if index is None:
+        return value if isinstance(value, dict) else None
+    return value[index] if isinstance(value, list) and index < len(value) else None
 
 
 @dataclass(frozen=True)
@@ -190,8 +215,14 @@ class AppRun:
             if checked.document is not None:
                 kept.append(checked.document)
                 continue
-            reject = stream_reject(incoming, msg_id, route.app, "contract", checked.reason, record=doc)
-            reject["_id"] = f"stream:{msg_id}:contract:{k}"
+            where = _record_index(doc, msg_id)
+            if where is _UNKNOWN:  # the app chose the _id: which record it came from is not known
+                reject = stream_reject(incoming, msg_id, route.app, "contract", checked.reason)
+                reject["_id"] = f"stream:{msg_id}:contract:{k}"
+            else:  # the record as published, as in every other reject of one record (a replay's input)
+                index = where if isinstance(where, int) else None
+                reject = stream_reject(incoming, msg_id, route.app, "contract", checked.reason, index,
+                                       _input_record(incoming.body, index))
             refused.append(reject)
         if refused:
             holder = next((r for r in rejects if r.get("raw") is not None), None)
