@@ -127,12 +127,13 @@ async def test_stream_rejects_become_documents_once_the_app_is_fixed(
     rd = await start_daemon(settings)
     await wait_consumers(rd.daemon, tenant_id, 1)
     bodies: list[Any] = [{"v": "ok", "k": 0}, {"v": "bad", "k": 1},
-                         [{"v": "ok", "k": 2}, {"v": "bad", "k": 3}, {"v": "bad", "k": 4}], b"{not json"]
-    await publish_raw(amqp_url, tenant_id, bodies, ["a", "b", "c", "d"])
+                         [{"v": "ok", "k": 2}, {"v": "bad", "k": 3}, {"v": "bad", "k": 4}], b"{not json",
+                         [{"v": "bad", "k": 5}, 7]]
+    await publish_raw(amqp_url, tenant_id, bodies, ["a", "b", "c", "d", "e"])
     db = mongo[f"tenant_{tenant_id}"]
 
     async def landed() -> bool:
-        return await db["events"].count_documents({}) == 2 and await db["_rejects"].count_documents({}) == 4
+        return await db["events"].count_documents({}) == 2 and await db["_rejects"].count_documents({}) == 6
     await await_until(landed, what="the first attempt's documents and rejects")
 
     async def data() -> Any:  # the stream's last ingest, from the instances' heartbeats
@@ -146,12 +147,15 @@ async def test_stream_rejects_become_documents_once_the_app_is_fixed(
     fixable.FIXED["on"] = True
     status, answer = await _replay(http, rd.url, tenant_id, source="stream")
     assert status == 200, answer
-    assert answer["examined"] == 4 and answer["written"] == 3 and answer["not_replayable"] == {"kind_malformed": 1}
+    assert answer["examined"] == 6 and answer["written"] == 4 and answer["not_replayable"] == {"kind_malformed": 2}
     ids = sorted([d["_id"] async for d in db["events"].find({})])
-    assert ids == ["m:a", "m:b", "m:c:0", "m:c:1", "m:c:2"]  # the ids of a first attempt
-    assert [d["_id"] async for d in db["_rejects"].find({})] == ["stream:d"]
+    assert ids == ["m:a", "m:b", "m:c:0", "m:c:1", "m:c:2", "m:e:0"]  # the ids of a first attempt
+    left = {d["_id"]: d async for d in db["_rejects"].find({})}
+    assert sorted(left) == ["stream:d", "stream:e:1"]
+    # the replayed reject held message e's body: the one that stays has it now
+    assert left["stream:e:1"]["raw"] == '[{"v":"bad","k":5},7]' and left["stream:e:1"]["raw_in"] is None
     status, again = await _replay(http, rd.url, tenant_id, source="stream")
-    assert again["written"] == 0 and await db["events"].count_documents({}) == 5
+    assert again["written"] == 0 and await db["events"].count_documents({}) == 6
 
 
 async def test_a_contract_reject_replays_under_the_current_contract(
@@ -187,4 +191,43 @@ async def test_a_contract_reject_replays_under_the_current_contract(
     status, answer = await _replay(http, rd.url, tenant_id)
     assert status == 200 and answer["written"] == 1, answer
     assert sorted([d["_id"] async for d in db["events"].find({})]) == ["m:a:0", "m:a:1"]
+    assert await db["_rejects"].count_documents({}) == 0
+
+
+async def test_a_whole_message_that_fails_again_keeps_its_reject(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        http: aiohttp.ClientSession, mongo: AsyncMongoClient[dict[str, Any]], amqp_url: str) -> None:
+    settings = settings_factory(extra_apps=APPS, batch={"rescan_interval_s": 0.5})
+
+    def profile(fields: dict[str, str]) -> None:
+        _profile(settings, tenant_id, stream={
+            "app": "fixable", "min_consumers": 1, "max_consumers": 1, "batch_max_wait_ms": 50,
+            "contract": {"on_violation": "reject_file", "fields": fields}})
+    profile({"v": "string", "k": "int", "fixed": "bool"})
+    rd = await start_daemon(settings)
+    await wait_consumers(rd.daemon, tenant_id, 1)
+    await publish_raw(amqp_url, tenant_id, [[{"v": "ok", "k": 1}, {"v": "ok", "k": 2, "extra": 7}]], ["w"])
+    db = mongo[f"tenant_{tenant_id}"]
+
+    async def landed() -> bool:
+        return await db["_rejects"].count_documents({}) == 1
+    await await_until(landed, what="the message's reject")
+    before = await db["_rejects"].find_one({})
+    assert before["_id"] == "stream:w" and before["kind"] == "contract" and before["record"] is None
+
+    status, answer = await _replay(http, rd.url, tenant_id)  # the same contract: the message fails again
+    assert status == 200 and answer["still_rejected"] == 1 and answer["written"] == 0, answer
+    after = await db["_rejects"].find_one({})
+    assert after is not None and after["_id"] == "stream:w" and after["raw"] == before["raw"]
+    assert await db["events"].count_documents({}) == 0
+
+    profile({"v": "string", "k": "int", "fixed": "bool", "extra": "int"})
+
+    async def reloaded() -> bool:
+        now = rd.daemon.tenants.get(tenant_id)
+        return now is not None and "extra" in now.stream.contract.fields
+    await await_until(reloaded, what="the new contract")
+    status, answer = await _replay(http, rd.url, tenant_id)
+    assert answer["written"] == 2 and answer["still_rejected"] == 0, answer
+    assert sorted([d["_id"] async for d in db["events"].find({})]) == ["m:w:0", "m:w:1"]
     assert await db["_rejects"].count_documents({}) == 0

@@ -112,3 +112,19 @@ async def test_the_try_command_prints_the_verdict(
     code, out = await cli("--name", "sample.csv")  # judged by another name: not an allowed format
     assert code == 1 and "not admitted (format)" in out
     await _nothing_written(mongo, tenant_id)
+
+
+async def test_a_dry_run_stops_an_app_stuck_before_its_first_record(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        http: aiohttp.ClientSession) -> None:
+    """The dry-run's time limit covers the app's start and its target hook, not only its records."""
+    settings = settings_factory(extra_apps={"hostile": "tests.plugins.hostile"}, batch={"try_timeout_s": 2})
+    tenant = f"{tenant_id}-target-hang"  # the hostile app's target hook sleeps an hour for it
+    write_tenant(settings, tenant, f"token-{tenant}", app="hostile", formats=["jsonl"])
+    rd = await start_daemon(settings)
+    env = Env(rd.url, tenant, f"token-{tenant}", settings, rd.daemon)
+    for _ in range(2):  # the slot is free again after the first
+        status, answer = await asyncio.wait_for(_try(http, env, "a.jsonl", b'{"n": 1}\n'), 30)
+        assert status == 200, answer
+        assert answer["verdict"] == "reject" and answer["code"] == "timeout", answer
+        assert answer["estimate"]["dry_run_s"] < 10

@@ -348,3 +348,31 @@ def test_a_daemon_killed_mid_undo_finishes_it_at_restart(
 def _unless_undoing(entry: dict[str, Any] | None) -> dict[str, Any] | None:
     assert entry is not None
     return None if entry["state"] == "undoing" else entry
+
+
+async def test_an_undo_waits_for_a_replay_and_a_tenants_undos_run_in_turn(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        http: aiohttp.ClientSession, mongo: Db) -> None:
+    env = await start_env(start_daemon, settings_factory, tenant_id, formats=["csv"])
+    ids = []
+    for name, content in (("load.csv", LOAD), ("keep.csv", KEEP)):
+        status, body = await put(http, env, name, content)
+        assert status == 201, body
+        ids.append(body["id"])
+        await wait_outcome(mongo, tenant_id, name)
+    base = f"{env.url}/tenants/{tenant_id}/files"
+    files = mongo["mysimbdp"]["files"]
+    # a replay of the file's rejects holds it (it writes into the file's ids): no undo meanwhile
+    await files.update_one({"_id": ids[0]}, {"$set": {"replay_until": datetime.now().timestamp() + 60}})
+    status, body, _ = await call(http, "DELETE", f"{base}/{ids[0]}", env.token)
+    assert (status, body["code"]) == (409, "replay_running"), body
+    assert (await ledger_entry(mongo, ids[0]))["state"] == "committed"
+    await files.update_one({"_id": ids[0]}, {"$set": {"replay_until": 0.0}})
+    # both of the tenant's files at once: one runs, the other waits its turn; both end undone
+    for entry_id in ids:
+        status, body, _ = await call(http, "DELETE", f"{base}/{entry_id}", env.token)
+        assert status in (200, 202), body
+    for entry_id in ids:
+        done = await wait_undone(http, f"{base}/{entry_id}", env.token)
+        assert done["documents_removed"] == (await ledger_entry(mongo, entry_id))["records_written"]
+    assert await mongo[f"tenant_{tenant_id}"]["rows"].count_documents({}) == 0

@@ -48,7 +48,7 @@ class TenantData:
         try:
             names = sorted(await db.list_collection_names())
             collections = [await _collection(db, name) for name in names[:MAX_COLLECTIONS]]
-            last = await self.ledger.last_committed(tenant)
+            last = next(iter(await self.ledger.last_committed(tenant)), None)
             stream_at = await self._last_stream_ingest(tenant)
         except PyMongoError as exc:
             raise HttpError(503, "store_unavailable", "the platform's database cannot be reached; retry later "

@@ -17,8 +17,10 @@ transition exactly one wins, and the others only propose:
   gave: a daemon paused past its lease (the file taken over meanwhile) cannot settle;
 * :meth:`Ledger.reject_staged` ``staged -> rejected`` at admission;
 * :meth:`Ledger.release` gives a claim up at once (shutdown, cluster-wide limit);
-* :meth:`Ledger.claim_undo` ``committed -> undoing`` (or takes over an ``undoing`` entry whose
-  lease lapsed, or that this instance left), with the same owner, lease and fencing token;
+* :meth:`Ledger.request_undo` ``committed -> undoing``, unclaimed (not while a replay of the
+  file's rejects holds the entry, :meth:`Ledger.hold_for_replay`); :meth:`Ledger.claim_undo`
+  takes an ``undoing`` entry whose lease lapsed (or that this instance left) to do the undo,
+  with the same owner, lease and fencing token as a load's claim;
 * :meth:`Ledger.finish_undo` ``undoing -> undone``, only while that claim holds.
 
 Every timestamp (``staged_at``, ``loading_at``, ``committed_at``, ``rejected_at``) is a BSON
@@ -27,6 +29,7 @@ date in UTC: ``staged_at`` from the daemon's clock, the others from the store's.
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
 from dataclasses import dataclass
@@ -127,25 +130,49 @@ class Ledger:
         update = {"$set": {"state": FileState.LOADING.value, "owner": owner, "lease_until": now + lease_s,
                            "claimed_epoch": now, **fields},
                   "$inc": {"lease": 1, "attempts": 1}, "$currentDate": {"loading_at": {"$type": "date"}}}
-        return await self._take(entry_id, {"state": FileState.STAGED.value}, FileState.LOADING, owner, now, update)
+        return await self._take(entry_id, [{"state": FileState.STAGED.value}], FileState.LOADING, owner, now, update)
 
-    async def claim_undo(self, entry_id: str, owner: str, lease_s: float, **fields: Any) -> Claim | None:
-        """``committed -> undoing`` for ``owner`` (``fields``: who asked), or take over an
-        ``undoing`` entry whose lease lapsed or that ``owner`` left; None otherwise."""
+    async def request_undo(self, entry_id: str, **fields: Any) -> dict[str, Any] | None:
+        """``committed -> undoing`` unclaimed (a lapsed lease: the first instance with a free undo
+        slot claims it, :meth:`claim_undo`), with ``fields`` (who asked). Not while a replay of the
+        file's rejects holds it (``replay_until``). The entry after, or None if not moved."""
         now = time.time()
-        update = {"$set": {"state": FileState.UNDOING.value, "owner": owner, "lease_until": now + lease_s,
-                           "claimed_epoch": now, **fields},
-                  "$inc": {"lease": 1}, "$currentDate": {"undoing_at": {"$type": "date"}}}
-        return await self._take(entry_id, {"state": FileState.COMMITTED.value}, FileState.UNDOING, owner, now, update)
+        update = {"$set": {"state": FileState.UNDOING.value, "lease_until": 0.0, **fields},
+                  "$currentDate": {"undoing_at": {"$type": "date"}}}
+        for free in ({"replay_until": None}, {"replay_until": {"$lt": now}}):
+            doc = await self.collection.find_one_and_update(
+                {"_id": entry_id, "state": FileState.COMMITTED.value, **free}, update,
+                return_document=ReturnDocument.AFTER)
+            if doc is not None:
+                return doc
+        return None
 
-    async def _take(self, entry_id: str, fresh: dict[str, Any], state: FileState, owner: str, now: float,
+    async def hold_for_replay(self, entry_id: str, seconds: float) -> bool:
+        """Keep an undo from beginning on the committed entry for ``seconds`` (a replay writes
+        into the file's ``_id`` range); False if the entry is not committed."""
+        result = await self.collection.update_one({"_id": entry_id, "state": FileState.COMMITTED.value},
+                                                  {"$set": {"replay_until": time.time() + seconds}})
+        return bool(result.matched_count)
+
+    async def release_replay_hold(self, entry_id: str) -> None:
+        """The replay is done: an undo may begin."""
+        await self.collection.update_one({"_id": entry_id}, {"$set": {"replay_until": 0.0}})
+
+    async def claim_undo(self, entry_id: str, owner: str, lease_s: float) -> Claim | None:
+        """Claim an ``undoing`` entry (:meth:`request_undo`) whose lease lapsed or that ``owner``
+        left, to do the undo; None otherwise."""
+        now = time.time()
+        update = {"$set": {"owner": owner, "lease_until": now + lease_s, "claimed_epoch": now}, "$inc": {"lease": 1}}
+        return await self._take(entry_id, [], FileState.UNDOING, owner, now, update)
+
+    async def _take(self, entry_id: str, fresh: list[dict[str, Any]], state: FileState, owner: str, now: float,
                     update: dict[str, Any]) -> Claim | None:
         """Apply ``update`` to the entry if it is in ``fresh``, or in ``state`` held by ``owner``
         or under a lapsed lease: each case is its own conditional update (an ``$or`` of them
         would be one, but the embedded store ignores the other conditions of a query beside an ``$or``)."""
         held = state.value
         cases: list[tuple[dict[str, Any], bool]] = [
-            (fresh, False),
+            *((condition, False) for condition in fresh),
             ({"state": held, "owner": owner}, True),
             ({"state": held, "lease_until": {"$lt": now}}, True),
             ({"state": held, "lease_until": None}, True),
@@ -167,13 +194,16 @@ class Ledger:
         result = await self.collection.update_one(claim.held, {"$set": fields})
         return bool(result.matched_count)
 
-    async def lapsed(self, state: FileState, owner: str) -> list[str]:
-        """Ids of the entries in ``state`` (any tenant) whose lease lapsed or that ``owner`` holds."""
+    async def lapsed(self, state: FileState, owner: str) -> list[dict[str, Any]]:
+        """The entries in ``state`` (any tenant; ``_id`` and ``tenant``) whose lease lapsed or that
+        ``owner`` holds, oldest first."""
         now = time.time()
-        ids: list[str] = []
+        found: dict[str, dict[str, Any]] = {}
         for condition in ({"owner": owner}, {"lease_until": {"$lt": now}}, {"lease_until": None}):
-            ids += [str(d["_id"]) async for d in self.collection.find({"state": state.value, **condition}, {"_id": 1})]
-        return sorted(set(ids))
+            async for doc in self.collection.find({"state": state.value, **condition},
+                                                  {"tenant": 1, "staged_at": 1}):
+                found[str(doc["_id"])] = doc
+        return sorted(found.values(), key=lambda d: (str(d.get("staged_at") or ""), str(d["_id"])))
 
     async def renew(self, claim: Claim, lease_s: float) -> bool:
         """Extend the claim's lease; False if it no longer holds the entry (taken over, settled)."""
@@ -255,11 +285,11 @@ class Ledger:
         cursor = self.collection.find({"tenant": tenant}).sort("staged_at", -1).limit(limit)
         return [doc async for doc in cursor]
 
-    async def last_committed(self, tenant: str) -> dict[str, Any] | None:
-        """The tenant's most recently committed entry, if any."""
+    async def last_committed(self, tenant: str, count: int = 1) -> builtins.list[dict[str, Any]]:
+        """The tenant's ``count`` most recently committed entries, newest first."""
         cursor = self.collection.find({"tenant": tenant, "state": FileState.COMMITTED.value}).sort(
-            "committed_at", -1).limit(1)
-        return next(iter([doc async for doc in cursor]), None)
+            "committed_at", -1).limit(count)
+        return [doc async for doc in cursor]
 
     async def committed_bytes(self, tenant: str) -> int:
         """Bytes of the tenant's committed files: the usage counted against its storage quota.

@@ -275,6 +275,10 @@ class BatchManager:
             resumable = _resumable_format(entry)
             # constraints first: a file too big is refused without being read
             fmt = resumable or await self._check_constraints(tenant, profile, name, size)
+            if resumable is None and any(d.get("bytes") == size for d in
+                                         await ledger.find(tenant, states=[FileState.UNDOING])):
+                # perhaps the content being undone: it waits, and is not hashed again at every scan
+                raise FileRejected("undoing", "a file of this size is being undone; it loads once that is done")
             sha = await loop.run_in_executor(self._executor, staged.sha256)
             if entry is not None and entry.get("sha256") not in (None, sha):
                 if resumable is not None:  # not the file that was loading: a new one

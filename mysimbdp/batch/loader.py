@@ -254,7 +254,7 @@ class BatchProducer:
         marks = table.column("_reject").to_pylist() if "_reject" in table.schema.names else [None] * len(records)
         if "_reject" in table.schema.names:
             table = table.drop_columns(["_reject"])
-        rows = [{"_id": f"{self.prefix}{r.number}", **row} for r, row in zip(records, table.to_pylist(), strict=True)]
+        rows = [{**row, "_id": f"{self.prefix}{r.number}"} for r, row in zip(records, table.to_pylist(), strict=True)]
         check = self.session.has("mysimbdp_batch_check")
         problems = self._app(self.session.check_documents, rows, self.ctx) if check else [None] * len(rows)
         for record, row, mark, problem in zip(records, rows, marks, problems, strict=True):

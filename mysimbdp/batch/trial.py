@@ -16,8 +16,8 @@ ledger entry, no document, no reject, no archive. The answer:
 * ``estimate``: records/s of this dry-run (reading and the app, no writes) and of the
   tenant's recent loads, and the time a load of this file would take at the latter.
 
-The body is written to a private file under ``<var>/try`` that is unlinked as soon as it is
-open (a crash leaves nothing); at most ``try_max_bytes`` (and the tenant's
+The body is written to a file under ``<var>/try`` that has no name (``O_TMPFILE``: a crash
+leaves nothing); at most ``try_max_bytes`` (and the tenant's
 ``max_file_bytes``), one dry-run per tenant and ``max_concurrent_tries`` in all, each at most
 ``try_timeout_s`` (and the route's ``timeout_s``): past it the worker is stopped.
 """
@@ -31,18 +31,20 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import bson
+import orjson
 from aiohttp import web
 from bson.raw_bson import RawBSONDocument
 from pymongo.errors import PyMongoError
 
 from mysimbdp.apps.contract import BatchContext
-from mysimbdp.apps.runner import AppRef, Runners
+from mysimbdp.apps.runner import AppRef, AppSession, Runners
+from mysimbdp.apps.runner.bounded import release_now, run_bounded
+from mysimbdp.apps.runner.calls import collection_problem
 from mysimbdp.batch.constraints import check_file, check_name
 from mysimbdp.batch.intake import StagedUsage
 from mysimbdp.batch.ledger import FileState, Ledger
@@ -51,7 +53,6 @@ from mysimbdp.batch.loader import (
     AppFailed,
     BatchProducer,
     FileJob,
-    give_back,
     guarded,
     lease_session,
     target_of,
@@ -70,6 +71,7 @@ __all__ = ["FileTrial", "FieldSummary", "MAX_DOCUMENTS", "MAX_REJECTS"]
 MAX_DOCUMENTS = 1000
 MAX_REJECTS = 1000
 MAX_FIELDS = 200  # fields summarised (the first seen)
+MAX_SHOWN_BYTES = 8 * 1024 * 1024  # documents shown, as JSON, at most
 _DEFAULT_DOCUMENTS = 10
 _TEXT_SHOWN = 100  # characters of a text min/max shown
 _RAW_SHOWN = 2000  # characters of a reject's raw input shown
@@ -112,7 +114,7 @@ class FileTrial:
         self._running.add(tenant)
         staged: StagedFile | None = None
         try:
-            staged = await self._receive(request, max_bytes)
+            staged = await self._receive(request, max_bytes, name)
             return json_response(await self._trial(profile, batch, name, staged, limit))
         finally:
             self._running.discard(tenant)
@@ -120,11 +122,11 @@ class FileTrial:
                 with contextlib.suppress(OSError):
                     staged.close()
 
-    async def _receive(self, request: web.Request, max_bytes: int) -> StagedFile:
-        """The body in a private file, unlinked once open: the descriptor is all that is left."""
+    async def _receive(self, request: web.Request, max_bytes: int, name: str) -> StagedFile:
+        """The body in a file without a name (nothing is left of it after a crash): read as a
+        staged file is, through its descriptor."""
         await asyncio.to_thread(self.folder.mkdir, mode=0o700, parents=True, exist_ok=True)
-        path = self.folder / f"{uuid.uuid4().hex}.part"
-        out = await asyncio.to_thread(_create, path)
+        fd = await asyncio.to_thread(_anonymous_file, self.folder)
         try:
             size = 0
             async for chunk in request.content.iter_chunked(_CHUNK_BYTES):
@@ -132,17 +134,11 @@ class FileTrial:
                 if size > max_bytes:
                     raise HttpError(413, "too_big", f"a dry-run takes at most {max_bytes} bytes; send the first "
                                     "part of the file", limit=max_bytes)
-                await asyncio.to_thread(out.write, chunk)
-            await asyncio.to_thread(out.flush)
-            st = await asyncio.to_thread(os.lstat, path)
-            staged = await asyncio.to_thread(StagedFile.open, path, st)
-            if staged is None:
-                raise HttpError(500, "internal", "the dry-run's copy of the body changed while it was read")
-            return staged
-        finally:
-            out.close()
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(path.unlink)
+                await asyncio.to_thread(_write_all, fd, chunk)
+            return StagedFile(fd, await asyncio.to_thread(os.fstat, fd), name)
+        except BaseException:
+            os.close(fd)
+            raise
 
     async def _trial(self, profile: TenantProfile, batch: BatchProfile, name: str, staged: StagedFile,
                      limit: int) -> dict[str, Any]:
@@ -187,46 +183,50 @@ class FileTrial:
         return job, route
 
     async def _run(self, job: FileJob, limit: int, timeout: float) -> Trial:
-        """The file through the app in its worker (in a thread of its own), collected, never written."""
-        loop = asyncio.get_running_loop()
+        """The file through the app in its worker (from a thread of its own), collected, never
+        written; everything the app does — starting, its target, wrangling — within ``timeout``."""
         trial = Trial(limit)
-        executor = ThreadPoolExecutor(1, thread_name_prefix=f"try-{job.tenant}")
-        session = None
-        healthy = False
         started = time.monotonic()
         try:
-            session = await loop.run_in_executor(executor, lease_session, self.runners, job)
-            trial.collection = (await loop.run_in_executor(executor, target_of, job, session)).collection
-            ctx = BatchContext(job.tenant, job.app.name, job.name, job.sha256, job.fmt)
-            producer = BatchProducer(job, ctx, self.settings.write_batch_size, session)
-            future = executor.submit(guarded, _collect, producer, trial)
-            try:
-                await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-                trial.evolved = {k: sorted(v) for k, v in producer.evolved.items()}
-                healthy = True
-            except TimeoutError:
-                trial.fail("timeout", f"the dry-run ran past {timeout:g} s (try_timeout_s, or the route's "
-                           "timeout_s); the app was stopped. Send a smaller part of the file")
-            finally:
-                if future.done():
-                    producer.close()
+            await run_bounded(self._in_thread, job, trial, timeout_s=timeout, name=f"try-{job.tenant}")
+        except TimeoutError:
+            trial.fail("timeout", f"the dry-run ran past {timeout:g} s (try_timeout_s, or the route's "
+                       "timeout_s); the app was stopped. Send a smaller part of the file")
         except AppFailed as exc:
             trial.fail("app_failed", f"app {job.app.name!r} failed on the file: {exc}")
         except FileRejected as exc:
             trial.fail(exc.code, exc.message)
         finally:
             trial.seconds = time.monotonic() - started
-            if session is not None:
-                give_back(self.runners, session, healthy)
-            executor.shutdown(wait=False)
         return trial
+
+    def _in_thread(self, leased: list[AppSession], job: FileJob, trial: Trial) -> None:
+        session = lease_session(self.runners, job)
+        leased.append(session)
+        healthy = False
+        producer: BatchProducer | None = None
+        try:
+            target = target_of(job, session)
+            problem = collection_problem(target.collection)
+            if problem is not None:
+                raise AppFailed(f"it declares an invalid target collection: {problem}")
+            trial.collection = target.collection
+            ctx = BatchContext(job.tenant, job.app.name, job.name, job.sha256, job.fmt)
+            producer = BatchProducer(job, ctx, self.settings.write_batch_size, session)
+            guarded(_collect, producer, trial)
+            trial.evolved = {k: sorted(v) for k, v in producer.evolved.items()}
+            healthy = True
+        finally:
+            if producer is not None:
+                producer.close()
+            release_now(self.runners, session, healthy)
 
     async def _estimate(self, tenant: str, trial: Trial) -> dict[str, Any]:
         """The dry-run's rate, the tenant's recent loads' rate, and the load time it predicts."""
         records = trial.records_in
         recent: float | None = None
         with contextlib.suppress(PyMongoError):
-            done = (await self.ledger.find(tenant, states=[FileState.COMMITTED]))[-_RECENT_FILES:]
+            done = await self.ledger.last_committed(tenant, _RECENT_FILES)
             seconds = sum(float(d.get("seconds") or 0) for d in done)
             if seconds > 0:
                 recent = sum(int(d.get("records_in") or 0) for d in done) / seconds
@@ -285,6 +285,8 @@ class Trial:
         self.failure: tuple[str, str] | None = None
         self.collection: str | None = None
         self.evolved: dict[str, list[str]] = {}  # fields an ``evolve`` contract would accept
+        self.shown_bytes = 0
+        self.documents_cut = False  # documents left out of the answer past MAX_SHOWN_BYTES
         self.seconds = 0.0
 
     def fail(self, code: str, reason: str) -> None:
@@ -295,8 +297,12 @@ class Trial:
         """One document the load would write."""
         doc = without_nan(bson.decode(raw.raw) if isinstance(raw, RawBSONDocument) else dict(raw))
         self.documents_count += 1
-        if len(self.documents) < self.limit:
-            self.documents.append(doc)
+        if len(self.documents) < self.limit and not self.documents_cut:
+            self.shown_bytes += len(orjson.dumps(doc, default=str))
+            if self.shown_bytes > MAX_SHOWN_BYTES:
+                self.documents_cut = True  # the answer stays small whatever the app makes
+            else:
+                self.documents.append(doc)
         for key, value in doc.items():
             summary = self.fields.get(key)
             if summary is None:
@@ -312,8 +318,9 @@ class Trial:
         self.by_kind[str(reject.get("kind"))] += 1
         if len(self.rejects) < MAX_REJECTS:
             raw = reject.get("raw")
-            if isinstance(raw, str) and len(raw) > _RAW_SHOWN:
-                raw = raw[:_RAW_SHOWN]
+            text = raw if isinstance(raw, str) else orjson.dumps(raw, default=str).decode("utf-8", "replace")
+            if len(text) > _RAW_SHOWN:
+                raw = text[:_RAW_SHOWN]  # a record as text, cut
             self.rejects.append({"record_number": reject.get("record_number"), "kind": reject.get("kind"),
                                  "reason": reject.get("reason"), "raw": raw})
 
@@ -331,7 +338,7 @@ class Trial:
                 "counts": {"records_in": self.records_in, "documents": self.documents_count,
                            "rejected": self.rejected, "skipped": self.skipped},
                 "rejects_by_kind": dict(self.by_kind), "documents": self.documents,
-                "rejects": self.rejects, "rejects_shown": len(self.rejects),
+                "documents_cut": self.documents_cut, "rejects": self.rejects, "rejects_shown": len(self.rejects),
                 "fields": {k: s.view(self.documents_count) for k, s in self.fields.items()},
                 "more_fields": self.more_fields, "evolved": self.evolved}
 
@@ -347,9 +354,22 @@ def _collect(producer: BatchProducer, trial: Trial) -> None:
             trial.add_reject(reject)
 
 
-def _create(path: Path) -> Any:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    return os.fdopen(fd, "wb")
+def _anonymous_file(folder: Path) -> int:
+    """A new file in ``folder`` that no name leads to (``O_TMPFILE``; where the file system has
+    none, a file created and unlinked at once)."""
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except (AttributeError, OSError):
+        path = folder / f".{uuid.uuid4().hex}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        path.unlink()
+        return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _batch_profile(profile: TenantProfile) -> BatchProfile:

@@ -8,10 +8,15 @@ target, and the documents a replay of the file's rejects wrote. They are removed
 of :data:`CHUNK` (a large file never holds the store in one command), then the file's
 rejects (``ledger_id``), then the entry moves ``undoing -> undone``.
 
-The undo is a claim in the ledger like a load's (:meth:`Ledger.claim_undo`: owner, lease,
-fencing token): the request answers ``202`` at once and the work runs in the background
-under a renewed lease. A daemon killed mid-undo leaves the entry ``undoing``: at its next
-start, or on any instance once the lease lapses, the undo is taken up again and finishes.
+The request moves the entry ``committed -> undoing`` (:meth:`Ledger.request_undo`; not
+while a replay of the file's rejects holds it: 409 ``replay_running``) and answers ``202``
+at once. The work is a claim in the ledger like a load's (:meth:`Ledger.claim_undo`: owner,
+lease, fencing token), taken by an instance with a free slot — at most :data:`MAX_UNDOS` at
+once per instance, one per tenant, so that many undos share the store in turn — and run in
+the background under a renewed lease. A daemon killed mid-undo leaves the entry
+``undoing``: at its next start, or on any instance once the lease lapses, the undo is taken
+up again and finishes. A file whose content another committed entry shares (the same
+documents) is not undone (409 ``shared_content``).
 What there is to remove is counted once, when the undo begins, so the counts it ends with
 are those of the file whatever crashed in between. Asking again is harmless: an ``undone``
 entry answers ``200``, an ``undoing`` one ``202``.
@@ -35,10 +40,12 @@ from mysimbdp.http.server import HttpError, is_admin, json_response, require_ten
 from mysimbdp.store.browse import TenantDatabases
 from mysimbdp.store.rejects import REJECTS
 
-__all__ = ["FileUndo", "CHUNK"]
+__all__ = ["FileUndo", "CHUNK", "MAX_UNDOS"]
 
 #: Documents removed per delete command.
 CHUNK = 5_000
+#: Undos one instance runs at once (one per tenant); more wait, ``undoing``, for a free slot.
+MAX_UNDOS = 2
 
 
 def prefix_range(sha256: str) -> dict[str, Any]:
@@ -61,6 +68,8 @@ class FileUndo:
         self.lease_s = lease_s
         self.events = bus.emitter("batch")
         self._running: dict[str, asyncio.Task[None]] = {}  # ledger id -> its undo
+        self._tenants: set[str] = set()  # tenants whose undo runs here
+        self._wake = asyncio.Event()  # an undo was asked for, or one finished
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -80,60 +89,88 @@ class FileUndo:
 
     # -- HTTP ------------------------------------------------------------------------------
     async def undo_file(self, request: web.Request) -> web.Response:
-        """``DELETE /tenants/{id}/files/{file_id}``: 202 while the undo runs, 200 once undone."""
+        """``DELETE /tenants/{id}/files/{file_id}``: 202 while the undo waits or runs, 200 once undone."""
         tenant = request.match_info["id"]
         require_tenant(request, tenant)
         who = "operator" if is_admin(request) else "tenant"
         file_id = request.match_info["ledger_id"]
         try:
-            entry = await self.ledger.get(file_id, tenant=tenant)
-            if entry is None:
-                raise HttpError(404, "unknown_file", f"tenant {tenant!r} has no file with id {file_id!r}")
-            state = entry.get("state")
-            if state == FileState.UNDONE.value:
-                return json_response(_answer(entry), status=200)
-            if state not in (FileState.COMMITTED.value, FileState.UNDOING.value):
-                raise HttpError(409, "not_committed", _not_undoable(str(state)), state=state)
-            if state == FileState.UNDOING.value and file_id in self._running:
-                # this instance undoes it now: claiming it again (its own entry) would take it
-                # from the running undo, which would stop until the next sweep
-                return json_response(_answer(entry), status=202)
-            asked = {"undo_by": who} if state == FileState.COMMITTED.value else {}  # who asked first stays
-            claim = await self.ledger.claim_undo(file_id, self.instance_id, self.lease_s, **asked)
+            entry = await self._request(tenant, file_id, who)
         except PyMongoError as exc:
             raise HttpError(503, "store_unavailable", "the platform's database cannot be reached; retry later "
                             f"({type(exc).__name__})") from None
-        if claim is not None:
-            self._launch(claim)
-            entry = claim.entry
-        else:  # another instance undoes it now (or finished a moment ago)
-            entry = await self.ledger.get(file_id, tenant=tenant) or entry
         done = entry.get("state") == FileState.UNDONE.value
+        if not done:
+            self._wake.set()  # a free slot takes it at once
         return json_response(_answer(entry), status=200 if done else 202)
+
+    async def _request(self, tenant: str, file_id: str, who: str) -> dict[str, Any]:
+        """The entry once its undo is asked for (``undoing``), or as it is (``undoing``, ``undone``)."""
+        entry = await self.ledger.get(file_id, tenant=tenant)
+        if entry is None:
+            raise HttpError(404, "unknown_file", f"tenant {tenant!r} has no file with id {file_id!r}")
+        state = str(entry.get("state"))
+        if state in (FileState.UNDONE.value, FileState.UNDOING.value):
+            return entry
+        if state != FileState.COMMITTED.value:
+            raise HttpError(409, "not_committed", _not_undoable(state), state=state)
+        twins = [d for d in await self.ledger.find(tenant, sha256=entry.get("sha256"),
+                                                   states=[FileState.COMMITTED, FileState.UNDOING])
+                 if d["_id"] != file_id]
+        if twins:  # their documents have the same ids: removing one file's would remove the other's
+            raise HttpError(409, "shared_content", f"file {twins[0]['_id']} holds the same content and the same "
+                            "documents; undoing this one would remove that one's too. Ask an operator")
+        moved = await self.ledger.request_undo(file_id, undo_by=who)
+        if moved is not None:
+            return moved
+        entry = await self.ledger.get(file_id, tenant=tenant) or entry
+        if entry.get("state") == FileState.COMMITTED.value:  # a replay of its rejects holds it
+            raise HttpError(409, "replay_running", "a replay of this file's rejects is running; ask again once it "
+                            "is done", headers={"Retry-After": "30"})
+        return entry
 
     # -- the work --------------------------------------------------------------------------
     def _launch(self, claim: Claim) -> None:
-        if claim.entry_id in self._running:
-            return
+        tenant = str(claim.entry["tenant"])
         task = asyncio.create_task(self._undo(claim), name=f"undo:{claim.entry_id}")
         self._running[claim.entry_id] = task
-        task.add_done_callback(lambda _: self._running.pop(claim.entry_id, None))
+        self._tenants.add(tenant)
+
+        def finished(_: asyncio.Task[None]) -> None:
+            self._running.pop(claim.entry_id, None)
+            self._tenants.discard(tenant)
+            self._wake.set()  # the next undo waiting may begin
+        task.add_done_callback(finished)
 
     async def _sweep_loop(self) -> None:
         while True:
-            with contextlib.suppress(PyMongoError):
-                for entry_id in await self.ledger.lapsed(FileState.UNDOING, self.instance_id):
-                    if entry_id in self._running:
-                        continue
-                    claim = await self.ledger.claim_undo(entry_id, self.instance_id, self.lease_s)
-                    if claim is not None:
-                        self._launch(claim)
-            await asyncio.sleep(max(1.0, self.lease_s / 2))
+            self._wake.clear()
+            try:
+                await self._sweep()
+            except PyMongoError:
+                pass  # the store is away: the next round tries again
+            except Exception as exc:  # a bug must not end the sweeps: every undo would wait for ever
+                self.events.emit(BatchFileUndoFailed(tenant="", file="", ledger_id="", error=str(exc)[:300]))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(1.0, self.lease_s / 2))
+
+    async def _sweep(self) -> None:
+        """Claim ``undoing`` entries no instance works on, while this one has a free slot (at most
+        :data:`MAX_UNDOS`, one per tenant: the undos of many files share the store in turn)."""
+        for found in await self.ledger.lapsed(FileState.UNDOING, self.instance_id):
+            if len(self._running) >= MAX_UNDOS:
+                return
+            if found["_id"] in self._running or found.get("tenant") in self._tenants:
+                continue
+            claim = await self.ledger.claim_undo(str(found["_id"]), self.instance_id, self.lease_s)
+            if claim is not None:
+                self._launch(claim)
 
     async def _undo(self, claim: Claim) -> None:
         entry = claim.entry
         tenant, name, sha = str(entry["tenant"]), str(entry.get("name")), str(entry.get("sha256") or "")
         started = time.monotonic()
+        resumed = entry.get("undo_documents") is not None  # counted by an undo that was interrupted
         try:
             counts = await self._counts(claim, tenant, sha)
             if counts is None:
@@ -141,7 +178,7 @@ class FileUndo:
             documents, rejects = counts
             self.events.emit(BatchFileUndoing(tenant=tenant, file=name, ledger_id=claim.entry_id,
                                               by=str(entry.get("undo_by") or "tenant"), documents=documents,
-                                              rejects=rejects, resumed=claim.resumed))
+                                              rejects=rejects, resumed=resumed))
             db = self.store.tenant_db(tenant)
             for collection in sorted(await db.list_collection_names()):
                 if sha and not collection.startswith(("_", "system.")):

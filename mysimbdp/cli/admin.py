@@ -49,13 +49,16 @@ def endpoint(args: argparse.Namespace) -> tuple[str, str]:
     return url.rstrip("/"), token
 
 
-def request(method: str, url: str, token: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One JSON call; the daemon's refusal or an unreachable daemon as a :class:`MysimbdpError`."""
-    data = json.dumps(body).encode() if body is not None else None
+def request(method: str, url: str, token: str, body: dict[str, Any] | None = None, *, timeout: float = 60.0,
+            data: Any = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """One call answered with JSON (``body`` sent as JSON, or ``data`` as it is, with ``headers``);
+    the daemon's refusal or an unreachable daemon as a :class:`MysimbdpError`."""
+    if body is not None:
+        data = json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method, headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json", **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             answer: dict[str, Any] = json.loads(resp.read() or b"{}")
             return answer
     except urllib.error.HTTPError as exc:

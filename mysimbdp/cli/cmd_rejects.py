@@ -16,6 +16,7 @@ from mysimbdp.errors import MysimbdpError
 __all__ = ["register", "run"]
 
 ACTIONS = ("list", "show", "replay", "purge")
+_REPLAY_WAIT_S = 900.0  # a page of a replay may take the app up to 300 s per call
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,7 +69,7 @@ def _replay(base: str, token: str, filters: dict[str, str], args: argparse.Names
     after = args.after
     while True:
         params = {**filters, "limit": str(args.limit), **({"after": after} if after else {})}
-        answer = request("POST", f"{base}/replay?{urllib.parse.urlencode(params)}", token)
+        answer = request("POST", f"{base}/replay?{urllib.parse.urlencode(params)}", token, timeout=_REPLAY_WAIT_S)
         for key in ("examined", "written", "already_present", "skipped", "still_rejected"):
             totals[key] = totals.get(key, 0) + int(answer.get(key) or 0)
         for reason, n in (answer.get("not_replayable") or {}).items():
@@ -83,7 +84,8 @@ def _replay(base: str, token: str, filters: dict[str, str], args: argparse.Names
         print(f"{totals.get('examined', 0)} rejects replayed: {totals.get('written', 0)} written, "
               f"{totals.get('already_present', 0)} already present, {totals.get('skipped', 0)} skipped by the app, "
               f"{totals.get('still_rejected', 0)} still rejected"
-              + (f"; not replayable: {', '.join(f'{k} {v}' for k, v in sorted(skipped.items()))}" if skipped else ""))
+              + (f"; not replayable: {printable(', '.join(f'{k} {v}' for k, v in sorted(skipped.items())))}"
+                 if skipped else ""))
     return 0
 
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mysimbdp.cli.admin import printable, tenant_endpoint
+from mysimbdp.cli.admin import printable, request, tenant_endpoint
 from mysimbdp.errors import MysimbdpError
 
 __all__ = ["register", "run", "describe"]
 
 _SHOWN_REJECTS = 20
+_WAIT_S = 3600.0  # a dry-run is bounded by the daemon (try_timeout_s)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -39,29 +38,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         size = args.file.stat().st_size
         with args.file.open("rb") as body:
-            answer = _post(target, token, body, size)
+            answer = request("POST", target, token, data=body, timeout=_WAIT_S, headers={
+                "Content-Type": "application/octet-stream", "Content-Length": str(size)})
     except OSError as exc:
         raise MysimbdpError(f"cannot read {args.file}: {exc.strerror or exc}") from None
     print(json.dumps(answer, indent=2, default=str) if args.json else describe(answer))
     return 0 if answer.get("admitted") and answer.get("verdict") == "commit" else 1
-
-
-def _post(url: str, token: str, body: Any, size: int) -> dict[str, Any]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream", "Content-Length": str(size)})
-    try:
-        with urllib.request.urlopen(req, timeout=3600) as resp:
-            answer: dict[str, Any] = json.loads(resp.read() or b"{}")
-            return answer
-    except urllib.error.HTTPError as exc:
-        try:
-            err = json.loads(exc.read() or b"{}")
-        except ValueError:
-            err = {}
-        raise MysimbdpError(f"{err.get('message', exc.reason)} (HTTP {exc.code} {err.get('code', '')})".rstrip()) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise MysimbdpError(f"cannot reach the daemon at {url}: {reason}; is mysimbdpd running? (--url)") from None
 
 
 def describe(answer: dict[str, Any]) -> str:
@@ -70,7 +52,8 @@ def describe(answer: dict[str, Any]) -> str:
     if not answer.get("admitted"):
         return f"{name}: not admitted ({answer.get('code')}): {printable(str(answer.get('reason')))}"
     counts = answer.get("counts", {})
-    lines = [f"{name}: {answer.get('format')} -> app {answer.get('app')}, collection {answer.get('collection')}"]
+    lines = [printable(f"{name}: {answer.get('format')} -> app {answer.get('app')}, "
+                       f"collection {answer.get('collection')}")]
     verdict = answer.get("verdict")
     lines.append("verdict: would commit" if verdict == "commit" else
                  f"verdict: would be rejected ({answer.get('code')}): {printable(str(answer.get('reason')))}")
@@ -86,7 +69,7 @@ def describe(answer: dict[str, Any]) -> str:
         lines.append(printable("  " + json.dumps(doc, default=str)[:300]))
     rejects = answer.get("rejects", [])
     if rejects:
-        lines.append(f"rejects ({answer.get('rejects_by_kind')}):")
+        lines.append(printable(f"rejects ({answer.get('rejects_by_kind')}):"))
         for r in rejects[:_SHOWN_REJECTS]:
             lines.append(printable(f"  record {r.get('record_number')} {r.get('kind')}: {r.get('reason')}")[:300])
         if len(rejects) > _SHOWN_REJECTS:

@@ -49,6 +49,7 @@ FIELDS = ("_id", "source", "kind", "reason", "tenant", "app", "at", "file", "led
           "record_number", "routing_key", "message_id", "index", "document_id", "record", "raw",
           "raw_bytes", "raw_encoding", "raw_in", "dropped")
 REASON_LIMIT = 2000
+KIND_LIMIT = 64
 Source = Literal["file", "stream"]
 _EMPTY = dict.fromkeys(FIELDS)
 _KNOWN = frozenset(FIELDS)
@@ -74,6 +75,7 @@ def conform(reject: Mapping[str, Any], **fixed: Any) -> dict[str, Any]:
     doc.update((key, value) for key, value in reject.items() if key in _KNOWN)
     doc.update(fixed)
     doc["reason"] = str(doc["reason"] or "")[:REASON_LIMIT]
+    doc["kind"] = str(doc["kind"] or "")[:KIND_LIMIT]
     return doc
 
 

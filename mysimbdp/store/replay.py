@@ -32,12 +32,10 @@ is bounded by :data:`APP_TIMEOUT_S`.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from collections import Counter
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +47,7 @@ from pymongo.errors import PyMongoError
 
 from mysimbdp.apps.contract import BatchContext
 from mysimbdp.apps.runner import AppError, AppRef, AppSession, Runners
+from mysimbdp.apps.runner.bounded import release_now, run_bounded
 from mysimbdp.batch.constraints import detect_format
 from mysimbdp.batch.ledger import FileState, Ledger
 from mysimbdp.batch.lifecycle import route_for
@@ -64,9 +63,9 @@ from mysimbdp.batch.readers import Record
 from mysimbdp.errors import FileRejected, PluginError
 from mysimbdp.http.server import HttpError, json_response, require_tenant
 from mysimbdp.store.browse import TenantDatabases, rejects_filter
-from mysimbdp.store.rejects import REJECTS
+from mysimbdp.store.rejects import KIND_LIMIT, REASON_LIMIT, REJECTS, reject_document
 from mysimbdp.store.schemas import SchemaRecorder
-from mysimbdp.store.writes import RetryPolicy, TargetRefused, ensure_target, write, write_rejects
+from mysimbdp.store.writes import RetryPolicy, TargetRefused, ensure_target, write
 from mysimbdp.stream.apprun import AppRoute, AppRun
 from mysimbdp.stream.records import Incoming, document_id
 from mysimbdp.stream.topology import type_of
@@ -75,7 +74,10 @@ from mysimbdp.tenants import BatchProfile, StreamProfile, TenantProfile
 __all__ = ["RejectsReplay", "MAX_REPLAY", "APP_TIMEOUT_S"]
 
 MAX_REPLAY = 1000
+MAX_CONCURRENT = 2  # replays at once on one instance, all tenants (one per tenant)
+CHUNK = 1000  # records per call of a file's app
 APP_TIMEOUT_S = 300.0
+_HOLD_MARGIN_S = 60.0  # a file's entry is held against an undo this much longer than the app may take
 PAGE_BYTES = 32 * 1024 * 1024  # kept input replayed in one call, about
 _DEFAULT = 500
 _ID_MAX = 4096
@@ -105,11 +107,22 @@ class Tally:
 
 @dataclass
 class _Fates:
-    """Per reject ``_id``: resolved (its reject removed) or still failing (its new kind and reason)."""
+    """Per reject ``_id``: resolved (its reject removed) or still failing (its new kind and reason);
+    per whole message replayed, the rejects that replace all of its own."""
 
     resolved: list[str] = field(default_factory=list)
     failing: dict[str, tuple[str, str]] = field(default_factory=dict)
-    new_rejects: list[dict[str, Any]] = field(default_factory=list)  # a whole message's, replacing its reject
+    replaced: list[tuple[str, str, list[dict[str, Any]]]] = field(default_factory=list)  # message, key, rejects
+
+
+@dataclass
+class _Replayed:
+    """One message to send through the app again: a reject's record, or a whole message's body."""
+
+    incoming: Incoming
+    rejects: list[dict[str, Any]]  # the rejects it answers for
+    index: int | None = None  # the record's place in its body (a record's replay)
+    whole: bool = False
 
 
 class RejectsReplay:
@@ -137,6 +150,9 @@ class RejectsReplay:
         if tenant in self._running:
             raise HttpError(429, "replay_running", "a replay of this tenant's rejects is running; wait for its answer",
                             headers={"Retry-After": "5"})
+        if len(self._running) >= MAX_CONCURRENT:
+            raise HttpError(429, "busy", "the platform runs as many replays as it allows; retry shortly",
+                            headers={"Retry-After": "5"})
         self._running.add(tenant)
         try:
             page, more = await _page(self.store.tenant_db(tenant)[REJECTS], query, limit)
@@ -158,11 +174,23 @@ class RejectsReplay:
             else:
                 messages.append(reject)
         for ledger_id, rejects in by_file.items():
-            await self._settle(profile.id, await self._replay_file(profile, ledger_id, rejects, tally), tally)
+            await self._replay_file_held(profile, ledger_id, rejects, tally)
         if messages:
             await self._settle(profile.id, await self._replay_stream(profile, messages, tally), tally)
 
     # -- files -------------------------------------------------------------------------------
+    async def _replay_file_held(self, profile: TenantProfile, ledger_id: str, rejects: list[dict[str, Any]],
+                                tally: Tally) -> None:
+        """Replay a file's rejects while holding its entry against an undo (it would remove the
+        documents this writes, or this would write into a file undone)."""
+        if not await self.ledger.hold_for_replay(ledger_id, APP_TIMEOUT_S + _HOLD_MARGIN_S):
+            tally.not_replayable["file_not_committed"] += len(rejects)
+            return
+        try:
+            await self._settle(profile.id, await self._replay_file(profile, ledger_id, rejects, tally), tally)
+        finally:
+            await self.ledger.release_replay_hold(ledger_id)
+
     async def _replay_file(self, profile: TenantProfile, ledger_id: str, rejects: list[dict[str, Any]],
                            tally: Tally) -> _Fates:
         fates = _Fates()
@@ -220,25 +248,34 @@ class RejectsReplay:
 
     def _prepare_file(self, leased: list[AppSession], job: FileJob,
                       records: list[Record]) -> tuple[Prepared, str, Any, dict[str, set[str]]]:
-        """In a thread: the records through the app (its record hook, else its table hook) and the contract."""
+        """In a thread: the records through the app (its record hook, else its table hook) and the
+        contract, :data:`CHUNK` records per call (a frame to a worker stays small)."""
         session = lease_session(self.runners, job)
         leased.append(session)
         healthy = False
         try:
             target = target_of(job, session)
             ctx = BatchContext(job.tenant, job.app.name, job.name, job.sha256, job.fmt)
-            producer = BatchProducer(job, ctx, len(records), session)
+            producer = BatchProducer(job, ctx, CHUNK, session)
             producer.whole_file = False  # a replay judges records, never the file
+            step: Callable[[list[Record]], Prepared]
             if session.has("mysimbdp_batch_wrangle"):
-                prepared = producer.wrangle_chunk(records)
+                step = producer.wrangle_chunk
             elif session.has("mysimbdp_batch_wrangle_table"):
-                prepared = producer.wrangle_rows(records)
+                step = producer.wrangle_rows
             else:
                 raise AppFailed(f"app {job.app.name!r} has no batch hook")
+            prepared = Prepared([], [])
+            for lo in range(0, len(records), CHUNK):
+                part = step(records[lo:lo + CHUNK])
+                prepared.docs += part.docs
+                prepared.raws += part.raws
+                prepared.rejects += part.rejects
+                prepared.skipped += part.skipped
             healthy = True
             return prepared, target.collection, target.indexes, producer.evolved
         finally:
-            _give_back(self.runners, session, healthy)
+            release_now(self.runners, session, healthy)
 
     # -- stream ------------------------------------------------------------------------------
     async def _replay_stream(self, profile: TenantProfile, rejects: list[dict[str, Any]], tally: Tally) -> _Fates:
@@ -247,50 +284,76 @@ class RejectsReplay:
         if stream is None:
             tally.not_replayable["no_stream"] += len(rejects)
             return fates
-        db = self.store.tenant_db(profile.id)
-        items: list[tuple[dict[str, Any], Incoming, int | None]] = []
-        for reject in rejects:
-            incoming, why = await _incoming_of(profile.id, reject, db)
-            if incoming is None:
-                tally.not_replayable[why] += 1
-            else:
-                index = reject.get("index") if reject.get("record") is not None else None
-                items.append((reject, incoming, index if isinstance(index, int) else None))
+        items = await self._stream_items(profile.id, rejects, tally)
         if not items:
             return fates
         try:
             outcomes, evolved = await _in_thread(self._run_stream, profile.id, profile.runner, stream,
-                                                 [incoming for _, incoming, _ in items])
+                                                 [item.incoming for item in items])
         except (AppError, PluginError, TimeoutError) as exc:
-            for reject, _, _ in items:
-                fates.failing[str(reject["_id"])] = ("app_failed", _failure(exc))
+            for item in items:
+                for reject in item.rejects:
+                    fates.failing[str(reject["_id"])] = ("app_failed", _failure(exc))
             return fates
-        for (reject, _incoming, index), (outcome, route) in zip(items, outcomes, strict=True):
+        db = self.store.tenant_db(profile.id)
+        for item, (outcome, route) in zip(items, outcomes, strict=True):
             docs = outcome.documents.get(route.collection, [])
-            if index is not None:  # one record of an array body: the id its first attempt had
-                fallback = document_id(str(reject.get("message_id")), None)
+            msg_id = item.incoming.message_id or ""
+            if item.index is not None:  # one record of an array body: the id its first attempt had
                 for doc in docs:
-                    if doc.get("_id") == fallback:
-                        doc["_id"] = document_id(str(reject.get("message_id")), index)
+                    if doc.get("_id") == document_id(msg_id, None):
+                        doc["_id"] = document_id(msg_id, item.index)
             target = await ensure_target(db, route.collection, route.indexes, policy=_POLICY)
             result = await write(target, docs, _POLICY)
             tally.written += result.written
             tally.already_present += result.duplicates
             tally.skipped += outcome.skipped
+            refused = [_write_failed(profile.id, route.app, docs[i], why) for i, why in result.failed]
+            if item.whole:  # the message's new rejects replace every reject it had
+                fates.replaced.append((msg_id, item.incoming.routing_key, [*outcome.rejects, *refused]))
+                tally.still_rejected += 1 if outcome.rejects or refused else 0
+                continue
             problems = [(str(r["kind"]), str(r["reason"])) for r in outcome.rejects]
-            problems += [("write_failed", reason) for _, reason in result.failed]
-            if reject.get("record") is None:  # a whole message: its new rejects replace the old one
-                fates.resolved.append(str(reject["_id"]))
-                fates.new_rejects += outcome.rejects
-                tally.still_rejected += 1 if outcome.rejects else 0
-            elif problems:
-                fates.failing[str(reject["_id"])] = problems[0]
+            problems += [("write_failed", str(r["reason"])) for r in refused]
+            reject_id = str(item.rejects[0]["_id"])
+            if problems:
+                fates.failing[reject_id] = problems[0]
             else:
-                fates.resolved.append(str(reject["_id"]))
+                fates.resolved.append(reject_id)
         contract = stream.contract
         if evolved and self.schemas is not None and contract is not None:
             await self.schemas.record(profile.id, "stream", evolved, "replay of stream rejects", contract.fields)
         return fates
+
+    async def _stream_items(self, tenant: str, rejects: list[dict[str, Any]], tally: Tally) -> list[_Replayed]:
+        """What to replay: each message once — whole, if any of its rejects is of the whole message
+        (then it answers for all of them), else each record-level reject's record."""
+        db = self.store.tenant_db(tenant)
+        by_message: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for reject in rejects:
+            message_id, key = reject.get("message_id"), reject.get("routing_key")
+            if not isinstance(message_id, str) or not isinstance(key, str) or not (
+                    key == tenant or key.startswith(tenant + ".")):
+                tally.not_replayable["no_message"] += 1
+                continue
+            by_message.setdefault((message_id, key), []).append(reject)
+        items: list[_Replayed] = []
+        for (message_id, key), group in by_message.items():
+            if any(not _of_one_record(r) and r.get("kind") in MESSAGE_KINDS for r in group):
+                body, why = await _body_of(group, db)
+                if body is None:
+                    tally.not_replayable[why] += len(group)
+                else:
+                    items.append(_Replayed(Incoming(tenant, key, body, message_id, None, {}), group, whole=True))
+                continue
+            for reject in group:
+                if _of_one_record(reject):
+                    index = reject.get("index")
+                    items.append(_Replayed(Incoming(tenant, key, orjson.dumps(reject["record"]), message_id, None, {}),
+                                           [reject], index if isinstance(index, int) else None))
+                else:
+                    tally.not_replayable[_kind_label(reject.get("kind"))] += 1
+        return items
 
     def _run_stream(self, leased: list[AppSession], tenant: str, runner: Any, stream: StreamProfile,
                     messages: list[Incoming]) -> tuple[list[tuple[Any, AppRoute]], dict[str, set[str]]]:
@@ -320,20 +383,30 @@ class RejectsReplay:
             return [(outcome, route) for outcome, (_, route) in zip(run.results, items, strict=True)], run.evolved
         finally:
             for session in sessions.values():
-                _give_back(self.runners, session, healthy)
+                release_now(self.runners, session, healthy)
 
     # -- the rejects -------------------------------------------------------------------------
     async def _settle(self, tenant: str, fates: _Fates, tally: Tally) -> None:
-        """Remove the resolved rejects; give those still failing their new kind and reason."""
-        col = self.store.tenant_db(tenant)[REJECTS]
+        """Give the rejects still failing their new kind and reason; write a replayed message's
+        new rejects before removing its old ones; remove the resolved ones (a reject that holds a
+        message's raw body hands it to one that points to it first)."""
+        db = self.store.tenant_db(tenant)
+        col = db[REJECTS]
         now = datetime.now(UTC)
-        if fates.new_rejects:
-            await write_rejects(self.store.tenant_db(tenant), fates.new_rejects, _POLICY)
+        for reject_id, (kind, reason) in fates.failing.items():
+            await col.update_one({"_id": reject_id}, {"$set": {"kind": kind[:KIND_LIMIT],
+                                                              "reason": reason[:REASON_LIMIT], "at": now}})
+        tally.still_rejected += len(fates.failing)
+        for message_id, key, new in fates.replaced:
+            for reject in new:  # the new kind and reason replace those of a reject of the same id
+                await col.replace_one({"_id": reject["_id"]}, reject, upsert=True)
+            keep = [r["_id"] for r in new]
+            await col.delete_many({"source": "stream", "message_id": message_id, "routing_key": key,
+                                   "_id": {"$nin": keep}})
+        for reject_id in fates.resolved:
+            await _hand_on_raw(col, reject_id, set(fates.resolved))
         if fates.resolved:
             await col.delete_many({"_id": {"$in": fates.resolved}})
-        for reject_id, (kind, reason) in fates.failing.items():
-            await col.update_one({"_id": reject_id}, {"$set": {"kind": kind, "reason": reason[:2000], "at": now}})
-        tally.still_rejected += len(fates.failing)
 
 
 async def _page(col: Any, query: dict[str, Any], limit: int) -> tuple[list[dict[str, Any]], bool]:
@@ -345,8 +418,11 @@ async def _page(col: Any, query: dict[str, Any], limit: int) -> tuple[list[dict[
         if len(page) >= limit or (page and size >= PAGE_BYTES):
             return page, True
         page.append(doc)
-        size += len(doc["raw"]) if isinstance(doc.get("raw"), str) else 0
-        size += len(orjson.dumps(doc.get("record"), default=str)) if doc.get("record") is not None else 0
+        for kept in (doc.get("raw"), doc.get("record")):
+            if isinstance(kept, str):
+                size += len(kept)
+            elif kept is not None:
+                size += len(orjson.dumps(kept, default=str))
     return page, False
 
 
@@ -361,21 +437,23 @@ def _file_unreplayable(reject: Mapping[str, Any]) -> str | None:
     return None
 
 
-async def _incoming_of(tenant: str, reject: Mapping[str, Any], db: Any) -> tuple[Incoming | None, str]:
-    """The message to replay a stream reject with, or why there is none."""
-    kind = str(reject.get("kind"))
-    message_id = reject.get("message_id")
-    key = reject.get("routing_key")
-    if not isinstance(message_id, str) or not isinstance(key, str) or not (key == tenant or key.startswith(tenant + ".")):
-        return None, "no_message"
-    record = reject.get("record")
-    if isinstance(record, dict) and kind in RECORD_KINDS:
-        return Incoming(tenant, key, orjson.dumps(record), message_id, None, {}), ""
-    if kind not in MESSAGE_KINDS:
-        return None, f"kind_{kind}"
-    holder: Mapping[str, Any] | None = reject
-    if reject.get("raw") is None and isinstance(reject.get("raw_in"), str):
-        holder = await db[REJECTS].find_one({"_id": reject["raw_in"]})
+def _of_one_record(reject: Mapping[str, Any]) -> bool:
+    """Whether a stream reject is about one record, kept in ``record`` (replayed alone)."""
+    return isinstance(reject.get("record"), dict) and reject.get("kind") in RECORD_KINDS
+
+
+def _kind_label(kind: Any) -> str:
+    """``kind_<kind>`` for the answer (a kind is the platform's word, or a bounded one an app gave)."""
+    text = "".join(c if c.isalnum() or c in "_-" else "?" for c in str(kind)[:KIND_LIMIT])
+    return f"kind_{text}"
+
+
+async def _body_of(group: list[dict[str, Any]], db: Any) -> tuple[bytes | None, str]:
+    """A message's body, from the reject of ``group`` that keeps it (or the one they point to)."""
+    holder: Mapping[str, Any] | None = next((r for r in group if isinstance(r.get("raw"), str)), None)
+    if holder is None:
+        pointer = next((r["raw_in"] for r in group if isinstance(r.get("raw_in"), str)), None)
+        holder = await db[REJECTS].find_one({"_id": pointer}) if pointer is not None else None
     raw = None if holder is None else holder.get("raw")
     if holder is None or not isinstance(raw, str):
         return None, "raw_not_kept"
@@ -385,7 +463,30 @@ async def _incoming_of(tenant: str, reject: Mapping[str, Any], db: Any) -> tuple
         return None, "raw_not_kept"
     if isinstance(holder.get("raw_bytes"), int) and holder["raw_bytes"] > len(body):
         return None, "raw_cut"
-    return Incoming(tenant, key, body, message_id, None, {}), ""
+    return body, ""
+
+
+async def _hand_on_raw(col: Any, reject_id: str, leaving: set[str]) -> None:
+    """Before a reject holding a message's raw body is removed, give the body to a reject of the
+    same message that stays and points to it, and point the others to that one."""
+    holder = await col.find_one({"_id": reject_id, "raw": {"$ne": None}})
+    if holder is None or not isinstance(holder.get("raw"), str):
+        return
+    staying = [d async for d in col.find({"raw_in": reject_id}, {"_id": 1}) if d["_id"] not in leaving]
+    if not staying:
+        return
+    heir = staying[0]["_id"]
+    await col.update_one({"_id": heir}, {"$set": {"raw": holder["raw"], "raw_bytes": holder.get("raw_bytes"),
+                                                 "raw_encoding": holder.get("raw_encoding"), "raw_in": None}})
+    for other in staying[1:]:
+        await col.update_one({"_id": other["_id"]}, {"$set": {"raw_in": heir}})
+
+
+def _write_failed(tenant: str, app: str, doc: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """The reject of a replayed document the store refused (as the stream's own)."""
+    return reject_document(id=f"stream-write:{doc.get('_id')}", source="stream", kind="write_failed",
+                           reason=reason, tenant=tenant, app=app, at=datetime.now(UTC),
+                           document_id=str(doc.get("_id")))
 
 
 def _file_job(profile: TenantProfile, batch: BatchProfile, entry: Mapping[str, Any]) -> FileJob:
@@ -400,26 +501,8 @@ def _file_job(profile: TenantProfile, batch: BatchProfile, entry: Mapping[str, A
 
 
 async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(leased, *args)`` in a thread of its own, at most :data:`APP_TIMEOUT_S`; past it the
-    sessions it leased (appended to ``leased``) are killed, which ends a worker's call."""
-    executor = ThreadPoolExecutor(1, thread_name_prefix="replay")
-    leased: list[AppSession] = []
-    try:
-        return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(executor, fn, leased, *args),
-                                      APP_TIMEOUT_S)
-    except TimeoutError:
-        for session in leased:
-            session.kill()
-        raise
-    finally:
-        executor.shutdown(wait=False)
-
-
-def _give_back(runners: Runners, session: AppSession, healthy: bool) -> None:
-    """In the replay's thread: a session that failed mid-call is killed, every one released."""
-    if not healthy:
-        session.kill()
-    runners.release(session)
+    """``fn(leased, *args)``, at most :data:`APP_TIMEOUT_S` (:func:`run_bounded`)."""
+    return await run_bounded(fn, *args, timeout_s=APP_TIMEOUT_S, name="replay")
 
 
 def _failure(exc: BaseException) -> str:

@@ -53,15 +53,19 @@ def _record_index(doc: dict[str, Any], msg_id: str) -> int | None | object:
     if doc_id == base:
         return None
     tail = doc_id[len(base) + 1:] if isinstance(doc_id, str) and doc_id.startswith(base + ":") else ""
-    return int(tail) if tail.isdigit() and len(tail) < 10 else _UNKNOWN
+    return int(tail) if tail.isascii() and tail.isdigit() and len(tail) < 10 else _UNKNOWN
 
 
-def _input_record(body: bytes, index: int | None) -> Any:
-    """The record at ``index`` of a JSON body (the body itself for None); None if not there."""
+def _decoded(body: bytes) -> Any:
+    """A message body as JSON (None if it is not)."""
     try:
-        value = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
+
+
+def _input_record(value: Any, index: int | None) -> Any:
+    """The record at ``index`` of a decoded body (the body itself for None); None if not there."""
     if index is None:
         return value if isinstance(value, dict) else None
     return value[index] if isinstance(value, list) and index < len(value) else None
@@ -204,6 +208,7 @@ class AppRun:
         assert self.contract is not None
         kept: list[dict[str, Any]] = []
         refused: list[dict[str, Any]] = []
+        body: list[Any] = []  # the decoded body, once, when a reject needs its record
         for k, doc in enumerate(docs):
             checked = check_document(self.contract, doc)
             if checked.reject_file:
@@ -221,8 +226,10 @@ class AppRun:
                 reject["_id"] = f"stream:{msg_id}:contract:{k}"
             else:  # the record as published, as in every other reject of one record (a replay's input)
                 index = where if isinstance(where, int) else None
+                if not body:
+                    body.append(_decoded(incoming.body))
                 reject = stream_reject(incoming, msg_id, route.app, "contract", checked.reason, index,
-                                       _input_record(incoming.body, index))
+                                       _input_record(body[0], index))
             refused.append(reject)
         if refused:
             holder = next((r for r in rejects if r.get("raw") is not None), None)
