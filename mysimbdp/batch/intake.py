@@ -46,10 +46,10 @@ from mysimbdp.events.catalog import (
     UploadStaged,
     UploadStarted,
 )
-from mysimbdp.http.server import HttpError, error_response, json_response, require_tenant
+from mysimbdp.http.server import HttpError, error_response, int_param, json_response, require_tenant
 from mysimbdp.tenants import BatchProfile, TenantProfile
 
-__all__ = ["UploadService", "StagedUsage", "STATUS_BY_CODE", "CHUNK_BYTES", "part_path", "upload_name_of",
+__all__ = ["UploadService", "StagedUsage", "batch_profile", "STATUS_BY_CODE", "CHUNK_BYTES", "part_path", "upload_name_of",
            "remove_stale_parts", "instance_tag", "MAX_UPLOAD_NAME_BYTES"]
 
 #: HTTP status of each refusal code (the codes of :data:`~mysimbdp.batch.constraints.REASON_CODES`
@@ -271,7 +271,7 @@ class UploadService:
     async def get_constraints(self, request: web.Request) -> web.Response:
         """The tenant's batch constraints and its current usage."""
         tenant = request.match_info["id"]
-        profile = _batch_profile(require_tenant(request, tenant))
+        profile = batch_profile(require_tenant(request, tenant))
         usage = await self.usage(tenant)
         return json_response({
             "tenant": tenant,
@@ -294,7 +294,7 @@ class UploadService:
         if not self._accepting or self._stopping.is_set():
             raise HttpError(503, "draining", "the daemon is shutting down; retry against the next instance")
         tenant = request.match_info["id"]
-        profile = _batch_profile(require_tenant(request, tenant))
+        profile = batch_profile(require_tenant(request, tenant))
         name = request.match_info["name"]
         try:
             check_name(name)
@@ -469,7 +469,7 @@ class UploadService:
         """The tenant's most recent files (``?limit=``, ``?state=``), newest first."""
         tenant = request.match_info["id"]
         require_tenant(request, tenant)
-        limit = _int_param(request, "limit", 100, 1, _MAX_LIST)
+        limit = int_param(request, "limit", 100, 1, _MAX_LIST)
         state = request.query.get("state")
         if state is not None and state not in {s.value for s in FileState}:
             raise HttpError(400, "bad_state", f"state must be one of {', '.join(s.value for s in FileState)}")
@@ -502,7 +502,8 @@ def _safe(details: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in details.items() if isinstance(v, str | int | float | bool | list)}
 
 
-def _batch_profile(profile: TenantProfile) -> BatchProfile:
+def batch_profile(profile: TenantProfile) -> BatchProfile:
+    """The tenant's ``[batch]`` section; 404 ``no_batch`` without one."""
     if profile.batch is None:
         raise _refusal("no_batch", f"tenant {profile.id!r} has no [batch] section in its profile; "
                        "file uploads are off for it")
@@ -516,19 +517,6 @@ def _count_waiting(folder: Path) -> int:
             return sum(1 for e in entries if not e.name.startswith(".") and e.is_file(follow_symlinks=False))
     except FileNotFoundError:
         return 0
-
-
-def _int_param(request: web.Request, key: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(key)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HttpError(400, f"bad_{key}", f"{key} must be an integer") from None
-    if not low <= value <= high:
-        raise HttpError(400, f"bad_{key}", f"{key} must be between {low} and {high}")
-    return value
 
 
 #: Ledger fields that are the platform's business (paths on its disks), not shown to tenants.

@@ -46,7 +46,7 @@ from mysimbdp.apps.runner import AppRef, AppSession, Runners
 from mysimbdp.apps.runner.bounded import release_now, run_bounded
 from mysimbdp.apps.runner.calls import collection_problem
 from mysimbdp.batch.constraints import check_file, check_name
-from mysimbdp.batch.intake import StagedUsage
+from mysimbdp.batch.intake import StagedUsage, batch_profile
 from mysimbdp.batch.ledger import FileState, Ledger
 from mysimbdp.batch.lifecycle import route_for
 from mysimbdp.batch.loader import (
@@ -61,7 +61,7 @@ from mysimbdp.batch.readers import sniff
 from mysimbdp.batch.staged import StagedFile
 from mysimbdp.config import BatchSettings
 from mysimbdp.errors import FileRejected, PluginError
-from mysimbdp.http.server import HttpError, json_response, require_tenant
+from mysimbdp.http.server import HttpError, int_param, json_response, require_tenant
 from mysimbdp.store.contracts import type_name
 from mysimbdp.store.writes import without_nan
 from mysimbdp.tenants import BatchProfile, BatchRoute, TenantProfile
@@ -95,9 +95,9 @@ class FileTrial:
         """Run the body through admission, reader, app and contract; write nothing."""
         tenant = request.match_info["id"]
         profile = require_tenant(request, tenant)
-        batch = _batch_profile(profile)
+        batch = batch_profile(profile)
         name = request.query.get("name", "")
-        limit = _limit(request.query.get("limit"))
+        limit = int_param(request, "limit", _DEFAULT_DOCUMENTS, 0, MAX_DOCUMENTS)
         unknown = sorted(set(request.query) - {"name", "limit"})
         if unknown:
             raise HttpError(400, "bad_parameter", f"unknown parameter {unknown[0]!r}; the parameters are name, limit")
@@ -372,20 +372,3 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _batch_profile(profile: TenantProfile) -> BatchProfile:
-    if profile.batch is None:
-        raise HttpError(404, "no_batch", f"tenant {profile.id!r} has no [batch] section in its profile; "
-                        "it loads no files")
-    return profile.batch
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return _DEFAULT_DOCUMENTS
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HttpError(400, "bad_limit", "limit must be an integer") from None
-    if not 0 <= value <= MAX_DOCUMENTS:
-        raise HttpError(400, "bad_limit", f"limit must be between 0 and {MAX_DOCUMENTS}")
-    return value

@@ -7,19 +7,29 @@ import json
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from mysimbdp.client.uploader import read_token
 from mysimbdp.config import Settings
 from mysimbdp.errors import MysimbdpError
 
-__all__ = ["add_endpoint_arguments", "endpoint", "tenant_endpoint", "request", "daemon_url", "printable"]
+__all__ = ["add_endpoint_arguments", "add_tenant_arguments", "endpoint", "tenant_endpoint", "request", "daemon_url",
+           "printable"]
 
 
 def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
     """``--url`` and ``--admin-token``."""
     p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
     p.add_argument("--admin-token", help="default: $MYSIMBDP_ADMIN_TOKEN")
+
+
+def add_tenant_arguments(p: argparse.ArgumentParser) -> None:
+    """``--tenant``, ``--token-file``, ``--url`` and ``--json`` of the commands a tenant runs with its token."""
+    p.add_argument("--tenant", required=True, help="the tenant id")
+    p.add_argument("--token-file", required=True, type=Path, help="file holding the tenant's token, or the admin token")
+    p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
+    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
 
 
 def daemon_url(settings: Settings) -> str:

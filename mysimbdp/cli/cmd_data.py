@@ -6,21 +6,16 @@ from __future__ import annotations
 import argparse
 import json
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
-from mysimbdp.cli.admin import printable, request, tenant_endpoint
+from mysimbdp.cli.admin import add_tenant_arguments, printable, request, tenant_endpoint
 
 __all__ = ["register", "run", "describe"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("data", help="the tenant's collections: estimated counts, indexes, last file committed")
-    p.add_argument("--tenant", required=True, help="the tenant id")
-    p.add_argument("--token-file", required=True, type=Path,
-                   help="file holding the tenant's token (from `mysimbdp tenants token`), or the admin token")
-    p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
-    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    add_tenant_arguments(p)
     p.set_defaults(func=run)
 
 

@@ -8,10 +8,9 @@ import argparse
 import json
 import time
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
-from mysimbdp.cli.admin import printable, request, tenant_endpoint
+from mysimbdp.cli.admin import add_tenant_arguments, printable, request, tenant_endpoint
 from mysimbdp.errors import MysimbdpError
 
 __all__ = ["register", "run"]
@@ -24,14 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("files", help="list or show a tenant's files, or undo a committed one")
     p.add_argument("action", choices=ACTIONS)
     p.add_argument("file_id", nargs="?", help="the file's id (show, undo)")
-    p.add_argument("--tenant", required=True, help="the tenant id")
-    p.add_argument("--token-file", required=True, type=Path, help="file holding the tenant's token, or the admin token")
     p.add_argument("--state", help="only files in this state (list)")
     p.add_argument("--limit", type=int, default=20, help="files to list, newest first")
     p.add_argument("--no-wait", action="store_true", help="undo: return once the undo began")
     p.add_argument("--wait-s", type=float, default=3600.0, help="undo: longest wait for the undo to finish")
-    p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
-    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    add_tenant_arguments(p)
     p.set_defaults(func=run)
 
 

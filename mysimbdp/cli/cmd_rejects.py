@@ -7,10 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import urllib.parse
-from pathlib import Path
 from typing import Any
 
-from mysimbdp.cli.admin import printable, request, tenant_endpoint
+from mysimbdp.cli.admin import add_tenant_arguments, printable, request, tenant_endpoint
 from mysimbdp.errors import MysimbdpError
 
 __all__ = ["register", "run"]
@@ -23,8 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("rejects", help="list, show, replay or purge a tenant's rejects (records and messages not stored)")
     p.add_argument("action", choices=ACTIONS)
     p.add_argument("reject_id", nargs="?", help="the reject to show (show only)")
-    p.add_argument("--tenant", required=True, help="the tenant id")
-    p.add_argument("--token-file", required=True, type=Path, help="file holding the tenant's token, or the admin token")
     p.add_argument("--file", help="only the rejects of this file (its ledger id)")
     p.add_argument("--reason", help="only rejects of this kind (parse, wrangle, check, write, malformed, ...)")
     p.add_argument("--source", choices=("file", "stream"), help="only rejects of files, or of messages")
@@ -32,8 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--limit", type=int, default=100, help="rejects per page (list: at most 500; replay: 1000)")
     p.add_argument("--after", help="the page after this reject id (list: the 'next' of the previous page)")
     p.add_argument("--yes", action="store_true", help="purge without asking (purge deletes for good)")
-    p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
-    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    add_tenant_arguments(p)
     p.set_defaults(func=run)
 
 

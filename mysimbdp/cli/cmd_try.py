@@ -9,7 +9,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from mysimbdp.cli.admin import printable, request, tenant_endpoint
+from mysimbdp.cli.admin import add_tenant_arguments, printable, request, tenant_endpoint
 from mysimbdp.errors import MysimbdpError
 
 __all__ = ["register", "run", "describe"]
@@ -21,12 +21,9 @@ _WAIT_S = 3600.0  # a dry-run is bounded by the daemon (try_timeout_s)
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("try", help="dry-run a file through the tenant's checks and app; nothing is written")
     p.add_argument("file", type=Path, help="the file (its name decides its format and route, as in staging)")
-    p.add_argument("--tenant", required=True, help="the tenant id")
-    p.add_argument("--token-file", required=True, type=Path, help="file holding the tenant's token, or the admin token")
     p.add_argument("--name", help="the name to judge the file by (default: the file's own name)")
     p.add_argument("--limit", type=int, default=5, help="documents to show as they would be stored (at most 1000)")
-    p.add_argument("--url", help="the daemon's HTTP endpoint (default: http://<http_host>:<http_port> of the settings)")
-    p.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    add_tenant_arguments(p)
     p.set_defaults(func=run)
 
 

@@ -30,7 +30,7 @@ from mysimbdp.events.catalog import HttpError as HttpErrorEvent
 from mysimbdp.http.tokens import bearer_token, hash_token, token_matches
 from mysimbdp.tenants import TenantDirectory, TenantProfile
 
-__all__ = ["HttpServer", "json_response", "error_response", "HttpError", "require_admin",
+__all__ = ["HttpServer", "json_response", "error_response", "HttpError", "require_admin", "int_param",
            "require_tenant", "is_admin", "ConnectionGuard", "Auth", "AUTH_KEY"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -69,6 +69,21 @@ class HttpError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.extra = status, code, message, extra
         self.headers = headers
+
+
+def int_param(request: web.Request, key: str, default: int, low: int, high: int) -> int:
+    """The query parameter ``key`` as an integer in ``[low, high]`` (``default`` when absent); a 400
+    ``bad_<key>`` otherwise."""
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HttpError(400, f"bad_{key}", f"{key} must be an integer") from None
+    if not low <= value <= high:
+        raise HttpError(400, f"bad_{key}", f"{key} must be between {low} and {high}")
+    return value
 
 
 def is_admin(request: web.Request) -> bool:

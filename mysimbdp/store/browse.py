@@ -20,10 +20,10 @@ from aiohttp import web
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from mysimbdp.http.server import HttpError, json_response, require_tenant
+from mysimbdp.http.server import HttpError, int_param, json_response, require_tenant
 from mysimbdp.store.rejects import REJECTS
 
-__all__ = ["TenantRejects", "TenantDatabases", "MAX_PAGE", "rejects_filter"]
+__all__ = ["TenantRejects", "TenantDatabases", "MAX_PAGE", "rejects_filter", "page_filter"]
 
 MAX_PAGE = 500
 _DEFAULT_PAGE = 100
@@ -66,6 +66,18 @@ def rejects_filter(query: dict[str, str], allowed: frozenset[str] = _FILTERS) ->
     return found
 
 
+def page_filter(request: web.Request) -> dict[str, Any]:
+    """:func:`rejects_filter` of a request that pages (``limit``, ``after``: the rejects after
+    that ``_id``, the ``next`` of the previous page)."""
+    query = rejects_filter(dict(request.query), _FILTERS | {"limit", "after"})
+    after = request.query.get("after")
+    if after is not None:
+        if not after or len(after) > _ID_MAX:
+            raise HttpError(400, "bad_after", "after must be the 'next' of the previous page")
+        query["_id"] = {"$gt": after}
+    return query
+
+
 class TenantRejects:
     """The handlers of the tenant's rejects (the tenant's token, or the admin's)."""
 
@@ -80,13 +92,8 @@ class TenantRejects:
     async def list_rejects(self, request: web.Request) -> web.Response:
         """A page of the tenant's rejects that match the filters, in ``_id`` order."""
         col = self._collection(request)
-        query = rejects_filter(dict(request.query), _FILTERS | {"limit", "after"})
-        limit = _limit(request.query.get("limit"))
-        after = request.query.get("after")
-        if after is not None:
-            if not after or len(after) > _ID_MAX:
-                raise HttpError(400, "bad_after", "after must be the 'next' of the previous page")
-            query["_id"] = {"$gt": after}
+        query = page_filter(request)
+        limit = int_param(request, "limit", _DEFAULT_PAGE, 1, MAX_PAGE)
         try:
             cursor = col.find(query, _LIST_PROJECTION).sort("_id", 1).limit(limit + 1).max_time_ms(_QUERY_TIME_MS)
             page = [doc async for doc in cursor]
@@ -121,18 +128,6 @@ class TenantRejects:
         except PyMongoError as exc:
             raise _unavailable(exc) from None
         return json_response({"tenant": request.match_info["id"], "deleted": result.deleted_count})
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return _DEFAULT_PAGE
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HttpError(400, "bad_limit", "limit must be an integer") from None
-    if not 1 <= value <= MAX_PAGE:
-        raise HttpError(400, "bad_limit", f"limit must be between 1 and {MAX_PAGE}")
-    return value
 
 
 def _unavailable(exc: PyMongoError) -> HttpError:

@@ -61,8 +61,8 @@ from mysimbdp.batch.loader import (
 )
 from mysimbdp.batch.readers import Record
 from mysimbdp.errors import FileRejected, PluginError
-from mysimbdp.http.server import HttpError, json_response, require_tenant
-from mysimbdp.store.browse import TenantDatabases, rejects_filter
+from mysimbdp.http.server import HttpError, int_param, json_response, require_tenant
+from mysimbdp.store.browse import TenantDatabases, page_filter
 from mysimbdp.store.rejects import KIND_LIMIT, REASON_LIMIT, REJECTS, reject_document
 from mysimbdp.store.schemas import SchemaRecorder
 from mysimbdp.store.writes import RetryPolicy, TargetRefused, ensure_target, write
@@ -80,7 +80,6 @@ APP_TIMEOUT_S = 300.0
 _HOLD_MARGIN_S = 60.0  # a file's entry is held against an undo this much longer than the app may take
 PAGE_BYTES = 32 * 1024 * 1024  # kept input replayed in one call, about
 _DEFAULT = 500
-_ID_MAX = 4096
 FILE_KINDS = frozenset({"wrangle", "check", "contract", "write"})
 RECORD_KINDS = frozenset({"rejected", "app_error", "quality", "contract", "write_failed"})
 MESSAGE_KINDS = frozenset({"app_error", "app_failed", "contract"})
@@ -140,13 +139,8 @@ class RejectsReplay:
         """Replay a page of the tenant's rejects that match the filters."""
         tenant = request.match_info["id"]
         profile = require_tenant(request, tenant)
-        query = rejects_filter(dict(request.query), frozenset({"file", "reason", "source", "since", "limit", "after"}))
-        limit = _limit(request.query.get("limit"))
-        after = request.query.get("after")
-        if after is not None:
-            if not after or len(after) > _ID_MAX:
-                raise HttpError(400, "bad_after", "after must be the 'next' of the previous answer")
-            query["_id"] = {"$gt": after}
+        query = page_filter(request)
+        limit = int_param(request, "limit", _DEFAULT, 1, MAX_REPLAY)
         if tenant in self._running:
             raise HttpError(429, "replay_running", "a replay of this tenant's rejects is running; wait for its answer",
                             headers={"Retry-After": "5"})
@@ -513,13 +507,3 @@ def _failure(exc: BaseException) -> str:
     return str(exc)[:1000] or type(exc).__name__
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None:
-        return _DEFAULT
-    try:
-        value = int(raw)
-    except ValueError:
-        raise HttpError(400, "bad_limit", "limit must be an integer") from None
-    if not 1 <= value <= MAX_REPLAY:
-        raise HttpError(400, "bad_limit", f"limit must be between 1 and {MAX_REPLAY}")
-    return value
