@@ -260,7 +260,7 @@ async def test_the_cli_lists_and_undoes_a_file(
 
 
 #: A file whose undo takes several chunks of 5,000 (``mysimbdp.batch.undo.CHUNK``): 12 of them.
-BIG_ROWS = 60_000
+BIG_ROWS = 25_000
 OTHER_ROWS = 1_000
 
 
