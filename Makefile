@@ -3,15 +3,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lint bench reliability clean
+.PHONY: setup test-setup run test lint bench reliability clean
 
 setup:
 	@bash scripts/setup.sh
 
+# the tools only the tests use (promtool), from Debian's packages
+test-setup:
+	@MYSIMBDP_SETUP_TEST_TOOLS=1 bash scripts/setup.sh
+
 run: setup
 	$(BIN)/mysimbdpd --config-dir config
 
-test: setup lint
+test: test-setup lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

@@ -89,4 +89,11 @@ if ! port_open "$AMQP_HOST" 15672; then
     as_root rabbitmq-plugins enable rabbitmq_management >/dev/null
     for _ in $(seq 1 60); do port_open "$AMQP_HOST" 15672 && break; sleep 1; done
 fi
+# --- tools of the tests ----------------------------------------------------------------------
+# promtool (Debian's prometheus package) checks and unit-tests deploy/prometheus/alerts.yml.
+if [ "${MYSIMBDP_SETUP_TEST_TOOLS:-0}" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
+    say "installing promtool (Debian's prometheus package) for the tests"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+fi
 say "ready"

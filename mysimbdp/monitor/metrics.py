@@ -78,6 +78,9 @@ class Metrics:
                                 [*t, "direction"], registry=r)
         self.consumers = Gauge("mysimbdp_stream_consumers", "Stream consumers running", t, registry=r)
         self.queue_depth = Gauge("mysimbdp_stream_queue_depth", "Messages waiting in the tenant's queue", t, registry=r)
+        self.tenant_configured = Gauge("mysimbdp_tenant_configured", "1 for each tenant configured", t, registry=r)
+        self.consumers_min = Gauge("mysimbdp_stream_consumers_min", "The tenant's min_consumers", t, registry=r)
+        self.consumers_max = Gauge("mysimbdp_stream_consumers_max", "The tenant's max_consumers", t, registry=r)
         self.tenants = Gauge("mysimbdp_tenants", "Tenants configured", registry=r)
         self.store_up = Gauge("mysimbdp_store_up", "1 when MongoDB answers", registry=r)
         self.broker_up = Gauge("mysimbdp_broker_up", "1 when RabbitMQ is connected", registry=r)
@@ -176,6 +179,14 @@ class Metrics:
         self.tenants.set(len(profiles))
         self.consumers.clear()
         self.queue_depth.clear()
+        self.consumers_min.clear()
+        self.consumers_max.clear()
+        self.tenant_configured.clear()
+        for p in profiles:
+            self.tenant_configured.labels(p.id).set(1)
+            if p.stream is not None:
+                self.consumers_min.labels(p.id).set(p.stream.min_consumers)
+                self.consumers_max.labels(p.id).set(p.stream.max_consumers)
         if stream is None:
             return
         depths = await asyncio.gather(*(_depth(stream, t, timeout) for t in streaming))
