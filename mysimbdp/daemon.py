@@ -40,6 +40,7 @@ from mysimbdp.events.catalog import (
     DaemonStopped,
     DaemonStopping,
 )
+from mysimbdp.http.console import Console
 from mysimbdp.http.routes import route_table
 from mysimbdp.http.server import Auth, HttpServer
 from mysimbdp.logs import write_event
@@ -118,9 +119,10 @@ class Daemon:
                                http=settings.http, metrics_token=settings.metrics_token,
                                admin_token=settings.admin_token, stopping=stopping, bus=bus,
                                leases=self.leases, instances=self.instances)
+        self.console = Console(tenants=self.tenants, admin_token=settings.admin_token, bus=bus)
         self.http = HttpServer(host=settings.http_host, port=settings.http_port, limits=settings.http,
-                               auth=Auth(self.tenants, settings.admin_token),
-                               routes=route_table(self.upload, self.monitor,
+                               auth=Auth(self.tenants, settings.admin_token), middlewares=[self.console.middleware()],
+                               routes=self.console.routes() + route_table(self.upload, self.monitor,
                                                   StreamControlRoutes(self.stream, self.monitor.cluster),
                                                   self.instances, TenantData(store=self.store, ledger=self.ledger,
                                                                                   instances=self.instances),
@@ -207,6 +209,7 @@ class Daemon:
     async def _drain(self) -> None:
         """Every drainer at once: each stops taking work, waits up to the timeout, cancels, logs."""
         self.draining = True
+        self.console.close()  # the live pages' event streams end: they reconnect to another instance
         t0 = time.monotonic()
         await asyncio.gather(*(d.drain(self.settings.drain_timeout_s) for d in self.drainers),
                              return_exceptions=True)

@@ -90,10 +90,16 @@ if ! port_open "$AMQP_HOST" 15672; then
     for _ in $(seq 1 60); do port_open "$AMQP_HOST" 15672 && break; sleep 1; done
 fi
 # --- tools of the tests ----------------------------------------------------------------------
-# promtool (Debian's prometheus package) checks and unit-tests deploy/prometheus/alerts.yml.
-if [ "${MYSIMBDP_SETUP_TEST_TOOLS:-0}" = 1 ] && ! command -v promtool >/dev/null 2>&1; then
-    say "installing promtool (Debian's prometheus package) for the tests"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+# promtool (Debian's prometheus package) checks and unit-tests deploy/prometheus/alerts.yml;
+# Debian's chromium is the browser of the console's tests (Playwright drives it: no download).
+if [ "${MYSIMBDP_SETUP_TEST_TOOLS:-0}" = 1 ]; then
+    missing=()
+    command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "installing ${missing[*]} from Debian's packages for the tests"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    fi
 fi
 say "ready"

@@ -180,7 +180,10 @@ async def test_one_route_table_of_the_components_handlers(settings_factory: Call
         ("GET", "/tenants/{id}/rejects/{reject_id}"), ("HEAD", "/tenants/{id}/rejects/{reject_id}"),
         ("POST", "/tenants/{id}/rejects/replay"), ("DELETE", "/tenants/{id}/files/{ledger_id}"),
         ("POST", "/tenants/{id}/try"), ("GET", "/tenants/{id}/schema"), ("HEAD", "/tenants/{id}/schema"),
+        ("GET", "/console"), ("HEAD", "/console"), ("GET", "/console/static/{name}"), ("HEAD", "/console/static/{name}"),
+        ("POST", "/console/session"), ("GET", "/console/session"), ("HEAD", "/console/session"),
+        ("DELETE", "/console/session"), ("GET", "/console/events"), ("HEAD", "/console/events"),
     }
     owners = {type(route.handler.__self__).__name__ for route in daemon.http.routes}  # type: ignore[attr-defined]
     assert owners == {"UploadService", "Monitor", "StreamControlRoutes", "InstanceRegistry", "TenantData",
-                      "TenantRejects", "FileUndo", "FileTrial", "SchemaHistory", "RejectsReplay"}
+                      "TenantRejects", "FileUndo", "FileTrial", "SchemaHistory", "RejectsReplay", "Console"}

@@ -560,8 +560,11 @@ class _Progress:
         if now - self.last < self.interval_s:
             return
         self.last = now
-        self.events.emit(BatchFileProgress(tenant=self.job.tenant, file=self.job.name, ledger_id=self.job.ledger_id,
-                                           seconds=round(now - self.started, 3), **self.counts.as_dict()))
+        job = self.job
+        self.events.emit(BatchFileProgress(tenant=job.tenant, file=job.name, ledger_id=job.ledger_id,
+                                           seconds=round(now - self.started, 3), **self.counts.as_dict(),
+                                           bytes=job.size, bytes_read=job.staged.content_bytes if job.staged else 0,
+                                           compressed=job.fmt.endswith(".gz")))
 
 
 

@@ -592,6 +592,9 @@ class BatchFileProgress(Event):
     records_rejected: int
     duplicates: int
     records_skipped: int
+    bytes: int = 0
+    bytes_read: int = 0
+    compressed: bool = False
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

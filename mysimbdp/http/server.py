@@ -27,6 +27,7 @@ from mysimbdp.config import HttpSettings
 from mysimbdp.events import Emitter, EventBus
 from mysimbdp.events.catalog import HttpConnectionClosed, HttpStarted
 from mysimbdp.events.catalog import HttpError as HttpErrorEvent
+from mysimbdp.http.signin import CALLER_KEY, Caller
 from mysimbdp.http.tokens import bearer_token, hash_token, token_matches
 from mysimbdp.tenants import TenantDirectory, TenantProfile
 
@@ -86,8 +87,17 @@ def int_param(request: web.Request, key: str, default: int, low: int, high: int)
     return value
 
 
+def _session(request: web.Request) -> Caller | None:
+    """The caller of the request's console session, if any (:mod:`mysimbdp.http.signin`)."""
+    caller = request.get(CALLER_KEY)
+    return caller if isinstance(caller, Caller) else None
+
+
 def is_admin(request: web.Request) -> bool:
     """Whether the request carries the operators' admin token (False when none is configured)."""
+    session = _session(request)
+    if session is not None:
+        return session.kind == "admin"
     expected = request.app[AUTH_KEY].admin_token
     token = bearer_token(request.headers.get("Authorization"))
     if not expected or token is None:
@@ -97,6 +107,11 @@ def is_admin(request: web.Request) -> bool:
 
 def require_admin(request: web.Request) -> None:
     """Allow only the operators' admin token (``MYSIMBDP_ADMIN_TOKEN``)."""
+    session = _session(request)
+    if session is not None:
+        if session.kind != "admin":
+            raise HttpError(403, "forbidden", "operators only")
+        return
     expected = request.app[AUTH_KEY].admin_token
     token = bearer_token(request.headers.get("Authorization"))
     if not expected:
@@ -115,6 +130,16 @@ def require_tenant(request: web.Request, tenant_id: str, allow_admin: bool = Tru
     unknown tenant (only once authenticated, so ids cannot be probed).
     """
     auth = request.app[AUTH_KEY]
+    session = _session(request)
+    if session is not None:
+        profile = auth.tenants.get(tenant_id)
+        if session.kind == "admin" and allow_admin:
+            if profile is None:
+                raise HttpError(404, "unknown_tenant", f"no tenant {tenant_id!r} is configured")
+            return profile
+        if session.kind == "tenant" and session.tenant == tenant_id and profile is not None:
+            return profile
+        raise HttpError(403, "forbidden", f"this session does not belong to tenant {tenant_id!r}")
     token = bearer_token(request.headers.get("Authorization"))
     if token is None:
         raise HttpError(401, "unauthorized", "send the tenant's token as 'Authorization: Bearer <token>'")
@@ -279,13 +304,15 @@ class HttpServer:
 
     def __init__(self, *, host: str, port: int, limits: HttpSettings, auth: Auth,
                  routes: Iterable[web.AbstractRouteDef], health: Callable[[], dict[str, Any]],
-                 stopping: asyncio.Event, bus: EventBus) -> None:
+                 stopping: asyncio.Event, bus: EventBus,
+                 middlewares: Iterable[Callable[..., Awaitable[web.StreamResponse]]] = ()) -> None:
         """``routes``: the route table (:func:`mysimbdp.http.routes.route_table`); ``health()``:
         the daemon's health report; ``stopping``: once set, every route but ``/health`` answers 503."""
         self.host = host
         self.port = port
         self.auth = auth
         self.routes = list(routes)
+        self.middlewares = list(middlewares)  # after the guard, before the error handler
         self._health = health
         self._stopping = stopping
         self.events = bus.emitter("http")
@@ -297,7 +324,8 @@ class HttpServer:
 
     def build_app(self) -> web.Application:
         """The application with ``/health`` and the route table."""
-        app = web.Application(middlewares=[self.guard.middleware, self._errors], client_max_size=1024**2)
+        app = web.Application(middlewares=[self.guard.middleware, self._errors, *self.middlewares],
+                              client_max_size=1024**2)
         app[AUTH_KEY] = self.auth
         app.router.add_get("/health", self._get_health)
         app.router.add_routes(self.routes)
