@@ -13,6 +13,9 @@ test-setup:
 	@MYSIMBDP_SETUP_TEST_TOOLS=1 bash scripts/setup.sh
 
 run: setup
+	@$(BIN)/python -c "from mysimbdp.config import load_settings; from mysimbdp.cli.admin import daemon_url; \
+	print('mysimbdp console:', daemon_url(load_settings('config')) + '/console', \
+	      '(sign in with a tenant token, or MYSIMBDP_ADMIN_TOKEN)')"
 	$(BIN)/mysimbdpd --config-dir config
 
 test: test-setup lint

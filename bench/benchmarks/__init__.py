@@ -1,4 +1,4 @@
-"""The nine benchmarks, in the order ``python -m bench`` runs them.
+"""The ten benchmarks, in the order ``python -m bench`` runs them.
 
 Each module has ``NAME``, ``TITLE`` and ``async run(session, result)``, which fills the
 :class:`bench.results.Result` (metrics with their targets, raw runs, notes).
@@ -10,6 +10,7 @@ from types import ModuleType
 
 from bench.benchmarks import (
     batch,
+    console,
     cpu,
     fairness,
     insert_one,
@@ -23,4 +24,4 @@ from bench.benchmarks import (
 __all__ = ["BENCHMARKS"]
 
 BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (batch, cpu, memory, stream, fairness, scaling, insert_one,
-                                                   upload, scaleout)}
+                                                   upload, scaleout, console)}
