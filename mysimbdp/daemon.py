@@ -119,7 +119,8 @@ class Daemon:
                                http=settings.http, metrics_token=settings.metrics_token,
                                admin_token=settings.admin_token, stopping=stopping, bus=bus,
                                leases=self.leases, instances=self.instances)
-        self.console = Console(tenants=self.tenants, admin_token=settings.admin_token, bus=bus)
+        self.console = Console(tenants=self.tenants, admin_token=settings.admin_token, bus=bus,
+                               max_connections=settings.http.max_connections)
         self.http = HttpServer(host=settings.http_host, port=settings.http_port, limits=settings.http,
                                auth=Auth(self.tenants, settings.admin_token), middlewares=[self.console.middleware()],
                                routes=self.console.routes() + route_table(self.upload, self.monitor,

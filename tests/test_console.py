@@ -187,6 +187,9 @@ async def test_an_operator_scales_a_stream_from_the_page(
     await sign_in(page, rd.url, ADMIN_TOKEN)
     link = page.get_by_role("link", name=tenant_id)
     await expect(link).to_be_visible()
+    row = page.locator("#tenants tbody tr", has=link)
+    await expect(row.locator("td").nth(6)).to_have_text("1 (1–4)")  # consumers and their bounds
+    await expect(page.locator("#instances tbody tr", has_text="(this one)").locator("td").nth(1)).to_have_text("up")
     await screenshot(page, shots(tmp_path), "overview")
     await link.click()
     await expect(page.locator("#stream-status")).to_contain_text("1 consumers (1–4)")
@@ -196,7 +199,12 @@ async def test_an_operator_scales_a_stream_from_the_page(
     await await_until(lambda: rd.daemon.stream.consumer_count(tenant_id) == 3, 30, "three consumers")
     await expect(page.locator("#stream-status")).to_contain_text("3 consumers (1–4)", timeout=15_000)
     await expect(page.locator("#timeline")).to_contain_text("consumers 1 → 3", timeout=15_000)
+    await expect(page.locator("#profile")).to_contain_text("stream_echo")
     await screenshot(page, shots(tmp_path), "tenant-stream")
+    page.once("dialog", lambda dialog: dialog.accept())
+    await page.get_by_role("button", name="Stop").click()
+    await await_until(lambda: rd.daemon.stream.consumer_count(tenant_id) == 0, 30, "the stream stopped")
+    await expect(page.locator("#stream-status")).to_contain_text("0 consumers", timeout=15_000)
 
 
 async def test_the_rejects_browser_shows_raw_records_and_filters_by_reason(

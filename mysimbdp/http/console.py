@@ -14,8 +14,13 @@
 
 Everything else the page shows it reads from the API it shares with the CLI (files, rejects,
 stream status and control, statistics from memory), with the session's cookie. Bounds: at
-most :data:`MAX_STREAMS` event streams at once, :data:`QUEUE` events waiting per stream (a
-slow page misses events and is told to read the state again), sign-in bodies of 4 KiB.
+most :data:`MAX_STREAMS` event streams at once (and half the HTTP connections), of which
+:data:`STREAMS_PER_CALLER` per tenant (all operators together count as one); :data:`QUEUE`
+events waiting per stream (a slow page misses events and is told, once, to read the state
+again); a page that reads nothing for :data:`WRITE_TIMEOUT_S` is closed; a stream ends when its
+session does (the tenant's token changed, the session expired). Sign-in takes JSON only
+(another site's form cannot sign an operator in as someone else), 4 KiB, and at most
+:data:`FAILURES_PER_MINUTE` failures a minute per address.
 """
 
 from __future__ import annotations
@@ -46,9 +51,15 @@ from mysimbdp.tenants import TenantDirectory
 __all__ = ["Console", "MAX_STREAMS", "QUEUE", "LIVE_EVENTS"]
 
 MAX_STREAMS = 200
+#: event streams of one tenant (operators: of all operators) at once: no one takes them all
+STREAMS_PER_CALLER = 4
 QUEUE = 1000
 PING_S = 15.0
+WRITE_TIMEOUT_S = 10.0  # a page that reads nothing for this long is closed
 _BODY_MAX = 4096
+#: sign-in failures one address may make in a minute before it must wait (429)
+FAILURES_PER_MINUTE = 10
+_FAILURE_ADDRESSES = 10_000
 _ASSETS = {"app.js": "application/javascript", "app.css": "text/css"}
 #: the events a page follows; a tenant's session gets those of its tenant only
 LIVE_EVENTS = frozenset({
@@ -57,18 +68,24 @@ LIVE_EVENTS = frozenset({
     "stream.consumers.changed", "monitor.alert", "monitor.scaled",
 })
 #: fields a tenant is not shown: which instance decided or holds what
-_PRIVATE = frozenset({"decided_by", "instance", "instance_id", "owner", "consumer", "component", "error"})
+#: (a scaling decision's reason can name the instances that joined or went)
+_PRIVATE = frozenset({"decided_by", "instance", "instance_id", "owner", "consumer", "component", "error", "reason"})
 
 
 class Console:
     """The console's routes and its event streams."""
 
-    def __init__(self, *, tenants: TenantDirectory, admin_token: str | None, bus: EventBus) -> None:
+    def __init__(self, *, tenants: TenantDirectory, admin_token: str | None, bus: EventBus,
+                 max_connections: int = 2 * MAX_STREAMS) -> None:
         self.tenants = tenants
         self.admin_token = admin_token
         self.codec = SessionCodec(admin_token)
         self.bus = bus
-        self._streams: dict[asyncio.Queue[tuple[str, dict[str, Any]] | None], Caller] = {}
+        # at most half the HTTP connections may be event streams: the API keeps the rest
+        self.max_streams = max(1, min(MAX_STREAMS, max_connections // 2))
+        self._streams: dict[asyncio.Queue[bytes | None], Caller] = {}
+        self._missed: set[asyncio.Queue[bytes | None]] = set()  # told once, until they read on
+        self._failures: dict[str, list[float]] = {}
         self._subscribed = False
 
     # -- the daemon's parts --------------------------------------------------------------------
@@ -90,6 +107,9 @@ class Console:
     def close(self) -> None:
         """End every event stream (the daemon stops)."""
         for queue in list(self._streams):
+            with contextlib.suppress(asyncio.QueueEmpty):
+                if queue.full():
+                    queue.get_nowait()
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
 
@@ -114,21 +134,48 @@ class Console:
     # -- sessions --------------------------------------------------------------------------------
     async def sign_in(self, request: web.Request) -> web.Response:
         """Exchange a token for the session cookie."""
-        if request.content_length is not None and request.content_length > _BODY_MAX:
-            raise HttpError(413, "too_big", "a sign-in is a small JSON object")
+        # another site's page cannot sign the operator in as someone else: a form cannot send
+        # JSON, a script of another origin cannot without a preflight, which nothing answers
+        if request.content_type != "application/json":
+            raise HttpError(415, "json_only", 'send {"token": "<your token>"} as application/json')
+        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            raise HttpError(403, "cross_site", "sign in from the console's own page")
+        if request.content_length is None or request.content_length > _BODY_MAX:
+            raise HttpError(413, "too_big", "a sign-in is a small JSON object with a Content-Length")
+        address = request.remote or ""
+        if self._too_many_failures(address):
+            raise HttpError(429, "slow_down", "too many failed sign-ins from this address; wait a minute",
+                            headers={"Retry-After": "60"})
         try:
-            body = orjson.loads(await request.content.read(_BODY_MAX))
+            body = orjson.loads(await request.read())
             token = str(body["token"]).strip()
         except (orjson.JSONDecodeError, KeyError, TypeError):
             raise HttpError(400, "bad_request", 'send {"token": "<your token>"}') from None
         kind, tenant, token_hash = self._identify(token)
         if kind is None:
+            self._failed(address)
             raise HttpError(401, "unauthorized", "this token is not valid")
         value, caller = self.codec.issue(kind, tenant, token_hash)
         response = json_response(_me(caller, self.tenants))
+        response.headers.update(_PRIVATE_ANSWER)
+        # Secure over HTTPS, and behind a TLS proxy that says so (X-Forwarded-Proto)
+        secure = request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
         response.set_cookie(COOKIE, value, max_age=int(SESSION_S), path="/", httponly=True, samesite="Strict",
-                            secure=request.secure)
+                            secure=secure)
         return response
+
+    def _too_many_failures(self, address: str) -> bool:
+        recent = [t for t in self._failures.get(address, []) if t > time.monotonic() - 60]
+        if recent:
+            self._failures[address] = recent
+        else:
+            self._failures.pop(address, None)
+        return len(recent) >= FAILURES_PER_MINUTE
+
+    def _failed(self, address: str) -> None:
+        if address not in self._failures and len(self._failures) >= _FAILURE_ADDRESSES:
+            self._failures.pop(next(iter(self._failures)))  # the oldest address seen
+        self._failures.setdefault(address, []).append(time.monotonic())
 
     def _identify(self, token: str) -> tuple[Any, str | None, str]:
         if not token:
@@ -142,7 +189,9 @@ class Console:
 
     async def who(self, request: web.Request) -> web.Response:
         """Who the session is (401 without one)."""
-        return json_response(_me(_caller(request), self.tenants))
+        response = json_response(_me(_caller(request), self.tenants))
+        response.headers.update(_PRIVATE_ANSWER)
+        return response
 
     async def sign_out(self, request: web.Request) -> web.Response:
         """Forget the cookie (the page's; a copy of it stays valid until it expires)."""
@@ -152,32 +201,44 @@ class Console:
 
     # -- live events -----------------------------------------------------------------------------
     async def events(self, request: web.Request) -> web.StreamResponse:
-        """Server-sent events of the session's scope until the page goes or the daemon stops."""
+        """Server-sent events of the session's scope until the page goes, the session ends (its
+        token changed, it expired) or the daemon stops."""
         caller = _caller(request)
-        if len(self._streams) >= MAX_STREAMS:
-            raise HttpError(503, "busy", "too many live pages are open; retry shortly", headers={"Retry-After": "10"})
+        mine = sum(1 for c in self._streams.values() if _owner(c) == _owner(caller))
+        if len(self._streams) >= self.max_streams or mine >= STREAMS_PER_CALLER:
+            raise HttpError(503, "busy", "too many live pages are open; close one, or retry shortly",
+                            headers={"Retry-After": "10"})
         self._subscribe()
-        queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue(QUEUE)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE)
         self._streams[queue] = caller
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store",
                                                "X-Accel-Buffering": "no"})
         try:
             await response.prepare(request)
-            await response.write(_sse("hello", {"at": time.time(), "kind": caller.kind, "tenant": caller.tenant}))
-            while True:
+            await self._write(response, _sse("hello", {"at": time.time(), "kind": caller.kind,
+                                                       "tenant": caller.tenant}))
+            while self._valid(caller):
                 try:
                     item = await asyncio.wait_for(queue.get(), PING_S)
                 except TimeoutError:
-                    await response.write(_sse("ping", {"at": time.time()}))
-                    continue
+                    item = _sse("ping", {"at": time.time()})
                 if item is None:
                     break
-                await response.write(_sse(*item))
-        except (ConnectionError, asyncio.CancelledError):
-            pass
+                self._missed.discard(queue)
+                await self._write(response, item)
+        except (ConnectionError, TimeoutError):
+            pass  # the page went, or stopped reading
         finally:
             self._streams.pop(queue, None)
+            self._missed.discard(queue)
         return response
+
+    @staticmethod
+    async def _write(response: web.StreamResponse, data: bytes) -> None:
+        await asyncio.wait_for(response.write(data), WRITE_TIMEOUT_S)
+
+    def _valid(self, caller: Caller) -> bool:
+        return caller.expires > time.time() and self._still_valid(caller)
 
     def _subscribe(self) -> None:
         if not self._subscribed:
@@ -189,25 +250,40 @@ class Console:
             return
         fields = event.fields()
         tenant = fields.get("tenant")
+        whole: bytes | None = None
+        private: bytes | None = None
         for queue, caller in list(self._streams.items()):
             if caller.kind == "tenant":
                 if tenant != caller.tenant:
                     continue
-                data = {k: v for k, v in fields.items() if k not in _PRIVATE}
+                if private is None:
+                    private = _sse(event.NAME, {k: v for k, v in fields.items() if k not in _PRIVATE})
+                data = private
             else:
-                data = fields
+                if whole is None:
+                    whole = _sse(event.NAME, fields)
+                data = whole
             try:
-                queue.put_nowait((event.NAME, data))
-            except asyncio.QueueFull:  # a page that does not keep up: it misses events and is told so
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    queue.get_nowait()
-                with contextlib.suppress(asyncio.QueueFull):
-                    queue.put_nowait(("missed", {"at": time.time()}))
+                queue.put_nowait(data)
+            except asyncio.QueueFull:  # a page that does not keep up misses events and is told so, once
+                if queue not in self._missed:
+                    self._missed.add(queue)
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        queue.get_nowait()
+                    with contextlib.suppress(asyncio.QueueFull):
+                        queue.put_nowait(_sse("missed", {"at": time.time()}))
 
 
+_PRIVATE_ANSWER = {"Cache-Control": "no-store"}
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
              "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
-                                        "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'"}
+                                        "connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                                        "base-uri 'none'; form-action 'self'"}
+
+
+def _owner(caller: Caller) -> str:
+    """Whose streams count together: a tenant's, or the operators'."""
+    return f"tenant:{caller.tenant}" if caller.kind == "tenant" else "admin"
 
 
 def _asset(name: str) -> bytes:

@@ -312,7 +312,7 @@ class HttpServer:
         self.port = port
         self.auth = auth
         self.routes = list(routes)
-        self.middlewares = list(middlewares)  # after the guard, before the error handler
+        self.middlewares = list(middlewares)  # inside the guard and the error handler, before the routes
         self._health = health
         self._stopping = stopping
         self.events = bus.emitter("http")

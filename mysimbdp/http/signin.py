@@ -5,8 +5,8 @@ and sets the cookie ``mysimbdp_session``: ``<payload>.<signature>``, the payload
 caller's kind (``admin`` or ``tenant``), its tenant, when it expires and a random CSRF
 nonce, signed with HMAC-SHA256. Nothing is kept on the server, so a session survives a
 restart of the daemon and is valid on every instance that has the same key: the key is
-derived from the admin token (``MYSIMBDP_ADMIN_TOKEN``; without one, a random key of this
-process: sessions end with it). A tenant's session also names the first 16 hex digits of its
+derived from the admin token with scrypt (``MYSIMBDP_ADMIN_TOKEN``; without one, a random key
+of this process: sessions end with it). A tenant's session also names the first 16 hex digits of its
 token's hash: a new token (``mysimbdp tenants token``) ends its sessions; a new admin token
 ends every session.
 
@@ -60,7 +60,9 @@ class SessionCodec:
 
     def __init__(self, admin_token: str | None) -> None:
         seed = admin_token.encode() if admin_token else secrets.token_bytes(32)
-        self._key = hashlib.sha256(b"mysimbdp console session\0" + seed).digest()
+        # scrypt, not one hash: a tenant holding its own cookie cannot test guesses of the admin
+        # token at hash speed (each guess costs this much memory and time, some 50 ms)
+        self._key = hashlib.scrypt(seed, salt=b"mysimbdp console session", n=2**14, r=8, p=1, dklen=32)
 
     def issue(self, kind: Literal["admin", "tenant"], tenant: str | None, token_hash: str = "",
               now: float | None = None) -> tuple[str, Caller]:
@@ -72,10 +74,10 @@ class SessionCodec:
 
     def check(self, value: str, now: float | None = None) -> Caller | None:
         """The caller of a cookie value; None if it is forged, malformed or expired."""
-        if len(value) > _MAX_COOKIE or value.count(".") != 1:
+        if len(value) > _MAX_COOKIE or not value.isascii() or value.count(".") != 1:
             return None
         payload, signature = value.split(".")
-        if not hmac.compare_digest(signature, self._sign(payload)):
+        if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             return None
         try:
             data = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -106,7 +108,7 @@ def session_middleware(codec: SessionCodec, still_valid: Callable[[Caller], bool
             caller = codec.check(value)
             if caller is not None and still_valid(caller):
                 if request.method not in _SAFE and not hmac.compare_digest(
-                        request.headers.get(CSRF_HEADER, "").encode(), caller.csrf.encode()):
+                        request.headers.get(CSRF_HEADER, "").encode("utf-8", "replace"), caller.csrf.encode()):
                     return web.json_response({"code": "csrf", "message": f"a change made with the console's "
                                               f"session needs its {CSRF_HEADER} header"}, status=403)
                 request[CALLER_KEY] = caller

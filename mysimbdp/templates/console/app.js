@@ -11,7 +11,9 @@ let broken = false;     // the event stream broke: say so, and catch up when it 
 let current = null;     // the tenant shown
 let rejectsAfter = null;
 const progress = new Map();   // ledger id -> last batch.file.progress
-const rates = new Map();      // tenant -> recent stream.batch.committed (for messages/s)
+const BUCKET_MS = 10000;      // the charts' resolution
+const WINDOW_MS = 15 * 60000; // and span: the last 15 minutes (since the page opened)
+const series = new Map();     // "tenant kind" -> Map(bucket start -> value)
 
 async function api(method, url, body) {
   const headers = {};
@@ -110,10 +112,18 @@ function connect() {
   source.addEventListener("error", () => {
     broken = true;
     setLive("connection lost: reconnecting…", "bad");
-    // a daemon restarted keeps the session (signed cookie); a closed stream is opened again
+    // a daemon restarted keeps the session (signed cookie); a closed stream is opened again,
+    // unless the session ended (the token changed, it expired): then the page signs out
     if (source.readyState === EventSource.CLOSED) {
       source = null;
-      setTimeout(connect, 1000);
+      setTimeout(async () => {
+        try {
+          await api("GET", "/console/session");
+          connect();
+        } catch (error) {
+          if (error.status === 401) { me = null; render(); } else { setTimeout(connect, 2000); }
+        }
+      }, 1000);
     }
   });
   for (const name of ["batch.file.loading", "batch.file.resumed", "batch.file.committed", "batch.file.rejected",
@@ -133,17 +143,71 @@ function setLive(text, cls) {
   $("live").className = cls;
 }
 
+let refreshDue = null;  // at most one reading of the whole state every 2 s
 function refresh() {
-  if (current) showTenant(current);
-  else if (me && me.kind === "admin") showOverview();
+  if (refreshDue !== null) return;
+  refreshDue = setTimeout(() => {
+    refreshDue = null;
+    if (current) showTenant(current);
+    else if (me && me.kind === "admin") showOverview();
+  }, refreshDue === null && !broken ? 0 : 2000);
 }
 
+let overviewDue = null;  // the overview is read again at most every 2 s, whatever the events
 function onFileEvent(data) {
   if (data.tenant === current) loadFiles(current);
-  else if (!current && me && me.kind === "admin") showOverview();
+  else if (!current && me && me.kind === "admin" && overviewDue === null) {
+    overviewDue = setTimeout(() => { overviewDue = null; if (!current) showOverview(); }, 2000);
+  }
+}
+
+function addTo(tenant, kind, value, mode = "sum") {
+  const key = `${tenant} ${kind}`;
+  const buckets = series.get(key) || new Map();
+  const at = Math.floor(Date.now() / BUCKET_MS) * BUCKET_MS;
+  buckets.set(at, mode === "max" ? Math.max(buckets.get(at) || 0, value) : (buckets.get(at) || 0) + value);
+  for (const t of buckets.keys()) if (t < at - WINDOW_MS) buckets.delete(t);
+  series.set(key, buckets);
+}
+
+function points(tenant, kind, perSecond) {
+  const buckets = series.get(`${tenant} ${kind}`) || new Map();
+  const now = Math.floor(Date.now() / BUCKET_MS) * BUCKET_MS;
+  const values = [];
+  for (let t = now - WINDOW_MS + BUCKET_MS; t <= now; t += BUCKET_MS) {
+    const v = buckets.get(t) || 0;
+    values.push(perSecond ? v / (BUCKET_MS / 1000) : v);
+  }
+  return values;
+}
+
+function rateNow(tenant, kind) {  // per second, over the last full bucket and the current one
+  const values = points(tenant, kind, true);
+  return (values[values.length - 1] + values[values.length - 2]) / 2;
+}
+
+function spark(svg, values) {
+  const max = Math.max(...values, 1e-9);
+  const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+  line.setAttribute("points", values.map((v, i) => `${(i * 90 / (values.length - 1)).toFixed(1)},${(23 - v / max * 22).toFixed(1)}`).join(" "));
+  const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+  title.textContent = `now ${values[values.length - 1].toFixed(1)}, highest ${max.toFixed(1)}`;
+  svg.replaceChildren(title, line);
+}
+
+function newSpark(label) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("viewBox", "0 0 90 24");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", label);
+  return svg;
 }
 
 function onProgress(data) {
+  if (progress.size > 500) progress.clear();  // a long-open page keeps only recent files' progress
+  const before = progress.get(data.ledger_id);
+  addTo(data.tenant, "records", Math.max(0, data.records_written - (before ? before.records_written : 0)));
   progress.set(data.ledger_id, data);
   const bar = document.querySelector(`progress[data-id="${CSS.escape(data.ledger_id || "")}"]`);
   if (bar) updateBar(bar, data);
@@ -151,15 +215,26 @@ function onProgress(data) {
 }
 
 function onBatch(data) {
-  const list = rates.get(data.tenant) || [];
-  list.push([Date.now(), data.messages || 0]);
-  rates.set(data.tenant, list.filter(([t]) => Date.now() - t < 10000));
+  addTo(data.tenant, "messages", data.messages || 0);
+  addTo(data.tenant, "records", data.documents || 0);
+  if (data.oldest_latency_ms !== null && data.oldest_latency_ms !== undefined) {
+    addTo(data.tenant, "latency", data.oldest_latency_ms, "max");
+  }
+  if (data.tenant === current) drawCharts(current);
 }
 
-function messagesPerSecond(tenant) {
-  const list = (rates.get(tenant) || []).filter(([t]) => Date.now() - t < 10000);
-  return list.reduce((sum, [, n]) => sum + n, 0) / 10;
+function drawCharts(tenant) {
+  spark($("chart-messages"), points(tenant, "messages", true));
+  spark($("chart-latency"), points(tenant, "latency", false));
 }
+
+setInterval(() => {  // the charts move on with time, and the overview's rates with them
+  if (current) drawCharts(current);
+  for (const svg of document.querySelectorAll("#tenants svg[data-tenant]")) {
+    spark(svg, points(svg.dataset.tenant, svg.dataset.kind, true));
+    svg.nextElementSibling.textContent = rateNow(svg.dataset.tenant, svg.dataset.kind).toFixed(1);
+  }
+}, 5000);
 
 function onStreamEvent(name, data) {
   if (data.tenant !== current) return;
@@ -170,39 +245,76 @@ function onStreamEvent(name, data) {
 function addTimeline(name, data) {
   const item = document.createElement("li");
   const when = new Date().toLocaleTimeString();
-  const what = name === "monitor.alert" ? `alert ${data.rule}: ${data.value} over ${data.threshold}`
-    : name === "stream.consumers.changed" ? `consumers ${data.from} → ${data.to}: ${data.reason || ""}`
-    : `monitor: ${data.verdict || ""} ${data.reason || ""}`;
+  const why = data.reason ? `: ${data.reason}` : "";  // operators only: a reason may name instances
+  const what = name === "monitor.alert" ? `alert ${data.rule}: ${data.observed} over ${data.threshold}`
+    : name === "stream.consumers.changed" ? `consumers ${data.from} → ${data.to}${why}`
+    : `monitor: ${data.verdict || ""}${why}`;
   item.textContent = `${when} ${what}`;
   $("timeline").prepend(item);
   while ($("timeline").children.length > 50) $("timeline").lastChild.remove();
 }
 
 // -- overview (operators) --------------------------------------------------------------------
+function today() {
+  const now = new Date();
+  return new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate())).toISOString();
+}
+
 async function showOverview() {
   current = null;
   show("overview");
-  const body = $("tenants").tBodies[0];
+  const hourAgo = new Date(Date.now() - 3600000).toISOString();
   const rows = await Promise.all(me.tenants.map(async (tenant) => {
-    const stats = await api("GET", `/tenants/${tenant}/stats`).catch(() => null);
-    const stream = await api("GET", `/tenants/${tenant}/stream`).catch(() => null);
-    return { tenant, stats, stream };
+    const [day, hour, stream, files] = await Promise.all([
+      api("GET", `/tenants/${tenant}/stats?since=${encodeURIComponent(today())}`).catch(() => null),
+      api("GET", `/tenants/${tenant}/stats?since=${encodeURIComponent(hourAgo)}`).catch(() => null),
+      api("GET", `/tenants/${tenant}/stream`).catch(() => null),
+      api("GET", `/tenants/${tenant}/files?limit=100`).catch(() => ({ files: [] })),
+    ]);
+    return { tenant, day, hour, stream, files: files.files };
   }));
+  const body = $("tenants").tBodies[0];
   body.replaceChildren();
-  for (const { tenant, stats, stream } of rows) {
+  for (const { tenant, day, hour, stream, files } of rows) {
     const row = body.insertRow();
     const link = document.createElement("a");
     link.href = `#/tenants/${tenant}`;
     link.className = "tenant-link";
     link.textContent = tenant;
     row.insertCell().append(link);
-    cell(row, number(stats && stats.batch.files_committed), "num");
-    cell(row, number(stats && stats.batch.files_rejected), "num");
-    cell(row, number(stats && stats.batch.records_written + stats.stream.documents), "num");
-    cell(row, messagesPerSecond(tenant).toFixed(1), "num");
+    const staged = files.filter((f) => f.state === "staged").length;
+    const loading = files.filter((f) => f.state === "loading").length;
+    cell(row, `${staged} / ${loading}`, "num");
+    cell(row, number(day && day.batch.files_committed), "num");
+    cell(row, number(day && day.batch.files_rejected), "num");
+    for (const kind of ["records", "messages"]) {
+      const td = row.insertCell();
+      td.className = "num";
+      const svg = newSpark(`${kind} per second of ${tenant}, last 15 minutes`);
+      svg.dataset.tenant = tenant;
+      svg.dataset.kind = kind;
+      spark(svg, points(tenant, kind, true));
+      const value = document.createElement("span");
+      value.textContent = rateNow(tenant, kind).toFixed(1);
+      td.append(svg, value);
+    }
     cell(row, stream ? `${stream.consumers} (${stream.min_consumers}–${stream.max_consumers})` : "–", "num");
     cell(row, stream ? number(stream.queue_depth) : "–", "num");
-    cell(row, number(stats && stats.scaling.alerts), "num");
+    const p95 = day && day.stream.ingest_ms.p95;
+    cell(row, p95 === null || p95 === undefined ? "–" : `${Math.round(p95)} ms`, "num");
+    cell(row, number(day && day.scaling.alerts), "num");
+    cell(row, number(hour && hour.batch.records_rejected + hour.stream.rejected), "num");
+  }
+  const answer = await api("GET", "/instances").catch(() => ({ instances: [] }));
+  const instances = $("instances").tBodies[0];
+  instances.replaceChildren();
+  for (const instance of answer.instances) {
+    const row = instances.insertRow();
+    cell(row, instance.id + (instance.this ? " (this one)" : ""));
+    cell(row, instance.state, instance.state === "up" ? "state-committed" : "state-rejected");
+    cell(row, `${instance.heartbeat_s_ago} s ago`);
+    cell(row, (instance.loading || []).length);
+    cell(row, Object.values(instance.consumers || {}).reduce((a, b) => a + b, 0));
   }
 }
 
@@ -213,9 +325,54 @@ function showTenant(tenant) {
   $("back").hidden = me.kind !== "admin";
   $("tenant-title").textContent = `Tenant ${tenant}`;
   $("scale-form").hidden = me.kind !== "admin";
+  $("stream-actions").hidden = me.kind !== "admin";
   loadFiles(tenant);
   loadStream(tenant);
   loadRejects(tenant, true);
+  loadProfile(tenant);
+  drawCharts(tenant);
+}
+
+async function loadProfile(tenant) {
+  const [constraints, stream, schema] = await Promise.all([
+    api("GET", `/tenants/${tenant}/constraints`).catch(() => null),
+    api("GET", `/tenants/${tenant}/stream`).catch(() => null),
+    api("GET", `/tenants/${tenant}/schema`).catch(() => null),
+  ]);
+  if (tenant !== current) return;
+  const items = [];
+  if (constraints) {
+    items.push(["formats", constraints.formats.join(", ")],
+               ["largest file", `${number(constraints.max_file_bytes)} bytes`],
+               ["files waiting, at most", number(constraints.max_staged_files)],
+               ["storage", `${number(constraints.usage.used_bytes)} of ${number(constraints.storage_quota_bytes)} bytes`]);
+  }
+  if (stream) items.push(["stream app", stream.app], ["consumers", `${stream.min_consumers} to ${stream.max_consumers}`]);
+  for (const scope of (schema && schema.scopes) || []) {
+    if (scope.contract) items.push([`contract (${scope.scope})`, `${scope.contract.on_violation}: ${Object.keys(scope.current).join(", ")}`]);
+  }
+  const list = $("profile");
+  list.replaceChildren();
+  for (const [term, value] of items) {
+    const dt = document.createElement("dt");
+    dt.textContent = term;
+    const dd = document.createElement("dd");
+    dd.textContent = value;
+    list.append(dt, dd);
+  }
+}
+
+for (const [id, action] of [["stream-start", "start"], ["stream-stop", "stop"]]) {
+  $(id).addEventListener("click", async () => {
+    if (!window.confirm(`${action === "start" ? "Start" : "Stop"} the stream of tenant ${current}?`)) return;
+    try {
+      await api("POST", `/tenants/${current}/stream/${action}`, {});
+      $("scale-result").textContent = "";
+      loadStream(current);
+    } catch (error) {
+      $("scale-result").textContent = error.message;
+    }
+  });
 }
 
 async function loadFiles(tenant) {
