@@ -19,6 +19,7 @@ from mysimbdp.http.console import FAILURES_PER_MINUTE, STREAMS_PER_CALLER
 from mysimbdp.http.signin import COOKIE, SessionCodec
 from mysimbdp.http.tokens import hash_token
 from tests.conftest import ADMIN_TOKEN
+from tests.harness.wait import await_until
 
 
 def test_a_cookie_is_checked_whole() -> None:
@@ -82,7 +83,7 @@ async def _events(http: aiohttp.ClientSession, url: str, seconds: float) -> tupl
 
 async def test_event_streams_are_bounded_scoped_and_end_with_their_session(
         start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str) -> None:
-    settings = settings_factory()
+    settings = settings_factory(batch={"rescan_interval_s": 0.5})
     tenants.write_profile(settings.tenants_dir, {"id": tenant_id, "token_sha256": hash_token("t-token")})
     rd = await start_daemon(settings)
     jar = aiohttp.CookieJar(unsafe=True)
@@ -102,9 +103,16 @@ async def test_event_streams_are_bounded_scoped_and_end_with_their_session(
                 decided_by="node-secret"))
             status, seen = await watched
             assert status == 200 and "node-secret" in seen
-        # the tenant's token changes: its open streams end within a ping, the cookie is refused
+        # the tenant's token changes: its open streams end at their next event (or ping), the
+        # cookie is refused
         tenants.write_profile(settings.tenants_dir, {"id": tenant_id, "token_sha256": hash_token("new-token")})
-        ended = await asyncio.wait_for(asyncio.gather(*streams), 40)
+
+        def reloaded() -> bool:
+            profile = rd.daemon.tenants.get(tenant_id)
+            return profile is not None and profile.token_sha256 == hash_token("new-token")
+        await await_until(reloaded, 30, "the new token")
+        rd.daemon.events.emitter("stream").emit(StreamConsumersChanged(tenant=tenant_id, from_=2, to=1, reason="x"))
+        ended = await asyncio.wait_for(asyncio.gather(*streams), 10)
         for status, text in ended:
             assert status == 200 and "stream.consumers.changed" in text and "node-secret" not in text
         async with http.get(f"{rd.url}/console/session") as resp:
