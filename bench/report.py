@@ -22,7 +22,7 @@ METHODS_DIR = Path(__file__).resolve().parent / "methods"
 #: The page's prose: its introduction and each benchmark's method, one markdown file each.
 INTRO = (METHODS_DIR / "intro.md").read_text(encoding="utf-8")
 
-ORDER = ["batch", "cpu", "memory", "stream", "fairness", "scaling", "insert_one", "upload", "scaleout", "console"]
+ORDER = ["batch", "cpu", "memory", "stream", "fairness", "scaling", "insert_one", "upload", "scaleout", "console", "drain"]
 
 
 def _fmt(value: Any, unit: str = "") -> str:

@@ -67,7 +67,7 @@ def test_benchmark_smoke(name: str, bench_dirs: dict[str, Path], mongo_uri: str,
     key_metrics = {m["key"]: m for m in data["metrics"]}
     expected = {"batch": "ratio", "cpu": "cpu_us_per_record", "memory": "peak_rss_large_mb",
                 "stream": "ratio", "fairness": "ratio", "scaling": "first_scale_up_s", "insert_one": "factor",
-                "upload": "mb_per_s", "scaleout": "ratio", "console": "cpu_us_per_item"}[name]
+                "upload": "mb_per_s", "scaleout": "ratio", "console": "cpu_us_per_item", "drain": "ratio"}[name]
     assert key_metrics[expected]["value"] is not None and key_metrics[expected]["value"] > 0
     CHECKS.get(name, lambda data, metrics: None)(data, key_metrics)
 

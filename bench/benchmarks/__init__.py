@@ -1,4 +1,4 @@
-"""The ten benchmarks, in the order ``python -m bench`` runs them.
+"""The eleven benchmarks, in the order ``python -m bench`` runs them.
 
 Each module has ``NAME``, ``TITLE`` and ``async run(session, result)``, which fills the
 :class:`bench.results.Result` (metrics with their targets, raw runs, notes).
@@ -12,6 +12,7 @@ from bench.benchmarks import (
     batch,
     console,
     cpu,
+    drain,
     fairness,
     insert_one,
     memory,
@@ -24,4 +25,4 @@ from bench.benchmarks import (
 __all__ = ["BENCHMARKS"]
 
 BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (batch, cpu, memory, stream, fairness, scaling, insert_one,
-                                                   upload, scaleout, console)}
+                                                   upload, scaleout, console, drain)}
