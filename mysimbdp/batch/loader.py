@@ -66,7 +66,7 @@ from mysimbdp.store.writes import (
 )
 
 __all__ = ["FileJob", "Counts", "FileLoader", "BatchProducer", "Prepared", "AppFailed", "id_prefix",
-           "lease_session", "give_back", "target_of", "guarded", "ARROW_BLOCK_BYTES"]
+           "id_range", "lease_session", "give_back", "target_of", "guarded", "ARROW_BLOCK_BYTES"]
 
 # CSV is parsed in blocks of ARROW_BLOCK_BYTES (Arrow's reader needs memory many times its
 # block) and wrangled and encoded in batches of about ARROW_BATCH_BYTES of column data
@@ -83,6 +83,12 @@ _MAX_EVOLVED = 500  # new fields one file may add to the tenant's schema history
 def id_prefix(sha256: str) -> str:
     """The ``_id`` prefix of every document of the file with this sha256."""
     return sha256[:20] + ":"
+
+
+def id_range(sha256: str) -> dict[str, Any]:
+    """The query of every document of the file with this sha256 (its ``_id`` prefix as a range)."""
+    prefix = id_prefix(sha256)
+    return {"_id": {"$gte": prefix, "$lt": prefix[:-1] + ";"}}
 
 
 @dataclass
@@ -534,10 +540,9 @@ class FileLoader:
         counts.records_rejected += len(prepared.rejects)
 
     async def _delete_file(self, tenant: str, name: str, sha256: str, collection: Any) -> None:
-        prefix = id_prefix(sha256)
         started = time.monotonic()
         try:
-            result = await collection.delete_many({"_id": {"$gte": prefix, "$lt": prefix[:-1] + ";"}})
+            result = await collection.delete_many(id_range(sha256))
         except (PyMongoError, OperationFailure) as exc:
             self.events.emit(BatchFileRollbackFailed(tenant=tenant, file=name, error=str(exc)[:300]))
             return

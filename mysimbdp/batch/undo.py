@@ -33,7 +33,7 @@ from aiohttp import web
 from pymongo.errors import PyMongoError
 
 from mysimbdp.batch.ledger import Claim, FileState, Ledger
-from mysimbdp.batch.loader import id_prefix
+from mysimbdp.batch.loader import id_range
 from mysimbdp.events import EventBus
 from mysimbdp.events.catalog import BatchFileUndoFailed, BatchFileUndoing, BatchFileUndone
 from mysimbdp.http.server import HttpError, is_admin, json_response, require_tenant
@@ -46,12 +46,6 @@ __all__ = ["FileUndo", "CHUNK", "MAX_UNDOS"]
 CHUNK = 5_000
 #: Undos one instance runs at once (one per tenant); more wait, ``undoing``, for a free slot.
 MAX_UNDOS = 2
-
-
-def prefix_range(sha256: str) -> dict[str, Any]:
-    """The ``_id`` range of the documents of the file with this sha256."""
-    prefix = id_prefix(sha256)
-    return {"_id": {"$gte": prefix, "$lt": prefix[:-1] + ";"}}
 
 
 class FileUndo:
@@ -209,7 +203,7 @@ class FileUndo:
         if sha:
             for collection in await db.list_collection_names():
                 if not collection.startswith(("_", "system.")):
-                    documents += await db[collection].count_documents(prefix_range(sha))
+                    documents += await db[collection].count_documents(id_range(sha))
         rejects = await db[REJECTS].count_documents({"ledger_id": claim.entry_id})
         if not await self.ledger.update_held(claim, undo_documents=documents, undo_rejects=rejects):
             raise _Lost()
@@ -219,7 +213,7 @@ class FileUndo:
         """Remove the file's documents from ``collection``, a chunk at a time, renewing the lease;
         False (nothing more done) once the claim is lost."""
         while True:
-            ids = [d["_id"] async for d in collection.find(prefix_range(sha), {"_id": 1}).limit(CHUNK)]
+            ids = [d["_id"] async for d in collection.find(id_range(sha), {"_id": 1}).limit(CHUNK)]
             if not ids:
                 return True
             await collection.delete_many({"_id": {"$in": ids}})

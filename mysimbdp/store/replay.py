@@ -63,11 +63,11 @@ from mysimbdp.batch.readers import Record
 from mysimbdp.errors import FileRejected, PluginError
 from mysimbdp.http.server import HttpError, int_param, json_response, require_tenant
 from mysimbdp.store.browse import TenantDatabases, page_filter
-from mysimbdp.store.rejects import KIND_LIMIT, REASON_LIMIT, REJECTS, reject_document
+from mysimbdp.store.rejects import KIND_LIMIT, REASON_LIMIT, REJECTS
 from mysimbdp.store.schemas import SchemaRecorder
 from mysimbdp.store.writes import RetryPolicy, TargetRefused, ensure_target, write
 from mysimbdp.stream.apprun import AppRoute, AppRun
-from mysimbdp.stream.records import Incoming, document_id
+from mysimbdp.stream.records import Incoming, document_id, write_failed_reject
 from mysimbdp.stream.topology import type_of
 from mysimbdp.tenants import BatchProfile, StreamProfile, TenantProfile
 
@@ -302,7 +302,7 @@ class RejectsReplay:
             tally.written += result.written
             tally.already_present += result.duplicates
             tally.skipped += outcome.skipped
-            refused = [_write_failed(profile.id, route.app, docs[i], why) for i, why in result.failed]
+            refused = [write_failed_reject(profile.id, route.app, docs[i], why) for i, why in result.failed]
             if item.whole:  # the message's new rejects replace every reject it had
                 fates.replaced.append((msg_id, item.incoming.routing_key, [*outcome.rejects, *refused]))
                 tally.still_rejected += 1 if outcome.rejects or refused else 0
@@ -474,13 +474,6 @@ async def _hand_on_raw(col: Any, reject_id: str, leaving: set[str]) -> None:
                                                  "raw_encoding": holder.get("raw_encoding"), "raw_in": None}})
     for other in staying[1:]:
         await col.update_one({"_id": other["_id"]}, {"$set": {"raw_in": heir}})
-
-
-def _write_failed(tenant: str, app: str, doc: Mapping[str, Any], reason: str) -> dict[str, Any]:
-    """The reject of a replayed document the store refused (as the stream's own)."""
-    return reject_document(id=f"stream-write:{doc.get('_id')}", source="stream", kind="write_failed",
-                           reason=reason, tenant=tenant, app=app, at=datetime.now(UTC),
-                           document_id=str(doc.get("_id")))
 
 
 def _file_job(profile: TenantProfile, batch: BatchProfile, entry: Mapping[str, Any]) -> FileJob:

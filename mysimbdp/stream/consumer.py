@@ -58,7 +58,7 @@ from mysimbdp.events.catalog import (
     StreamTickFailed,
 )
 from mysimbdp.monitor.reports import ReportWindow, clamp_ms
-from mysimbdp.store.rejects import REJECTS, reject_document
+from mysimbdp.store.rejects import REJECTS
 from mysimbdp.store.schemas import SchemaRecorder
 from mysimbdp.store.writes import (
     RetryHook,
@@ -78,6 +78,7 @@ from mysimbdp.stream.records import (
     plain_headers,
     raw_fields,
     too_large_reason,
+    write_failed_reject,
 )
 from mysimbdp.stream.topology import queue_name, type_of
 from mysimbdp.tenants import StreamProfile
@@ -475,7 +476,7 @@ class Consumer:
         for i, reason in failed:
             source = message_of.get(id(docs[i]))
             key = (source.message.routing_key or self.tenant) if source is not None else self.tenant
-            reject = _write_reject(self.tenant, self.routes.for_key(self.tenant, key).app, docs[i], reason)
+            reject = write_failed_reject(self.tenant, self.routes.for_key(self.tenant, key).app, docs[i], reason)
             if source is not None:
                 message = source.message
                 reject.update(routing_key=message.routing_key or self.tenant, message_id=message.message_id)
@@ -598,12 +599,6 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
     """Take a left-behind task's outcome, so that asyncio does not report it as never retrieved."""
     if not task.cancelled():
         task.exception()
-
-
-def _write_reject(tenant: str, app: str, doc: dict[str, Any], reason: str) -> dict[str, Any]:
-    """The reject of a document that could not be written (``reason`` says why)."""
-    return reject_document(id=f"stream-write:{doc.get('_id')}", source="stream", kind="write_failed", reason=reason,
-                           tenant=tenant, app=app, at=datetime.now(UTC), document_id=str(doc.get("_id")))
 
 
 _MAX_EPOCH_MS = 253_402_300_799_999.0  # 9999-12-31T23:59:59.999Z, the last instant a datetime holds

@@ -37,7 +37,7 @@ from mysimbdp.store.rejects import reject_document
 
 __all__ = [
     "Route", "Incoming", "Outcome", "process_message", "message_id_of", "document_id", "raw_fields",
-    "plain_headers", "too_large_reason", "stream_reject", "RAW_LIMIT", "TIMESTAMP_MS_HEADER", "STREAM_ID_PREFIX",
+    "plain_headers", "too_large_reason", "stream_reject", "write_failed_reject", "RAW_LIMIT", "TIMESTAMP_MS_HEADER", "STREAM_ID_PREFIX",
     "DEFAULT_MAX_RECORDS",
 ]
 
@@ -229,6 +229,12 @@ def _attach_raw(rejects: list[dict[str, Any]], incoming: Incoming) -> None:
     first.update(raw_fields(incoming.body, incoming.body_bytes))
     for doc in rejects[1:]:
         doc["raw_in"] = first["_id"]
+
+
+def write_failed_reject(tenant: str, app: str, doc: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """The reject of a stream document the store refused (``reason`` says why)."""
+    return reject_document(id=f"stream-write:{doc.get('_id')}", source="stream", kind="write_failed", reason=reason,
+                           tenant=tenant, app=app, at=datetime.now(UTC), document_id=str(doc.get("_id")))
 
 
 def stream_reject(incoming: Incoming, msg_id: str, app: str, kind: str, reason: str,
