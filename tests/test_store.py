@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pymongo import AsyncMongoClient
 
+from mysimbdp.store.embedded import StoreTuning
 from mysimbdp.store.mongo import EmbeddedMongo, Store, free_port
 from mysimbdp.store.writes import _clash_on_id, insert_idempotent
 
@@ -271,27 +272,54 @@ def test_command_slices_put_a_document_over_the_bytes_bound_alone() -> None:
     assert list(store._command_slices([store.COMMAND_MAX_BYTES // 2 + 1] * 3)) == [(0, 1), (1, 2), (2, 3)]
 
 
-def test_the_embedded_stores_connections_get_the_page_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every database NX-27017 opens gets the configured page cache, not SQLite's 2 MiB."""
+def _pragmas(conn: Any) -> dict[str, Any]:
+    return {name: conn.db.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("cache_size", "page_size", "wal_autocheckpoint", "journal_size_limit", "journal_mode",
+                         "synchronous", "auto_vacuum")}
+
+
+def test_the_embedded_stores_connections_get_the_platforms_tuning(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every database NX-27017 opens gets the page cache and checkpoint interval asked for; a
+    new one gets the page size too, an existing one keeps its own; WAL mode with ``synchronous
+    = NORMAL`` (1) and incremental auto-vacuum (2) stay as NX-27017 sets them."""
     from neosqlite import Connection
 
-    from mysimbdp.store.embedded import configure_page_cache
+    from mysimbdp.store.embedded import configure_connections
 
     monkeypatch.setattr(Connection, "_configure_connection", Connection._configure_connection)
     before = Connection(str(tmp_path / "before.db"))
-    assert before.db.execute("PRAGMA cache_size").fetchone()[0] == -2000
+    before.db.execute("CREATE TABLE t (x)")
+    assert _pragmas(before) == {"cache_size": -2000, "page_size": 4096, "wal_autocheckpoint": 1000,
+                                "journal_size_limit": -1, "journal_mode": "wal", "synchronous": 1, "auto_vacuum": 2}
     before.close()
-    assert configure_page_cache(32)
-    assert configure_page_cache(32)  # once only, however often it is asked
-    conn = Connection(str(tmp_path / "after.db"))
+    tuning = StoreTuning(cache_mib=32, page_size=1024, wal_autocheckpoint=5000, journal_size_limit_mib=2)
+    assert configure_connections(tuning)
+    assert configure_connections(StoreTuning())  # once only, however often it is asked: the first stays
+    new = Connection(str(tmp_path / "after.db"))
+    old = Connection(str(tmp_path / "before.db"))
     try:
-        assert conn.db.execute("PRAGMA cache_size").fetchone()[0] == -32 * 1024
+        assert _pragmas(new) == {"cache_size": -32 * 1024, "page_size": 1024, "wal_autocheckpoint": 5000,
+                                 "journal_size_limit": 2 * 1024 * 1024, "journal_mode": "wal", "synchronous": 1,
+                                 "auto_vacuum": 2}
+        new["c"].insert_one({"_id": "a", "n": 1})
+        assert new["c"].find_one({"_id": "a"})["n"] == 1
+        assert {**_pragmas(old), "page_size": 0} == {**_pragmas(new), "page_size": 0}
+        assert _pragmas(old)["page_size"] == 4096  # a database with tables keeps its pages
     finally:
-        conn.close()
+        new.close()
+        old.close()
+
+
+def test_store_tuning_goes_through_the_command_line() -> None:
+    tuning = StoreTuning(cache_mib=8, page_size=4096, wal_autocheckpoint=1000, journal_size_limit_mib=1)
+    args = [*tuning.args(), "--data-dir", "d", "--port", "1"]
+    assert StoreTuning.from_args(args) == (tuning, ["--data-dir", "d", "--port", "1"])
+    assert StoreTuning.from_args(["--port", "1"]) == (StoreTuning(), ["--port", "1"])
 
 
 async def test_the_embedded_store_runs_with_its_page_cache(tmp_path: Path) -> None:
-    store = EmbeddedMongo(tmp_path / "store", tmp_path / "store.log", cache_mib=8)
+    store = EmbeddedMongo(tmp_path / "store", tmp_path / "store.log", tuning=StoreTuning(cache_mib=8))
     assert store.command()[1:5] == ["-m", "mysimbdp.store.embedded", "--cache-mib", "8"]
     await store.start()
     try:

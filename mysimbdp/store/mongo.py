@@ -34,7 +34,7 @@ from mysimbdp.events.catalog import (
     StoreUnavailable,
 )
 from mysimbdp.logs import log_only
-from mysimbdp.store.embedded import DEFAULT_CACHE_MIB
+from mysimbdp.store.embedded import DEFAULT_TUNING, StoreTuning
 
 __all__ = ["PLATFORM_DB", "EmbeddedMongo", "Store", "free_port", "URI_FILE", "redact"]
 
@@ -85,13 +85,13 @@ class EmbeddedMongo:
     """NX-27017 as a child process on a free loopback port, with its own PID file and data dir."""
 
     def __init__(self, data_dir: Path, log_file: Path, host: str = "127.0.0.1", port: int | None = None,
-                 cache_mib: int = DEFAULT_CACHE_MIB, events: Emitter | None = None) -> None:
+                 tuning: StoreTuning = DEFAULT_TUNING, events: Emitter | None = None) -> None:
         self.events = events or log_only("store")
         self.data_dir = data_dir
         self.log_file = log_file
         self.host = host
         self.port = port or free_port(host)
-        self.cache_mib = cache_mib
+        self.tuning = tuning
         self.pid_file = data_dir / "nx-27017.pid"
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -101,9 +101,9 @@ class EmbeddedMongo:
         return f"mongodb://{self.host}:{self.port}/"
 
     def command(self) -> list[str]:
-        """The command line of the server process (NX-27017 with its page cache set, see
-        :mod:`mysimbdp.store.embedded`)."""
-        return [sys.executable, "-m", "mysimbdp.store.embedded", "--cache-mib", str(self.cache_mib),
+        """The command line of the server process (NX-27017 with SQLite set up for bulk loads,
+        see :mod:`mysimbdp.store.embedded`)."""
+        return [sys.executable, "-m", "mysimbdp.store.embedded", *self.tuning.args(),
                 "--data-dir", str(self.data_dir), "--pid-file", str(self.pid_file),
                 "--log-file", str(self.log_file), "--host", self.host, "--port", str(self.port)]
 
