@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import tomllib
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,7 +35,7 @@ from mysimbdp.store.contracts import Contract
 __all__ = [
     "TENANT_ID_RE", "TenantProfile", "BatchProfile", "BatchRoute", "StreamProfile",
     "MonitorProfile", "load_profile", "load_profiles", "dumps_profile", "write_profile", "TenantRegistry", "TenantChange",
-    "TenantDirectory",
+    "TenantDirectory", "folder_signature",
 ]
 
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
@@ -44,6 +45,10 @@ _CHANGE_EVENTS = {"added": TenantAdded, "changed": TenantChanged, "removed": Ten
 
 
 DAY_S = 86_400.0
+#: The profile folder's notify thread wakes this often (each wake takes the GIL): a changed
+#: profile is read within about half a second; and it returns to the loop at most this often.
+WATCH_STEP_MS = 500
+WATCH_TIMEOUT_MS = 60_000
 
 
 class _ProfileSection(BaseModel):
@@ -218,6 +223,17 @@ def write_profile(directory: Path, data: Mapping[str, Any]) -> Path:
     return path
 
 
+def folder_signature(directory: Path) -> frozenset[tuple[str, int, int, int]]:
+    """``(name, inode, size, mtime_ns)`` of every profile file in ``directory``: the same
+    signature twice means nothing was added, removed, replaced or rewritten in between."""
+    try:
+        with os.scandir(directory) as entries:
+            return frozenset((e.name, st.st_ino, st.st_size, st.st_mtime_ns)
+                             for e in entries if e.name.endswith(".toml") for st in (e.stat(),))
+    except OSError:
+        return frozenset()
+
+
 def load_profiles(directory: Path) -> tuple[dict[str, TenantProfile], list[TenantProfileError]]:
     """Every valid profile in ``directory`` and the errors of the invalid ones."""
     profiles: dict[str, TenantProfile] = {}
@@ -286,6 +302,7 @@ class TenantRegistry:
         self._errors: dict[str, TenantProfileError] = {}
         self._listeners: list[Listener] = []
         self._task: asyncio.Task[None] | None = None
+        self._signature: frozenset[tuple[str, int, int, int]] | None = None
 
     def __contains__(self, tenant: str) -> bool:
         return tenant in self._tenants
@@ -333,6 +350,7 @@ class TenantRegistry:
             return await self._reload()
 
     async def _reload(self) -> list[TenantChange]:
+        self._signature = folder_signature(self.directory)
         found, errors = load_profiles(self.directory)
         new_errors = {e.path: e for e in errors}
         for path, err in new_errors.items():
@@ -371,15 +389,18 @@ class TenantRegistry:
                                  exc_info=True)
 
     async def _watch(self) -> None:
-        async for _changes in watchfiles.awatch(self.directory, stop_event=self._stop,
-                                                debounce=300, recursive=False):
+        async for _changes in watchfiles.awatch(self.directory, stop_event=self._stop, debounce=300,
+                                                step=WATCH_STEP_MS, rust_timeout=WATCH_TIMEOUT_MS,
+                                                recursive=False):
             await self._safe_reload()
 
     async def _rescan(self) -> None:
-        """File events can be missed (e.g. while the watcher starts): read the folder now and then."""
+        """File events can be missed (e.g. while the watcher starts): look at the folder now and
+        then, and read the profiles again when a file was added, removed or rewritten."""
         while not self._stop.is_set():
             await asyncio.sleep(self._rescan_interval)
-            await self._safe_reload()
+            if folder_signature(self.directory) != self._signature:
+                await self._safe_reload()
 
     async def _safe_reload(self) -> None:
         try:

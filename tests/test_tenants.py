@@ -179,3 +179,31 @@ def test_write_profile_round_trips(tmp_path: Path) -> None:
     assert profile.stream is not None and profile.stream.autostart is False
     assert profile.stream.apps == {"alerts": "flights_stream"}
     assert "[stream.apps]" in dumps_profile(data)
+
+
+def test_the_folder_signature_changes_with_every_profile_change_and_only_then(tmp_path: Path) -> None:
+    """The periodic rescan reads the profiles again only when the signature changed: adding,
+    rewriting (even to the same size), replacing and removing a profile each change it."""
+    import os
+
+    from mysimbdp.tenants import folder_signature
+
+    empty = folder_signature(tmp_path)
+    assert empty == frozenset() and folder_signature(tmp_path / "missing") == frozenset()
+    (tmp_path / "a.toml").write_text('id = "a"\n')
+    (tmp_path / "notes.txt").write_text("not a profile")
+    added = folder_signature(tmp_path)
+    assert added != empty and folder_signature(tmp_path) == added
+    (tmp_path / "notes.txt").write_text("still not a profile, longer")
+    assert folder_signature(tmp_path) == added
+    st = (tmp_path / "a.toml").stat()
+    (tmp_path / "a.toml").write_text('id = "b"\n')  # same size
+    os.utime(tmp_path / "a.toml", ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    rewritten = folder_signature(tmp_path)
+    assert rewritten != added
+    (tmp_path / "b.tmp").write_text('id = "b"\n')
+    os.replace(tmp_path / "b.tmp", tmp_path / "a.toml")  # a new inode under the same name
+    replaced = folder_signature(tmp_path)
+    assert replaced != rewritten
+    (tmp_path / "a.toml").unlink()
+    assert folder_signature(tmp_path) == empty

@@ -33,6 +33,11 @@ __all__ = ["StagingWatcher", "is_ignored", "OnFile"]
 
 #: Entries of one tenant's folder one scan reads at most.
 MAX_SCAN_ENTRIES = 10_000
+#: The notify thread wakes this often to collect file events (each wake takes the GIL, so an
+#: idle daemon's CPU grows as this shrinks): a dropped file reaches the scanner within about
+#: two steps. The thread returns to the event loop at least every ``WATCH_TIMEOUT_MS``.
+WATCH_STEP_MS = 200
+WATCH_TIMEOUT_MS = 60_000
 
 #: ``await on_file(tenant, path, stat_result)`` for each complete file (or symlink, FIFO…).
 OnFile = Callable[[str, Path, os.stat_result], Awaitable[None]]
@@ -117,7 +122,8 @@ class StagingWatcher:
         while not self._stop.is_set():
             try:
                 async for _changes in watchfiles.awatch(self.staging_dir, stop_event=self._stop,
-                                                        debounce=200, step=50, recursive=True,
+                                                        debounce=200, step=WATCH_STEP_MS,
+                                                        rust_timeout=WATCH_TIMEOUT_MS, recursive=True,
                                                         ignore_permission_denied=True):
                     self._wake.set()
             except asyncio.CancelledError:
