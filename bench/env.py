@@ -83,6 +83,21 @@ class BenchEnv:
         except OSError:
             return None
 
+    def store_io(self) -> dict[str, int] | None:
+        """The embedded store process's I/O counters so far, from ``/proc/<pid>/io``:
+        ``write_bytes`` and ``read_bytes`` (what it made the kernel write to, or read from, the
+        storage layer), ``wchar`` and ``rchar`` (what it passed to write and read calls, page
+        cache hits included). None for a store not started here."""
+        pid = self.embedded.pid if self.embedded is not None else None
+        if pid is None:
+            return None
+        try:
+            lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+            fields = {key.strip(): value for key, _, value in (line.partition(":") for line in lines)}
+            return {key: int(fields[key]) for key in ("write_bytes", "wchar", "read_bytes", "rchar")}
+        except (OSError, KeyError, ValueError):
+            return None
+
     def db(self, name: str) -> Any:
         """A database of the run's store; dropped when the run ends."""
         assert self.client is not None

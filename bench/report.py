@@ -22,7 +22,8 @@ METHODS_DIR = Path(__file__).resolve().parent / "methods"
 #: The page's prose: its introduction and each benchmark's method, one markdown file each.
 INTRO = (METHODS_DIR / "intro.md").read_text(encoding="utf-8")
 
-ORDER = ["batch", "cpu", "memory", "stream", "fairness", "scaling", "insert_one", "upload", "scaleout", "console", "drain"]
+ORDER = ["batch", "cpu", "memory", "stream", "fairness", "scaling", "insert_one", "upload", "scaleout", "console", "drain",
+         "peers", "store"]
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -270,8 +271,43 @@ def _scaleout_runs(runs: list[dict[str, Any]]) -> list[str]:
                        "machine's busy CPU):", phases, columns)
 
 
-RUN_TABLES = {"batch": _batch_runner_runs, "cpu": _batch_runner_runs, "memory": _memory_runs,
-              "scaling": _scaling_runs, "stream": _stream_runs, "scaleout": _scaleout_runs,
+def _pct(key: str) -> Any:
+    return lambda r: "–" if r.get(key) is None else f"{100 * r[key]:.0f} %"
+
+
+PEERS_COLUMNS = [("repetition", lambda r: r["k"]), ("turn", lambda r: r["turn"]), ("loader", lambda r: r["loader"]),
+                 ("records/s", _f("records_per_s")), ("load", _f("seconds", "s")),
+                 ("process start to end", _f("wall_seconds", "s")), ("CPU/record", _f("cpu_us_per_record", "µs")),
+                 ("peak RSS", _f("peak_rss_mb", "MiB")), ("store CPU", _pct("store_cpu_share")),
+                 ("store write_bytes/document", _f("store_write_bytes_per_doc", "B")),
+                 ("store wchar/document", _f("store_wchar_per_doc", "B"))]
+
+
+def _peers_runs(runs: list[dict[str, Any]]) -> list[str]:
+    """Each load, in the order of the repetition."""
+    rows = [{**run[loader], "k": k, "turn": turn} for k, run in enumerate(runs, 1)
+            for turn, loader in enumerate(run.get("order", []), 1)]
+    return _runs_table("Each load (CPU is the loader's own: the child process's, or the daemon's and its app "
+                       "worker's; peak RSS of the child process, or the daemon's):", rows, PEERS_COLUMNS)
+
+
+STORE_COLUMNS = [("repetition", lambda r: r["k"]), ("turn", lambda r: r["turn"]), ("configuration", lambda r: r["config"]),
+                 ("page size on disk", _f("page_size_on_disk", "B")), ("documents/s", _f("docs_per_s")),
+                 ("store CPU/document", _f("store_cpu_us_per_doc", "µs")),
+                 ("write_bytes/document", _f("write_bytes_per_doc", "B")), ("wchar/document", _f("wchar_per_doc", "B")),
+                 ("files/document", _f("disk_bytes_per_doc", "B")), ("query", _f("query_s", "s")),
+                 ("scan", _f("scan_s", "s"))]
+
+
+def _store_runs(runs: list[dict[str, Any]]) -> list[str]:
+    """Each load, in the order of the repetition."""
+    rows = [{**run[config], "k": k, "turn": turn} for k, run in enumerate(runs, 1)
+            for turn, config in enumerate(run.get("order", []), 1)]
+    return _runs_table("Each load (each in a store of its own; the reads after the clock):", rows, STORE_COLUMNS)
+
+
+RUN_TABLES = {"batch": _batch_runner_runs, "peers": _peers_runs, "store": _store_runs, "cpu": _batch_runner_runs,
+              "memory": _memory_runs, "scaling": _scaling_runs, "stream": _stream_runs, "scaleout": _scaleout_runs,
               "upload": lambda runs: _runs_table("Each upload:", runs, UPLOAD_COLUMNS)}
 
 

@@ -67,7 +67,8 @@ def test_benchmark_smoke(name: str, bench_dirs: dict[str, Path], mongo_uri: str,
     key_metrics = {m["key"]: m for m in data["metrics"]}
     expected = {"batch": "ratio", "cpu": "cpu_us_per_record", "memory": "peak_rss_large_mb",
                 "stream": "ratio", "fairness": "ratio", "scaling": "first_scale_up_s", "insert_one": "factor",
-                "upload": "mb_per_s", "scaleout": "ratio", "console": "cpu_us_per_item", "drain": "ratio"}[name]
+                "upload": "mb_per_s", "scaleout": "ratio", "console": "cpu_us_per_item", "drain": "ratio",
+                "peers": "ratio_pandas", "store": "ratio_docs_per_s"}[name]
     assert key_metrics[expected]["value"] is not None and key_metrics[expected]["value"] > 0
     CHECKS.get(name, lambda data, metrics: None)(data, key_metrics)
 
@@ -117,6 +118,10 @@ def _check_cpu(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None
     for key in ("daemon_cpu_us_per_record", "worker_cpu_us_per_record", "thread_cpu_us_per_record",
                 "worker_cost_us_per_record", "thread_records_per_s"):
         assert metrics[key]["value"] is not None
+    assert metrics["idle_cpu_pct"]["target"] == {"op": "<=", "value": 0.2}
+    assert metrics["idle_cpu_pct"]["value"] == pytest.approx(
+        metrics["idle_loop_pct"]["value"] + metrics["idle_threads_pct"]["value"], abs=0.01)
+    assert metrics["idle_us_per_record"]["value"] is not None and data["settings"]["idle_seconds"] > 0
     _check_batch_runners(data, metrics)
 
 
@@ -132,8 +137,47 @@ def _check_stream(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> N
         assert run["platform_thread"]["worker_cpu_us_per_message"] * run["platform_thread"]["messages"] <= 0.05e6
 
 
+def _check_peers(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
+    """Every loader wrote every row in each repetition, into collections indexed alike; both
+    ratios have their target; the peers' versions are recorded."""
+    loaders = ("pandas", "pymongoarrow", "mysimbdp")
+    for key in [f"{loader}_records_per_s" for loader in loaders] + [f"cpu_us_per_record_{x}" for x in loaders]:
+        assert metrics[key]["value"] is not None and metrics[key]["value"] > 0, key
+    for peer in ("pandas", "pymongoarrow"):
+        assert metrics[f"ratio_{peer}"]["target"] == {"op": ">=", "value": 1.0}
+        assert data["settings"]["peers_versions"][peer]
+    rows = data["settings"]["rows"]
+    for run in data["runs"]:
+        assert sorted(run["order"]) == sorted(loaders)
+        assert all(run[x]["rows"] == rows and run[x]["seconds"] > 0 for x in loaders)
+        assert run["mysimbdp"]["indexes"] == run["pandas"]["indexes"] == run["pymongoarrow"]["indexes"]
+        assert len(run["mysimbdp"]["indexes"]) == 2
+    assert set(data["runs"][0]["first_row_documents"]) == set(loaders)
+
+
+def _check_store(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
+    """Both tunings wrote every document in each repetition, each into a database with its own
+    page size; every figure of both is there; both ratios have their target."""
+    tunings = data["settings"]["tunings"]
+    assert set(tunings) == {"before", "after"}
+    for config in tunings:
+        for key in ("docs_per_s", "store_cpu_us_per_doc", "wchar_per_doc", "disk_bytes_per_doc", "query_s", "scan_s"):
+            assert metrics[f"{config}_{key}"]["value"] is not None and metrics[f"{config}_{key}"]["value"] > 0, key
+        assert metrics[f"{config}_write_bytes_per_doc"]["value"] is not None
+    assert metrics["ratio_docs_per_s"]["target"] == {"op": ">=", "value": 1.0}
+    assert metrics["ratio_write_bytes_per_doc"]["target"] == {"op": "<=", "value": 1.0}
+    rows = data["settings"]["rows"]
+    for run in data["runs"]:
+        assert sorted(run["order"]) == ["after", "before"]
+        for config, tuning in tunings.items():
+            assert run[config]["documents"] == rows and run[config]["scan_s"] > 0
+            assert run[config]["page_size_on_disk"] == tuning["page_size"]
+            assert 0 < run[config]["query_documents"] < rows
+    assert len([n for n in data["notes"] if "documents at" in n]) == 2
+
+
 CHECKS = {"batch": _check_batch, "cpu": _check_cpu, "memory": _check_memory, "stream": _check_stream,
-          "upload": _check_upload}
+          "upload": _check_upload, "peers": _check_peers, "store": _check_store}
 
 
 def test_report_renders_every_results_file(bench_dirs: dict[str, Path]) -> None:

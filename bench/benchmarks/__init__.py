@@ -1,4 +1,4 @@
-"""The eleven benchmarks, in the order ``python -m bench`` runs them.
+"""The thirteen benchmarks, in the order ``python -m bench`` runs them.
 
 Each module has ``NAME``, ``TITLE`` and ``async run(session, result)``, which fills the
 :class:`bench.results.Result` (metrics with their targets, raw runs, notes).
@@ -16,8 +16,10 @@ from bench.benchmarks import (
     fairness,
     insert_one,
     memory,
+    peers,
     scaleout,
     scaling,
+    store,
     stream,
     upload,
 )
@@ -25,4 +27,4 @@ from bench.benchmarks import (
 __all__ = ["BENCHMARKS"]
 
 BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (batch, cpu, memory, stream, fairness, scaling, insert_one,
-                                                   upload, scaleout, console, drain)}
+                                                   upload, scaleout, console, drain, peers, store)}

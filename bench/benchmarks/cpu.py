@@ -5,9 +5,23 @@ How it measures (printed in ``docs/benchmarks.md``): ``bench/methods/cpu.md``.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
+from pathlib import Path
+
 from bench.benchmarks.batch import FIRST_FILE_ROWS, THREAD, first_file, flights_data, flights_loads
 from bench.cli import Session
-from bench.loads import BATCH_SETTINGS, RUNNERS, BenchDaemon, LoadRun, batch_profile, load_file
+from bench.loads import (
+    BATCH_SETTINGS,
+    RUNNERS,
+    BenchDaemon,
+    LoadRun,
+    batch_profile,
+    load_file,
+    stream_profile,
+    wait_stream_ready,
+)
 from bench.profile import profiled
 from bench.results import Result, Target, metric_from_runs
 
@@ -17,6 +31,48 @@ NAME = "cpu"
 TITLE = "Platform CPU per record"
 #: Issue 14: the columnar path stays within 10 µs of daemon + worker CPU per flights record.
 TARGET = Target("<=", 10.0)
+#: Issue 19: an idle daemon (one batch and one stream tenant, nothing to do) uses at most 0.2 % of a core.
+IDLE_TARGET = Target("<=", 0.2)
+#: How long the idle daemon is watched at full scale (after IDLE_SETTLE_S), and at the others.
+IDLE_SECONDS = {"full": 60.0}
+IDLE_SETTLE_S = 20.0
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    """CPU clock ticks (user+sys) of each thread of process ``pid`` so far."""
+    out: dict[int, int] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(tid)] = int(fields[11]) + int(fields[12])
+    return out
+
+
+async def idle_cpu(session: Session) -> dict[str, float]:
+    """An idle daemon's CPU in % of a core: all of it, its event-loop thread and its other
+    threads (the file watchers' notify threads, the thread pool), over ``IDLE_SECONDS``."""
+    env = session.env
+    batch_tenant, stream_tenant = env.new_tenant("ib"), env.new_tenant("is")
+    seconds = IDLE_SECONDS.get(session.scale.name, 5.0)
+    settle = IDLE_SETTLE_S if session.scale.name == "full" else 3.0
+    session.say(f"{NAME}: an idle daemon, one batch and one stream tenant, {seconds:.0f} s")
+    async with BenchDaemon(env, "idle", tenants=[batch_profile(batch_tenant), stream_profile(stream_tenant)]) as daemon:
+        await wait_stream_ready(daemon, stream_tenant)
+        await asyncio.sleep(settle)
+        pid = daemon.pid
+        before, t0 = thread_ticks(pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        after, elapsed = thread_ticks(pid), time.monotonic() - t0
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def pct(tids: list[int]) -> float:
+        return sum(after[t] - before.get(t, 0) for t in tids) / tick / elapsed * 100.0
+
+    return {"seconds": round(elapsed, 1), "cpu_pct": pct(list(after)), "loop_pct": pct([pid]),
+            "threads_pct": pct([t for t in after if t != pid])}
 
 
 async def _profiled_load(session: Session, result: Result) -> None:
@@ -44,12 +100,32 @@ async def run(session: Session, result: Result) -> None:
     add_figures(result, both.loads["process"], both.loads["thread"])
     result.runs = both.runs()
     await _profiled_load(session, result)
+    idle = [await idle_cpu(session) for _ in range(min(2, session.repeat))]
+    add_idle_figures(result, idle)
     value = result.figure("cpu_us_per_record")
     if value is not None and not TARGET.met(value):  # name the top costs of the profile
         top = (result.profile or {}).get("self", [])[:4]
         costs = ", ".join(f"`{p['function']}` {p['pct']:.0f} %" for p in top)
         result.notes.append(f"target missed: {value:.2f} µs per record. The largest own costs in the profile: {costs}"
                             if top else f"target missed: {value:.2f} µs per record; no profile was taken")
+
+
+def add_idle_figures(result: Result, idle: list[dict[str, float]]) -> None:
+    """The idle daemon's figures, and what its CPU adds to each record of the loads measured."""
+    result.settings["idle_seconds"] = idle[0]["seconds"] if idle else None
+    for key, label, field, target in [
+        ("idle_cpu_pct", "an idle daemon's CPU (one batch and one stream tenant)", "cpu_pct", IDLE_TARGET),
+        ("idle_loop_pct", "of which its event-loop thread", "loop_pct", None),
+        ("idle_threads_pct", "of which its other threads (file watchers, thread pool)", "threads_pct", None)]:
+        result.add(metric_from_runs(key, label, [round(i[field], 3) for i in idle], "% of a core", target,
+                                    "user+sys of every thread of the daemon, from /proc/<pid>/task"))
+    rate = result.figure("records_per_s")
+    idle_pct = result.figure("idle_cpu_pct")
+    if rate and idle_pct is not None:
+        result.add(metric_from_runs(
+            "idle_us_per_record", "the idle daemon's CPU over a load, per record (idle CPU / records/s)",
+            [idle_pct / 100.0 / rate * 1e6], "µs", None,
+            "the part of the CPU per record that is paid per second, not per record: it grows as the store slows"))
 
 
 def add_figures(result: Result, process: list[LoadRun], thread: list[LoadRun]) -> None:
