@@ -6,7 +6,9 @@ the oldest has waited ``batch_max_wait_ms``. A flush runs the tenant's app on th
 the consumer's own worker thread (so a slow app never blocks the event loop, other
 consumers or other tenants), writes the documents and rejects with
 :func:`mysimbdp.store.writes.write` (the one write path of batch and stream), and only then
-acknowledges (``multiple``).
+acknowledges (``multiple``). Two batches are in flight at most: the app runs over the next
+batch while the one before it is written, so the app's worker and the store work at once;
+writes and acknowledgements go one batch at a time, in delivery order.
 
 * Store down (a transient error, :func:`mysimbdp.store.writes.is_transient`): the batch is
   kept (not acknowledged) and the write retried with exponential backoff until the store is
@@ -102,6 +104,16 @@ class Routes:
 
 
 @dataclass
+class _Prepared:
+    """A batch the apps have run over, waiting for its turn to be written."""
+
+    outcomes: list[Outcome | None]
+    poison: list[int]  # indexes of messages the app was stuck on: back to the queue
+    evolved: dict[str, set[str]]  # what the contract's evolve accepted
+    seconds: float  # the apps' time
+
+
+@dataclass
 class _Delivery:
     message: AbstractIncomingMessage
     published_ms: float | None
@@ -142,7 +154,6 @@ class Consumer:
                  retry_max_s: float = 30.0, schemas: SchemaRecorder | None = None) -> None:
         self.tenant = tenant
         self._schemas = schemas
-        self._evolved: dict[str, set[str]] = {}  # what the contract's evolve accepted, not yet recorded
         self.instance = instance
         self.events = events
         self.profile = profile
@@ -277,49 +288,95 @@ class Consumer:
         return min(self.profile.batch_max_messages, self.profile.prefetch)
 
     async def _flush_loop(self) -> None:
-        max_wait = self.profile.batch_max_wait_ms / 1000.0
-        while True:
-            if not self._buffer:
-                if self._stopping:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            deadline = time.monotonic() + max_wait
-            while (len(self._buffer) < self._full and not self._stopping
-                   and (remaining := deadline - time.monotonic()) > 0):
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), remaining)
-            batch = self._buffer[: self.profile.batch_max_messages]
-            del self._buffer[: len(batch)]
-            self._in_flight = len(batch)
-            try:
-                await self._flush(batch)
-            finally:
-                self._in_flight = 0
-
-    async def _flush(self, batch: list[_Delivery]) -> None:
-        """App, write, acknowledge: the error boundary of one batch."""
+        """Take batches and flush them, two at a time: the app runs over one batch while the
+        one before it is written; writes and acknowledgements go one batch at a time, in
+        delivery order (an acknowledgement with ``multiple`` covers every earlier delivery)."""
+        committing: asyncio.Task[None] | None = None
         try:
-            t0 = time.monotonic()
-            outcomes, poison = await self._run_app(batch)
-            stats = await self._write(batch, outcomes)
-            contract = self.profile.contract
-            if self._evolved and self._schemas is not None and contract is not None:
-                # before the ack: a redelivery records it again
-                await self._schemas.record(self.tenant, "stream", self._evolved, "stream", contract.fields)
-                self._evolved = {}
-            stats.seconds = time.monotonic() - t0
-            await self._settle(batch, poison)
+            while (batch := await self._next_batch()) is not None:
+                self._in_flight += len(batch)
+                prepared = await self._prepare(batch)
+                if committing is not None:
+                    try:
+                        await committing
+                    except BaseException:
+                        if prepared is not None:  # never to be committed: no longer in flight
+                            self._in_flight -= len(batch)
+                        raise
+                    committing = None
+                if prepared is not None:
+                    committing = asyncio.create_task(self._commit(batch, prepared), name=f"{self.instance}.commit")
+            if committing is not None:
+                await committing
+        finally:
+            if committing is not None and not committing.done():  # the loop was cancelled
+                committing.cancel()
+                await asyncio.gather(committing, return_exceptions=True)
+
+    async def _next_batch(self) -> list[_Delivery] | None:
+        """The next batch: ``_full`` messages, or what is buffered once the oldest has waited
+        ``batch_max_wait_ms``; None once stopping with nothing buffered."""
+        max_wait = self.profile.batch_max_wait_ms / 1000.0
+        while not self._buffer:
+            if self._stopping:
+                return None
+            self._wake.clear()
+            await self._wake.wait()
+        deadline = time.monotonic() + max_wait
+        while (len(self._buffer) < self._full and not self._stopping
+               and (remaining := deadline - time.monotonic()) > 0):
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+        batch = self._buffer[: self.profile.batch_max_messages]
+        del self._buffer[: len(batch)]
+        return batch
+
+    async def _prepare(self, batch: list[_Delivery]) -> _Prepared | None:
+        """The apps over the batch; None if that failed (the batch is back in the queue)."""
+        t0 = time.monotonic()
+        try:
+            outcomes, poison, evolved = await self._run_app(batch)
         except asyncio.CancelledError:
+            self._in_flight -= len(batch)
             raise
         except Exception as exc:
+            await self._failed(batch, exc)
+            return None
+        return _Prepared(outcomes, poison, evolved, time.monotonic() - t0)
+
+    async def _commit(self, batch: list[_Delivery], prepared: _Prepared) -> None:
+        """Write, record the schema, acknowledge: the error boundary of one batch's writes."""
+        try:
+            t0 = time.monotonic()
+            stats = await self._write(batch, prepared.outcomes)
+            contract = self.profile.contract
+            if prepared.evolved and self._schemas is not None and contract is not None:
+                # before the ack: a redelivery records it again
+                await self._schemas.record(self.tenant, "stream", prepared.evolved, "stream", contract.fields)
+            stats.seconds = prepared.seconds + time.monotonic() - t0
+            await self._settle(batch, prepared.poison)
+        except asyncio.CancelledError:
+            self._in_flight -= len(batch)
+            raise
+        except Exception as exc:
+            await self._failed(batch, exc)
+            return
+        self._in_flight -= len(batch)
+        self._committed(batch, prepared.poison, stats)
+
+    async def _failed(self, batch: list[_Delivery], exc: Exception) -> None:
+        """Anything unexpected in a batch: it goes back to the queue, the consumer goes on."""
+        try:
             self.events.emit(StreamBatchFailed(tenant=self.tenant, consumer=self.instance, messages=len(batch),
                                                error=str(exc)), exc_info=True)
             for delivery in batch:
                 await self._safely(delivery.message.nack(requeue=True))
-            return
+        finally:
+            self._in_flight -= len(batch)
+
+    def _committed(self, batch: list[_Delivery], poison: list[int], stats: BatchStats) -> None:
+        """A batch written and acknowledged: its latencies and counts into the reports."""
         now_ms = time.time() * 1000.0
         poisoned = {id(batch[i]) for i in poison}
         # Without a publish time, the time since delivery is the best (lower) bound we have.
@@ -333,12 +390,14 @@ class Consumer:
         if stats.documents:
             self.last_ingest = time.time()
 
-    async def _run_app(self, batch: list[_Delivery]) -> tuple[list[Outcome | None], list[int]]:
-        """Run the apps over the batch from the app thread; returns outcomes and stuck indexes."""
+    async def _run_app(self, batch: list[_Delivery]) -> tuple[list[Outcome | None], list[int], dict[str, set[str]]]:
+        """Run the apps over the batch from the app thread; returns outcomes, stuck indexes and
+        what the contract's ``evolve`` accepted (fields and their types)."""
         work = [(self._incoming(d.message), self.routes.for_key(self.tenant, d.message.routing_key or self.tenant))
                 for d in batch]
         outcomes: list[Outcome | None] = [None] * len(batch)
         poison: list[int] = []
+        evolved: dict[str, set[str]] = {}
         start = 0
         loop = asyncio.get_running_loop()
         limit = self.profile.app_timeout_s
@@ -361,7 +420,7 @@ class Consumer:
                     self._abandon(run)
                     break
             for name, kinds in run.evolved.items():
-                self._evolved.setdefault(name, set()).update(kinds)
+                evolved.setdefault(name, set()).update(kinds)
             taken = run.results[: stuck if stuck is not None else len(run.results)]
             for offset, outcome in enumerate(taken):
                 outcomes[start + offset] = outcome
@@ -379,7 +438,7 @@ class Consumer:
                                               app=work[start + stuck][1].app, message_id=message.message_id,
                                               timeout_s=limit, redelivered=bool(message.redelivered)))
             start += stuck + 1
-        return outcomes, poison
+        return outcomes, poison, evolved
 
     def _session(self, app: str) -> AppSession:
         """The consumer's session of ``app`` (in the app thread: a worker may have to start)."""
