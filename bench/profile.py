@@ -36,6 +36,16 @@ WAITING = frozenset({
     "_read_exact (mysimbdp/apps/runner/frames.py)",
     "write_frame (mysimbdp/apps/runner/frames.py)",
 })
+#: Where a leaf frame's code comes from, by the path ``_frame`` leaves (first match wins): the
+#: profile's samples grouped by what the platform can change and what it cannot.
+LIBRARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("AMQP client (aio-pika, aiormq, pamqp)", ("aio_pika/", "aiormq/", "pamqp/")),
+    ("MongoDB driver (pymongo, bson)", ("pymongo/", "bson/")),
+    ("Arrow (pyarrow)", ("pyarrow/",)),
+    ("event loop (asyncio, selectors)", ("asyncio/", "selectors.py")),
+    ("the platform (mysimbdp)", ("mysimbdp/",)),
+    ("tenant apps", ("mysimbdp_", "bench/apps.py")),
+)
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 
 
@@ -67,6 +77,15 @@ def _frame(text: str) -> str:
     return f"{m['func']} ({path})"
 
 
+def library(frame: str) -> str:
+    """The :data:`LIBRARIES` group of a leaf frame (``other`` for the rest: the standard
+    library, other packages)."""
+    for name, markers in LIBRARIES:
+        if any(marker in frame for marker in markers):
+            return name
+    return "other (standard library, other packages)"
+
+
 def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     """Top functions by own samples ("self") and, for the platform's and the apps' code, by
     samples under them ("total"), in percent of all samples.
@@ -78,6 +97,7 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     by_process: Counter[str] = Counter()
+    by_library: Counter[str] = Counter()
     samples = waiting = 0
     for line in raw.read_text(encoding="utf-8", errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -92,8 +112,10 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
             waiting += int(count_text)
             continue
         samples += int(count_text)
-        by_process["daemon" if len(roots) < 2 else "app worker" if "mysimbdp.apps.runner.worker" in roots[-1]
-                   else "other child"] += int(count_text)
+        process = ("daemon" if len(roots) < 2 else "app worker" if "mysimbdp.apps.runner.worker" in roots[-1]
+                   else "other child")
+        by_process[process] += int(count_text)
+        by_library[f"{process}: {library(frames[-1])}"] += int(count_text)
         own[frames[-1]] += int(count_text)
         for name in set(frames):
             total[name] += int(count_text)
@@ -105,7 +127,9 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
 
     if not samples:
         return {"samples": 0, "waiting_samples": waiting, "self": [], "total": []}
-    summary = {"samples": samples, "waiting_samples": waiting, "self": table(own), "total": table(total, True)}
+    summary = {"samples": samples, "waiting_samples": waiting, "self": table(own), "total": table(total, True),
+               "libraries": [{"library": name, "pct": round(100.0 * n / samples, 1)}
+                             for name, n in by_library.most_common()]}
     if set(by_process) != {"daemon"}:
         summary["processes"] = [{"process": name, "pct": round(100.0 * n / samples, 1)}
                                 for name, n in by_process.most_common()]

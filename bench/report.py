@@ -146,6 +146,10 @@ def _profile(profile: dict[str, Any]) -> list[str]:
     if profile.get("processes"):
         shares = ", ".join(f"{p['process']} {p['pct']:.1f} %" for p in profile["processes"])
         lines += [f"Samples by process: {shares}.", ""]
+    if profile.get("libraries"):
+        rows = [[p["library"], f"{p['pct']:.1f} %"] for p in profile["libraries"]]
+        lines += ["By process and by where the code comes from (own samples):", "",
+                  *_table(["process: code", "share"], rows), ""]
     own = [[f"`{p['function']}`", f"{p['pct']:.1f} %"] for p in profile.get("self", [])]
     total = [[f"`{p['function']}`", f"{p['pct']:.1f} %"] for p in profile.get("total", [])]
     if own:

@@ -176,7 +176,14 @@ def _check_store(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> No
     assert len([n for n in data["notes"] if "documents at" in n]) == 2
 
 
-CHECKS = {"batch": _check_batch, "cpu": _check_cpu, "memory": _check_memory, "stream": _check_stream,
+def _check_drain(data: dict[str, Any], metrics: dict[str, dict[str, Any]]) -> None:
+    """The bare consumer's own CPU is measured, and the profiled drain says where the platform's goes."""
+    assert metrics["bare_cpu_us_per_message"]["value"] > 0 and metrics["bare_cpu_us_per_message_50"]["value"] > 0
+    profile = data.get("profile") or {}
+    assert profile.get("libraries") or any("py-spy" in n for n in data["notes"])
+
+
+CHECKS = {"batch": _check_batch, "drain": _check_drain, "cpu": _check_cpu, "memory": _check_memory, "stream": _check_stream,
           "upload": _check_upload, "peers": _check_peers, "store": _check_store}
 
 
@@ -202,6 +209,8 @@ def test_profile_summary_leaves_waiting_threads_out(tmp_path: Path) -> None:
     own = {row["function"]: row["pct"] for row in summary["self"]}
     assert own == {"work (mysimbdp/batch/loader.py)": 75.0, "dumps (json.py)": 25.0}
     assert summary["total"][0] == {"function": "work (mysimbdp/batch/loader.py)", "pct": 100.0}
+    assert summary["libraries"] == [{"library": "daemon: the platform (mysimbdp)", "pct": 75.0},
+                                    {"library": "daemon: other (standard library, other packages)", "pct": 25.0}]
 
 
 def test_profile_summary_counts_samples_by_process(tmp_path: Path) -> None:

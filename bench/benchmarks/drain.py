@@ -25,6 +25,7 @@ from bench.loads import (
     stream_profile,
     wait_stream_ready,
 )
+from bench.profile import profiled
 from bench.results import Result, Target, metric_from_runs
 from mysimbdp.client.publisher import publish_records, read_records
 from tests.harness.wait import wait_documents
@@ -62,14 +63,16 @@ class DrainConsumer:
         self._queue = await channel.declare_queue(self.queue, durable=True, arguments={"x-queue-type": "quorum"})
         await self._queue.bind(exchange, routing_key=self.routing_key)
 
-    async def drain(self, expected: int, timeout: float) -> float:
-        """Consume ``expected`` messages; the seconds from the first delivery asked to the last ack."""
+    async def drain(self, expected: int, timeout: float) -> tuple[float, float]:
+        """Consume ``expected`` messages; the seconds from the first delivery asked to the last
+        ack, and this process's CPU seconds meanwhile (it does nothing else: the AMQP client's
+        own cost of taking and acknowledging the messages)."""
         self._expected = expected
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         tag = await self._queue.consume(self._on_message)
         try:
             await asyncio.wait_for(self._done.wait(), timeout)
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, time.process_time() - cpu0
         finally:
             await self._queue.cancel(tag)
             await self._queue.delete(if_unused=False, if_empty=False)
@@ -139,9 +142,10 @@ async def _bare(session: Session, i: int, records_per_message: int) -> dict[str,
                              int(TENANT_STREAM["batch_max_messages"]))
     await consumer.declare()
     messages, records = await _fill(session, key, records_per_message)
-    seconds = await consumer.drain(messages, session.scale.timeout_s)
+    seconds, cpu = await consumer.drain(messages, session.scale.timeout_s)
     return {"messages": messages, "records": records, "seconds": round(seconds, 3),
-            "messages_per_s": round(messages / seconds, 1), "records_per_s": round(records / seconds, 1)}
+            "messages_per_s": round(messages / seconds, 1), "records_per_s": round(records / seconds, 1),
+            "cpu_us_per_message": round(cpu / messages * 1e6, 2)}
 
 
 async def run(session: Session, result: Result) -> None:
@@ -157,6 +161,10 @@ async def run(session: Session, result: Result) -> None:
                 lower = min(bare["records_per_s"], platform["insert_many"]["rate"])
                 runs.append({**platform, "bare_consumer": bare, "lower_ceiling_records_per_s": lower,
                              "ratio": round(platform["records_per_s"] / lower, 3)})
+        session.say(f"{NAME}: one more drain at 1 record per message, profiled (not counted)")
+        await profiled(result, daemon.pid, daemon.base, _platform(session, daemon, 1),
+                       f"a pre-filled queue of {session.scale.stream_messages:,} messages of 1 record drained, "
+                       "daemon and app worker")
     result.settings = {"messages_at_1_record": session.scale.stream_messages, "tenant_stream": TENANT_STREAM,
                        "ack_every": TENANT_STREAM["batch_max_messages"]}
     for per in RECORDS_PER_MESSAGE:
@@ -177,6 +185,8 @@ async def run(session: Session, result: Result) -> None:
              [r["cpu_us_per_message"] for r in of], "µs", None),
             (f"cpu_us_per_record{suffix}", f"daemon + worker CPU per record, {label}",
              [r["cpu_us_per_record"] for r in of], "µs", None),
+            (f"bare_cpu_us_per_message{suffix}", f"the bare consumer's own CPU per message (aio-pika), {label}",
+             [r["bare_consumer"]["cpu_us_per_message"] for r in of], "µs", None),
         ]:
             result.add(metric_from_runs(key, text, values, unit, target, ""))
     result.runs = runs
