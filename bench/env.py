@@ -30,7 +30,7 @@ from mysimbdp.store.mongo import EmbeddedMongo
 from mysimbdp.stream.broker_admin import BrokerAdmin
 from tests.harness.daemon import cpu_seconds
 
-__all__ = ["BenchEnv", "DATA_DIR", "describe_machine"]
+__all__ = ["BenchEnv", "DATA_DIR", "describe_machine", "process_io"]
 
 REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO / "bench" / "data"
@@ -92,9 +92,7 @@ class BenchEnv:
         if pid is None:
             return None
         try:
-            lines = Path(f"/proc/{pid}/io").read_text().splitlines()
-            fields = {key.strip(): value for key, _, value in (line.partition(":") for line in lines)}
-            return {key: int(fields[key]) for key in ("write_bytes", "wchar", "read_bytes", "rchar")}
+            return process_io(pid)
         except (OSError, KeyError, ValueError):
             return None
 
@@ -160,6 +158,15 @@ class BenchEnv:
                         await admin.delete_user(str(user["name"]))
         if not self.keep and self.root != Path() and self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def process_io(pid: int) -> dict[str, int]:
+    """``/proc/<pid>/io``: ``write_bytes`` and ``read_bytes`` (what the process made the kernel
+    write to, or read from, storage), ``wchar`` and ``rchar`` (what it passed to write and read
+    calls, page cache hits included)."""
+    lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+    fields = {key.strip(): value for key, _, value in (line.partition(":") for line in lines)}
+    return {key: int(fields[key]) for key in ("write_bytes", "wchar", "read_bytes", "rchar")}
 
 
 def _proc_line(path: str, pattern: str) -> str | None:

@@ -34,6 +34,7 @@ WAITING = frozenset({
     # worker's answer or for it to take a request, an idle worker waiting for the next one
     # (the copies themselves cost ~0.3 ms of CPU per 640 KB round trip in a probe)
     "_read_exact (mysimbdp/apps/runner/frames.py)",
+    "read_frame_buffered (mysimbdp/apps/runner/frames.py)",  # a buffered reader's blocking read
     "write_frame (mysimbdp/apps/runner/frames.py)",
 })
 #: Where a leaf frame's code comes from, by the path ``_frame`` leaves (first match wins): the

@@ -12,20 +12,18 @@ NX-27017 has no option for any of this; the platform sets, on every connection i
   OS and the store's CPU per document grows with the collection (by about 15 % over a 1 GB
   load with two secondary indexes, where 64 MiB kept it flat). SQLite allocates it as pages
   are used, so a small database costs no more;
-* **the checkpoint interval** (10,000 pages of log, SQLite's default is 1,000): fewer copies
-  of the same hot index pages into the database file, fewer syncs, and about a quarter more
-  documents a second in bulk loads (benchmark ``store``). The log file is cut back to
-  ``journal_size_limit`` after each checkpoint;
-* **the page size of a new database** is an option, left at SQLite's 4 KiB: a document's
-  transaction writes whole pages, one per table or index it touches, so smaller pages write
-  fewer bytes per document (2 KiB: about 40 % fewer), but each costs the store more CPU and
-  reads get slower, and on this platform's machines the store is bound by its CPU, not its disk.
+* **the checkpoint interval and the page size** are options, left at SQLite's (a checkpoint
+  every 1,000 pages of log, 4 KiB pages). Benchmark ``store`` measured the alternatives on
+  flights.csv: a checkpoint every 10,000 pages wrote 9 % fewer bytes per document at the same
+  speed, but reads right after a load were 15 % slower (they look pages up in the longer log)
+  and a power loss could take ten times as many acknowledged writes; 2 KiB pages wrote about
+  40 % fewer bytes, but cost the store more CPU per document and made reads slower. The store
+  is bound by its CPU, not its disk, on the machines measured: neither is worth its cost.
 
-None of them changes which failures an acknowledged write survives (``synchronous = NORMAL``
-in WAL mode, as NX-27017 sets it: a crash of the store or the daemon, not a power loss), but
-the checkpoint interval sets how many acknowledged writes a power loss can take: those since
-the last checkpoint, at most ``wal_autocheckpoint`` pages of log (docs/benchmarks.md, "What
-an acknowledged record survives").
+An acknowledged write survives a crash of the store or the daemon, not a power loss:
+``synchronous = NORMAL`` in WAL mode, as NX-27017 sets it; a power loss can take the writes
+since the last checkpoint, at most ``wal_autocheckpoint`` pages of log (README, "What an
+acknowledged record survives").
 
 Run as ``python -m mysimbdp.store.embedded [--cache-mib N] [--page-size N]
 [--wal-autocheckpoint N] <NX-27017 arguments>``.
@@ -48,7 +46,7 @@ class StoreTuning:
 
     cache_mib: int = 64  # page cache per database, in MiB
     page_size: int = 4096  # bytes per page of a database created from now on
-    wal_autocheckpoint: int = 10_000  # pages of write-ahead log between checkpoints
+    wal_autocheckpoint: int = 1000  # pages of write-ahead log between checkpoints
     journal_size_limit_mib: int = 8  # the log file is cut back to this after a checkpoint
 
     def args(self) -> list[str]:
