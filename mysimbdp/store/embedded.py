@@ -14,11 +14,11 @@ NX-27017 has no option for any of this; the platform sets, on every connection i
   are used, so a small database costs no more;
 * **the checkpoint interval and the page size** are options, left at SQLite's (a checkpoint
   every 1,000 pages of log, 4 KiB pages). Benchmark ``store`` measured the alternatives on
-  flights.csv: a checkpoint every 10,000 pages wrote 9 % fewer bytes per document at the same
-  speed, but reads right after a load were 15 % slower (they look pages up in the longer log)
-  and a power loss could take ten times as many acknowledged writes; 2 KiB pages wrote about
-  40 % fewer bytes, but cost the store more CPU per document and made reads slower. The store
-  is bound by its CPU, not its disk, on the machines measured: neither is worth its cost.
+  flights.csv: a checkpoint every 10,000 pages wrote 9 % fewer bytes per document but no
+  faster (0.98), and a power loss could take ten times as many acknowledged writes; 2 KiB
+  pages wrote 25 % fewer bytes at the same speed, but a query by an index took a quarter
+  longer. The store is bound by its CPU, not its disk, on the machines measured: neither is
+  worth its cost.
 
 An acknowledged write survives a crash of the store or the daemon, not a power loss:
 ``synchronous = NORMAL`` in WAL mode, as NX-27017 sets it; a power loss can take the writes
