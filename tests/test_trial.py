@@ -128,3 +128,31 @@ async def test_a_dry_run_stops_an_app_stuck_before_its_first_record(
         assert status == 200, answer
         assert answer["verdict"] == "reject" and answer["code"] == "timeout", answer
         assert answer["estimate"]["dry_run_s"] < 10
+
+
+async def test_a_dry_run_answer_stays_bounded_whatever_the_file_holds(
+        start_daemon: Callable[..., Any], settings_factory: Callable[..., Settings], tenant_id: str,
+        http: aiohttp.ClientSession, mongo: AsyncMongoClient[dict[str, Any]]) -> None:
+    """A hostile tenant's 12 MB of large records: the answer shows documents only up to
+    MAX_SHOWN_BYTES (and says it cut them), counts every one, and shows a broken record's raw
+    input cut to its first 2,000 characters."""
+    import orjson
+
+    from mysimbdp.batch.trial import MAX_SHOWN_BYTES
+
+    env = await start_env(start_daemon, settings_factory, tenant_id, formats=["jsonl"], max_error_rate=0.5,
+                          max_file_bytes=20_000_000)
+    big = "x" * 400_000
+    lines = [orjson.dumps({"n": i, "name": big}) for i in range(30)] + [b"y" * 5000]
+    status, answer = await _try(http, env, "big.jsonl", b"\n".join(lines) + b"\n", limit="100")
+    assert status == 200, answer
+    assert answer["verdict"] == "commit"
+    assert answer["counts"] == {"records_in": 31, "documents": 30, "rejected": 1, "skipped": 0}
+    shown = answer["documents"]
+    assert answer["documents_cut"] is True and 1 <= len(shown) < 30
+    assert sum(len(orjson.dumps(d)) for d in shown) <= MAX_SHOWN_BYTES
+    assert [d["n"] for d in shown] == list(range(len(shown)))  # the first ones, in order
+    assert answer["fields"]["n"]["max"] == 29  # the summary still covers every document
+    reject = answer["rejects"][0]
+    assert reject["kind"] == "parse" and reject["raw"] == "y" * 2000
+    await _nothing_written(mongo, tenant_id)
