@@ -25,7 +25,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from mysimbdp.errors import BrokerUnavailable
-from mysimbdp.store.embedded import DEFAULT_CACHE_MIB
+from mysimbdp.store.embedded import DEFAULT_TUNING
 from mysimbdp.store.mongo import EmbeddedMongo
 from mysimbdp.stream.broker_admin import BrokerAdmin
 from tests.harness.daemon import cpu_seconds
@@ -204,7 +204,7 @@ async def _store(env: BenchEnv) -> dict[str, Any]:
         await client.close()
     process = str(info.get("process") or "")
     is_nx = "nx_27017" in process or embedded
-    kind = ((f"embedded NX-27017 (SQLite-backed, MongoDB wire protocol, {DEFAULT_CACHE_MIB} MiB page cache per "
+    kind = ((f"embedded NX-27017 (SQLite-backed, MongoDB wire protocol, {DEFAULT_TUNING.cache_mib} MiB page cache per "
              "database)" if embedded else "NX-27017 (SQLite-backed, MongoDB wire protocol)") if is_nx else "MongoDB")
     return {"kind": kind, "embedded": embedded, "version": info.get("version"),
             "package_version": _version("nx-27017") if is_nx else None, "process": process or None}

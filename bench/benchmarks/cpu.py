@@ -6,9 +6,9 @@ How it measures (printed in ``docs/benchmarks.md``): ``bench/methods/cpu.md``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from pathlib import Path
 
 from bench.benchmarks.batch import FIRST_FILE_ROWS, THREAD, first_file, flights_data, flights_loads
 from bench.cli import Session
@@ -24,6 +24,7 @@ from bench.loads import (
 )
 from bench.profile import profiled
 from bench.results import Result, Target, metric_from_runs
+from tests.harness.daemon import cpu_seconds
 
 __all__ = ["NAME", "TITLE", "run"]
 
@@ -38,16 +39,12 @@ IDLE_SECONDS = {"full": 60.0}
 IDLE_SETTLE_S = 20.0
 
 
-def thread_ticks(pid: int) -> dict[int, int]:
-    """CPU clock ticks (user+sys) of each thread of process ``pid`` so far."""
-    out: dict[int, int] = {}
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user+sys) of each thread of process ``pid`` so far."""
+    out: dict[int, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(tid)] = int(fields[11]) + int(fields[12])
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            out[int(tid)] = cpu_seconds(f"{pid}/task/{tid}")
     return out
 
 
@@ -63,13 +60,11 @@ async def idle_cpu(session: Session) -> dict[str, float]:
         await wait_stream_ready(daemon, stream_tenant)
         await asyncio.sleep(settle)
         pid = daemon.pid
-        before, t0 = thread_ticks(pid), time.monotonic()
+        before, t0 = thread_cpu(pid), time.monotonic()
         await asyncio.sleep(seconds)
-        after, elapsed = thread_ticks(pid), time.monotonic() - t0
-    tick = os.sysconf("SC_CLK_TCK")
-
+        after, elapsed = thread_cpu(pid), time.monotonic() - t0
     def pct(tids: list[int]) -> float:
-        return sum(after[t] - before.get(t, 0) for t in tids) / tick / elapsed * 100.0
+        return sum(after[t] - before.get(t, 0.0) for t in tids) / elapsed * 100.0
 
     return {"seconds": round(elapsed, 1), "cpu_pct": pct(list(after)), "loop_pct": pct([pid]),
             "threads_pct": pct([t for t in after if t != pid])}

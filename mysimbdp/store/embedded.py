@@ -37,7 +37,7 @@ from typing import Any
 
 from mysimbdp.compat import extend_neosqlite_connection_setup
 
-__all__ = ["StoreTuning", "DEFAULT_TUNING", "DEFAULT_CACHE_MIB", "configure_connections", "main"]
+__all__ = ["StoreTuning", "DEFAULT_TUNING", "configure_connections", "main"]
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,6 @@ class StoreTuning:
 
 
 DEFAULT_TUNING = StoreTuning()
-#: The page cache of each of the store's databases, in MiB.
-DEFAULT_CACHE_MIB = DEFAULT_TUNING.cache_mib
 
 
 def _apply(tuning: StoreTuning, connection: Any) -> None:

@@ -295,17 +295,19 @@ class Consumer:
         try:
             while (batch := await self._next_batch()) is not None:
                 self._in_flight += len(batch)
-                prepared = await self._prepare(batch)
-                if committing is not None:
-                    try:
+                handed_on = False  # to a commit, which then counts it out of flight
+                try:
+                    prepared = await self._prepare(batch)
+                    if committing is not None:
                         await committing
-                    except BaseException:
-                        if prepared is not None:  # never to be committed: no longer in flight
-                            self._in_flight -= len(batch)
-                        raise
-                    committing = None
-                if prepared is not None:
-                    committing = asyncio.create_task(self._commit(batch, prepared), name=f"{self.instance}.commit")
+                        committing = None
+                    if prepared is not None:
+                        committing = asyncio.create_task(self._commit(batch, prepared),
+                                                         name=f"{self.instance}.commit")
+                        handed_on = True
+                finally:
+                    if not handed_on:
+                        self._in_flight -= len(batch)
             if committing is not None:
                 await committing
         finally:
@@ -338,7 +340,6 @@ class Consumer:
         try:
             outcomes, poison, evolved = await self._run_app(batch)
         except asyncio.CancelledError:
-            self._in_flight -= len(batch)
             raise
         except Exception as exc:
             await self._failed(batch, exc)
@@ -357,23 +358,20 @@ class Consumer:
             stats.seconds = prepared.seconds + time.monotonic() - t0
             await self._settle(batch, prepared.poison)
         except asyncio.CancelledError:
-            self._in_flight -= len(batch)
             raise
         except Exception as exc:
             await self._failed(batch, exc)
             return
-        self._in_flight -= len(batch)
+        finally:
+            self._in_flight -= len(batch)
         self._committed(batch, prepared.poison, stats)
 
     async def _failed(self, batch: list[_Delivery], exc: Exception) -> None:
         """Anything unexpected in a batch: it goes back to the queue, the consumer goes on."""
-        try:
-            self.events.emit(StreamBatchFailed(tenant=self.tenant, consumer=self.instance, messages=len(batch),
-                                               error=str(exc)), exc_info=True)
-            for delivery in batch:
-                await self._safely(delivery.message.nack(requeue=True))
-        finally:
-            self._in_flight -= len(batch)
+        self.events.emit(StreamBatchFailed(tenant=self.tenant, consumer=self.instance, messages=len(batch),
+                                           error=str(exc)), exc_info=True)
+        for delivery in batch:
+            await self._safely(delivery.message.nack(requeue=True))
 
     def _committed(self, batch: list[_Delivery], poison: list[int], stats: BatchStats) -> None:
         """A batch written and acknowledged: its latencies and counts into the reports."""

@@ -42,8 +42,9 @@ def _stat(pid: int | str) -> list[str]:
         return f.read().rsplit(b")", 1)[1].decode().split()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process itself (children not included)."""
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU seconds of one process itself (children not included); ``pid`` may
+    also be ``<pid>/task/<tid>``, for one thread of it."""
     fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
